@@ -1,0 +1,4 @@
+"""SCPM-Net lung-nodule detection: network, sphere geometry, matching, losses, inference,
+evaluation, export and synthetic phantoms. Imports neither Slicer nor Qt."""
+
+__version__ = "0.1.0"

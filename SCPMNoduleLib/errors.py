@@ -1,0 +1,10 @@
+"""The one exception type for bad input.
+
+Every entry point (command line, Slicer logic, training) raises :class:`UserInputError` with one
+sentence that names the file or value and says what is wrong; the command line prints that
+sentence and exits non-zero, the Slicer module shows it in a message box.
+"""
+
+
+class UserInputError(Exception):
+    """A problem with what the user gave us (a file, a value), not a bug in the program."""

@@ -1,0 +1,196 @@
+"""Files in and out: LUNA16's CSV tables and atomic writes.
+
+LUNA16's tables (world LPS millimetres, as the challenge defines them):
+
+* annotations / excluded findings: ``seriesuid,coordX,coordY,coordZ,diameter_mm``
+* candidates: ``seriesuid,coordX,coordY,coordZ,probability`` (we may append ``diameter_mm``)
+* series list: one seriesuid a line, no header
+
+Tables are held column-wise as numpy arrays (:class:`Findings`), so that evaluation and export
+work on whole columns instead of looping over rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserInputError
+
+ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Rows of a LUNA16 table, column-wise.
+
+    Attributes:
+        seriesuids: ``(N,)`` str array.
+        centers_xyz_mm: ``(N, 3)`` float64 world LPS coordinates in mm.
+        diameters_mm: ``(N,)`` float64; NaN where the table has no diameter (candidates).
+        probabilities: ``(N,)`` float64; NaN where the table has no probability (annotations).
+    """
+
+    seriesuids: np.ndarray
+    centers_xyz_mm: np.ndarray
+    diameters_mm: np.ndarray
+    probabilities: np.ndarray
+
+    @classmethod
+    def from_columns(
+        cls,
+        seriesuids: Sequence[str],
+        centers_xyz_mm: np.ndarray | Sequence[Sequence[float]],
+        diameters_mm: Sequence[float] | None = None,
+        probabilities: Sequence[float] | None = None,
+    ) -> Findings:
+        n = len(seriesuids)
+        centers = np.asarray(centers_xyz_mm, dtype=np.float64).reshape(n, 3)
+
+        def column(values: Sequence[float] | None) -> np.ndarray:
+            return np.full(n, np.nan) if values is None else np.asarray(values, np.float64).reshape(n)
+
+        return cls(np.asarray(seriesuids, dtype=str).reshape(n), centers, column(diameters_mm),
+                   column(probabilities))
+
+    @classmethod
+    def empty(cls) -> Findings:
+        return cls.from_columns([], np.zeros((0, 3)))
+
+    def __len__(self) -> int:
+        return len(self.seriesuids)
+
+    def select(self, mask_or_index: np.ndarray) -> Findings:
+        """The rows picked by a boolean mask or an index array."""
+        return Findings(self.seriesuids[mask_or_index], self.centers_xyz_mm[mask_or_index],
+                        self.diameters_mm[mask_or_index], self.probabilities[mask_or_index])
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A reader never sees a half-written file, and an exception (or Ctrl-C) leaves no file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _read_rows(path: str | os.PathLike, required: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found.")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = [row for row in csv.reader(handle) if row]
+    if not rows:
+        raise UserInputError(f"{path}: the file is empty; expected the header {','.join(required)}.")
+    header = [name.strip() for name in rows[0]]
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise UserInputError(
+            f"{path}: the header lacks {', '.join(missing)}; expected {','.join(required)}."
+        )
+    for line_number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise UserInputError(
+                f"{path}: line {line_number} has {len(row)} fields, the header has {len(header)}."
+            )
+    return header, rows[1:]
+
+
+def _float_column(path: Path, header: list[str], rows: list[list[str]], name: str) -> np.ndarray:
+    index = header.index(name)
+    try:
+        values = np.array([float(row[index]) for row in rows], dtype=np.float64)
+    except ValueError as error:
+        raise UserInputError(f"{path}: column {name} holds a value that is not a number ({error}).")
+    if not np.all(np.isfinite(values)):
+        raise UserInputError(f"{path}: column {name} holds NaN or infinite values.")
+    return values
+
+
+def _read_table(path: str | os.PathLike, required: Sequence[str]) -> Findings:
+    header, rows = _read_rows(path, required)
+    path = Path(path)
+    uid_index = header.index("seriesuid")
+    centers = np.stack(
+        [_float_column(path, header, rows, name) for name in ("coordX", "coordY", "coordZ")], axis=1
+    ) if rows else np.zeros((0, 3))
+    optional = {}
+    for name in ("diameter_mm", "probability"):
+        optional[name] = _float_column(path, header, rows, name) if name in header else None
+    return Findings.from_columns([row[uid_index].strip() for row in rows], centers,
+                                 optional["diameter_mm"], optional["probability"])
+
+
+def read_annotations(path: str | os.PathLike) -> Findings:
+    """Read ``annotations.csv`` or ``annotations_excluded.csv`` (extra columns are allowed)."""
+    return _read_table(path, ANNOTATION_COLUMNS)
+
+
+def read_candidates(path: str | os.PathLike) -> Findings:
+    """Read a candidates file: ``seriesuid,coordX,coordY,coordZ,probability`` (+ optional columns)."""
+    return _read_table(path, CANDIDATE_COLUMNS)
+
+
+def read_seriesuids(path: str | os.PathLike) -> list[str]:
+    """Read LUNA16's ``seriesuids.csv``: one uid a line, no header; blank lines skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found.")
+    uids = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    uids = [uid for uid in uids if uid]
+    if uids and uids[0] == "seriesuid":
+        raise UserInputError(f"{path}: a series list has no header, but the first line is 'seriesuid'.")
+    return uids
+
+
+def _format_mm(value: float) -> str:
+    return repr(float(value))
+
+
+def write_annotations(path: str | os.PathLike, findings: Findings) -> None:
+    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm`` atomically."""
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(ANNOTATION_COLUMNS)
+        for uid, center, diameter in zip(findings.seriesuids, findings.centers_xyz_mm,
+                                         findings.diameters_mm):
+            writer.writerow([uid, *map(_format_mm, center), _format_mm(diameter)])
+
+
+def write_candidates(path: str | os.PathLike, findings: Findings, with_diameter: bool = True) -> None:
+    """Write ``seriesuid,coordX,coordY,coordZ,probability[,diameter_mm]`` atomically."""
+    with atomic_write(path, newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(CANDIDATE_COLUMNS + (("diameter_mm",) if with_diameter else ()))
+        for uid, center, probability, diameter in zip(
+            findings.seriesuids, findings.centers_xyz_mm, findings.probabilities, findings.diameters_mm
+        ):
+            row = [uid, *map(_format_mm, center), _format_mm(probability)]
+            writer.writerow(row + ([_format_mm(diameter)] if with_diameter else []))
+
+
+def write_seriesuids(path: str | os.PathLike, seriesuids: Sequence[str]) -> None:
+    """Write one uid a line, no header, atomically."""
+    with atomic_write(path) as handle:
+        handle.writelines(f"{uid}\n" for uid in seriesuids)

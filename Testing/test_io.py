@@ -1,0 +1,82 @@
+"""LUNA16 tables: round trips, header checks, atomic writes."""
+
+import numpy as np
+import pytest
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import (
+    Findings,
+    atomic_write,
+    read_annotations,
+    read_candidates,
+    read_seriesuids,
+    write_annotations,
+    write_candidates,
+    write_seriesuids,
+)
+
+
+def test_annotations_round_trip_exactly(tmp_path):
+    findings = Findings.from_columns(
+        ["1.2.3", "1.2.4"], [[-100.25, 67.1, -231.000001], [0.1, 0.2, 0.3]], diameters_mm=[5.5, 12.0]
+    )
+    path = tmp_path / "annotations.csv"
+    write_annotations(path, findings)
+    assert path.read_text().splitlines()[0] == "seriesuid,coordX,coordY,coordZ,diameter_mm"
+    again = read_annotations(path)
+    assert list(again.seriesuids) == ["1.2.3", "1.2.4"]
+    np.testing.assert_array_equal(again.centers_xyz_mm, findings.centers_xyz_mm)
+    np.testing.assert_array_equal(again.diameters_mm, [5.5, 12.0])
+    assert np.isnan(again.probabilities).all()
+
+
+def test_candidates_round_trip_with_and_without_diameter(tmp_path):
+    findings = Findings.from_columns(["a", "b"], [[1, 2, 3], [4, 5, 6]], [3.0, 4.0], [0.9, 0.1])
+    write_candidates(tmp_path / "c.csv", findings)
+    write_candidates(tmp_path / "plain.csv", findings, with_diameter=False)
+    assert (tmp_path / "plain.csv").read_text().splitlines()[0] == "seriesuid,coordX,coordY,coordZ,probability"
+    np.testing.assert_array_equal(read_candidates(tmp_path / "c.csv").diameters_mm, [3.0, 4.0])
+    plain = read_candidates(tmp_path / "plain.csv")
+    np.testing.assert_array_equal(plain.probabilities, [0.9, 0.1])
+    assert np.isnan(plain.diameters_mm).all()
+
+
+def test_seriesuids_round_trip_and_header_refused(tmp_path):
+    write_seriesuids(tmp_path / "s.csv", ["x.1", "x.2"])
+    assert (tmp_path / "s.csv").read_text() == "x.1\nx.2\n"
+    assert read_seriesuids(tmp_path / "s.csv") == ["x.1", "x.2"]
+    (tmp_path / "bad.csv").write_text("seriesuid\nx.1\n")
+    with pytest.raises(UserInputError, match="bad.csv"):
+        read_seriesuids(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("seriesuid,coordX,coordY,diameter_mm\n", "lacks coordZ"),
+        ("seriesuid,coordX,coordY,coordZ,diameter_mm\na,1,2,3\n", "line 2 has 4 fields"),
+        ("seriesuid,coordX,coordY,coordZ,diameter_mm\na,1,2,x,4\n", "coordZ holds a value"),
+        ("seriesuid,coordX,coordY,coordZ,diameter_mm\na,1,2,nan,4\n", "NaN"),
+    ],
+)
+def test_bad_tables_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "annotations.csv"
+    path.write_text(text)
+    with pytest.raises(UserInputError, match=message) as raised:
+        read_annotations(path)
+    assert str(path) in str(raised.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserInputError, match="not found"):
+        read_candidates(tmp_path / "nope.csv")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,1 @@
+"""Headless training of SCPM-Net on LUNA16-layout data."""
