@@ -1,4 +1,8 @@
-"""Files in and out: LUNA16's CSV tables and atomic writes.
+"""Files in and out: CT scans, LUNA16's CSV tables and atomic writes.
+
+Scans are read with SimpleITK from ``.mhd``/``.mha``, ``.nrrd``/``.nhdr``, ``.nii``/``.nii.gz``
+or a folder holding a DICOM series, and checked (3-D, one component, finite values, not empty)
+before anything else touches them.
 
 LUNA16's tables (world LPS millimetres, as the challenge defines them):
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -21,8 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from .errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+SCAN_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii", ".nii.gz")
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
@@ -194,3 +204,106 @@ def write_seriesuids(path: str | os.PathLike, seriesuids: Sequence[str]) -> None
     """Write one uid a line, no header, atomically."""
     with atomic_write(path) as handle:
         handle.writelines(f"{uid}\n" for uid in seriesuids)
+
+
+def scan_name(path: str | os.PathLike) -> str:
+    """The scan's name: the file name without its image suffix (LUNA16's seriesuid), or the folder's name."""
+    name = Path(path).name
+    for suffix in sorted(SCAN_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_scan_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES)
+
+
+def list_scans(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Expand command-line inputs into scans.
+
+    A file is taken as it is; a folder holding image files (at any depth, e.g. LUNA16's
+    ``subset0..9``) gives those files, sorted; any other folder is taken as a DICOM series folder.
+    A path that does not exist is kept, so that reading it reports the error for that scan.
+    """
+    scans: list[Path] = []
+    for item in map(Path, inputs):
+        files = sorted(p for p in item.rglob("*") if _is_scan_file(p)) if item.is_dir() else []
+        scans.extend(files or [item])
+    return scans
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise UserInputError(f"{folder}: the folder holds neither an image file nor a DICOM series.")
+    if series_uid is not None and series_uid not in series:
+        raise UserInputError(f"{folder}: the folder has no DICOM series {series_uid}.")
+    files_by_series = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
+    chosen = series_uid or max(series, key=lambda uid: len(files_by_series[uid]))
+    if len(series) > 1:
+        log.info("%s holds %d DICOM series; reading %s (%d files)", folder, len(series), chosen,
+                 len(files_by_series[chosen]))
+    reader.SetFileNames(files_by_series[chosen])
+    try:
+        return reader.Execute()
+    except RuntimeError:
+        raise UserInputError(f"{folder}: the DICOM series {chosen} could not be read.") from None
+
+
+def check_scan(image: sitk.Image, name: str | os.PathLike) -> None:
+    """Refuse an image that is not a usable CT volume, with one sentence naming ``name``.
+
+    A scan must be 3-D with more than one voxel along every axis, scalar, with positive
+    finite spacing, finite values, and not one constant value throughout.
+    """
+    size = image.GetSize()
+    if image.GetDimension() != 3:
+        raise UserInputError(f"{name}: the image is {image.GetDimension()}-D; a CT scan must be 3-D.")
+    if min(size) == 0:
+        raise UserInputError(f"{name}: the image is empty (size {size}).")
+    if min(size) == 1:
+        raise UserInputError(f"{name}: the image has a single slice (size {size}); a CT scan must be 3-D.")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserInputError(
+            f"{name}: the image has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+            "a CT scan has one.")
+    spacing = np.asarray(image.GetSpacing())
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+        raise UserInputError(f"{name}: the voxel spacing {tuple(spacing)} is not positive.")
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.isfinite(values).all():
+        raise UserInputError(f"{name}: the image holds NaN or infinite values.")
+    if values.min() == values.max():
+        raise UserInputError(f"{name}: the image is empty (every voxel is {values.flat[0]}).")
+
+
+def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+    """Read and check a CT scan: an image file or a folder with a DICOM series.
+
+    Args:
+        path: ``.mhd``/``.mha``/``.nrrd``/``.nhdr``/``.nii``/``.nii.gz`` file or DICOM folder.
+        series_uid: for a folder with several DICOM series, the one to read; by default the
+            series with the most files (logged).
+
+    Returns:
+        The image as stored (pixel type kept), with its origin, spacing and direction.
+
+    Raises:
+        UserInputError: missing or unreadable file, or an image that is not a usable 3-D scan.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"{path}: file not found.")
+    if path.is_dir():
+        image = _read_dicom_series(path, series_uid)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:
+            raise UserInputError(
+                f"{path}: the file could not be read as an image "
+                f"(expected one of {', '.join(SCAN_SUFFIXES)} or a DICOM folder).") from None
+    check_scan(image, path)
+    return image
