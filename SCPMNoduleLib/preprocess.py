@@ -1,0 +1,249 @@
+"""From a CT as stored to the network's input: resampling, HU window, lung crop, and geometry.
+
+Resampling keeps the image's own axes: the origin ``o`` and direction matrix ``D`` stay, only
+the spacing and the size change, so the resampled grid's index ``i`` (x, y, z order) and the
+world point stay one affine map,
+
+    world_xyz_mm = o + D · diag(s) · i_xyz,
+
+with ``s`` the new spacing. :class:`ScanGeometry` holds that map and is the one place that
+converts between voxel indices ``(z, y, x)`` and world LPS millimetres ``(x, y, z)``.
+
+Intensities are clipped to the window ``[hu_min, hu_max]`` and scaled to ``[0, 1]``:
+``v = (clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min)``.
+
+The optional lung mask is computed on a coarse grid (blocks of ``mask_block`` voxels): air
+(block mean below ``lung_threshold_hu``) in connected components that do not touch the in-plane
+border (the air around the body does) and are large enough, holes filled slice by slice,
+dilated by ``mask_dilation_mm``. Its bounding box crops the volume the network sees, and
+candidates outside it are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+PREPROCESS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a scan becomes the network's input; stored in every checkpoint.
+
+    Attributes:
+        version: bumped whenever the meaning of the numbers below changes.
+        spacing_xyz_mm: voxel spacing of the network's input.
+        hu_min, hu_max: the HU window; values are clipped to it and scaled to [0, 1].
+        lung_mask: crop to the lungs' bounding box and drop candidates outside the lungs.
+        lung_threshold_hu: air threshold of the lung mask.
+        lung_min_volume_ml: smallest air component kept as lung.
+        mask_block: the mask is computed on blocks of this many voxels per side.
+        mask_dilation_mm: the mask grows by this much so juxtapleural nodules stay inside.
+    """
+
+    version: int = PREPROCESS_VERSION
+    spacing_xyz_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    hu_min: float = -1200.0
+    hu_max: float = 600.0
+    lung_mask: bool = True
+    lung_threshold_hu: float = -400.0
+    lung_min_volume_ml: float = 5.0
+    mask_block: int = 4
+    mask_dilation_mm: float = 10.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> PreprocessConfig:
+        """Inverse of :meth:`to_dict`; lists from JSON become tuples; unknown keys are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserInputError(f"pre-processing config: unknown settings {', '.join(unknown)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def normalize(self, hu: np.ndarray) -> np.ndarray:
+        """``(clip(hu) - hu_min) / (hu_max - hu_min)`` as float32, any shape."""
+        scale = np.float32(1.0 / (self.hu_max - self.hu_min))
+        out = np.clip(hu, self.hu_min, self.hu_max, dtype=np.float32)
+        out -= np.float32(self.hu_min)
+        out *= scale
+        return out
+
+
+@dataclass(frozen=True)
+class ScanGeometry:
+    """A voxel grid in world space: ``world_xyz = origin + direction · diag(spacing) · index_xyz``.
+
+    Attributes:
+        shape_zyx: grid size.
+        origin_xyz_mm: world position of voxel (0, 0, 0), LPS mm.
+        spacing_xyz_mm: voxel size.
+        direction: ``(3, 3)`` direction cosines (columns = the x, y, z index axes in world LPS).
+    """
+
+    shape_zyx: tuple[int, int, int]
+    origin_xyz_mm: np.ndarray
+    spacing_xyz_mm: np.ndarray
+    direction: np.ndarray
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> ScanGeometry:
+        return cls(tuple(int(n) for n in reversed(image.GetSize())),
+                   np.asarray(image.GetOrigin(), dtype=np.float64),
+                   np.asarray(image.GetSpacing(), dtype=np.float64),
+                   np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
+
+    @property
+    def index_to_world_matrix(self) -> np.ndarray:
+        """``(3, 3)`` matrix ``D · diag(s)`` acting on index_xyz."""
+        return self.direction * self.spacing_xyz_mm[None, :]
+
+    def index_to_world(self, index_zyx: np.ndarray) -> np.ndarray:
+        """``(..., 3)`` voxel indices (z, y, x), fractional allowed -> ``(..., 3)`` world LPS mm (x, y, z)."""
+        index_xyz = np.asarray(index_zyx, dtype=np.float64)[..., ::-1]
+        return self.origin_xyz_mm + index_xyz @ self.index_to_world_matrix.T
+
+    def world_to_index(self, world_xyz_mm: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`index_to_world`: ``(..., 3)`` world mm -> ``(..., 3)`` fractional index (z, y, x)."""
+        offset = np.asarray(world_xyz_mm, dtype=np.float64) - self.origin_xyz_mm
+        index_xyz = np.linalg.solve(self.index_to_world_matrix, offset.reshape(-1, 3).T).T
+        return index_xyz[:, ::-1].reshape(offset.shape)
+
+
+def resample(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> sitk.Image:
+    """Linear resampling to ``spacing_xyz_mm`` in the image's own axes, as float32.
+
+    Origin and direction are kept; the size is ``floor((n - 1) · s / s') + 1`` per axis, so
+    every new voxel centre lies inside the old grid's extent and index ↔ world stays one
+    affine map (see the module docstring).
+    """
+    old_spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    new_spacing = np.asarray(spacing_xyz_mm, dtype=np.float64)
+    old_size = np.asarray(image.GetSize(), dtype=np.float64)
+    new_size = np.floor((old_size - 1) * old_spacing / new_spacing + 1e-6).astype(int) + 1
+    return sitk.Resample(
+        image, [int(n) for n in new_size], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+        [float(s) for s in new_spacing], image.GetDirection(), 0.0, sitk.sitkFloat32,
+    )
+
+
+@dataclass(frozen=True)
+class LungMask:
+    """A coarse lung mask over the resampled grid.
+
+    Attributes:
+        mask: ``(D/b, H/b, W/b)`` bool, one value per block of ``block`` voxels per side.
+        block: block size in resampled voxels.
+    """
+
+    mask: np.ndarray
+    block: int
+
+    def bounding_box(self, shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(start_zyx, stop_zyx)`` in resampled voxels of the mask's true blocks, inside ``shape_zyx``."""
+        where = np.argwhere(self.mask)
+        start = where.min(axis=0) * self.block
+        stop = np.minimum((where.max(axis=0) + 1) * self.block, shape_zyx)
+        return start, stop
+
+    def contains(self, points_zyx_vox: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` resampled-voxel points -> ``(N,)`` bool: inside the mask (points off the grid: False)."""
+        blocks = np.floor(np.asarray(points_zyx_vox, dtype=np.float64).reshape(-1, 3) / self.block)
+        blocks = blocks.astype(np.int64)
+        inside = np.all((blocks >= 0) & (blocks < self.mask.shape), axis=1)
+        clipped = np.clip(blocks, 0, np.asarray(self.mask.shape) - 1)
+        return inside & self.mask[clipped[:, 0], clipped[:, 1], clipped[:, 2]]
+
+
+def _block_mean(array: np.ndarray, block: int) -> np.ndarray:
+    """Mean over non-overlapping ``block``³ blocks (edge-padded to a multiple of ``block``)."""
+    pad = [(0, -n % block) for n in array.shape]
+    padded = np.pad(array, pad, mode="edge")
+    d, h, w = (n // block for n in padded.shape)
+    return padded.reshape(d, block, h, block, w, block).mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def lung_mask(hu_zyx: np.ndarray, spacing_xyz_mm: tuple[float, float, float],
+              config: PreprocessConfig) -> LungMask | None:
+    """The coarse lung mask of a resampled CT in HU, or ``None`` when no lung-sized air is found.
+
+    Steps (all whole-array operations): block means; air = mean < ``lung_threshold_hu``;
+    connected components (6-connectivity); drop those touching the y or x border (outside
+    air) or smaller than ``lung_min_volume_ml``; fill holes within each axial slice; dilate
+    by ``mask_dilation_mm``.
+    """
+    block = config.mask_block
+    coarse = _block_mean(hu_zyx, block) < config.lung_threshold_hu
+    labels, count = ndimage.label(coarse)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
+    block_ml = float(np.prod(np.asarray(spacing_xyz_mm) * block)) / 1000.0
+    keep = sizes * block_ml >= config.lung_min_volume_ml
+    keep[border] = False
+    keep[0] = False
+    mask = keep[labels]
+    if not mask.any():
+        return None
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
+    iterations = math.ceil(config.mask_dilation_mm / (min(spacing_xyz_mm) * block))
+    if iterations > 0:
+        mask = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 3), iterations)
+    return LungMask(mask, block)
+
+
+@dataclass(frozen=True)
+class PreparedScan:
+    """A scan ready for the network.
+
+    Attributes:
+        image: ``(D, H, W)`` float32 normalised intensities of the crop.
+        geometry: the whole resampled grid (crop offsets are relative to it).
+        crop_start_zyx: index of ``image[0, 0, 0]`` in the whole resampled grid.
+        mask: the lung mask, or ``None`` when disabled or no lungs were found.
+    """
+
+    image: np.ndarray
+    geometry: ScanGeometry
+    crop_start_zyx: np.ndarray
+    mask: LungMask | None
+
+
+def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) -> PreparedScan:
+    """Resample, window and (optionally) crop a CT (in HU) for the network.
+
+    Args:
+        image: 3-D scalar image in HU, any spacing and direction.
+        config: the checkpoint's pre-processing.
+        align: the crop's start is rounded down to a multiple of this (the network's total
+            stride), so the crop's grid points fall where the whole scan's would.
+    """
+    resampled = resample(image, config.spacing_xyz_mm)
+    geometry = ScanGeometry.from_image(resampled)
+    hu = sitk.GetArrayViewFromImage(resampled)
+    mask = lung_mask(hu, config.spacing_xyz_mm, config) if config.lung_mask else None
+    start = np.zeros(3, dtype=np.int64)
+    stop = np.asarray(geometry.shape_zyx, dtype=np.int64)
+    if config.lung_mask and mask is None:
+        log.warning("no lungs found in the scan; running on the whole volume")
+    if mask is not None:
+        start, stop = mask.bounding_box(geometry.shape_zyx)
+        start = start // align * align
+        log.info("lung crop %s of %s voxels", tuple(int(n) for n in stop - start), geometry.shape_zyx)
+    crop = hu[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
+    return PreparedScan(config.normalize(crop), geometry, start, mask)

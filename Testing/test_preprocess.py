@@ -1,0 +1,121 @@
+"""Pre-processing: index <-> world maps, resampling in the image's own axes, HU window, lung mask."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SCPMNoduleLib.preprocess import (
+    PreprocessConfig,
+    ScanGeometry,
+    lung_mask,
+    prepare_scan,
+    resample,
+)
+
+
+def _rotation(angle_deg: float) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(a / 2), -np.sin(a / 2)], [0, np.sin(a / 2), np.cos(a / 2)]])
+    return rz @ rx @ np.diag([-1.0, 1.0, -1.0])
+
+
+def _image(shape_zyx, spacing, origin, direction, values=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.zeros(shape_zyx, np.float32) if values is None else values)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(tuple(np.asarray(direction).ravel()))
+    return image
+
+
+def test_geometry_agrees_with_itk_and_inverts():
+    image = _image((7, 9, 11), (0.7, 0.8, 2.5), (-120.0, 33.0, -250.0), _rotation(20))
+    geometry = ScanGeometry.from_image(image)
+    index_zyx = np.random.default_rng(0).uniform(-2, 12, (50, 3))
+    expected = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(p[::-1])) for p in index_zyx])
+    np.testing.assert_allclose(geometry.index_to_world(index_zyx), expected, atol=1e-9)
+    np.testing.assert_allclose(geometry.world_to_index(expected), index_zyx, atol=1e-9)
+    assert geometry.index_to_world(index_zyx.reshape(5, 10, 3)).shape == (5, 10, 3)
+
+
+def test_resampling_keeps_the_world_map_exactly_for_a_linear_ramp():
+    direction = _rotation(30)
+    image = _image((12, 20, 18), (0.7, 0.7, 2.5), (10.0, -5.0, 40.0), direction)
+    geometry = ScanGeometry.from_image(image)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in geometry.shape_zyx], indexing="ij"), -1)
+    gradient = np.array([0.5, -1.5, 2.0])
+    ramp = (geometry.index_to_world(grid) @ gradient).astype(np.float32)
+    image = _image((12, 20, 18), (0.7, 0.7, 2.5), (10.0, -5.0, 40.0), direction, ramp)
+
+    out = resample(image, (1.0, 1.0, 1.0))
+    assert out.GetSpacing() == (1.0, 1.0, 1.0)
+    np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin())
+    np.testing.assert_allclose(out.GetDirection(), image.GetDirection())
+    # floor((n - 1) * s / s') + 1 per axis (x, y, z)
+    assert out.GetSize() == (12, 14, 28)
+    out_geometry = ScanGeometry.from_image(out)
+    out_grid = np.stack(np.meshgrid(*[np.arange(n) for n in out_geometry.shape_zyx], indexing="ij"), -1)
+    expected = out_geometry.index_to_world(out_grid) @ gradient
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(out), expected, atol=1e-3)
+
+
+def test_hu_window_scales_to_unit_interval():
+    config = PreprocessConfig(hu_min=-1000.0, hu_max=400.0)
+    values = config.normalize(np.array([-3000.0, -1000.0, -300.0, 400.0, 2000.0]))
+    assert values.dtype == np.float32
+    np.testing.assert_allclose(values, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-7)
+
+
+def test_config_round_trips_through_json_lists():
+    config = PreprocessConfig(spacing_xyz_mm=(1.0, 1.0, 1.5), lung_mask=False)
+    as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
+    assert PreprocessConfig.from_dict(as_json) == config
+
+
+def chest_phantom(shape_zyx=(48, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
+    """Air around a body (40 HU) with two lungs (-850 HU) and a solid nodule in the left lung.
+
+    Returns the HU array and the nodule centre (z, y, x).
+    """
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape_zyx], indexing="ij")
+    hu = np.full(shape_zyx, -1000.0)
+    body = ((y - 32) / 26) ** 2 + ((x - 32) / 29) ** 2 < 1
+    hu[body] = 40.0
+    for cx in (19.0, 45.0):
+        hu[((z - 24) / 18) ** 2 + ((y - 32) / 16) ** 2 + ((x - cx) / 9) ** 2 < 1] = -850.0
+    nodule = np.array([24.0, 30.0, 19.0])
+    hu[(z - nodule[0]) ** 2 + (y - nodule[1]) ** 2 + (x - nodule[2]) ** 2 < 4 ** 2] = 40.0
+    return hu.astype(np.float32), nodule
+
+
+def test_lung_mask_covers_the_lungs_and_their_nodules_but_not_the_air_outside():
+    hu, nodule = chest_phantom()
+    mask = lung_mask(hu, (1.0, 1.0, 1.0), PreprocessConfig(mask_dilation_mm=4.0))
+    lungs = np.argwhere(hu == -850.0)
+    assert mask.contains(lungs).all()
+    assert mask.contains(nodule[None]).all()
+    assert not mask.contains(np.array([[24, 2, 2], [24, 62, 32], [2, 32, 32]])).any()
+    start, stop = mask.bounding_box(hu.shape)
+    assert np.all(start <= lungs.min(0)) and np.all(stop > lungs.max(0))
+    # the box is the lungs' extent grown by at most one block plus the dilation (4 + 4 voxels)
+    assert np.all(lungs.min(0) - start <= 8) and np.all(stop - lungs.max(0) <= 9)
+
+
+def test_lung_mask_is_none_without_lungs():
+    hu = np.full((32, 32, 32), 40.0, np.float32)
+    assert lung_mask(hu, (1.0, 1.0, 1.0), PreprocessConfig()) is None
+
+
+def test_prepare_scan_crops_to_the_lungs_with_an_aligned_start():
+    hu, _ = chest_phantom()
+    image = _image(hu.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), hu)
+    prepared = prepare_scan(image, PreprocessConfig(mask_dilation_mm=4.0), align=8)
+    assert np.all(prepared.crop_start_zyx % 8 == 0)
+    start = prepared.crop_start_zyx
+    window = PreprocessConfig().normalize(hu)
+    d, h, w = prepared.image.shape
+    np.testing.assert_array_equal(prepared.image, window[start[0]:start[0] + d, start[1]:start[1] + h,
+                                                          start[2]:start[2] + w])
+    assert prepared.image.size < 0.8 * hu.size
+    whole = prepare_scan(image, PreprocessConfig(lung_mask=False))
+    assert whole.image.shape == hu.shape and whole.mask is None
