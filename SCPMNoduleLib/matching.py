@@ -1,0 +1,240 @@
+"""Centre-points matching (paper section 3.2): per-level classification and regression targets.
+
+For every head level (stride ``s``, output points ``p(j) = j*s + (s-1)/2`` in input voxels, see
+:mod:`SCPMNoduleLib.coder`) and every nodule of a patch (centre ``c``, radius ``r``, input
+voxels = mm):
+
+1. distances ``d(n, j) = ||c_n - p(j)||_2`` between the nodule centres and all points;
+2. the ``K = top_k`` nearest points of nodule ``n`` (ties broken by the lower flat point index)
+   are its *claimed* points ``T_n``;
+3. a point claimed by several kept nodules is positive for the nearest of them (equal
+   distances: the lower nodule index), so no point is positive for two nodules; a nodule that
+   loses a contested point is not given a replacement;
+4. the ignore shell: a point that is not positive is ignored (label -1) when it lies within
+   ``ignore_dilation`` grid steps, per axis (Chebyshev distance on the grid), of a claimed point
+   of some nodule, or strictly closer than ``ignore_radius_factor * r_n`` to the centre of some
+   nodule ``n``; this mirrors the authors' reference code, which ignores a neighbourhood of
+   ``26 * K`` points around the positives, here defined as the 26-neighbourhood of each
+   claimed point plus the nodule's own body;
+5. every other point is a negative (label 0); online hard-negative mining happens in the loss.
+
+Nodules cut by the patch border. The patch covers ``[-0.5, L - 0.5]`` per axis (voxel ``i``
+covers ``[i - 0.5, i + 0.5]``). The fraction of each sphere's volume inside the patch is
+estimated on a fixed quasi-random (Halton) set of points filling the unit ball. A nodule is *kept* (its claimed points become positives) when
+that fraction is at least ``min_visible_fraction`` and its centre lies in the patch; a nodule
+that is partly visible but not kept keeps its ignore region (claimed points, shell and body) but
+gets no positives; a nodule with no visible volume has no effect at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from SCPMNoduleLib.coder import encode_spheres, grid_points_zyx_vox
+
+
+@dataclass
+class MatchingConfig:
+    """Hyper-parameters of centre-points matching (see the module docstring for the rules).
+
+    Attributes:
+        top_k: positives per nodule and level (paper: K = 7).
+        ignore_dilation: grid steps (per axis) around each claimed point that are ignored.
+        ignore_radius_factor: points closer than this times the radius to a centre are ignored.
+        min_visible_fraction: smallest fraction of a sphere's volume inside the patch for the
+            nodule to be trained on as a positive.
+        visibility_samples: quasi-random samples used to estimate that fraction.
+    """
+
+    top_k: int = 7
+    ignore_dilation: int = 1
+    ignore_radius_factor: float = 1.0
+    min_visible_fraction: float = 0.5
+    visibility_samples: int = 4096
+
+
+@dataclass
+class LevelTargets:
+    """Training targets of one head level for a batch.
+
+    Attributes:
+        labels: ``(B, d, h, w)`` int8: 1 positive, 0 negative, -1 ignored.
+        radius: ``(B, d, h, w)`` float32: target radius in grid voxels (valid where labels == 1).
+        offset: ``(B, 3, d, h, w)`` float32: target offset ``(c - p) / s`` in grid voxels, z y x
+            (valid where labels == 1).
+        nodule_index: ``(B, d, h, w)`` long: index of the matched nodule in that patch's list,
+            -1 where not positive.
+    """
+
+    labels: Tensor
+    radius: Tensor
+    offset: Tensor
+    nodule_index: Tensor
+
+    def to(self, device: torch.device | str) -> LevelTargets:
+        """The same targets on ``device``."""
+        return LevelTargets(
+            labels=self.labels.to(device),
+            radius=self.radius.to(device),
+            offset=self.offset.to(device),
+            nodule_index=self.nodule_index.to(device),
+        )
+
+
+def _unit_ball_samples(num_samples: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Points of the 3-D Halton sequence (bases 2, 3, 5) mapped to ``[-1, 1]^3`` that fall in the
+    unit ball, ``(Q, 3)`` with ``Q ~ 0.52 * num_samples``. Quasi-random, so no lattice planes line
+    up with the patch faces, and the same every call."""
+    index = torch.arange(1, num_samples + 1, dtype=torch.long, device=device)
+    coordinates = []
+    for base in (2, 3, 5):
+        value = torch.zeros(num_samples, dtype=dtype, device=device)
+        remaining, scale = index.clone(), 1.0 / base
+        while bool((remaining > 0).any()):
+            value += (remaining % base).to(dtype) * scale
+            remaining, scale = remaining // base, scale / base
+        coordinates.append(value)
+    cube = torch.stack(coordinates, dim=-1) * 2.0 - 1.0
+    return cube[(cube * cube).sum(-1) <= 1.0]
+
+
+def sphere_fraction_inside_patch(
+    centers_zyx_vox: Tensor, radii_vox: Tensor, patch_shape_zyx: Sequence[int], num_samples: int = 4096
+) -> Tensor:
+    """Fraction of each sphere's volume inside the patch ``[-0.5, L - 0.5]^3`` (per axis ``L``).
+
+    Estimated on a fixed quasi-random set of ``Q`` points filling the unit ball (Halton
+    sequence), scaled by ``r`` and moved to ``c``: fraction = (points inside the patch) / Q.
+    Deterministic; the error is below 0.01 at the default 4096 samples (about 2100 in the ball).
+
+    Args:
+        centers_zyx_vox: ``(N, 3)`` centres, input voxels.
+        radii_vox: ``(N,)`` radii, input voxels.
+        patch_shape_zyx: ``(D, H, W)`` of the patch.
+        num_samples: Halton points drawn in the cube ``[-1, 1]^3`` (about half land in the ball).
+
+    Returns:
+        ``(N,)`` fractions in ``[0, 1]``, the centres' dtype.
+    """
+    unit = _unit_ball_samples(num_samples, centers_zyx_vox.dtype, centers_zyx_vox.device)
+    samples = centers_zyx_vox[:, None, :] + radii_vox[:, None, None] * unit[None]
+    upper = torch.as_tensor(patch_shape_zyx, dtype=samples.dtype, device=samples.device) - 0.5
+    inside = ((samples >= -0.5) & (samples <= upper)).all(dim=-1)
+    return inside.to(centers_zyx_vox.dtype).mean(dim=1)
+
+
+def _match_one_patch(
+    centers: Tensor,
+    radii: Tensor,
+    patch_shape_zyx: Sequence[int],
+    grid_shape: Sequence[int],
+    stride: int,
+    config: MatchingConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Targets of one patch at one level, all points at once (float64 inside).
+
+    Returns labels ``(P,)`` int8, radius ``(P,)``, offset ``(P, 3)`` and nodule_index ``(P,)``,
+    ``P = d*h*w`` in row-major (z, y, x) order.
+    """
+    device = centers.device
+    points = grid_points_zyx_vox(grid_shape, stride, dtype=torch.float64, device=device).reshape(-1, 3)
+    num_points = points.shape[0]
+    labels = torch.zeros(num_points, dtype=torch.int8, device=device)
+    radius = torch.zeros(num_points, dtype=torch.float64, device=device)
+    offset = torch.zeros(num_points, 3, dtype=torch.float64, device=device)
+    nodule_index = torch.full((num_points,), -1, dtype=torch.long, device=device)
+
+    fraction = sphere_fraction_inside_patch(centers, radii, patch_shape_zyx, config.visibility_samples)
+    upper = torch.as_tensor(patch_shape_zyx, dtype=torch.float64, device=device) - 0.5
+    centre_inside = ((centers >= -0.5) & (centers <= upper)).all(dim=-1)
+    kept = (fraction >= config.min_visible_fraction) & centre_inside
+    visible = torch.nonzero(fraction > 0).squeeze(1)
+    if visible.numel() == 0:
+        return labels, radius, offset, nodule_index
+    centers, radii, kept = centers[visible], radii[visible], kept[visible]
+
+    distance = torch.cdist(centers, points, compute_mode="donot_use_mm_for_euclid_dist")  # (N, P)
+    k = min(config.top_k, num_points)
+    nearest = torch.sort(distance, dim=1, stable=True).indices[:, :k]
+    claimed = torch.zeros_like(distance, dtype=torch.bool).scatter_(1, nearest, True)
+
+    positive_claims = claimed & kept[:, None]
+    winner = torch.where(positive_claims, distance, torch.inf).argmin(dim=0)
+    positive = positive_claims.any(dim=0)
+
+    near_claim = F.max_pool3d(
+        claimed.any(dim=0).reshape(1, 1, *grid_shape).to(torch.float32),
+        kernel_size=2 * config.ignore_dilation + 1,
+        stride=1,
+        padding=config.ignore_dilation,
+    ).reshape(-1) > 0
+    inside_body = (distance < config.ignore_radius_factor * radii[:, None]).any(dim=0)
+    labels[near_claim | inside_body] = -1
+    labels[positive] = 1
+
+    matched = winner[positive]
+    offset[positive], radius[positive] = encode_spheres(centers[matched], radii[matched], points[positive], stride)
+    nodule_index[positive] = visible[matched]
+    return labels, radius, offset, nodule_index
+
+
+def match_centre_points(
+    nodule_centers_zyx_vox: Sequence[Tensor],
+    nodule_radii_vox: Sequence[Tensor],
+    patch_shape_zyx: Sequence[int],
+    strides: Sequence[int],
+    config: MatchingConfig | None = None,
+) -> list[LevelTargets]:
+    """Assign positive, negative and ignored output points for a batch of patches.
+
+    The rules are in the module docstring. Distances, nearest points and shells are computed
+    for all points of a level at once (distance matrix nodules x points); the loop runs over
+    levels and patches only.
+
+    Args:
+        nodule_centers_zyx_vox: per patch, ``(N_b, 3)`` nodule centres in the patch's input
+            voxels (may lie outside the patch; ``N_b`` may be 0).
+        nodule_radii_vox: per patch, ``(N_b,)`` radii in input voxels, > 0.
+        patch_shape_zyx: ``(D, H, W)``, each a multiple of every stride.
+        strides: the head levels' strides, finest first.
+        config: matching hyper-parameters (defaults: the paper's).
+
+    Returns:
+        One :class:`LevelTargets` per level, finest first, on the device of the nodule tensors.
+    """
+    config = config or MatchingConfig()
+    if not nodule_centers_zyx_vox:
+        raise ValueError("need the nodules of at least one patch")
+    if len(nodule_centers_zyx_vox) != len(nodule_radii_vox):
+        raise ValueError(
+            f"got centres for {len(nodule_centers_zyx_vox)} patches but radii for {len(nodule_radii_vox)}"
+        )
+    for centers, radii in zip(nodule_centers_zyx_vox, nodule_radii_vox):
+        if centers.ndim != 2 or centers.shape[1] != 3 or radii.shape != centers.shape[:1]:
+            raise ValueError(f"nodule centres {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match")
+        if not (torch.isfinite(centers).all() and torch.isfinite(radii).all() and (radii > 0).all()):
+            raise ValueError("nodule centres must be finite and radii finite and positive")
+    targets = []
+    for stride in strides:
+        if any(n % stride for n in patch_shape_zyx):
+            raise ValueError(f"patch shape {tuple(patch_shape_zyx)} is not a multiple of stride {stride}")
+        grid_shape = [n // stride for n in patch_shape_zyx]
+        per_patch = [
+            _match_one_patch(c.double(), r.double(), patch_shape_zyx, grid_shape, stride, config)
+            for c, r in zip(nodule_centers_zyx_vox, nodule_radii_vox)
+        ]
+        labels, radius, offset, nodule_index = (torch.stack(t) for t in zip(*per_patch))
+        targets.append(
+            LevelTargets(
+                labels=labels.reshape(-1, *grid_shape),
+                radius=radius.float().reshape(-1, *grid_shape),
+                offset=offset.float().transpose(1, 2).reshape(-1, 3, *grid_shape),
+                nodule_index=nodule_index.reshape(-1, *grid_shape),
+            )
+        )
+    return targets
