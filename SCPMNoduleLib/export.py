@@ -1,0 +1,127 @@
+"""Detections out: LUNA16 candidates CSV, a JSON report, and Slicer markups (``.mrk.json``).
+
+Every file is written atomically (temporary file + rename), so a reader never sees half a
+file and a failure leaves nothing behind. Points are world LPS millimetres everywhere; the
+markups file says so with ``"coordinateSystem": "LPS"`` (Slicer converts to RAS on load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import UserInputError
+from .inference import Detection
+from .io import Findings, atomic_write, write_candidates
+
+REPORT_FORMAT = "scpm-nodule-detections"
+REPORT_VERSION = 1
+MARKUPS_SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
+                      "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
+
+
+def describe_scan(image: sitk.Image, path: str | os.PathLike | None = None) -> dict:
+    """The scan's identity and geometry for the JSON report (sizes x, y, z; mm; LPS)."""
+    return {
+        "path": None if path is None else str(path),
+        "size_xyz": list(image.GetSize()),
+        "spacing_xyz_mm": list(image.GetSpacing()),
+        "origin_xyz_mm": list(image.GetOrigin()),
+        "direction": list(image.GetDirection()),
+    }
+
+
+def _detection_record(detection: Detection) -> dict:
+    return {"center_xyz_mm": [float(v) for v in detection.center_xyz_mm],
+            "diameter_mm": float(detection.diameter_mm),
+            "probability": float(detection.probability), "level": int(detection.level)}
+
+
+def _write_json(path: str | os.PathLike, document: Mapping) -> None:
+    with atomic_write(path, encoding="utf-8") as handle:
+        json.dump(document, handle, indent=1)
+        handle.write("\n")
+
+
+def write_detections_json(
+    path: str | os.PathLike,
+    detections: Sequence[Detection],
+    scan: Mapping | None = None,
+    model: Mapping | None = None,
+    timings: Mapping[str, float] | None = None,
+) -> None:
+    """Write the JSON report ``{"format", "version", "scan", "model", "timings_s", "detections"}``."""
+    _write_json(path, {
+        "format": REPORT_FORMAT, "version": REPORT_VERSION, "scan": dict(scan or {}),
+        "model": dict(model or {}), "timings_s": {k: float(v) for k, v in (timings or {}).items()},
+        "detections": [_detection_record(d) for d in detections],
+    })
+
+
+def read_detections_json(path: str | os.PathLike) -> list[Detection]:
+    """Read the detections of a report written by :func:`write_detections_json`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: file not found.")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserInputError(f"{path}: the file is not valid JSON.") from None
+    if not isinstance(document, dict) or document.get("format") != REPORT_FORMAT:
+        raise UserInputError(f"{path}: the file is not a {REPORT_FORMAT} report.")
+    if document.get("version") != REPORT_VERSION:
+        raise UserInputError(f"{path}: report version {document.get('version')} is not {REPORT_VERSION}.")
+    try:
+        return [Detection(tuple(float(v) for v in d["center_xyz_mm"]), float(d["diameter_mm"]),
+                          float(d["probability"]), int(d.get("level", 0)))
+                for d in document["detections"]]
+    except (KeyError, TypeError, ValueError):
+        raise UserInputError(f"{path}: a detection lacks center_xyz_mm, diameter_mm or probability.") from None
+
+
+def detections_to_findings(seriesuid: str, detections: Sequence[Detection]) -> Findings:
+    """Detections of one scan as LUNA16 candidate rows (column-wise)."""
+    centers = np.array([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
+    return Findings.from_columns([seriesuid] * len(detections), centers,
+                                 [d.diameter_mm for d in detections],
+                                 [d.probability for d in detections])
+
+
+def write_candidates_csv(path: str | os.PathLike, seriesuid: str, detections: Sequence[Detection]) -> None:
+    """LUNA16 candidates ``seriesuid,coordX,coordY,coordZ,probability,diameter_mm``."""
+    write_candidates(path, detections_to_findings(seriesuid, detections))
+
+
+def markup_label(rank: int) -> str:
+    """Label of the ``rank``-th detection (0-based): ``N1``, ``N2``, ..."""
+    return f"N{rank + 1}"
+
+
+def markup_description(detection: Detection) -> str:
+    return f"probability {detection.probability:.3f}, diameter {detection.diameter_mm:.1f} mm"
+
+
+def write_markups_json(path: str | os.PathLike, detections: Sequence[Detection],
+                       name: str = "Nodules") -> None:
+    """A Slicer point list (markups schema v1.0.3), one control point per detection, in LPS mm.
+
+    Control points are labelled ``N1, N2, ...`` in the given order; each description gives the
+    probability and the diameter.
+    """
+    identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    points = [{
+        "id": str(rank + 1), "label": markup_label(rank), "description": markup_description(d),
+        "associatedNodeID": "", "position": [float(v) for v in d.center_xyz_mm],
+        "orientation": identity, "selected": True, "locked": False, "visibility": True,
+        "positionStatus": "defined",
+    } for rank, d in enumerate(detections)]
+    _write_json(path, {"@schema": MARKUPS_SCHEMA_URL, "markups": [{
+        "type": "Fiducial", "name": name, "coordinateSystem": "LPS", "coordinateUnits": "mm",
+        "locked": False, "fixedNumberOfControlPoints": False, "labelFormat": "N%d",
+        "lastUsedControlPointNumber": len(points), "controlPoints": points, "measurements": [],
+    }]})
