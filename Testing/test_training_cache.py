@@ -1,0 +1,66 @@
+"""The pre-processing cache: right voxels for the annotations, resumable, corrupt files rebuilt."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.preprocess import PreprocessConfig
+from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
+from Training.cache import build_cache, load_cache
+
+
+@pytest.fixture
+def cached(tmp_path):
+    findings = write_tiny_luna16(tmp_path / "data", n_scans=3)
+    summary = build_cache(tmp_path / "data", tmp_path / "cache", progress=False)
+    return tmp_path, findings, summary
+
+
+def test_cache_holds_each_annotation_at_its_nodule(cached):
+    tmp_path, findings, summary = cached
+    assert summary == {"scans": 3, "built": 3, "skipped": 0}
+    scans = load_cache(tmp_path / "cache")
+    assert [s.fold for s in scans] == [0, 1, 0]
+    config = PreprocessConfig()
+    nodule, lung = config.normalize(np.array([NODULE_HU, LUNG_HU]))
+    for scan in scans:
+        rows = findings.seriesuids == scan.seriesuid
+        np.testing.assert_allclose(scan.radii_vox, findings.diameters_mm[rows] / 2)  # 1 mm voxels
+        volume = scan.volume().astype(np.float32)
+        # the nodule's normalised intensity (within noise) at the centre, parenchyma 1.5 radii away
+        at_centre = ndimage.map_coordinates(volume, scan.centers_zyx_vox.T, order=1)
+        np.testing.assert_allclose(at_centre, nodule, atol=0.03)
+        beside = scan.centers_zyx_vox + np.array([0.0, 0.0, 1.5]) * scan.radii_vox[:, None]
+        np.testing.assert_allclose(ndimage.map_coordinates(volume, beside.T, order=1), lung, atol=0.03)
+        metadata = json.loads((tmp_path / "cache" / "scans" / f"{scan.seriesuid}.json").read_text())
+        assert metadata["resampled"]["spacing_xyz_mm"] == [1.0, 1.0, 1.0]
+        assert metadata["original"]["spacing_xyz_mm"] == [1.25, 1.25, 2.0]
+
+
+def test_second_run_skips_valid_scans_and_rebuilds_corrupt_or_truncated_ones(cached):
+    tmp_path, _, _ = cached
+    scans_dir = tmp_path / "cache" / "scans"
+    first, second, _ = sorted(scans_dir.glob("*[0-9].npy"))
+    original = np.load(first)
+    data = bytearray(first.read_bytes())
+    data[-100] ^= 0xFF  # same size, one byte changed
+    first.write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match="checksum"):
+        load_cache(tmp_path / "cache")
+    second.write_bytes(second.read_bytes()[:-10])  # truncated
+    with pytest.raises(UserInputError, match="size"):
+        load_cache(tmp_path / "cache", checksum=False)
+
+    summary = build_cache(tmp_path / "data", tmp_path / "cache", workers=2, progress=False)
+    assert summary == {"scans": 3, "built": 2, "skipped": 1}
+    load_cache(tmp_path / "cache")
+    np.testing.assert_array_equal(np.load(first), original)
+
+
+def test_cache_refuses_a_folder_without_luna16_subsets(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserInputError, match="subset"):
+        build_cache(tmp_path / "data", tmp_path / "cache", progress=False)

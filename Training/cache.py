@@ -1,0 +1,343 @@
+"""Pre-processing cache: every scan resampled and windowed once, stored memory-mappable.
+
+Layout of a cache folder::
+
+    cache.json                  what was cached: source folder, pre-processing config
+    scans/<seriesuid>.npy       (D, H, W) float16 network input of the lung crop (see below)
+    scans/<seriesuid>.lungs.npy the coarse lung mask (bool, one value per block), when found
+    scans/<seriesuid>.json      metadata, written last: a scan is cached iff this file is valid
+
+The image is exactly what the detector feeds the network
+(:func:`SCPMNoduleLib.preprocess.prepare_scan`): resampled in the scan's own axes to the
+pre-processing spacing, HU clipped to the window and scaled to [0, 1], cropped to the lungs'
+bounding box; stored as float16 (error below 2.5e-4, i.e. under 0.5 HU in a 1800 HU window).
+
+The metadata holds the original and resampled geometry (shape, spacing, origin, direction), the
+crop box in the resampled grid, the annotations (``annotations.csv``) and excluded findings
+(``annotations_excluded.csv``) both in world mm and in voxels of the stored crop (z, y, x,
+radius), and the size and SHA-256 of every array file, so a truncated or corrupt file is found
+(and rebuilt by the next ``preprocess``) instead of being trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import Findings, atomic_write, list_scans, read_annotations, read_scan, scan_name
+from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry, prepare_scan
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "scpm-train-cache"
+CACHE_VERSION = 1
+STORAGE_DTYPE = np.float16
+_SUBSET = re.compile(r"^subset(\d+)$")
+
+
+@dataclass(frozen=True)
+class SourceScan:
+    """A scan of a LUNA16-layout folder: ``<data>/subset<fold>/<seriesuid>.mhd``."""
+
+    seriesuid: str
+    fold: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class CachedScan:
+    """One cached scan, as the training data and validation use it.
+
+    Attributes:
+        seriesuid: LUNA16 series uid.
+        fold: the subset number (fold ``k`` validates on subset ``k``).
+        image_path: the ``(D, H, W)`` float16 ``.npy`` of the lung crop.
+        shape_zyx: shape of that array.
+        crop_start_zyx: index of its first voxel in the whole resampled grid.
+        resampled_shape_zyx: shape of the whole resampled grid.
+        centers_zyx_vox: ``(N, 3)`` annotated nodule centres, voxels of the stored crop.
+        radii_vox: ``(N,)`` their radii, voxels (= mm at 1 mm spacing).
+        source: the original scan file.
+    """
+
+    seriesuid: str
+    fold: int
+    image_path: Path
+    shape_zyx: tuple[int, int, int]
+    crop_start_zyx: tuple[int, int, int]
+    resampled_shape_zyx: tuple[int, int, int]
+    centers_zyx_vox: np.ndarray
+    radii_vox: np.ndarray
+    source: Path
+
+    def volume(self) -> np.ndarray:
+        """The stored crop, memory-mapped read-only."""
+        return np.load(self.image_path, mmap_mode="r")
+
+
+def find_luna16_scans(data_dir: str | os.PathLike) -> list[SourceScan]:
+    """The scans of ``data_dir/subset<k>/`` (any image format SimpleITK reads), sorted by uid.
+
+    Raises:
+        UserInputError: no ``subset<k>`` folder with scans, or one seriesuid appears twice.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserInputError(f"{data_dir}: data folder not found.")
+    scans = []
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir() and _SUBSET.match(p.name)):
+        fold = int(_SUBSET.match(folder.name).group(1))
+        scans.extend(SourceScan(scan_name(path), fold, path) for path in list_scans([folder]) if path.is_file())
+    if not scans:
+        raise UserInputError(f"{data_dir}: no scans in subset0..subset9 folders (LUNA16 layout expected).")
+    seen: dict[str, Path] = {}
+    for scan in scans:
+        if scan.seriesuid in seen:
+            raise UserInputError(f"{scan.path}: seriesuid {scan.seriesuid} also names {seen[scan.seriesuid]}.")
+        seen[scan.seriesuid] = scan.path
+    return sorted(scans, key=lambda s: s.seriesuid)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 23), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, array)
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_digest(path)}
+
+
+def _findings_by_uid(findings: Findings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for row, uid in enumerate(findings.seriesuids):
+        groups[str(uid)].append(row)
+    return {uid: (findings.centers_xyz_mm[rows], findings.diameters_mm[rows]) for uid, rows in groups.items()}
+
+
+def _spheres_in_crop(
+    centers_xyz_mm: np.ndarray, diameters_mm: np.ndarray, geometry: ScanGeometry, crop_start: np.ndarray
+) -> list[dict[str, Any]]:
+    """World spheres -> records with the centre in crop voxels (z, y, x) and the radius in voxels."""
+    centers_zyx = geometry.world_to_index(np.asarray(centers_xyz_mm).reshape(-1, 3)) - crop_start
+    radii = np.asarray(diameters_mm, dtype=np.float64) / 2.0 / float(geometry.spacing_xyz_mm[0])
+    return [
+        {"center_xyz_mm": [float(v) for v in world], "diameter_mm": float(diameter),
+         "center_zyx_vox": [float(v) for v in voxel], "radius_vox": float(radius)}
+        for world, diameter, voxel, radius in zip(centers_xyz_mm, diameters_mm, centers_zyx, radii)
+    ]
+
+
+def _geometry_record(geometry: ScanGeometry) -> dict[str, Any]:
+    return {"shape_zyx": [int(n) for n in geometry.shape_zyx],
+            "spacing_xyz_mm": geometry.spacing_xyz_mm.tolist(),
+            "origin_xyz_mm": geometry.origin_xyz_mm.tolist(),
+            "direction": geometry.direction.reshape(-1).tolist()}
+
+
+def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
+    """Build one scan's cache files; returns its uid. Runs in a worker process."""
+    scan, scans_dir, preprocess, spheres = job
+    config = PreprocessConfig.from_dict(preprocess)
+    image = read_scan(scan.path)
+    prepared = prepare_scan(image, config)
+    start = np.asarray(prepared.crop_start_zyx, dtype=np.int64)
+    image_record = _save_array(scans_dir / f"{scan.seriesuid}.npy", prepared.image.astype(STORAGE_DTYPE))
+    mask_record = None
+    if prepared.mask is not None:
+        mask_record = _save_array(scans_dir / f"{scan.seriesuid}.lungs.npy", prepared.mask.mask)
+        mask_record["block"] = prepared.mask.block
+    nodules, excluded = (
+        _spheres_in_crop(*spheres.get(kind, (np.zeros((0, 3)), np.zeros(0))), prepared.geometry, start)
+        for kind in ("annotations", "excluded")
+    )
+    metadata = {
+        "format": CACHE_FORMAT, "version": CACHE_VERSION,
+        "seriesuid": scan.seriesuid, "fold": scan.fold, "source": str(scan.path.resolve()),
+        "preprocess": preprocess,
+        "original": _geometry_record(ScanGeometry.from_image(image)),
+        "resampled": _geometry_record(prepared.geometry),
+        "crop_start_zyx": start.tolist(),
+        "crop_stop_zyx": (start + np.asarray(prepared.image.shape)).tolist(),
+        "shape_zyx": list(prepared.image.shape),
+        "image": image_record, "lung_mask": mask_record,
+        "nodules": nodules, "excluded": excluded,
+    }
+    with atomic_write(scans_dir / f"{scan.seriesuid}.json") as handle:
+        json.dump(metadata, handle, indent=1)
+    return scan.seriesuid
+
+
+def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: bool = True) -> str | None:
+    """Why the cached scan behind ``metadata_path`` cannot be used, or ``None`` when it can.
+
+    Checks the metadata's format, the pre-processing config (when given), and each array file's
+    size, ``.npy`` header (shape, dtype) and, with ``checksum``, its SHA-256.
+    """
+    if not metadata_path.is_file():
+        return "not cached"
+    try:
+        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        return f"unreadable metadata ({error})"
+    if metadata.get("format") != CACHE_FORMAT or metadata.get("version") != CACHE_VERSION:
+        return "cache format of another version"
+    if preprocess is not None and metadata.get("preprocess") != preprocess:
+        return "cached with another pre-processing config"
+    for key in ("image", "lung_mask"):
+        record = metadata.get(key)
+        if record is None:
+            continue
+        path = metadata_path.parent / record["file"]
+        if not path.is_file() or path.stat().st_size != record["bytes"]:
+            return f"{path.name} is missing or has the wrong size"
+        if checksum and file_digest(path) != record["sha256"]:
+            return f"{path.name} is corrupt (checksum mismatch)"
+    try:
+        array = np.load(metadata_path.parent / metadata["image"]["file"], mmap_mode="r")
+    except ValueError as error:
+        return f"unreadable image array ({error})"
+    if list(array.shape) != metadata["shape_zyx"] or array.dtype != STORAGE_DTYPE:
+        return "image array of the wrong shape or type"
+    return None
+
+
+def build_cache(
+    data_dir: str | os.PathLike,
+    cache_dir: str | os.PathLike,
+    config: PreprocessConfig | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Cache every scan of a LUNA16-layout folder; skip scans already cached and valid.
+
+    Resumable: a scan's metadata is written last and atomically, so an interrupted run leaves
+    only complete scans or none; invalid ones (truncated, corrupt, other config) are rebuilt.
+
+    Args:
+        data_dir: ``subset<k>/<uid>.mhd``, ``annotations.csv``, optional ``annotations_excluded.csv``.
+        cache_dir: the cache folder (created).
+        config: pre-processing (default: the library's defaults, 1 mm isotropic).
+        workers: processes resampling scans in parallel.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``{"scans": n, "built": b, "skipped": n - b}``.
+    """
+    config = config or PreprocessConfig()
+    spacing = np.asarray(config.spacing_xyz_mm)
+    if not np.allclose(spacing, spacing[0]):
+        raise UserInputError(f"pre-processing spacing {tuple(spacing)}: training needs an isotropic spacing.")
+    data_dir, cache_dir = Path(data_dir).resolve(), Path(cache_dir)
+    scans = find_luna16_scans(data_dir)
+    spheres: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+    for kind, name, required in (("annotations", "annotations.csv", True),
+                                 ("excluded", "annotations_excluded.csv", False)):
+        path = data_dir / name
+        if not path.is_file() and not required:
+            continue
+        for uid, value in _findings_by_uid(read_annotations(path)).items():
+            spheres[uid][kind] = value
+    unknown = sorted(set(spheres) - {scan.seriesuid for scan in scans})
+    if unknown:
+        log.warning("%d annotated seriesuid(s) have no scan, e.g. %s", len(unknown), unknown[0])
+    scans_dir = cache_dir / "scans"
+    scans_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(cache_dir / "cache.json") as handle:
+        json.dump({"format": CACHE_FORMAT, "version": CACHE_VERSION, "data_dir": str(data_dir),
+                   "preprocess": config.to_dict()}, handle, indent=2)
+    preprocess = json.loads(json.dumps(config.to_dict()))
+    todo = []
+    for scan in tqdm(scans, desc="checking cache", unit="scan", disable=not progress):
+        problem = scan_problem(scans_dir / f"{scan.seriesuid}.json", preprocess)
+        if problem is not None:
+            if problem != "not cached":
+                log.warning("%s: %s; rebuilding it", scan.seriesuid, problem)
+            todo.append((scan, scans_dir, preprocess, dict(spheres.get(scan.seriesuid, {}))))
+    bar = tqdm(total=len(todo), desc="caching", unit="scan", disable=not progress)
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            _cache_one(job)
+            bar.update()
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _quiet_worker) as pool:
+            for _ in pool.imap_unordered(_cache_one, todo):
+                bar.update()
+    bar.close()
+    return {"scans": len(scans), "built": len(todo), "skipped": len(scans) - len(todo)}
+
+
+def _quiet_worker() -> None:
+    """Worker set-up: one ITK thread per process (the pool provides the parallelism)."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """``cache.json``: format, version, ``data_dir`` and the ``preprocess`` config dict."""
+    path = Path(cache_dir) / "cache.json"
+    if not path.is_file():
+        raise UserInputError(f"{cache_dir}: not a training cache (no cache.json); run scpm-train preprocess.")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("format") != CACHE_FORMAT or info.get("version") != CACHE_VERSION:
+        raise UserInputError(f"{path}: a cache of another format or version; run scpm-train preprocess again.")
+    return info
+
+
+def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
+               seriesuids: Sequence[str] | None = None) -> list[CachedScan]:
+    """Every cached scan (or those of ``seriesuids``), sorted by uid, after checking its files.
+
+    Raises:
+        UserInputError: the folder is not a cache, or a scan's files are missing or corrupt
+            (naming the scan and telling to re-run ``scpm-train preprocess``, which rebuilds it).
+    """
+    cache_dir = Path(cache_dir)
+    info = read_cache_info(cache_dir)
+    paths = sorted((cache_dir / "scans").glob("*.json"))
+    if seriesuids is not None:
+        wanted = set(seriesuids)
+        paths = [p for p in paths if p.stem in wanted]
+    if not paths:
+        raise UserInputError(f"{cache_dir}: the cache holds no scans; run scpm-train preprocess.")
+    scans = []
+    for path in paths:
+        problem = scan_problem(path, info["preprocess"], checksum)
+        if problem is not None:
+            raise UserInputError(
+                f"{path}: {problem}; run scpm-train preprocess --data {info['data_dir']} --cache {cache_dir} "
+                "to rebuild it."
+            )
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+        nodules = metadata["nodules"]
+        scans.append(CachedScan(
+            seriesuid=metadata["seriesuid"],
+            fold=int(metadata["fold"]),
+            image_path=path.parent / metadata["image"]["file"],
+            shape_zyx=tuple(metadata["shape_zyx"]),
+            crop_start_zyx=tuple(metadata["crop_start_zyx"]),
+            resampled_shape_zyx=tuple(metadata["resampled"]["shape_zyx"]),
+            centers_zyx_vox=np.asarray([n["center_zyx_vox"] for n in nodules], dtype=np.float64).reshape(-1, 3),
+            radii_vox=np.asarray([n["radius_vox"] for n in nodules], dtype=np.float64).reshape(-1),
+            source=Path(metadata["source"]),
+        ))
+    return scans
