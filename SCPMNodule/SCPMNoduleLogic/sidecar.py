@@ -1,0 +1,95 @@
+"""The review's crash-recovery file: a small JSON copy of every nodule, rewritten on each change.
+
+Layout (world positions in LPS mm, as every file this project writes)::
+
+    {"format": "scpm-nodule-review", "version": 1, "volume": name, "seriesuid": uid,
+     "nodules": [{"id": "N1", "center_xyz_mm": [x, y, z], "diameter_mm": d,
+                  "probability": p, "status": "pending|accepted|rejected|added"}, ...]}
+
+The file is replaced atomically, so a crash while writing leaves the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import atomic_write
+
+from .review import STATUSES, Nodule, NoduleReview, ReviewStyle
+from .volumes import lps_to_ras
+
+SIDECAR_FORMAT = "scpm-nodule-review"
+SIDECAR_VERSION = 1
+
+
+def series_uid(volume_node) -> str:
+    """The volume's DICOM SeriesInstanceUID when it was loaded from DICOM, else its name.
+
+    Slicer's DICOM loader records the series UID as the ``DICOM`` UID of the volume's subject
+    hierarchy item; a LUNA16 ``.mhd`` volume is named after its series UID already.
+    """
+    from slicer import vtkMRMLSubjectHierarchyNode
+
+    hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
+    if hierarchy is not None:
+        uid = hierarchy.GetItemUID(hierarchy.GetItemByDataNode(volume_node), "DICOM")
+        if uid:
+            return uid
+    return volume_node.GetAttribute("DICOM.SeriesInstanceUID") or volume_node.GetName()
+
+
+def review_to_dict(review: NoduleReview) -> dict:
+    volume = review.volume_node
+    return {
+        "format": SIDECAR_FORMAT,
+        "version": SIDECAR_VERSION,
+        "volume": volume.GetName() if volume else None,
+        "seriesuid": series_uid(volume) if volume else None,
+        "nodules": [
+            {"id": n.label, "center_xyz_mm": list(n.center_xyz_mm), "diameter_mm": n.diameter_mm,
+             "probability": n.probability, "status": n.status}
+            for n in review.nodules()
+        ],
+    }
+
+
+def write_sidecar(path: str | os.PathLike, review: NoduleReview) -> None:
+    """Write the review to ``path`` atomically."""
+    with atomic_write(path, encoding="utf-8") as handle:
+        json.dump(review_to_dict(review), handle, indent=1)
+
+
+def read_sidecar(path: str | os.PathLike) -> list[Nodule]:
+    """The nodules recorded in a sidecar file."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: file not found.")
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{path}: not a JSON file ({error}).")
+    if not isinstance(content, dict) or content.get("format") != SIDECAR_FORMAT:
+        raise UserInputError(f"{path}: not an SCPMNodule review file.")
+    if content.get("version") != SIDECAR_VERSION:
+        raise UserInputError(f"{path}: review file version {content.get('version')} is not "
+                             f"{SIDECAR_VERSION}.")
+    try:
+        nodules = [
+            Nodule(str(n["id"]), tuple(float(v) for v in lps_to_ras(n["center_xyz_mm"])),
+                   float(n["diameter_mm"]), float(n["probability"]), str(n["status"]))
+            for n in content["nodules"]
+        ]
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserInputError(f"{path}: a nodule entry is incomplete or malformed ({error!r}).")
+    unknown = sorted({n.status for n in nodules} - set(STATUSES))
+    if unknown:
+        raise UserInputError(f"{path}: unknown status {', '.join(unknown)}.")
+    return nodules
+
+
+def restore_review(volume_node, path: str | os.PathLike, style: ReviewStyle | None = None) -> NoduleReview:
+    """Rebuild a review of ``volume_node`` from its sidecar file (after a crash); keeps writing there."""
+    return NoduleReview.from_nodules(volume_node, read_sidecar(path), style, sidecar_path=str(path))
