@@ -52,7 +52,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-_COMMANDS: list = []
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="LUNA16 FROC and CPM of candidates, with bootstrap bands and a plot",
+        description="Score candidates against LUNA16 annotations with the challenge's FROC protocol; "
+        "print the sensitivities at 1/8..8 FPs/scan and the CPM with their bootstrap bands, and "
+        "write froc_curve.csv, froc_summary.json, missed_nodules.csv and froc.png into --out.",
+    )
+    parser.add_argument("--annotations", required=True, help="annotations.csv (included nodules)")
+    parser.add_argument("--excluded", required=True, help="annotations_excluded.csv")
+    parser.add_argument("--seriesuids", required=True, help="seriesuids.csv: the scans evaluated")
+    parser.add_argument("--candidates", required=True, help="candidates: seriesuid,coordX,coordY,coordZ,probability")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=CANDIDATES",
+                        help="another candidates file to overlay (repeatable)")
+    parser.add_argument("--bootstraps", type=int, default=1000, help="bootstrap resamples (0: none)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation import EvaluationConfig, evaluate_runs, format_results, write_evaluation
+
+    runs = {Path(args.candidates).stem: args.candidates}
+    for item in args.compare:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path or label in runs:
+            raise UserInputError(f"--compare {item}: expected a new LABEL=CANDIDATES pair.")
+        runs[label] = path
+    if args.bootstraps < 0:
+        raise UserInputError(f"--bootstraps {args.bootstraps}: the number of resamples cannot be negative.")
+    config = EvaluationConfig(n_bootstraps=args.bootstraps, seed=args.seed)
+    results = evaluate_runs(args.annotations, args.excluded, args.seriesuids, runs, config)
+    inputs = {"annotations": args.annotations, "excluded": args.excluded, "seriesuids": args.seriesuids,
+              **{f"candidates:{label}": str(path) for label, path in runs.items()}}
+    paths = write_evaluation(results, args.out, inputs)
+    print(format_results(results))
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    return 0
+
+
+_COMMANDS: list = [_add_evaluate]
 
 if __name__ == "__main__":
     sys.exit(main())

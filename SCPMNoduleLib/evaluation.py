@@ -1,0 +1,735 @@
+"""LUNA16's FROC evaluation, vectorised, with bootstrap bands, a per-size breakdown and a plot.
+
+This reproduces the challenge's own script (``noduleCADEvaluationLUNA16.py``) rule for rule:
+
+* Scans are the rows of the series list; candidates and annotations of other uids are left out.
+  A scan without candidates still counts in the FP-per-scan denominator ``S``.
+* At most ``max_candidates_per_scan`` (100) candidates a scan: when a scan has more, let ``p*`` be
+  its 101st-highest probability; the candidates with ``p > p*`` are kept, so a tie at the cut-off
+  drops every tied candidate.
+* A candidate at ``c`` hits a finding at ``n`` of diameter ``d`` (``d < 0`` means 10 mm) when
+  ``|c - n|^2 < (d / 2)^2`` (strictly; a candidate exactly on the sphere misses).
+* Every included nodule gives one FROC entry: a TP scored with the highest probability among the
+  candidates hitting it, or a miss that only counts in the number of nodules ``N``. A candidate
+  hitting two included nodules counts for both; one hitting an included nodule and an excluded
+  finding is a TP. Every candidate that hits any finding (included or excluded) leaves the FP
+  list, so extra hits on a nodule and hits on excluded findings are neither TP nor FP.
+* The curve is scikit-learn's ``roc_curve`` over the TP and FP entries (one point per distinct
+  probability, collinear intermediate points dropped, ``(0, 0)`` at threshold ``inf`` in front):
+  ``fps = (FP(t) / F) * F / S`` and ``sensitivity = (TP(t) / T) * T / N`` with ``F``, ``T`` the
+  totals, evaluated in that order so the floats are the official script's bit for bit.
+* The sensitivities at 1/8 ... 8 FPs per scan are ``np.interp`` of that curve (where several
+  points share an FP rate the last, highest one counts); CPM is their mean.
+* Bootstrap: scans are resampled with replacement; resample ``b`` gives scan ``s`` a weight
+  ``w[b, s]`` (how often it was drawn), so with entries sorted by probability the curve of
+  resample ``b`` is ``FP_b(t) = sum_e w[b, scan(e)] [e is FP, p_e >= t]`` and likewise ``TP_b``
+  and ``N_b``: one sparse product ``W @ A`` (``A``: scans x thresholds) for many resamples at once,
+  after merging runs of thresholds that hold only FPs or only TPs (straight stretches of every
+  resample's curve, so ``np.interp`` reads the same values off the merged curve).
+  Bands use the official script's order statistics: the ``floor(a B)``-th and ``floor((1 - a) B)``-th
+  of the ``B`` sorted values, ``a = (1 - confidence) / 2``.
+
+Degenerate inputs the official script turns into NaN or a crash give numbers here: no candidate at
+all or no TP gives sensitivity 0; a resample without a nodule gives sensitivity 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import scipy.sparse
+
+from .errors import UserInputError
+from .io import (
+    ANNOTATION_COLUMNS,
+    CANDIDATE_COLUMNS,
+    Findings,
+    atomic_write,
+    read_annotations,
+    read_candidates,
+    read_seriesuids,
+    write_annotations,
+)
+
+log = logging.getLogger(__name__)
+
+FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+TableLike = Union[str, os.PathLike, Findings, Any]
+"""A LUNA16 table: a CSV path, a :class:`Findings`, or a pandas-like DataFrame in LUNA16 columns."""
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Every number the evaluation uses.
+
+    Attributes:
+        fp_rates: FPs per scan at which sensitivity is read off; CPM is the mean over them.
+        max_candidates_per_scan: LUNA16's cap (100); ``None`` keeps every candidate.
+        default_diameter_mm: diameter used for findings whose ``diameter_mm`` is negative.
+        n_bootstraps: resamples of the scans; 0 skips the bootstrap.
+        seed: seed of the resampling.
+        confidence: two-sided coverage of the bands.
+        band_points: FP rates, log-spaced over ``fp_rates``' range, at which the band is kept.
+        bootstrap_chunk: resamples computed together (bounds the memory, not the result).
+        size_edges_mm: ``(a, b)``: size classes ``d < a``, ``a <= d <= b``, ``d > b``.
+        size_fp_rates: FP rates of the per-size breakdown.
+    """
+
+    fp_rates: tuple[float, ...] = FP_RATES
+    max_candidates_per_scan: int | None = 100
+    default_diameter_mm: float = 10.0
+    n_bootstraps: int = 1000
+    seed: int = 0
+    confidence: float = 0.95
+    band_points: int = 129
+    bootstrap_chunk: int = 250
+    size_edges_mm: tuple[float, float] = (6.0, 10.0)
+    size_fp_rates: tuple[float, ...] = (1.0, 4.0)
+
+
+@dataclass(frozen=True)
+class FROCCurve:
+    """The FROC curve, one point per kept probability threshold, ``(0, 0)`` first.
+
+    Attributes:
+        fps_per_scan: ``(P,)`` non-decreasing.
+        sensitivity: ``(P,)`` non-decreasing, in [0, 1].
+        thresholds: ``(P,)`` decreasing; ``inf`` for the first point.
+    """
+
+    fps_per_scan: np.ndarray
+    sensitivity: np.ndarray
+    thresholds: np.ndarray
+
+    def at(self, fp_rates: Sequence[float]) -> np.ndarray:
+        """Sensitivity at ``fp_rates`` by linear interpolation (``np.interp``, as LUNA16)."""
+        return np.interp(np.asarray(fp_rates, np.float64), self.fps_per_scan, self.sensitivity)
+
+
+@dataclass(frozen=True)
+class BootstrapBands:
+    """Bootstrap over scans.
+
+    Attributes:
+        n_resamples, seed, confidence: how it was drawn.
+        sensitivities: ``(B, R)`` each resample's sensitivity at the R ``fp_rates``.
+        mean, lower, upper: ``(R,)`` mean and band at the ``fp_rates``.
+        cpm_mean, cpm_lower, cpm_upper: the same for the CPM of each resample.
+        grid_fps_per_scan: ``(Q,)`` log-spaced FP rates; ``grid_mean/lower/upper`` ``(Q,)`` there.
+    """
+
+    n_resamples: int
+    seed: int
+    confidence: float
+    sensitivities: np.ndarray
+    mean: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    cpm_mean: float
+    cpm_lower: float
+    cpm_upper: float
+    grid_fps_per_scan: np.ndarray
+    grid_mean: np.ndarray
+    grid_lower: np.ndarray
+    grid_upper: np.ndarray
+
+
+@dataclass(frozen=True)
+class SizeClass:
+    """Sensitivity of the nodules of one size class, on the whole system's FP axis.
+
+    The FP entries are all of them; only the TP entries and the nodule count are the class's,
+    so "at 1 FP/scan" is the same operating point as for all nodules.
+    """
+
+    label: str
+    n_nodules: int
+    n_detected: int
+    fp_rates: tuple[float, ...]
+    sensitivities: np.ndarray
+
+
+@dataclass(frozen=True)
+class FROCCounts:
+    """What went where (the official script's ``CADAnalysis.txt``, plus what was left out)."""
+
+    n_scans: int
+    n_nodules: int
+    n_detected: int
+    n_excluded_findings: int
+    n_candidates: int
+    n_false_positives: int
+    n_on_excluded: int
+    n_duplicate_hits: int
+    n_over_cap: int
+    n_unknown_uid: int
+
+
+@dataclass(frozen=True)
+class FROCResult:
+    """The LUNA16 evaluation of one candidate set.
+
+    Attributes:
+        fp_rates: the R FP-per-scan rates (LUNA16's seven).
+        sensitivities: ``(R,)`` sensitivity at each rate.
+        cpm: mean of ``sensitivities``.
+        curve: the full FROC curve.
+        bootstrap: bands, or ``None`` when ``n_bootstraps`` is 0.
+        nodules: the included nodules on the listed scans; ``probabilities`` holds the best
+            hitting candidate's probability, NaN for a missed nodule.
+        nodule_hit: ``(N,)`` bool.
+        by_size: sensitivity per size class.
+        counts: the bookkeeping.
+    """
+
+    fp_rates: tuple[float, ...]
+    sensitivities: np.ndarray
+    cpm: float
+    curve: FROCCurve
+    bootstrap: BootstrapBands | None
+    nodules: Findings
+    nodule_hit: np.ndarray
+    by_size: tuple[SizeClass, ...]
+    counts: FROCCounts
+
+    @property
+    def missed(self) -> Findings:
+        """The included nodules no kept candidate hits."""
+        return self.nodules.select(~self.nodule_hit)
+
+    def summary(self) -> dict:
+        """A JSON-ready dict of the figures (no per-nodule rows, no curve)."""
+        out: dict[str, Any] = {
+            "fp_rates": list(self.fp_rates),
+            "sensitivities": self.sensitivities.tolist(),
+            "cpm": self.cpm,
+            "counts": vars(self.counts).copy(),
+            "by_size": [
+                {"size": c.label, "n_nodules": c.n_nodules, "n_detected": c.n_detected,
+                 "fp_rates": list(c.fp_rates), "sensitivities": _nan_to_none(c.sensitivities)}
+                for c in self.by_size
+            ],
+        }
+        if self.bootstrap is not None:
+            b = self.bootstrap
+            out["bootstrap"] = {
+                "n_resamples": b.n_resamples, "seed": b.seed, "confidence": b.confidence,
+                "mean": b.mean.tolist(), "lower": b.lower.tolist(), "upper": b.upper.tolist(),
+                "cpm_mean": b.cpm_mean, "cpm_lower": b.cpm_lower, "cpm_upper": b.cpm_upper,
+            }
+        return out
+
+
+def _nan_to_none(values: np.ndarray) -> list:
+    return [None if math.isnan(v) else float(v) for v in values]
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+
+def _findings_from_frame(frame: Any, columns: Sequence[str], name: str) -> Findings:
+    """A pandas-like DataFrame (``.columns``, ``frame[col]``) in LUNA16 columns -> Findings."""
+    missing = [c for c in columns if c not in list(frame.columns)]
+    if missing:
+        raise UserInputError(f"{name}: the table lacks the columns {', '.join(missing)}.")
+    try:
+        centers = np.stack([np.asarray(frame[c], np.float64) for c in ("coordX", "coordY", "coordZ")], 1)
+        extra = {c: np.asarray(frame[c], np.float64) for c in ("diameter_mm", "probability")
+                 if c in list(frame.columns)}
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"{name}: a coordinate, diameter or probability is not a number ({error}).")
+    uids = np.asarray(frame["seriesuid"]).astype(str)
+    return Findings.from_columns(uids, centers.reshape(len(uids), 3), extra.get("diameter_mm"),
+                                 extra.get("probability"))
+
+
+def _as_findings(table: TableLike, candidates: bool, name: str) -> Findings:
+    """Path, Findings or DataFrame -> Findings, with the values the evaluation needs checked."""
+    columns = CANDIDATE_COLUMNS if candidates else ANNOTATION_COLUMNS
+    if isinstance(table, Findings):
+        findings = table
+    elif hasattr(table, "columns"):
+        findings = _findings_from_frame(table, columns, name)
+    else:
+        name = str(table)
+        findings = read_candidates(table) if candidates else read_annotations(table)
+    value = findings.probabilities if candidates else findings.diameters_mm
+    if not (np.isfinite(findings.centers_xyz_mm).all() and np.isfinite(value).all()):
+        what = "probability" if candidates else "diameter_mm"
+        raise UserInputError(f"{name}: a coordinate or {what} is missing, NaN or infinite.")
+    return findings
+
+
+def _as_seriesuids(seriesuids: str | os.PathLike | Iterable[str] | Any) -> np.ndarray:
+    if isinstance(seriesuids, (str, os.PathLike)):
+        name, uids = str(seriesuids), read_seriesuids(seriesuids)
+    elif hasattr(seriesuids, "columns"):
+        name, uids = "series table", list(np.asarray(seriesuids[list(seriesuids.columns)[0]]))
+    else:
+        name, uids = "series list", list(seriesuids)
+    uids = np.asarray([str(uid).strip() for uid in uids], dtype=str)
+    if len(uids) == 0:
+        raise UserInputError(f"{name}: the series list names no scan.")
+    unique, counts = np.unique(uids, return_counts=True)
+    if (counts > 1).any():
+        raise UserInputError(f"{name}: seriesuid {unique[counts > 1][0]} is listed more than once.")
+    return uids
+
+
+def _scan_index(seriesuids: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``(M,)`` position of each query uid in ``seriesuids``, -1 where it is not listed."""
+    sorter = np.argsort(seriesuids)
+    position = np.searchsorted(seriesuids, query, sorter=sorter)
+    position = np.minimum(position, len(seriesuids) - 1)
+    index = sorter[position]
+    return np.where(seriesuids[index] == query, index, -1)
+
+
+# ----------------------------------------------------------------------------------- matching
+
+
+def _keep_top_per_scan(scan: np.ndarray, probability: np.ndarray, cap: int, n_scans: int) -> np.ndarray:
+    """``(C,)`` mask: in a scan with more than ``cap`` candidates keep ``p > p_(cap+1)``."""
+    order = np.lexsort((-probability, scan))
+    counts = np.bincount(scan, minlength=n_scans)
+    starts = np.cumsum(counts) - counts
+    over = counts > cap
+    threshold = np.full(n_scans, -np.inf)
+    threshold[over] = probability[order[starts[over] + cap]]
+    return probability > threshold[scan]
+
+
+def _pairs_in_same_scan(scan_a: np.ndarray, scan_b: np.ndarray, n_scans: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)`` with ``scan_a[i] == scan_b[j]``, built with repeat/cumsum (no loop)."""
+    order_b = np.argsort(scan_b, kind="stable")
+    counts_b = np.bincount(scan_b, minlength=n_scans)
+    starts_b = np.cumsum(counts_b) - counts_b
+    per_a = counts_b[scan_a]
+    i = np.repeat(np.arange(len(scan_a)), per_a)
+    block_start = np.repeat(np.cumsum(per_a) - per_a, per_a)
+    j = order_b[np.repeat(starts_b[scan_a], per_a) + np.arange(per_a.sum()) - block_start]
+    return i, j
+
+
+def _squared_distance(a_xyz: np.ndarray, b_xyz: np.ndarray) -> np.ndarray:
+    """``dx^2 + dy^2 + dz^2`` summed in that order, as the official script does."""
+    d = a_xyz - b_xyz
+    return d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """The FROC list: one entry per detected nodule (TP) and per false-positive candidate."""
+
+    scan: np.ndarray
+    probability: np.ndarray
+    is_tp: np.ndarray
+
+    def select(self, mask: np.ndarray) -> _Entries:
+        return _Entries(self.scan[mask], self.probability[mask], self.is_tp[mask])
+
+
+# ----------------------------------------------------------------------------------- the curve
+
+
+def _descending_thresholds(probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order by decreasing probability and each sorted entry's threshold index (0 = highest)."""
+    order = np.argsort(probability, kind="mergesort")[::-1]
+    sorted_p = probability[order]
+    group = np.concatenate([[0], np.cumsum(np.diff(sorted_p) != 0)]) if len(order) else order
+    return order, group
+
+
+def _froc_curve(entries: _Entries, n_nodules: int, n_scans: int) -> FROCCurve:
+    """scikit-learn's ``roc_curve`` (with ``drop_intermediate``) rescaled to FPs/scan, as LUNA16."""
+    order, group = _descending_thresholds(entries.probability)
+    if len(order) == 0:
+        return FROCCurve(np.zeros(1), np.zeros(1), np.full(1, np.inf))
+    last_of_group = np.flatnonzero(np.diff(np.append(group, group[-1] + 1)))
+    tps = np.cumsum(entries.is_tp[order].astype(np.float64))[last_of_group]
+    fps = (last_of_group + 1) - tps
+    thresholds = entries.probability[order][last_of_group]
+    if len(fps) > 2:
+        keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    n_fp, n_tp = fps[-1], tps[-1]
+    fps_per_scan = fps / n_fp * n_fp / n_scans if n_fp > 0 else np.zeros_like(fps)
+    sensitivity = tps / n_tp * n_tp / n_nodules if n_tp > 0 else np.zeros_like(tps)
+    return FROCCurve(fps_per_scan, sensitivity, np.r_[np.inf, thresholds])
+
+
+# ----------------------------------------------------------------------------------- bootstrap
+
+
+def bootstrap_resamples(n_scans: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``(B, S)`` scan indices drawn with replacement; row ``b`` is resample ``b``."""
+    return np.random.default_rng(seed).integers(0, n_scans, size=(n_resamples, n_scans))
+
+
+def _interp_rows(cum_fp: np.ndarray, sensitivity: np.ndarray, fp_counts: np.ndarray) -> np.ndarray:
+    """``np.interp`` of each row's curve at FP counts, for all rows at once.
+
+    Args:
+        cum_fp: ``(B, P)`` int, non-decreasing along each row, ``cum_fp[:, 0] == 0``.
+        sensitivity: ``(B, P)``.
+        fp_counts: ``(Q,)`` FP counts (FPs per scan times S) to read the curves at.
+
+    Returns:
+        ``(B, Q)``. As ``np.interp``: with ``j`` the last point where ``cum_fp <= k``,
+        ``y_j + (k - x_j) (y_{j+1} - y_j) / (x_{j+1} - x_j)``, and ``y_{P-1}`` past the end.
+        ``j`` comes from one ``searchsorted`` over the rows laid end to end, each shifted by
+        ``row * stride`` so that the concatenation stays sorted.
+    """
+    n_rows, n_points = cum_fp.shape
+    whole = np.floor(fp_counts).astype(np.int64)
+    stride = int(max(cum_fp[:, -1].max(), whole.max())) + 1
+    shift = np.arange(n_rows, dtype=np.int64)[:, None] * stride
+    found = np.searchsorted((cum_fp + shift).ravel(), (whole[None, :] + shift).ravel(), side="right")
+    j = found.reshape(n_rows, -1) - 1 - np.arange(n_rows)[:, None] * n_points
+    j_next = np.minimum(j + 1, n_points - 1)
+    x0, x1 = np.take_along_axis(cum_fp, j, 1), np.take_along_axis(cum_fp, j_next, 1)
+    y0, y1 = np.take_along_axis(sensitivity, j, 1), np.take_along_axis(sensitivity, j_next, 1)
+    inside = j_next > j
+    slope = np.divide(y1 - y0, x1 - x0, out=np.zeros_like(y0), where=inside)
+    return y0 + slope * (fp_counts[None, :] - x0)
+
+
+def _merge_straight_runs(group: np.ndarray, is_tp: np.ndarray) -> np.ndarray:
+    """Renumber sorted entries' thresholds so that runs of FP-only or of TP-only thresholds merge.
+
+    A run of thresholds holding only FPs is a horizontal stretch of every resample's curve, one of
+    only TPs a vertical one; dropping the points inside such a run leaves ``np.interp`` unchanged
+    (on a vertical stretch it reads the top point, which stays). Thresholds holding both stay apart.
+    LUNA16's curves have about two such runs per nodule instead of a point per candidate.
+    """
+    if len(group) == 0:
+        return group
+    n_groups = int(group[-1]) + 1
+    has_tp = np.bincount(group, weights=is_tp, minlength=n_groups) > 0
+    has_fp = np.bincount(group, weights=~is_tp, minlength=n_groups) > 0
+    kind = np.where(has_tp & has_fp, 0, np.where(has_tp, 1, 2))
+    starts = np.r_[True, (kind[1:] != kind[:-1]) | (kind[1:] == 0)]
+    return (np.cumsum(starts) - 1)[group]
+
+
+def _bootstrap_sensitivities(entries: _Entries, nodules_per_scan: np.ndarray, fp_rates: np.ndarray,
+                             config: EvaluationConfig) -> np.ndarray:
+    """``(B, Q)`` sensitivity of each resample at ``fp_rates`` (see the module's docstring)."""
+    n_scans = len(nodules_per_scan)
+    order, group = _descending_thresholds(entries.probability)
+    group = _merge_straight_runs(group, entries.is_tp[order])
+    n_groups = int(group[-1]) + 1 if len(group) else 0
+    group_of_entry = np.empty_like(group)
+    group_of_entry[order] = group
+
+    def thresholds_by_scan(mask: np.ndarray) -> scipy.sparse.csr_matrix:
+        """``(G, S)``: entries of each threshold group and scan selected by ``mask``."""
+        ones = np.ones(int(mask.sum()), np.int64)
+        return scipy.sparse.csr_matrix((ones, (group_of_entry[mask], entries.scan[mask])),
+                                       shape=(n_groups, n_scans))
+
+    tp_matrix, fp_matrix = thresholds_by_scan(entries.is_tp), thresholds_by_scan(~entries.is_tp)
+    resamples = bootstrap_resamples(n_scans, config.n_bootstraps, config.seed)
+    out = np.empty((config.n_bootstraps, len(fp_rates)))
+    for start in range(0, config.n_bootstraps, config.bootstrap_chunk):
+        drawn = resamples[start:start + config.bootstrap_chunk]
+        rows = len(drawn)
+        weights = np.bincount((drawn + np.arange(rows)[:, None] * n_scans).ravel(),
+                              minlength=rows * n_scans).reshape(rows, n_scans)
+
+        def cumulative(matrix: scipy.sparse.csr_matrix) -> np.ndarray:
+            counts = np.asarray(matrix @ weights.T).T
+            return np.concatenate([np.zeros((rows, 1), np.int64), np.cumsum(counts, axis=1)], axis=1)
+
+        cum_tp, cum_fp = cumulative(tp_matrix), cumulative(fp_matrix)
+        n_nodules = (weights @ nodules_per_scan).astype(np.float64)[:, None]
+        sensitivity = np.divide(cum_tp, n_nodules, out=np.zeros(cum_tp.shape), where=n_nodules > 0)
+        out[start:start + rows] = _interp_rows(cum_fp, sensitivity, fp_rates * n_scans)
+    return out
+
+
+def _order_statistic_band(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, lower and upper along axis 0, with the official script's order statistics."""
+    ranked = np.sort(values, axis=0)
+    n = len(ranked)
+    tail = (1.0 - confidence) / 2.0
+    low, high = int(math.floor(tail * n)), min(int(math.floor((1.0 - tail) * n)), n - 1)
+    return ranked.mean(axis=0), ranked[low], ranked[high]
+
+
+def _bootstrap_bands(entries: _Entries, nodules_per_scan: np.ndarray, config: EvaluationConfig) -> BootstrapBands:
+    rates = np.asarray(config.fp_rates, np.float64)
+    grid = np.geomspace(rates.min(), rates.max(), config.band_points)
+    sens = _bootstrap_sensitivities(entries, nodules_per_scan, np.concatenate([rates, grid]), config)
+    at_rates, on_grid = sens[:, :len(rates)], sens[:, len(rates):]
+    mean, lower, upper = _order_statistic_band(at_rates, config.confidence)
+    cpm_mean, cpm_lower, cpm_upper = _order_statistic_band(at_rates.mean(axis=1), config.confidence)
+    grid_mean, grid_lower, grid_upper = _order_statistic_band(on_grid, config.confidence)
+    return BootstrapBands(config.n_bootstraps, config.seed, config.confidence, at_rates, mean, lower,
+                          upper, float(cpm_mean), float(cpm_lower), float(cpm_upper), grid, grid_mean,
+                          grid_lower, grid_upper)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+def _size_labels(edges: tuple[float, float]) -> tuple[str, str, str]:
+    return f"<{edges[0]:g} mm", f"{edges[0]:g}-{edges[1]:g} mm", f">{edges[1]:g} mm"
+
+
+def _size_class(diameters_mm: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
+    """0 for ``d < a``, 1 for ``a <= d <= b``, 2 for ``d > b``."""
+    return (diameters_mm >= edges[0]).astype(np.int64) + (diameters_mm > edges[1])
+
+
+def _on_listed_scans(findings: Findings, uids: np.ndarray) -> tuple[Findings, np.ndarray, int]:
+    """The rows whose uid is listed, their scan index, and how many rows were left out."""
+    scan = _scan_index(uids, findings.seriesuids)
+    listed = scan >= 0
+    return findings.select(listed), scan[listed], int((~listed).sum())
+
+
+@dataclass(frozen=True)
+class _Matches:
+    """Which candidate hits which finding.
+
+    Attributes:
+        best: ``(N,)`` highest probability among the candidates hitting each included nodule
+            (``-inf`` where none does).
+        n_hits: ``(N,)`` how many candidates hit each included nodule.
+        on_included: ``(C,)`` the candidate hits an included nodule.
+        on_any: ``(C,)`` the candidate hits an included nodule or an excluded finding.
+    """
+
+    best: np.ndarray
+    n_hits: np.ndarray
+    on_included: np.ndarray
+    on_any: np.ndarray
+
+
+def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, excluded_scan: np.ndarray,
+           candidates: Findings, candidate_scan: np.ndarray, n_scans: int, default_diameter_mm: float) -> _Matches:
+    """Hits ``|c - n|^2 < (d / 2)^2`` over every (finding, candidate) pair of the same scan."""
+    n_nodules = len(nodules)
+    finding_scan = np.concatenate([nodule_scan, excluded_scan])
+    finding_xyz = np.concatenate([nodules.centers_xyz_mm, excluded.centers_xyz_mm])
+    diameters = np.concatenate([nodules.diameters_mm, excluded.diameters_mm])
+    diameters = np.where(diameters < 0.0, default_diameter_mm, diameters)
+    f, c = _pairs_in_same_scan(finding_scan, candidate_scan, n_scans)
+    hit = _squared_distance(finding_xyz[f], candidates.centers_xyz_mm[c]) < (diameters[f] / 2.0) ** 2.0
+    f, c = f[hit], c[hit]
+    included = f < n_nodules  # the included nodules come first
+    best = np.full(n_nodules, -np.inf)
+    np.maximum.at(best, f[included], candidates.probabilities[c[included]])
+    on_included, on_any = np.zeros(len(candidates), bool), np.zeros(len(candidates), bool)
+    on_included[c[included]] = True
+    on_any[c] = True
+    return _Matches(best, np.bincount(f[included], minlength=n_nodules), on_included, on_any)
+
+
+def _size_breakdown(entries: _Entries, size_of_entry: np.ndarray, size_of_nodule: np.ndarray,
+                    nodule_hit: np.ndarray, n_scans: int, config: EvaluationConfig) -> tuple[SizeClass, ...]:
+    """Per size class: the class's TP entries with every FP entry, over the class's nodules."""
+    classes = []
+    for index, label in enumerate(_size_labels(config.size_edges_mm)):
+        in_class = size_of_nodule == index
+        n_in_class = int(in_class.sum())
+        if n_in_class:
+            curve = _froc_curve(entries.select(~entries.is_tp | (size_of_entry == index)), n_in_class, n_scans)
+            sensitivities = curve.at(config.size_fp_rates)
+        else:
+            sensitivities = np.full(len(config.size_fp_rates), np.nan)
+        classes.append(SizeClass(label, n_in_class, int((nodule_hit & in_class).sum()),
+                                 tuple(config.size_fp_rates), sensitivities))
+    return tuple(classes)
+
+
+def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, candidates: TableLike,
+                  config: EvaluationConfig | None = None) -> FROCResult:
+    """Evaluate candidates against LUNA16 annotations exactly as the challenge's script does.
+
+    Args:
+        annotations: included nodules (``seriesuid,coordX,coordY,coordZ,diameter_mm``, world mm):
+            a CSV path, a :class:`~SCPMNoduleLib.io.Findings` or a pandas DataFrame.
+        excluded: findings whose hits are neither TP nor FP (``annotations_excluded.csv``), same forms.
+        seriesuids: the scans: LUNA16's ``seriesuids.csv`` path or a sequence of uids.
+        candidates: ``seriesuid,coordX,coordY,coordZ,probability``, same forms as ``annotations``.
+        config: the numbers; :class:`EvaluationConfig` by default.
+
+    Returns:
+        The sensitivities at ``config.fp_rates``, CPM, curve, bootstrap bands, per-nodule outcome,
+        per-size breakdown and counts.
+
+    Raises:
+        UserInputError: a missing or malformed table, a repeated or empty series list, or no
+            included nodule on the listed scans (sensitivity undefined).
+    """
+    config = config or EvaluationConfig()
+    uids = _as_seriesuids(seriesuids)
+    n_scans = len(uids)
+    nodules, nodule_scan, _ = _on_listed_scans(_as_findings(annotations, False, "annotations table"), uids)
+    excluded, excluded_scan, _ = _on_listed_scans(_as_findings(excluded, False, "excluded-findings table"), uids)
+    found, candidate_scan, n_unknown = _on_listed_scans(_as_findings(candidates, True, "candidates table"), uids)
+    if len(nodules) == 0:
+        raise UserInputError("annotations table: no included nodule lies on a listed scan, so "
+                             "sensitivity is undefined.")
+    if n_unknown:
+        log.info("%d candidate(s) name a seriesuid that is not in the series list; left out.", n_unknown)
+    n_over_cap = 0
+    if config.max_candidates_per_scan is not None:
+        keep = _keep_top_per_scan(candidate_scan, found.probabilities, config.max_candidates_per_scan, n_scans)
+        n_over_cap = int((~keep).sum())
+        found, candidate_scan = found.select(keep), candidate_scan[keep]
+
+    matches = _match(nodules, nodule_scan, excluded, excluded_scan, found, candidate_scan, n_scans,
+                     config.default_diameter_mm)
+    nodule_hit = matches.n_hits > 0
+    false_positive = ~matches.on_any
+    n_detected, n_false_positives = int(nodule_hit.sum()), int(false_positive.sum())
+    entries = _Entries(
+        scan=np.concatenate([nodule_scan[nodule_hit], candidate_scan[false_positive]]),
+        probability=np.concatenate([matches.best[nodule_hit], found.probabilities[false_positive]]),
+        is_tp=np.r_[np.ones(n_detected, bool), np.zeros(n_false_positives, bool)],
+    )
+    curve = _froc_curve(entries, len(nodules), n_scans)
+    sensitivities = curve.at(config.fp_rates)
+
+    diameters = np.where(nodules.diameters_mm < 0.0, config.default_diameter_mm, nodules.diameters_mm)
+    size_of_nodule = _size_class(diameters, config.size_edges_mm)
+    size_of_entry = np.r_[size_of_nodule[nodule_hit], np.full(n_false_positives, -1)]
+    by_size = _size_breakdown(entries, size_of_entry, size_of_nodule, nodule_hit, n_scans, config)
+    bootstrap = None
+    if config.n_bootstraps > 0:
+        bootstrap = _bootstrap_bands(entries, np.bincount(nodule_scan, minlength=n_scans), config)
+
+    counts = FROCCounts(
+        n_scans=n_scans, n_nodules=len(nodules), n_detected=n_detected, n_excluded_findings=len(excluded),
+        n_candidates=len(found), n_false_positives=n_false_positives,
+        n_on_excluded=int((matches.on_any & ~matches.on_included).sum()),
+        n_duplicate_hits=int(np.maximum(matches.n_hits - 1, 0).sum()), n_over_cap=n_over_cap,
+        n_unknown_uid=n_unknown,
+    )
+    outcome = Findings(nodules.seriesuids, nodules.centers_xyz_mm, nodules.diameters_mm,
+                       np.where(nodule_hit, matches.best, np.nan))
+    return FROCResult(tuple(config.fp_rates), sensitivities, float(sensitivities.mean()), curve, bootstrap,
+                      outcome, nodule_hit, by_size, counts)
+
+
+def evaluate_runs(annotations: TableLike, excluded: TableLike, seriesuids: Any,
+                  runs: Mapping[str, TableLike], config: EvaluationConfig | None = None) -> dict[str, FROCResult]:
+    """:func:`evaluate_froc` for several candidate sets (label -> candidates), tables read once."""
+    uids = _as_seriesuids(seriesuids)
+    included = _as_findings(annotations, False, "annotations table")
+    excluded = _as_findings(excluded, False, "excluded-findings table")
+    return {label: evaluate_froc(included, excluded, uids, candidates, config) for label, candidates in runs.items()}
+
+
+# ----------------------------------------------------------------------------------- reporting
+
+
+def _rate_label(rate: float) -> str:
+    return f"1/{round(1 / rate):d}" if rate < 1 else f"{rate:g}"
+
+
+def format_results(results: Mapping[str, FROCResult]) -> str:
+    """A plain-text table: sensitivity (and band) at each FP rate, CPM, sizes, counts."""
+    lines = []
+    for label, result in results.items():
+        c, b = result.counts, result.bootstrap
+        lines.append(f"{label}: {c.n_scans} scans, {c.n_nodules} nodules ({c.n_detected} hit), "
+                     f"{c.n_false_positives / c.n_scans:.2f} FPs/scan at the lowest threshold")
+        band = f"  {b.confidence:.0%} CI" if b else ""
+        lines.append(f"  {'FPs/scan':>8}  sensitivity{band}")
+        for i, rate in enumerate(result.fp_rates):
+            ci = f"  [{b.lower[i]:.3f}, {b.upper[i]:.3f}]" if b else ""
+            lines.append(f"  {_rate_label(rate):>8}  {result.sensitivities[i]:11.3f}{ci}")
+        ci = f"  [{b.cpm_lower:.3f}, {b.cpm_upper:.3f}]" if b else ""
+        lines.append(f"  {'CPM':>8}  {result.cpm:11.3f}{ci}")
+        for size in result.by_size:
+            values = ", ".join(f"{s:.3f} at {r:g}" for r, s in zip(size.fp_rates, size.sensitivities))
+            lines.append(f"  {size.label:>9} ({size.n_nodules} nodules): {values} FPs/scan")
+    return "\n".join(lines)
+
+
+def plot_froc(results: Mapping[str, FROCResult], path: str | os.PathLike, title: str = "FROC") -> None:
+    """Write a PNG of the FROC curves: log2 FP axis from the first to the last rate, band, points.
+
+    Each run is one colour: the curve, its bootstrap band shaded, its sensitivities at the FP
+    rates marked, its CPM (and band) in the legend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7.5, 5.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    colours = [f"C{i % 10}" for i in range(len(results))]
+    for colour, (label, result) in zip(colours, results.items()):
+        rates = np.asarray(result.fp_rates)
+        grid = np.geomspace(rates.min(), rates.max(), 512)
+        text = f"{label}: CPM {result.cpm:.3f}"
+        if result.bootstrap is not None:
+            b = result.bootstrap
+            axes.fill_between(b.grid_fps_per_scan, b.grid_lower, b.grid_upper, color=colour, alpha=0.18,
+                              linewidth=0)
+            text += f" [{b.cpm_lower:.3f}, {b.cpm_upper:.3f}]"
+        axes.plot(grid, result.curve.at(grid), color=colour, linewidth=2, label=text)
+        axes.plot(rates, result.sensitivities, "o", color=colour, markersize=6, markeredgecolor="white",
+                  clip_on=False, zorder=3)
+    rates = np.asarray(next(iter(results.values())).fp_rates)
+    axes.set_xscale("log", base=2)
+    axes.set_xlim(rates.min(), rates.max())
+    axes.set_xticks(rates, [_rate_label(r) for r in rates])
+    axes.minorticks_off()
+    axes.set_ylim(0, 1)
+    axes.set_yticks(np.linspace(0, 1, 11))
+    axes.grid(True, which="major", alpha=0.35)
+    axes.set_xlabel("Average number of false positives per scan")
+    axes.set_ylabel("Sensitivity")
+    band = next((r.bootstrap for r in results.values() if r.bootstrap is not None), None)
+    axes.set_title(title + (f" (shaded: {band.confidence:.0%} bootstrap band, {band.n_resamples} "
+                            "resamples of the scans)" if band else ""), fontsize=10)
+    axes.legend(loc="lower right", fontsize=9)
+    figure.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png")
+
+
+def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLike,
+                     inputs: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """Write the evaluation of ``results`` (first one = the main run) into ``out_dir``, atomically.
+
+    Files: ``froc_curve.csv`` (``run,fps_per_scan,sensitivity,threshold``, every run),
+    ``froc_summary.json`` (figures of every run, plus ``inputs``), ``missed_nodules.csv``
+    (the main run's missed nodules, as a LUNA16 annotations table) and ``froc.png``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserInputError(f"{out_dir}: the output folder is an existing file.")
+    paths = {name: out_dir / name for name in ("froc_curve.csv", "froc_summary.json", "missed_nodules.csv",
+                                                "froc.png")}
+    with atomic_write(paths["froc_curve.csv"], newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["run", "fps_per_scan", "sensitivity", "threshold"])
+        for label, result in results.items():
+            curve = result.curve
+            writer.writerows([label, repr(float(x)), repr(float(y)), repr(float(t))]
+                             for x, y, t in zip(curve.fps_per_scan, curve.sensitivity, curve.thresholds))
+    summary = {"inputs": dict(inputs or {}), "runs": {label: r.summary() for label, r in results.items()}}
+    with atomic_write(paths["froc_summary.json"]) as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+    write_annotations(paths["missed_nodules.csv"], next(iter(results.values())).missed)
+    plot_froc(results, paths["froc.png"])
+    return paths
