@@ -25,7 +25,7 @@ from SCPMNoduleLib.io import read_annotations  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SCPMNodule"))
 
-import SCPMNoduleLogic as logic  # noqa: E402
+import SCPMNoduleMRML as logic  # noqa: E402
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 MARKUPS_SCHEMA = Path("/work/shared/schemas/markups-schema-v1.0.3.json")
@@ -257,6 +257,19 @@ def test_removing_a_point_removes_its_sphere_and_row(mrml):
     assert [n.label for n in review.nodules()] == ["N1", "N3"]
     assert mrml.scene.GetNodeByID(doomed) is None
     assert_consistent(review)
+
+
+def test_next_and_previous_cycle_and_skip_hidden_rejected(mrml):
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
+    assert [review.neighbour(i, 1) for i in (-1, 0, 1, 2)] == [0, 1, 2, 0]
+    assert [review.neighbour(i, -1) for i in (0, 1, 2)] == [2, 0, 1]
+    review.reject(1)
+    assert review.neighbour(0, 1) == 1
+    review.set_hide_rejected(True)
+    assert (review.neighbour(0, 1), review.neighbour(2, -1)) == (2, 0)
+    for i in (0, 2):
+        review.reject(i)
+    assert review.neighbour(0, 1) == -1
 
 
 def test_jump_to_centres_slices_and_cameras_on_the_nodule(mrml):

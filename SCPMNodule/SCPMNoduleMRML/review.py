@@ -24,14 +24,17 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import vtk
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import Detection
 
 from .volumes import lps_to_ras, ras_to_lps
+
+if TYPE_CHECKING:  # the library's detector side (torch) is not needed to review
+    from SCPMNoduleLib.inference import Detection
 
 ROLE_ATTRIBUTE = "SCPMNodule.Role"
 SIDECAR_ATTRIBUTE = "SCPMNodule.SidecarPath"
@@ -326,6 +329,18 @@ class NoduleReview:
     @property
     def hide_rejected(self) -> bool:
         return self.markups_node.GetAttribute(HIDE_REJECTED_ATTRIBUTE) == "true"
+
+    def neighbour(self, index: int, step: int) -> int:
+        """The nodule ``step`` places after ``index`` (cyclic), skipping hidden rejected ones.
+
+        ``index = -1`` with ``step = 1`` gives the first shown nodule; -1 if none is shown.
+        """
+        count = len(self)
+        for offset in range(1, count + 1):
+            candidate = (index + step * offset) % count
+            if not (self.hide_rejected and self.nodule(candidate).status == REJECTED):
+                return candidate
+        return -1
 
     def jump_to(self, index: int) -> None:
         """Centre every slice view on nodule ``index`` and point every 3D camera at it."""

@@ -1,0 +1,201 @@
+"""The Slicer module's files: the .ui matches the Widget code, the CMake files declare what Slicer's
+extension template requires, and the MRML logic stays free of Qt."""
+
+from __future__ import annotations
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "SCPMNodule"
+MODULE_FILE = MODULE_DIR / "SCPMNodule.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "SCPMNodule.ui"
+
+# Which widget classes offer a signal, property or method the Widget code uses (Qt / CTK / qMRML API).
+BUTTONS = {"QPushButton", "QToolButton", "ctkPushButton"}
+PROVIDERS = {
+    "clicked(bool)": BUTTONS | {"QCheckBox"},
+    "setShortcut": BUTTONS,
+    "currentTextChanged(QString)": {"QComboBox", "ctkComboBox"},
+    "setCurrentText": {"QComboBox", "ctkComboBox"},
+    "addItems": {"QComboBox", "ctkComboBox"},
+    "currentPathChanged(QString)": {"ctkPathLineEdit"},
+    "editingFinished()": {"QDoubleSpinBox", "ctkDoubleSpinBox", "QSpinBox", "QLineEdit"},
+    "selectionChanged()": {"qMRMLTableView"},
+    "setMRMLTableNode": {"qMRMLTableView"},
+    "selectRow": {"qMRMLTableView", "QTableView"},
+    "currentIndex": {"qMRMLTableView", "QTableView", "QComboBox"},
+    "directory": {"ctkDirectoryButton"},
+    "value": {"QProgressBar", "QSpinBox", "QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget"},
+    "text": BUTTONS | {"QLabel", "QLineEdit", "QCheckBox"},
+    "toolTip": None,
+    "enabled": None,
+}
+
+# Parameter types (SCPMNoduleParameterNode) and the widgets parameterNodeWrapper.connectGui binds them to.
+BINDABLE = {
+    "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox"},
+    "bool": {"QCheckBox"},
+    "int": {"QSpinBox", "QSlider", "ctkSliderWidget"},
+    "float": {"QDoubleSpinBox", "ctkDoubleSpinBox", "ctkSliderWidget", "ctkRangeWidget"},
+    "str": {"QComboBox", "QLineEdit"},
+}
+QT_WIDGETS = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QSpinBox", "QDoubleSpinBox", "QCheckBox",
+              "QProgressBar", "QTableView", "QLineEdit"}
+
+
+@pytest.fixture(scope="module")
+def ui_widgets() -> dict[str, ET.Element]:
+    root = ET.parse(UI_FILE).getroot()
+    assert root.tag == "ui"
+    widgets = {w.get("name"): w for w in root.iter("widget")}
+    assert len(widgets) == len(list(root.iter("widget"))), "widget names must be unique"
+    return widgets
+
+
+def _ui_uses(source: str) -> dict[str, set[str]]:
+    """``{widget name: {members and connected signals}}`` for every ``self.ui.<name>`` in the source."""
+    uses: dict[str, set[str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            continue
+        uses.setdefault(node.attr, set())
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                and isinstance(node.value.value, ast.Attribute) and node.value.value.attr == "ui":
+            if node.attr != "connect":
+                uses[node.value.attr].add(node.attr)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "connect" \
+                and isinstance(node.func.value, ast.Attribute) \
+                and isinstance(node.func.value.value, ast.Attribute) and node.func.value.value.attr == "ui":
+            uses[node.func.value.attr].add(node.args[0].value)
+    for tuple_node in ast.walk(ast.parse(source)):  # (self.ui.button, "Alt+N") pairs given to setShortcut
+        if isinstance(tuple_node, ast.For) and "setShortcut" in ast.unparse(tuple_node.body[0]):
+            for element in tuple_node.iter.elts:
+                uses[element.elts[0].attr].add("setShortcut")
+    return uses
+
+
+def test_ui_file_parses_with_a_qmrmlwidget_root_named_after_the_module(ui_widgets):
+    root = ET.parse(UI_FILE).getroot()
+    assert root.findtext("class") == "SCPMNodule"
+    top = root.find("widget")
+    assert (top.get("class"), top.get("name")) == ("qMRMLWidget", "SCPMNodule")
+
+
+def test_every_widget_the_widget_code_uses_exists_with_a_class_that_has_what_it_uses(ui_widgets):
+    uses = _ui_uses(MODULE_FILE.read_text())
+    assert {"applyButton", "progressBar", "nodulesTableView", "acceptButton", "rejectButton"} <= set(uses)
+    for name, members in uses.items():
+        assert name in ui_widgets, f"self.ui.{name} is not in {UI_FILE.name}"
+        widget_class = ui_widgets[name].get("class")
+        for member in members:
+            allowed = PROVIDERS.get(member, "unknown")
+            assert allowed != "unknown", f"the test does not know which widgets offer {member!r}"
+            assert allowed is None or widget_class in allowed, f"{name} is a {widget_class}, which lacks {member}"
+
+
+def _parameter_fields() -> dict[str, str]:
+    tree = ast.parse(MODULE_FILE.read_text())
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SCPMNoduleParameterNode")
+    fields = {}
+    for statement in wrapper.body:
+        if isinstance(statement, ast.AnnAssign):
+            annotation = statement.annotation
+            if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+                annotation = annotation.slice.elts[0]
+            fields[statement.target.id] = ast.unparse(annotation)
+    return fields
+
+
+def test_parameter_bound_widgets_name_real_parameters_of_a_bindable_type(ui_widgets):
+    fields = _parameter_fields()
+    bound = {}
+    for name, widget in ui_widgets.items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                assert prop.get("stdset") == "0", "SlicerParameterName must be a dynamic property"
+                bound[prop.findtext("string")] = widget.get("class")
+    assert bound, "no widget is bound to the parameter node"
+    for parameter, widget_class in bound.items():
+        assert parameter in fields, f"{parameter} is not a field of SCPMNoduleParameterNode"
+        assert widget_class in BINDABLE[fields[parameter]], f"{parameter}: {widget_class} cannot show a {fields[parameter]}"
+    assert {"inputVolume", "device", "threshold", "maxDetections"} <= set(bound)
+
+
+def test_custom_widgets_are_declared_and_mrml_widgets_receive_the_scene(ui_widgets):
+    root = ET.parse(UI_FILE).getroot()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in ui_widgets.values()}
+    assert used - QT_WIDGETS <= declared
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml_widgets = {name for name, w in ui_widgets.items() if w.get("class").startswith("qMRML") and name != "SCPMNodule"}
+    assert mrml_widgets and mrml_widgets <= receivers
+
+
+def test_module_defines_the_four_classes_slicer_expects():
+    classes = {n.name: [ast.unparse(b) for b in n.bases]
+               for n in ast.parse(MODULE_FILE.read_text()).body if isinstance(n, ast.ClassDef)}
+    assert "ScriptedLoadableModule" in classes["SCPMNodule"]
+    assert "ScriptedLoadableModuleWidget" in classes["SCPMNoduleWidget"]
+    assert "ScriptedLoadableModuleLogic" in classes["SCPMNoduleLogic"]
+    assert "ScriptedLoadableModuleTest" in classes["SCPMNoduleTest"]
+
+
+def test_mrml_logic_imports_no_gui():
+    for path in (MODULE_DIR / "SCPMNoduleMRML").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in {"qt", "ctk", "PythonQt"}, f"{path.name} imports {name}"
+                assert name not in {"slicer.util", "slicer.ScriptedLoadableModule"}, f"{path.name} imports {name}"
+
+
+def _cmake(path: Path) -> str:
+    """The file without comments (a ``#`` opening a line or following a closing parenthesis)."""
+    return re.sub(r"(?m)(^|(?<=\)))[ \t]*#.*$", "", path.read_text())
+
+
+def test_extension_cmake_declares_what_the_extension_template_requires():
+    text = _cmake(REPO / "CMakeLists.txt")
+    assert re.search(r"cmake_minimum_required\(VERSION [\d.]+", text)
+    assert re.search(r"project\(SCPMNodule\)", text)
+    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
+                     "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        match = re.search(rf'set\({variable} "([^"]+)"\)', text)
+        assert match and match.group(1).strip(), f"{variable} is not set"
+    assert re.search(r'set\(EXTENSION_DEPENDS "?PyTorch"?\)', text)
+    order = [text.index(s) for s in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                                     "add_subdirectory(SCPMNodule)", "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                                     "include(${Slicer_EXTENSION_CPACK})")]
+    assert order == sorted(order)
+
+
+def test_module_cmake_builds_the_module_its_logic_and_the_shared_library():
+    text = _cmake(MODULE_DIR / "CMakeLists.txt")
+    assert "set(MODULE_NAME SCPMNodule)" in text and "slicerMacroBuildScriptedModule(" in text
+    listed = set(re.findall(r"\$\{MODULE_NAME\}(MRML/\w+\.py|\.py)", text))
+    logic_files = {f"MRML/{p.name}" for p in (MODULE_DIR / "SCPMNoduleMRML").glob("*.py")}
+    assert listed == logic_files | {".py"}, "every SCPMNoduleMRML file must be installed"
+    for resource in re.findall(r"(Resources/\S+)", text.split("slicerMacroBuildScriptedModule(")[0]):
+        assert (MODULE_DIR / resource.replace("${MODULE_NAME}", "SCPMNodule")).is_file(), resource
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    library = text.split("ctkMacroCompilePythonScript(")[1]
+    assert "SCPMNoduleLib/*.py" in text and "SOURCE_DIR ${PROJECT_SOURCE_DIR}" in library
+    assert "DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}" in library
+    assert "INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in library
+    testing = _cmake(MODULE_DIR / "Testing" / "CMakeLists.txt") + _cmake(MODULE_DIR / "Testing" / "Python" / "CMakeLists.txt")
+    assert "add_subdirectory(Python)" in testing and "slicer_add_python_unittest(" in testing
