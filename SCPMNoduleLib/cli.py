@@ -63,7 +63,8 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--annotations", required=True, help="annotations.csv (included nodules)")
     parser.add_argument("--excluded", required=True, help="annotations_excluded.csv")
     parser.add_argument("--seriesuids", required=True, help="seriesuids.csv: the scans evaluated")
-    parser.add_argument("--candidates", required=True, help="candidates: seriesuid,coordX,coordY,coordZ,probability")
+    parser.add_argument("--candidates", required=True,
+                        help="candidates CSV: seriesuid,coordX,coordY,coordZ,probability")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--compare", action="append", default=[], metavar="LABEL=CANDIDATES",
                         help="another candidates file to overlay (repeatable)")

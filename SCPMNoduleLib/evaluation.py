@@ -15,7 +15,8 @@ This reproduces the challenge's own script (``noduleCADEvaluationLUNA16.py``) ru
   finding is a TP. Every candidate that hits any finding (included or excluded) leaves the FP
   list, so extra hits on a nodule and hits on excluded findings are neither TP nor FP.
 * The curve is scikit-learn's ``roc_curve`` over the TP and FP entries (one point per distinct
-  probability, collinear intermediate points dropped, ``(0, 0)`` at threshold ``inf`` in front):
+  probability; a point whose two neighbours lie equal steps away on one straight line is dropped,
+  as ``drop_intermediate`` does; ``(0, 0)`` at threshold ``inf`` in front):
   ``fps = (FP(t) / F) * F / S`` and ``sensitivity = (TP(t) / T) * T / N`` with ``F``, ``T`` the
   totals, evaluated in that order so the floats are the official script's bit for bit.
 * The sensitivities at 1/8 ... 8 FPs per scan are ``np.interp`` of that curve (where several
@@ -30,7 +31,9 @@ This reproduces the challenge's own script (``noduleCADEvaluationLUNA16.py``) ru
   of the ``B`` sorted values, ``a = (1 - confidence) / 2``.
 
 Degenerate inputs the official script turns into NaN or a crash give numbers here: no candidate at
-all or no TP gives sensitivity 0; a resample without a nodule gives sensitivity 0.
+all or no TP gives sensitivity 0; a resample without a nodule gives sensitivity 0. Where it would
+silently count a scan twice (a uid listed twice) or divide by zero nodules, this raises
+:class:`~SCPMNoduleLib.errors.UserInputError`.
 """
 
 from __future__ import annotations
@@ -309,7 +312,8 @@ def _keep_top_per_scan(scan: np.ndarray, probability: np.ndarray, cap: int, n_sc
     return probability > threshold[scan]
 
 
-def _pairs_in_same_scan(scan_a: np.ndarray, scan_b: np.ndarray, n_scans: int) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_in_same_scan(scan_a: np.ndarray, scan_b: np.ndarray,
+                        n_scans: int) -> tuple[np.ndarray, np.ndarray]:
     """Every ``(i, j)`` with ``scan_a[i] == scan_b[j]``, built with repeat/cumsum (no loop)."""
     order_b = np.argsort(scan_b, kind="stable")
     counts_b = np.bincount(scan_b, minlength=n_scans)
@@ -468,7 +472,8 @@ def _order_statistic_band(values: np.ndarray, confidence: float) -> tuple[np.nda
     return ranked.mean(axis=0), ranked[low], ranked[high]
 
 
-def _bootstrap_bands(entries: _Entries, nodules_per_scan: np.ndarray, config: EvaluationConfig) -> BootstrapBands:
+def _bootstrap_bands(entries: _Entries, nodules_per_scan: np.ndarray,
+                     config: EvaluationConfig) -> BootstrapBands:
     rates = np.asarray(config.fp_rates, np.float64)
     grid = np.geomspace(rates.min(), rates.max(), config.band_points)
     sens = _bootstrap_sensitivities(entries, nodules_per_scan, np.concatenate([rates, grid]), config)
@@ -519,7 +524,8 @@ class _Matches:
 
 
 def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, excluded_scan: np.ndarray,
-           candidates: Findings, candidate_scan: np.ndarray, n_scans: int, default_diameter_mm: float) -> _Matches:
+           candidates: Findings, candidate_scan: np.ndarray, n_scans: int,
+           default_diameter_mm: float) -> _Matches:
     """Hits ``|c - n|^2 < (d / 2)^2`` over every (finding, candidate) pair of the same scan."""
     n_nodules = len(nodules)
     finding_scan = np.concatenate([nodule_scan, excluded_scan])
@@ -546,7 +552,8 @@ def _size_breakdown(entries: _Entries, size_of_entry: np.ndarray, size_of_nodule
         in_class = size_of_nodule == index
         n_in_class = int(in_class.sum())
         if n_in_class:
-            curve = _froc_curve(entries.select(~entries.is_tp | (size_of_entry == index)), n_in_class, n_scans)
+            in_curve = ~entries.is_tp | (size_of_entry == index)
+            curve = _froc_curve(entries.select(in_curve), n_in_class, n_scans)
             sensitivities = curve.at(config.size_fp_rates)
         else:
             sensitivities = np.full(len(config.size_fp_rates), np.nan)
@@ -578,9 +585,12 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
     config = config or EvaluationConfig()
     uids = _as_seriesuids(seriesuids)
     n_scans = len(uids)
-    nodules, nodule_scan, _ = _on_listed_scans(_as_findings(annotations, False, "annotations table"), uids)
-    excluded, excluded_scan, _ = _on_listed_scans(_as_findings(excluded, False, "excluded-findings table"), uids)
-    found, candidate_scan, n_unknown = _on_listed_scans(_as_findings(candidates, True, "candidates table"), uids)
+    annotations = _as_findings(annotations, False, "annotations table")
+    excluded = _as_findings(excluded, False, "excluded-findings table")
+    candidates = _as_findings(candidates, True, "candidates table")
+    nodules, nodule_scan, _ = _on_listed_scans(annotations, uids)
+    excluded, excluded_scan, _ = _on_listed_scans(excluded, uids)
+    found, candidate_scan, n_unknown = _on_listed_scans(candidates, uids)
     if len(nodules) == 0:
         raise UserInputError("annotations table: no included nodule lies on a listed scan, so "
                              "sensitivity is undefined.")
@@ -588,7 +598,8 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
         log.info("%d candidate(s) name a seriesuid that is not in the series list; left out.", n_unknown)
     n_over_cap = 0
     if config.max_candidates_per_scan is not None:
-        keep = _keep_top_per_scan(candidate_scan, found.probabilities, config.max_candidates_per_scan, n_scans)
+        keep = _keep_top_per_scan(candidate_scan, found.probabilities, config.max_candidates_per_scan,
+                                  n_scans)
         n_over_cap = int((~keep).sum())
         found, candidate_scan = found.select(keep), candidate_scan[keep]
 
@@ -627,12 +638,14 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
 
 
 def evaluate_runs(annotations: TableLike, excluded: TableLike, seriesuids: Any,
-                  runs: Mapping[str, TableLike], config: EvaluationConfig | None = None) -> dict[str, FROCResult]:
+                  runs: Mapping[str, TableLike],
+                  config: EvaluationConfig | None = None) -> dict[str, FROCResult]:
     """:func:`evaluate_froc` for several candidate sets (label -> candidates), tables read once."""
     uids = _as_seriesuids(seriesuids)
     included = _as_findings(annotations, False, "annotations table")
     excluded = _as_findings(excluded, False, "excluded-findings table")
-    return {label: evaluate_froc(included, excluded, uids, candidates, config) for label, candidates in runs.items()}
+    return {label: evaluate_froc(included, excluded, uids, candidates, config)
+            for label, candidates in runs.items()}
 
 
 # ----------------------------------------------------------------------------------- reporting

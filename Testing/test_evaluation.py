@@ -13,6 +13,7 @@ from SCPMNoduleLib.evaluation import (
     EvaluationConfig,
     bootstrap_resamples,
     evaluate_froc,
+    plot_froc,
 )
 from SCPMNoduleLib.io import Findings, write_annotations, write_candidates, write_seriesuids
 
@@ -23,14 +24,16 @@ def nodules(*rows):
     """Findings from ``(uid, x, y, z, diameter_mm)`` rows."""
     if not rows:
         return Findings.empty()
-    return Findings.from_columns([r[0] for r in rows], [r[1:4] for r in rows], diameters_mm=[r[4] for r in rows])
+    return Findings.from_columns([r[0] for r in rows], [r[1:4] for r in rows],
+                                 diameters_mm=[r[4] for r in rows])
 
 
 def marks(*rows):
     """Candidates from ``(uid, x, y, z, probability)`` rows."""
     if not rows:
         return Findings.empty()
-    return Findings.from_columns([r[0] for r in rows], [r[1:4] for r in rows], probabilities=[r[4] for r in rows])
+    return Findings.from_columns([r[0] for r in rows], [r[1:4] for r in rows],
+                                 probabilities=[r[4] for r in rows])
 
 
 def far(uid, probability, x=200.0):
@@ -192,7 +195,8 @@ def test_empty_candidate_file_gives_zero_sensitivity(tmp_path):
                            EvaluationConfig(n_bootstraps=20))
     np.testing.assert_array_equal(result.sensitivities, np.zeros(7))
     assert result.cpm == 0.0
-    assert (result.counts.n_candidates, result.counts.n_false_positives, result.counts.n_detected) == (0, 0, 0)
+    counts = result.counts
+    assert (counts.n_candidates, counts.n_false_positives, counts.n_detected) == (0, 0, 0)
     np.testing.assert_array_equal(result.bootstrap.upper, np.zeros(7))
     assert not result.nodule_hit.any()
 
@@ -255,7 +259,8 @@ def oracle_froc(included, excluded, uids, candidates, cap=100):
         if len(marks_here) > cap:
             cut = sorted((c[4] for c in marks_here), reverse=True)[cap]
             marks_here = [c for c in marks_here if c[4] > cut]
-        findings = [(n, True) for n in included if n[0] == uid] + [(n, False) for n in excluded if n[0] == uid]
+        findings = ([(n, True) for n in included if n[0] == uid]
+                    + [(n, False) for n in excluded if n[0] == uid])
         not_claimed = set(range(len(marks_here)))
         for finding, is_included in findings:
             diameter = finding[4] if finding[4] >= 0 else 10.0
@@ -319,13 +324,9 @@ def random_study(seed, n_scans=60):
     return included, excluded, uids, candidates
 
 
-def as_nodules(rows):
-    return nodules(*rows)
-
-
 def test_agrees_with_the_plain_loop_oracle_on_a_random_study():
     included, excluded, uids, candidates = random_study(seed=3)
-    result = evaluate_froc(as_nodules(included), as_nodules(excluded), uids, marks(*candidates), NO_BOOTSTRAP)
+    result = evaluate_froc(nodules(*included), nodules(*excluded), uids, marks(*candidates), NO_BOOTSTRAP)
     fps, sens, thresholds, seven = oracle_froc(included, excluded, uids, candidates)
     # The study exercises what it should: the cap, misses, excluded hits, double hits.
     assert result.counts.n_over_cap > 0 and result.counts.n_on_excluded > 0
@@ -339,7 +340,7 @@ def test_agrees_with_the_plain_loop_oracle_on_a_random_study():
 def test_bootstrap_resamples_agree_with_the_oracle_on_resampled_scans():
     included, excluded, uids, candidates = random_study(seed=5, n_scans=50)
     config = EvaluationConfig(n_bootstraps=40, seed=11, bootstrap_chunk=16)
-    result = evaluate_froc(as_nodules(included), as_nodules(excluded), uids, marks(*candidates), config)
+    result = evaluate_froc(nodules(*included), nodules(*excluded), uids, marks(*candidates), config)
     drawn = bootstrap_resamples(len(uids), 40, 11)
     for b in (0, 17, 39):
         # Resample b as a study of its own: the k-th draw of a scan becomes scan "<uid>#k".
@@ -348,14 +349,18 @@ def test_bootstrap_resamples_agree_with_the_oracle_on_resampled_scans():
         for scan in drawn[b]:
             copies[scan] = copies.get(scan, 0) + 1
             names.append((uids[scan], f"{uids[scan]}#{copies[scan]}"))
-        rename = lambda rows: [(new, *row[1:]) for old, new in names for row in rows if row[0] == old]  # noqa: E731
-        *_, seven = oracle_froc(rename(included), rename(excluded), [new for _, new in names], rename(candidates))
+
+        def rename(rows):
+            return [(new, *row[1:]) for old, new in names for row in rows if row[0] == old]
+
+        *_, seven = oracle_froc(rename(included), rename(excluded), [new for _, new in names],
+                                rename(candidates))
         np.testing.assert_allclose(result.bootstrap.sensitivities[b], seven, rtol=0, atol=1e-12)
 
 
 def test_bootstrap_is_seeded_and_its_band_holds_the_estimate():
     included, excluded, uids, candidates = random_study(seed=7)
-    args = (as_nodules(included), as_nodules(excluded), uids, marks(*candidates))
+    args = (nodules(*included), nodules(*excluded), uids, marks(*candidates))
     first = evaluate_froc(*args, EvaluationConfig(n_bootstraps=200, seed=1))
     again = evaluate_froc(*args, EvaluationConfig(n_bootstraps=200, seed=1, bootstrap_chunk=7))
     other = evaluate_froc(*args, EvaluationConfig(n_bootstraps=200, seed=2))
@@ -378,9 +383,10 @@ def test_bootstrap_is_seeded_and_its_band_holds_the_estimate():
 
 def write_study(directory, seed=3, n_scans=50):
     included, excluded, uids, candidates = random_study(seed, n_scans)
-    paths = {name: directory / f"{name}.csv" for name in ("annotations", "excluded", "seriesuids", "candidates")}
-    write_annotations(paths["annotations"], as_nodules(included))
-    write_annotations(paths["excluded"], as_nodules(excluded))
+    names = ("annotations", "excluded", "seriesuids", "candidates")
+    paths = {name: directory / f"{name}.csv" for name in names}
+    write_annotations(paths["annotations"], nodules(*included))
+    write_annotations(paths["excluded"], nodules(*excluded))
     write_seriesuids(paths["seriesuids"], uids)
     write_candidates(paths["candidates"], marks(*candidates), with_diameter=False)
     return paths, (included, excluded, uids, candidates)
@@ -436,3 +442,11 @@ def test_command_bad_input_exits_2_with_one_sentence_and_no_output(tmp_path, cap
     expected = {"missing": "nowhere.csv", "header": "coordX", "compare": "no-equals-sign"}[problem]
     assert expected in message
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_plot_without_bootstrap_writes_a_png(tmp_path):
+    included, excluded, uids, candidates = random_study(seed=2, n_scans=50)
+    result = evaluate_froc(nodules(*included), nodules(*excluded), uids, marks(*candidates), NO_BOOTSTRAP)
+    plot_froc({"plain": result}, tmp_path / "froc.png")
+    assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["froc.png"]

@@ -29,11 +29,13 @@ def synthetic_study(n_scans: int, per_scan: int, n_nodules: int, n_excluded: int
     uids = np.array([f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{i:012d}" for i in range(n_scans)])
 
     def findings(count: int, diameters: np.ndarray) -> Findings:
-        return Findings.from_columns(uids[rng.integers(0, n_scans, count)], rng.uniform(-150, 150, (count, 3)),
+        return Findings.from_columns(uids[rng.integers(0, n_scans, count)],
+                                     rng.uniform(-150, 150, (count, 3)),
                                      diameters_mm=diameters)
 
     nodules = findings(n_nodules, rng.uniform(3.0, 30.0, n_nodules))
-    excluded = findings(n_excluded, np.where(rng.random(n_excluded) < 0.5, -1.0, rng.uniform(2.0, 10.0, n_excluded)))
+    unknown_size = rng.random(n_excluded) < 0.5  # LUNA16's excluded findings often have diameter -1
+    excluded = findings(n_excluded, np.where(unknown_size, -1.0, rng.uniform(2.0, 10.0, n_excluded)))
     scan = np.repeat(np.arange(n_scans), per_scan)
     centers = rng.uniform(-150, 150, (len(scan), 3))
     aimed = rng.random(len(scan)) < 0.25
@@ -70,11 +72,13 @@ def main() -> None:
     uids, nodules, excluded, candidates = synthetic_study(args.scans, args.candidates, args.nodules,
                                                           args.excluded, args.seed)
     config = EvaluationConfig(n_bootstraps=args.bootstraps)
-    in_memory, result = timed(lambda: evaluate_froc(nodules, excluded, uids, candidates, config), args.repeats)
+    in_memory, result = timed(lambda: evaluate_froc(nodules, excluded, uids, candidates, config),
+                              args.repeats)
     without_bootstrap, _ = timed(lambda: evaluate_froc(nodules, excluded, uids, candidates,
                                                        EvaluationConfig(n_bootstraps=0)), args.repeats)
     with tempfile.TemporaryDirectory() as folder:
-        paths = [Path(folder) / name for name in ("annotations.csv", "excluded.csv", "seriesuids.csv", "cand.csv")]
+        names = ("annotations.csv", "excluded.csv", "seriesuids.csv", "candidates.csv")
+        paths = [Path(folder) / name for name in names]
         write_annotations(paths[0], nodules)
         write_annotations(paths[1], excluded)
         write_seriesuids(paths[2], uids)
@@ -82,8 +86,9 @@ def main() -> None:
         from_files, _ = timed(lambda: evaluate_froc(*paths, config), args.repeats)
 
     b = result.bootstrap
-    print(f"evaluate_froc: {args.scans} scans x {args.candidates} candidates, {result.counts.n_nodules} nodules, "
-          f"{len(excluded)} excluded findings, {args.bootstraps} bootstraps, {os.cpu_count()} CPUs")
+    print(f"evaluate_froc: {args.scans} scans x {args.candidates} candidates, "
+          f"{result.counts.n_nodules} nodules, {len(excluded)} excluded findings, "
+          f"{args.bootstraps} bootstraps, {os.cpu_count()} CPUs")
     print(f"  in memory: {in_memory:.2f} s (without the bootstrap {without_bootstrap:.2f} s); "
           f"from CSV files: {from_files:.2f} s  (median of {args.repeats})")
     print(f"  CPM {result.cpm:.3f} [{b.cpm_lower:.3f}, {b.cpm_upper:.3f}], "
