@@ -1,0 +1,98 @@
+"""The trainer: exact resume, deterministic data, export to a detector checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.inference import Detector
+from training_helpers import write_tiny_luna16
+from Training.cache import build_cache, load_cache
+from Training.config import load_config
+from Training.data import EpochSampler, PatchDataset
+from Training.export import export_model
+from Training.trainer import Trainer, load_state
+
+TINY = [
+    "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
+    "model.head_channels=8", "model.se_reduction=2", "model.se_context=16",
+    "data.patch_size=32", "data.crops_per_scan=2", "optim.batch_size=2", "optim.lr_schedule=[[0,0.01],[1,0.003]]",
+    "validation.every_epochs=0", "log_every_steps=1",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_luna16(root / "data", n_scans=2, subsets=1)
+    build_cache(root / "data", root / "cache", progress=False)
+    return root / "cache"
+
+
+def _config(*overrides):
+    return load_config(None, TINY + list(overrides))
+
+
+def test_samples_depend_only_on_seed_epoch_and_index(cache):
+    config = _config()
+    dataset = PatchDataset(load_cache(cache), config.data, config.augment, seed=5)
+    first, again = dataset[(3, 1)], dataset[(3, 1)]
+    torch.testing.assert_close(first["image"], again["image"], rtol=0, atol=0)
+    torch.testing.assert_close(first["centers_zyx_vox"], again["centers_zyx_vox"], rtol=0, atol=0)
+    assert not torch.equal(dataset[(4, 1)]["image"], first["image"])
+    # two DDP shards of one epoch are disjoint and together cover every sample
+    shards = [list(EpochSampler(dataset, 2, rank, seed=5)) for rank in (0, 1)]
+    assert {epoch for shard in shards for epoch, _ in shard} == {0}
+    assert sorted(i for shard in shards for _, i in shard) == list(range(len(dataset)))
+
+
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_gives_the_same_weights_as_an_uninterrupted_one(cache, tmp_path):
+    Trainer(_config("optim.epochs=3"), cache, tmp_path / "straight", device="cpu").fit()
+    # the same run stopped after its first epoch, resumed with DataLoader workers this time
+    Trainer(_config("optim.epochs=1"), cache, tmp_path / "resumed", device="cpu").fit()
+    with pytest.raises(UserInputError, match="--resume"):
+        Trainer(_config("optim.epochs=3"), cache, tmp_path / "resumed", device="cpu").fit()
+    summary = Trainer(_config("optim.epochs=3", "data.num_workers=2"), cache, tmp_path / "resumed",
+                      device="cpu").fit(resume=True)
+    assert summary["epochs"] == 3 and summary["steps"] == 3 * 2
+
+    straight, resumed = load_state(tmp_path / "straight" / "last.pt"), load_state(tmp_path / "resumed" / "last.pt")
+    assert straight["step"] == resumed["step"] == 6
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    for key, state in straight["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][key]["momentum_buffer"])
+    initial = Trainer(_config("optim.epochs=3"), cache, tmp_path / "fresh", device="cpu").model.state_dict()
+    assert not all(torch.equal(value, straight["model"][name]) for name, value in initial.items())
+    log = (tmp_path / "resumed" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch,step,lr,total,classification,radius,offset,siou,samples_per_s,data_wait_share")
+    assert [row.split(",")[:3] for row in log[1:]] == [
+        ["0", "1", "0.01"], ["0", "2", "0.01"], ["1", "3", "0.003"], ["1", "4", "0.003"],
+        ["2", "5", "0.003"], ["2", "6", "0.003"],
+    ]
+
+
+@pytest.mark.slow
+def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cache, tmp_path):
+    Trainer(_config("optim.epochs=1"), cache, tmp_path / "run", device="cpu").fit()
+    summary = tmp_path / "froc_summary.json"
+    summary.write_text(json.dumps({"runs": {"held-out": {
+        "cpm": 0.5, "fp_rates": [0.125], "sensitivities": [0.5], "counts": {"n_scans": 2, "n_nodules": 4}}}}))
+    manifest = tmp_path / "Resources" / "Models.json"
+    entry = export_model(tmp_path / "run" / "last.pt", tmp_path / "Resources" / "model.pt", name="tiny",
+                         version="0.1", training_data="two tiny test scans", froc_summary=summary,
+                         manifest=manifest)
+    written = json.loads(manifest.read_text())["models"]
+    assert written == [entry] and entry["file"] == "model.pt" and entry["metrics"]["cpm"] == 0.5
+    detector = Detector.from_checkpoint(tmp_path / "Resources" / "model.pt", device="cpu")
+    trained = load_state(tmp_path / "run" / "last.pt")["model"]
+    for name, value in detector.model.state_dict().items():
+        assert torch.equal(value.contiguous(), trained[name].contiguous()), name
+    assert detector.info["metadata"]["training_data"] == "two tiny test scans"
+    # exporting again replaces the entry in place
+    export_model(tmp_path / "run" / "last.pt", tmp_path / "Resources" / "model.pt", name="tiny", version="0.2",
+                 training_data="two tiny test scans", manifest=manifest)
+    assert [m["version"] for m in json.loads(manifest.read_text())["models"]] == ["0.2"]
+    assert detector.trained

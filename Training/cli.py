@@ -1,0 +1,151 @@
+"""The ``scpm-train`` command line: preprocess, fit, cv, export.
+
+Multi-process training is the same command under torchrun:
+``torchrun --nproc_per_node N -m Training.cli fit --cache DIR --fold K --out DIR``.
+Bad input exits with status 2 and one sentence; only rank 0 prints results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from SCPMNoduleLib import __version__
+from SCPMNoduleLib.errors import UserInputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _load_config(args: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _run_preprocess(args: argparse.Namespace) -> int:
+    from SCPMNoduleLib.preprocess import PreprocessConfig
+
+    from .cache import build_cache
+
+    config = PreprocessConfig()
+    if args.preprocess is not None:
+        try:
+            config = PreprocessConfig.from_dict(json.loads(Path(args.preprocess).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise UserInputError(f"{args.preprocess}: not a pre-processing config JSON ({error}).")
+    summary = build_cache(args.data, args.cache, config, workers=args.workers)
+    print(f"{summary['scans']} scans: {summary['built']} cached, {summary['skipped']} already valid -> {args.cache}")
+    return 0
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    trainer = Trainer(_load_config(args), args.cache, args.out, args.fold, args.device, args.debug_weight_hashes)
+    summary = trainer.fit(args.resume)
+    if trainer.dist.is_main:
+        print(json.dumps(summary))
+    return 0
+
+
+def _run_cv(args: argparse.Namespace) -> int:
+    from .crossval import cross_validate
+
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    result = cross_validate(_load_config(args), args.cache, args.out, folds, args.device)
+    if _rank() == 0:
+        rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
+        print(f"cross-validation CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}/report")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    entry = export_model(args.checkpoint, args.out, name=args.name, version=args.model_version,
+                         training_data=args.training_data, froc_summary=args.froc, manifest=args.manifest,
+                         description=args.description)
+    print(json.dumps(entry, indent=1))
+    return 0
+
+
+def _add_training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", required=True, help="cache folder made by scpm-train preprocess")
+    parser.add_argument("--out", required=True, help="output folder (checkpoints, logs, reports)")
+    parser.add_argument("--config", help="training config JSON (any subset of keys; defaults: the paper's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.epochs=10 --set data.patch_size=64")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scpm-train", description="Train SCPM-Net on LUNA16-layout data.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pre = commands.add_parser("preprocess", help="resample, window and cache every scan once")
+    pre.add_argument("--data", required=True, help="LUNA16-layout folder: subset0..9/, annotations.csv")
+    pre.add_argument("--cache", required=True, help="cache folder to fill (resumable)")
+    pre.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes")
+    pre.add_argument("--preprocess", help="pre-processing config JSON (default: 1 mm, HU -1200..600, lung crop)")
+    pre.set_defaults(run=_run_preprocess)
+
+    fit = commands.add_parser("fit", help="train one fold (under torchrun: on several devices)")
+    _add_training_options(fit)
+    fit.add_argument("--fold", type=int, help="held-out subset k for validation; omit to train on all scans")
+    fit.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    fit.add_argument("--debug-weight-hashes", metavar="DIR",
+                     help="each process appends a digest of its weights after every step to DIR/rank<r>.txt")
+    fit.set_defaults(run=_run_fit)
+
+    cv = commands.add_parser("cv", help="10-fold cross-validation with one pooled held-out FROC")
+    _add_training_options(cv)
+    cv.add_argument("--folds", help="comma-separated folds to run (default: every subset)")
+    cv.set_defaults(run=_run_cv)
+
+    export = commands.add_parser("export", help="write a detector checkpoint and its Models.json entry")
+    export.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
+    export.add_argument("--out", required=True, help="detector checkpoint to write, e.g. Resources/demo.pt")
+    export.add_argument("--name", default="demo", help="model name in the manifest")
+    export.add_argument("--model-version", default="1.0.0", help="version string of the model")
+    export.add_argument("--training-data", required=True, help="what the model was trained on, in words")
+    export.add_argument("--froc", help="froc_summary.json of its held-out evaluation")
+    export.add_argument("--manifest", help="Models.json to add the entry to, e.g. Resources/Models.json")
+    export.add_argument("--description", default="", help="intended use and limitations")
+    export.set_defaults(run=_run_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.INFO
+    prefix = "" if _rank() == 0 else f"[rank {_rank()}] "
+    logging.basicConfig(level=level if _rank() == 0 else logging.WARNING,
+                        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.run(args) or 0)
+    except UserInputError as error:
+        print(f"scpm-train {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"scpm-train {args.command}: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Training configuration: dataclasses with the paper's defaults, JSON round trip, CLI overrides.
+
+Every hyper-parameter of a training run is a field here (the network, matching and loss configs
+are the library's own dataclasses), so one JSON file describes a run completely. The file written
+beside the checkpoints is the config actually used, overrides included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import atomic_write
+from SCPMNoduleLib.losses import LossConfig
+from SCPMNoduleLib.matching import MatchingConfig
+from SCPMNoduleLib.model import SCPMNetConfig
+
+from .augment import AugmentConfig
+
+
+@dataclass
+class DataConfig:
+    """Patch sampling.
+
+    Attributes:
+        patch_size: side of the cubic training patch, voxels (= mm); a multiple of the network's
+            size divisor.
+        crops_per_scan: patches drawn from each training scan per epoch (epoch length =
+            ``crops_per_scan * number of training scans``).
+        nodule_fraction: share of patches (of scans that have nodules) centred near a nodule;
+            the others are centred anywhere in the scan, edges included.
+        jitter_fraction: a nodule-centred patch's centre is the nodule centre plus a uniform
+            offset in ``[-j, j]`` per axis, ``j = jitter_fraction * patch_size``.
+        num_workers: DataLoader worker processes per training process.
+        prefetch_factor: batches each worker prepares ahead.
+    """
+
+    patch_size: int = 96
+    crops_per_scan: int = 1
+    nodule_fraction: float = 0.5
+    jitter_fraction: float = 0.25
+    num_workers: int = 2
+    prefetch_factor: int = 2
+
+
+@dataclass
+class OptimConfig:
+    """SGD and the piecewise-constant learning-rate schedule (paper section 3.5).
+
+    Attributes:
+        batch_size: global batch size (split evenly over the DDP processes).
+        epochs: number of epochs.
+        momentum, weight_decay, nesterov: SGD settings.
+        lr_schedule: ``(start_epoch, lr)`` pairs in increasing epoch order; the learning rate of
+            epoch ``e`` is that of the last pair with ``start_epoch <= e``. Paper: 1e-4 warm-up for
+            20 epochs, then 1e-2, 1e-3 from epoch 80, 1e-4 from epoch 150.
+        max_grad_norm: clip the gradients' global L2 norm to this value; 0 disables clipping.
+    """
+
+    batch_size: int = 24
+    epochs: int = 170
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    lr_schedule: tuple[tuple[int, float], ...] = ((0, 1e-4), (20, 1e-2), (80, 1e-3), (150, 1e-4))
+    max_grad_norm: float = 0.0
+
+
+@dataclass
+class ValidationConfig:
+    """Validation on the fold's held-out scans with the real detector and LUNA16's FROC.
+
+    Attributes:
+        every_epochs: validate after every this many epochs (and after the last); 0 disables.
+        max_scans: validate on at most this many held-out scans (the first in uid order);
+            0 means all.
+        bootstraps: bootstrap resamples for the FROC confidence bands.
+    """
+
+    every_epochs: int = 10
+    max_scans: int = 0
+    bootstraps: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run.
+
+    Attributes:
+        seed: seeds the weights' initialisation and every sample's crop and augmentation.
+        amp: mixed precision: ``auto`` (float16 autocast with gradient scaling on CUDA, float32 on
+            CPU), ``off``, ``bf16`` (bfloat16 autocast, any device) or ``fp16`` (CUDA only).
+        sync_batchnorm: under DDP, compute BatchNorm statistics over all processes' batches.
+        log_every_steps: log the training terms every this many optimiser steps.
+        cudnn_benchmark: let cuDNN pick the fastest convolution algorithms (not bit-reproducible).
+    """
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: SCPMNetConfig = field(default_factory=SCPMNetConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    amp: str = "auto"
+    sync_batchnorm: bool = False
+    log_every_steps: int = 10
+    cudnn_benchmark: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        config = _build(cls, data, "config")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise :class:`UserInputError` for values no training run can use."""
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise UserInputError(f"config amp: {self.amp!r} is not one of auto, off, bf16, fp16.")
+        schedule = self.optim.lr_schedule
+        if not schedule or schedule[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(schedule, schedule[1:])):
+            raise UserInputError(
+                f"config optim.lr_schedule: {schedule!r} must start at epoch 0 and increase."
+            )
+        if not 0.0 <= self.data.nodule_fraction <= 1.0:
+            raise UserInputError(f"config data.nodule_fraction: {self.data.nodule_fraction} is not in [0, 1].")
+        for name in ("patch_size", "crops_per_scan"):
+            if getattr(self.data, name) < 1:
+                raise UserInputError(f"config data.{name}: must be at least 1.")
+        if self.optim.batch_size < 1 or self.optim.epochs < 1:
+            raise UserInputError("config optim.batch_size and optim.epochs must be at least 1.")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (0-based) from ``optim.lr_schedule``."""
+        return float([lr for start, lr in self.optim.lr_schedule if start <= epoch][-1])
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a JSON-like dict, recursively; lists become tuples."""
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: expected an object, got {type(data).__name__}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}.")
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"{where}: {error}.")
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], item, where) for item in value)
+        return tuple(_convert(arg, item, where) for arg, item in zip(args, value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The defaults, updated by a JSON file (any subset of keys), then by ``key.sub=value`` overrides.
+
+    Override values are parsed as JSON when they parse (``3``, ``1e-3``, ``[64, 64]``, ``true``)
+    and taken as strings otherwise, e.g. ``optim.epochs=5 data.patch_size=64 amp=off``.
+    """
+    merged = TrainConfig().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserInputError(f"{path}: config file not found.")
+        try:
+            _merge(merged, json.loads(path.read_text(encoding="utf-8")), str(path))
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{path}: not valid JSON ({error}).")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserInputError(f"override {item!r}: expected KEY=VALUE, e.g. optim.epochs=5.")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *parents, leaf = key.split(".")
+        _merge(merged, _nest(parents + [leaf], value), f"override {item!r}")
+    return TrainConfig.from_dict(merged)
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _merge(base: dict[str, Any], update: Any, where: str) -> None:
+    if not isinstance(update, dict):
+        raise UserInputError(f"{where}: expected a JSON object.")
+    for key, value in update.items():
+        if key not in base:
+            raise UserInputError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(base))}.")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            _merge(base[key], value, f"{where}: {key}")
+        else:
+            base[key] = value
+
+
+def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
+    """Write the config as indented JSON, atomically."""
+    with atomic_write(path) as handle:
+        json.dump(config.to_dict(), handle, indent=2)
+        handle.write("\n")

@@ -1,0 +1,478 @@
+"""The training loop: one process, or one per device under ``torchrun`` (DDP).
+
+``torchrun --nproc_per_node N -m Training.cli fit ...`` starts N copies of the same command;
+each reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment, joins the process group
+(NCCL on GPUs, Gloo on CPUs) and trains on its shard of every epoch's samples
+(:class:`~Training.data.EpochSampler`); gradients are averaged by DDP, so all processes hold the
+same weights after every step. The global batch ``optim.batch_size`` is split evenly over the
+processes. Only rank 0 writes checkpoints, logs and validation reports.
+
+Per epoch ``e``: the learning rate is ``config.lr_at(e)`` (a pure function of the epoch, so the
+schedule resumes exactly); after the epoch the full training state is written atomically to
+``last.pt`` (model, optimiser, gradient scaler, RNG states, epoch, step, best CPM); every
+``validation.every_epochs`` epochs the real detector runs on the fold's held-out scans and
+LUNA16's FROC is computed; the state with the best CPM is also written to ``best.pt``.
+Samples depend only on ``(seed, epoch, index)``, so resuming from ``last.pt`` continues exactly
+as an uninterrupted run would (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from SCPMNoduleLib import __version__
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
+from SCPMNoduleLib.inference import InferenceConfig
+from SCPMNoduleLib.io import Findings, atomic_write
+from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
+from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.preprocess import PreprocessConfig
+
+from .cache import CachedScan, load_cache, read_cache_info
+from .config import TrainConfig, save_config
+from .data import EpochSampler, MatchingCollate, PatchDataset
+from .detect import concat_findings, detect_sharded
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "scpm-train-state"
+STATE_VERSION = 1
+LOG_COLUMNS = ("epoch", "step", "lr", "total", *LOSS_TERMS, "samples_per_s", "data_wait_share")
+VALIDATION_COLUMNS = ("epoch", "cpm", "sens_1_8", "sens_1_4", "sens_1_2", "sens_1", "sens_2", "sens_4", "sens_8")
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process sits in a (possibly single-process) run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> Distributed:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``) and pick the device.
+
+    Args:
+        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserInputError(f"--device {device!r}: expected auto, cpu or cuda.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device is available.")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if world_size > 1 else 0
+    return Distributed(rank, world_size, local_rank, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
+
+
+def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[CachedScan], list[CachedScan]]:
+    """LUNA16 cross-validation: fold ``k`` validates on subset ``k`` and trains on the others.
+
+    ``fold=None`` trains on every scan and validates on none.
+    """
+    if fold is None:
+        return list(scans), []
+    folds = sorted({scan.fold for scan in scans})
+    if fold not in folds:
+        raise UserInputError(f"--fold {fold}: the cache has scans of subsets {folds} only.")
+    train = [scan for scan in scans if scan.fold != fold]
+    if not train:
+        raise UserInputError(f"--fold {fold}: every cached scan is in subset {fold}; nothing is left to train on.")
+    return train, [scan for scan in scans if scan.fold == fold]
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A training state written by :class:`Trainer` (weights-only unpickling: tensors and plain data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: training checkpoint not found.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserInputError(f"{path}: not a scpm-train training checkpoint.")
+    if state.get("version") != STATE_VERSION:
+        raise UserInputError(f"{path}: training checkpoint version {state.get('version')}, expected {STATE_VERSION}.")
+    return state
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter's bytes in ``named_parameters`` order (identical weights <=> equal)."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _append_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    new = not path.is_file()
+    with open(path, "a", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _drop_rows_from_epoch(path: Path, epoch: int) -> None:
+    """Remove rows of epochs ``>= epoch`` (left by an interrupted run) before resuming at ``epoch``."""
+    if not path.is_file():
+        return
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames or [], [row for row in reader if int(row["epoch"]) < epoch]
+    with atomic_write(path, newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+class Trainer:
+    """Trains one fold from a cache into ``out_dir`` (see the module docstring).
+
+    Args:
+        config: the run's configuration.
+        cache_dir: a cache made by ``scpm-train preprocess``.
+        out_dir: checkpoints (``last.pt``, ``best.pt``), ``config.json``, ``train_log.csv``,
+            ``validation.csv``, ``validation/epoch_<n>/`` FROC reports, TensorBoard events.
+        fold: the held-out subset, or ``None`` to train on every scan without validation.
+        device: ``auto``, ``cuda`` or ``cpu``.
+        debug_hash_dir: if given, every process appends ``<step> <parameter digest>`` after each
+            optimiser step to ``rank<r>.txt`` there (to check that DDP keeps the weights equal).
+        verify_checksums: rank 0 checks every cached file's SHA-256 (sizes are always checked).
+    """
+
+    def __init__(self, config: TrainConfig, cache_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                 fold: int | None = None, device: str = "auto", debug_hash_dir: str | os.PathLike | None = None,
+                 verify_checksums: bool = True) -> None:
+        config.validate()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.fold = fold
+        self.dist = init_distributed(device)
+        self.device = self.dist.device
+        self.debug_hash_dir = Path(debug_hash_dir) if debug_hash_dir is not None else None
+        self.preprocess = PreprocessConfig.from_dict(read_cache_info(cache_dir)["preprocess"])
+        scans = load_cache(cache_dir, checksum=self.dist.is_main and verify_checksums)
+        self.train_scans, self.val_scans = split_folds(scans, fold)
+        if config.validation.max_scans > 0:
+            self.val_scans = self.val_scans[: config.validation.max_scans]
+        missing = [scan.source for scan in self.val_scans if not scan.source.is_file()]
+        if missing and config.validation.every_epochs > 0:
+            raise UserInputError(f"{missing[0]}: validation reads the original held-out scans, but this one is gone.")
+
+        torch.manual_seed(config.seed)
+        model = SCPMNet(config.model)
+        if config.data.patch_size % model.size_divisor:
+            raise UserInputError(
+                f"config data.patch_size {config.data.patch_size}: must be a multiple of {model.size_divisor}."
+            )
+        if config.sync_batchnorm and self.dist.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        self.network: nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.network = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
+
+        optim = config.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr_at(0), momentum=optim.momentum,
+                                         weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        self.autocast_dtype = self._autocast_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.loss = SCPMLoss(config.loss)
+
+        if optim.batch_size % self.dist.world_size:
+            raise UserInputError(
+                f"config optim.batch_size {optim.batch_size}: must be divisible by the {self.dist.world_size} processes."
+            )
+        self.batch_per_process = optim.batch_size // self.dist.world_size
+        fill = float(self.preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
+        dataset = PatchDataset(self.train_scans, config.data, config.augment, config.seed, fill)
+        self.sampler = EpochSampler(dataset, self.dist.world_size, self.dist.rank, seed=config.seed)
+        workers = config.data.num_workers
+        self.loader = DataLoader(
+            dataset, batch_size=self.batch_per_process, sampler=self.sampler, drop_last=True,
+            collate_fn=MatchingCollate(self.model.strides, config.data.patch_size, config.matching),
+            num_workers=workers, persistent_workers=workers > 0,
+            prefetch_factor=config.data.prefetch_factor if workers > 0 else None,
+            pin_memory=self.device.type == "cuda",
+        )
+        if len(self.loader) == 0:
+            raise UserInputError(
+                f"{len(dataset)} training patches per epoch over {self.dist.world_size} process(es) do not fill "
+                f"one batch of {self.batch_per_process}; lower optim.batch_size or raise data.crops_per_scan."
+            )
+        self.epoch = 0
+        self.step = 0
+        self.best_cpm = -1.0
+        self.best_epoch = -1
+        self.tensorboard = None
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        amp, cuda = self.config.amp, self.device.type == "cuda"
+        if amp == "fp16" and not cuda:
+            raise UserInputError("config amp fp16: float16 training needs a CUDA device; use bf16 or off on CPU.")
+        if amp == "bf16":
+            return torch.bfloat16
+        if amp == "fp16" or (amp == "auto" and cuda):
+            return torch.float16
+        return None
+
+    # ------------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: weights, optimiser, scaler, RNGs, counters, config."""
+        return {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__,
+            "epoch": self.epoch, "step": self.step, "fold": self.fold,
+            "best_cpm": self.best_cpm, "best_epoch": self.best_epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "config": self.config.to_dict(), "preprocess": self.preprocess.to_dict(),
+            "train_seriesuids": [scan.seriesuid for scan in self.train_scans],
+        }
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
+        saved = TrainConfig.from_dict(state["config"])
+        if saved.model != self.config.model:
+            raise UserInputError(f"{where}: the checkpoint is of another network configuration than config model.")
+        if state["preprocess"] != self.preprocess.to_dict():
+            raise UserInputError(f"{where}: the checkpoint was trained with another pre-processing than this cache.")
+        changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+        if changed:
+            log.warning("resuming with a changed config (%s)", ", ".join(changed))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_cpm, self.best_epoch = float(state["best_cpm"]), int(state["best_epoch"])
+
+    def _save(self, name: str) -> None:
+        with atomic_write(self.out_dir / name, "wb") as handle:
+            torch.save(self.state_dict(), handle)
+
+    # ------------------------------------------------------------------------------ loop
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to ``optim.epochs``; with ``resume``, continue from ``out_dir/last.pt`` if it exists.
+
+        Returns:
+            ``{"epochs": ..., "steps": ..., "best_cpm": ..., "best_epoch": ...}``.
+        """
+        last = self.out_dir / "last.pt"
+        if last.is_file() and not resume:
+            raise UserInputError(f"{last}: a run already exists here; pass --resume to continue it or pick another --out.")
+        if resume and last.is_file():
+            self.load_state_dict(load_state(last), str(last))
+            log.info("resumed from %s at epoch %d (step %d)", last, self.epoch, self.step)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.out_dir / "config.json")
+            _drop_rows_from_epoch(self.out_dir / "train_log.csv", self.epoch)
+            _drop_rows_from_epoch(self.out_dir / "validation.csv", self.epoch + 1)
+            self.tensorboard = _open_tensorboard(self.out_dir / "tensorboard")
+        log.info("training on %d scans (%d patches/epoch), validating on %d; %d process(es), device %s",
+                 len(self.train_scans), len(self.loader.dataset), len(self.val_scans), self.dist.world_size,
+                 self.device)
+        every = self.config.validation.every_epochs
+        try:
+            for epoch in range(self.epoch, self.config.optim.epochs):
+                self._train_epoch(epoch)
+                self.epoch = epoch + 1
+                improved = False
+                if self.val_scans and every > 0 and (self.epoch % every == 0 or self.epoch == self.config.optim.epochs):
+                    cpm = self.validate()
+                    improved = cpm > self.best_cpm
+                    if improved:
+                        self.best_cpm, self.best_epoch = cpm, self.epoch
+                if self.dist.is_main:
+                    self._save("last.pt")
+                    if improved:
+                        self._save("best.pt")
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        return {"epochs": self.epoch, "steps": self.step, "best_cpm": self.best_cpm, "best_epoch": self.best_epoch}
+
+    def _train_epoch(self, epoch: int) -> None:
+        lr = self.config.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.network.train()
+        self.sampler.set_epoch(epoch)
+        steps = len(self.loader)
+        window = torch.zeros(len(LOG_COLUMNS) - 4, dtype=torch.float64, device=self.device)
+        window_steps, window_wait, window_start = 0, 0.0, time.perf_counter()
+        batches = iter(self.loader)
+        for index in range(steps):
+            fetch_start = time.perf_counter()
+            batch = next(batches)
+            window_wait += time.perf_counter() - fetch_start
+            total, terms = self._step(batch)
+            window[:-1] += torch.stack([total.detach(), *(terms[name].detach() for name in LOSS_TERMS)]).double()
+            window_steps += 1
+            if (index + 1) % self.config.log_every_steps == 0 or index + 1 == steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                elapsed = time.perf_counter() - window_start
+                self._log_window(epoch, lr, window, window_steps, window_wait, elapsed)
+                window.zero_()
+                window_steps, window_wait, window_start = 0, 0.0, time.perf_counter()
+
+    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        device = self.device
+        image = batch["image"].to(device, non_blocking=True)
+        origin = batch["origin_zyx"].to(device, non_blocking=True)
+        shape = batch["scan_shape_zyx"].to(device, non_blocking=True)
+        targets = [target.to(device) for target in batch["targets"]]
+        with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            outputs = self.network(image, origin, shape)
+        total, terms = self.loss(outputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.config.optim.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if self.debug_hash_dir is not None:
+            self.debug_hash_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.debug_hash_dir / f"rank{self.dist.rank}.txt", "a", encoding="utf-8") as handle:
+                handle.write(f"{self.step} {parameter_digest(self.model)}\n")
+        return total, terms
+
+    def _log_window(self, epoch: int, lr: float, sums: torch.Tensor, steps: int, wait_s: float,
+                    elapsed_s: float) -> None:
+        """Average the window's loss terms and the data-wait share over processes; rank 0 writes."""
+        sums[:-1] /= steps
+        sums[-1] = wait_s / max(elapsed_s, 1e-9)
+        if self.dist.enabled:
+            dist.all_reduce(sums)
+            sums /= self.dist.world_size
+        values = sums.tolist()
+        if not np.isfinite(values[0]):
+            raise FloatingPointError(f"the training loss became {values[0]} at epoch {epoch}, step {self.step}; "
+                                     "lower the learning rate or enable optim.max_grad_norm.")
+        row = {"epoch": epoch, "step": self.step, "lr": lr, "total": values[0],
+               **dict(zip(LOSS_TERMS, values[1:-1])),
+               "samples_per_s": steps * self.config.optim.batch_size / max(elapsed_s, 1e-9),
+               "data_wait_share": values[-1]}
+        if not self.dist.is_main:
+            return
+        log.info("epoch %d step %d lr %.2e loss %.4f (%s) %.1f samples/s, data wait %.0f%%", epoch, self.step, lr,
+                 row["total"], " ".join(f"{name} {row[name]:.4f}" for name in LOSS_TERMS), row["samples_per_s"],
+                 100 * row["data_wait_share"])
+        _append_rows(self.out_dir / "train_log.csv", LOG_COLUMNS, [row])
+        if self.tensorboard is not None:
+            for name in LOG_COLUMNS[2:]:
+                self.tensorboard.add_scalar(f"train/{name}", row[name], self.step)
+
+    # ------------------------------------------------------------------------------ validation
+
+    def validate(self) -> float:
+        """Detect on this process's share of the held-out scans, gather, evaluate on rank 0; returns CPM.
+
+        Every process gets the same CPM back (it decides which checkpoint is the best).
+        """
+        candidates = detect_sharded(self.model, self.preprocess, self.val_scans, self.device, self.dist.rank,
+                                    self.dist.world_size)
+        cpm = torch.zeros(1, dtype=torch.float64)
+        if self.dist.is_main:
+            result = self._evaluate(candidates)
+            cpm[0] = result.cpm if result is not None else -1.0
+        if self.dist.enabled:
+            cpm = cpm.to(self.device)
+            dist.broadcast(cpm, 0)
+        return float(cpm.item())
+
+    def _evaluate(self, candidates: Findings) -> FROCResult | None:
+        annotations = concat_findings([scan.annotations for scan in self.val_scans])
+        if len(annotations) == 0:
+            log.warning("the held-out scans hold no nodule; FROC is undefined, validation skipped")
+            return None
+        excluded = concat_findings([scan.excluded for scan in self.val_scans])
+        uids = [scan.seriesuid for scan in self.val_scans]
+        config = EvaluationConfig(n_bootstraps=self.config.validation.bootstraps, seed=self.config.seed)
+        result = evaluate_froc(annotations, excluded, uids, candidates, config)
+        write_evaluation({f"epoch {self.epoch}": result}, self.out_dir / "validation" / f"epoch_{self.epoch:03d}",
+                         inputs={"fold": str(self.fold), "epoch": str(self.epoch)})
+        row = {"epoch": self.epoch, "cpm": result.cpm, **dict(zip(VALIDATION_COLUMNS[2:], result.sensitivities))}
+        _append_rows(self.out_dir / "validation.csv", VALIDATION_COLUMNS, [row])
+        log.info("validation epoch %d: CPM %.3f, sensitivities %s", self.epoch, result.cpm,
+                 " ".join(f"{value:.3f}" for value in result.sensitivities))
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar("validation/cpm", result.cpm, self.step)
+        return result
+
+
+def _open_tensorboard(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed; logging to the console and CSV only")
+        return None
+    return SummaryWriter(str(path))
+
+
