@@ -72,6 +72,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._current = -1
         self._timer = qt.QTimer()
         self._timer.setInterval(PROGRESS_INTERVAL_MS)
         self._timer.connect("timeout()", self.onTimer)
@@ -153,9 +154,11 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onParameterNodeModified()
 
     def onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self._parameterNode is None:
+            return
         running = self._run is not None
         self.ui.applyButton.text = "Cancel" if running else "Detect nodules"
-        self.ui.applyButton.enabled = running or bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = running or bool(self._parameterNode.inputVolume)
         self.ui.applyButton.toolTip = ("Stop the detection" if running else
                                        "Detect nodules in the input volume" if self.ui.applyButton.enabled
                                        else "Select an input volume")
@@ -203,40 +206,45 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = f"{len(review)} nodules found. Review them below."
             self.updateReviewGui()
-            if len(review):
-                self.selectNodule(0)
+            self._current = -1
+            self.selectNodule(0)
 
     # ------------------------------------------------------------------ review
-    def currentIndex(self) -> int:
-        return self.ui.nodulesTableView.currentIndex().row()
-
     def selectNodule(self, index: int) -> None:
-        if index < 0:
+        """Make nodule ``index`` the current one: select its row, jump the views, show its diameter."""
+        review = self.logic.review
+        if review is None or not 0 <= index < len(review):
             return
+        self._current = index
         self.ui.nodulesTableView.selectRow(index)
-        self.logic.review.jump_to(index)
-        self.ui.diameterSpinBox.value = self.logic.review.nodule(index).diameter_mm
+        review.jump_to(index)
+        self.ui.diameterSpinBox.value = review.nodule(index).diameter_mm
 
     def onTableSelection(self) -> None:
-        index = self.currentIndex()
-        if self.logic.review is not None and 0 <= index < len(self.logic.review):
-            self.logic.review.jump_to(index)
-            self.ui.diameterSpinBox.value = self.logic.review.nodule(index).diameter_mm
+        row = self.ui.nodulesTableView.currentIndex().row()
+        if row >= 0 and row != self._current:
+            self.selectNodule(row)
+
+    def currentNodule(self) -> int:
+        from SCPMNoduleLib.errors import UserInputError
+
+        if self.logic.review is None or not 0 <= self._current < len(self.logic.review):
+            raise UserInputError("Select a nodule in the table first.")
+        return self._current
 
     def onStep(self, step: int) -> None:
         if self.logic.review is not None and len(self.logic.review):
-            self.selectNodule(self.logic.review.neighbour(self.currentIndex(), step))
+            self.selectNodule(self.logic.review.neighbour(self._current, step))
 
     def onSetStatus(self, status: str) -> None:
         with slicer.util.tryWithErrorDisplay("Could not change the status."):
-            index = self.currentIndex()
-            self.logic.review.set_status(index, status)
+            self.logic.review.set_status(self.currentNodule(), status)
             self.onStep(1)
 
     def onDiameterEdited(self) -> None:
-        if self.logic.review is not None and self.currentIndex() >= 0:
+        if self.logic.review is not None and 0 <= self._current < len(self.logic.review):
             with slicer.util.tryWithErrorDisplay("Could not resize the nodule."):
-                self.logic.review.set_diameter(self.currentIndex(), self.ui.diameterSpinBox.value)
+                self.logic.review.set_diameter(self._current, self.ui.diameterSpinBox.value)
 
     def onAddNodule(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not add a nodule."):
@@ -247,8 +255,13 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateReviewGui()
 
     def updateReviewGui(self) -> None:
+        """Show the current review's table (the model resets when the table changes: reselect)."""
         review = self.logic.review
         self.ui.nodulesTableView.setMRMLTableNode(review.table_node if review else None)
+        if review is None or not 0 <= self._current < len(review):
+            self._current = -1
+        else:
+            self.ui.nodulesTableView.selectRow(self._current)
         for widget in (self.ui.previousButton, self.ui.nextButton, self.ui.acceptButton, self.ui.rejectButton,
                        self.ui.diameterSpinBox, self.ui.addNoduleButton, self.ui.exportButton):
             widget.enabled = review is not None
