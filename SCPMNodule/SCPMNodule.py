@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -347,8 +348,9 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         check_input_volume(parameters.inputVolume)
         settings = DetectionSettings(model=parameters.model, device=parameters.device,
                                      threshold=parameters.threshold, max_detections=parameters.maxDetections)
-        run = DetectionRun(parameters.inputVolume, settings, style=self._style(parameters),
-                           sidecar_path=self.sidecarPath(parameters.inputVolume))
+        run = DetectionRun(parameters.inputVolume, settings, python=shutil.which("PythonSlicer") or sys.executable,
+                           style=self._style(parameters), sidecar_path=self.sidecarPath(parameters.inputVolume),
+                           base_environment=slicer.util.startupEnvironment())
         run.start()
         return run
 

@@ -205,10 +205,13 @@ class DetectionRun:
     The volume is checked and written when the run is made, so bad input is reported before
     any process starts. ``poll()`` returns the new events and keeps :attr:`fraction`;
     ``finish()`` (after :attr:`finished`) builds the review or raises :class:`UserInputError`.
+    ``python`` is the interpreter to run (in Slicer: ``PythonSlicer``), ``base_environment`` the
+    environment it starts from (in Slicer: the application's startup environment).
     """
 
     def __init__(self, volume_node, settings: DetectionSettings, python: str | None = None,
-                 style: ReviewStyle | None = None, sidecar_path: str | None = None):
+                 style: ReviewStyle | None = None, sidecar_path: str | None = None,
+                 base_environment: dict | None = None):
         check_input_volume(volume_node)
         self.volume_node = volume_node
         self.style = style
@@ -225,7 +228,8 @@ class DetectionRun:
             self.cleanup()
             raise
         self.process = DetectionProcess(
-            detect_command(input_path, self.temp_dir / "out", settings, python), library_environment())
+            detect_command(input_path, self.temp_dir / "out", settings, python),
+            library_environment(base_environment))
 
     def start(self) -> None:
         self.process.start()
