@@ -245,6 +245,10 @@ def test_section_4_4_example_in_both_modes():
     torch.testing.assert_close(
         got_continuous, torch.tensor(continuous, dtype=F64), rtol=0, atol=1e-4
     )
+    # Along the whole path the continuous loss pulls A toward B: dL/dz < 0 for every z < 0.
+    path = torch.linspace(-8.0, -0.01, 800, dtype=F64).requires_grad_()
+    siou_pp_loss(_on_z_axis(path), radius, origin, radius).sum().backward()
+    assert (path.grad < 0).all()
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, F64))
