@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -479,3 +480,38 @@ def test_a_cancelled_run_adds_nothing(mrml):
     with pytest.raises(UserInputError, match="cancelled"):
         run.finish()
     assert mrml.scene.GetNumberOfNodes() == count
+
+
+def _cli_has_detect() -> bool:
+    from SCPMNoduleLib import cli
+
+    return any(add.__name__ == "_add_detect" for add in cli._COMMANDS)
+
+
+@pytest.mark.slow
+def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scene(mrml, tmp_path):
+    if not _cli_has_detect():
+        pytest.skip("the detect command is not in the command line yet")
+    from SCPMNoduleLib.inference import Detector
+    from SCPMNoduleLib.phantom import generate_phantom, phantom_config
+
+    phantom = generate_phantom(5, phantom_config("small"))
+    volume = logic.volume_node_from_image(mrml.scene, phantom.image, "phantom-5")
+    settings = logic.DetectionSettings(device="cpu", threshold=0.0, max_detections=5)
+    run = logic.DetectionRun(volume, settings, sidecar_path=str(tmp_path / "review.json"))
+    run.start()
+    fractions = []
+    while not run.finished:
+        fractions += [e.fraction for e in run.poll() if e.event == "progress"]
+        time.sleep(0.05)
+    review = run.finish()
+    assert fractions == sorted(fractions) and run.fraction == pytest.approx(1.0)
+    expected = Detector.from_checkpoint("demo", device="cpu").detect(logic.image_from_volume_node(volume))
+    expected = expected[:5]
+    assert len(review) == len(expected)
+    for i, detection in enumerate(expected):
+        x, y, z = detection.center_xyz_mm
+        assert review.center_ras_mm(i) == pytest.approx((-x, -y, z), abs=1e-3)
+        assert review.nodule(i).diameter_mm == pytest.approx(detection.diameter_mm, rel=1e-4)
+    assert_consistent(review)
+    assert not run.temp_dir.exists()

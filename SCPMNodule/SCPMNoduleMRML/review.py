@@ -245,7 +245,8 @@ class NoduleReview:
         return self.markups_node.GetAttribute(SIDECAR_ATTRIBUTE) or None
 
     def __len__(self) -> int:
-        return self.markups_node.GetNumberOfControlPoints()
+        """The number of nodules: rows of the table (a point still being placed is not one yet)."""
+        return self.table_node.GetNumberOfRows()
 
     def _column(self, name: str):
         return self.table_node.GetTable().GetColumnByName(name)
