@@ -336,10 +336,13 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         return Path(slicer.app.temporaryPath) / "SCPMNodule" / "reviews"
 
     def sidecarPath(self, volumeNode) -> str:
+        """A new crash-recovery file per detection run, so that a new run never overwrites an old review."""
+        import time
+
         from SCPMNoduleMRML import series_uid
 
         name = "".join(c if c.isalnum() or c in "._-" else "_" for c in series_uid(volumeNode))
-        return str(self.sidecarDirectory() / f"{name}.review.json")
+        return str(self.sidecarDirectory() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json")
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
