@@ -1,0 +1,555 @@
+"""The SCPM-Net detection network (Luo et al. 2022, section 3.1).
+
+An encoder-decoder of residual blocks of 3x3x3 convolutions with BatchNorm and ReLU:
+
+* stem: one 3^3 convolution at full resolution, then 2x2x2 max-pooling;
+* encoder stage ``k`` (k = 1..S, stride 2^k; 48^3, 24^3, 12^3, 6^3 for a 96^3 patch): the
+  3-channel normalised coordinate map of that resolution is concatenated to the features, then
+  residual blocks with squeeze-and-excitation (SE) attention; 2x2x2 max-pooling between stages;
+* a dilated fusion block ends the encoder: three 3^3 convolutions with dilations 1, 2, 3 whose
+  outputs are mixed with learned softmax weights, as a residual branch;
+* decoder levels from stride 2^(S-1) up to the finest head stride: a 2x2x2 transposed
+  convolution, concatenation with the encoder's skip features and the coordinate map, residual
+  blocks with SE;
+* a head on each of the last ``head_levels`` decoder levels giving the centre logits (1 channel),
+  the radius (1 channel, softplus so >= 0) and the offset (3 channels, z y x), all in that
+  level's grid voxels (see the grid convention in ``notes/contract.md``: output point j stands for
+  the input voxel coordinate p(j) = j*s + (s-1)/2).
+
+Where the paper is silent the design follows the authors' reference network (ResNet-style basic
+blocks, softmax-weighted dilated fusion, SE attention after the residual stages) with one
+deliberate difference: by default SE squeezes over a local window (``se_context`` input voxels)
+instead of the whole patch. A global squeeze makes every output depend on the whole input, so a
+model run on tiles of another size than its training patches would see other attention gates;
+the local squeeze keeps the network translation-equivariant with a finite receptive field, so a
+tile's central region gives the same numbers as a whole-volume pass. ``se_context=0`` restores
+the paper's global squeeze.
+
+The coordinate maps are computed analytically from the patch's place in the whole scan
+(:func:`coordinate_map`), never by resampling a stored volume, so any tile of any size gets the
+exact numbers a training patch at the same place got.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ModelCost",
+    "ReceptiveField",
+    "SCPMNet",
+    "SCPMNetConfig",
+    "coordinate_map",
+    "count_flops",
+    "gradient_receptive_field",
+]
+
+_TUPLE_FIELDS = ("encoder_channels", "encoder_blocks", "decoder_blocks")
+
+
+@dataclass(frozen=True)
+class SCPMNetConfig:
+    """Architecture of :class:`SCPMNet`; JSON-serialisable (ints, floats, bools, tuples).
+
+    ``SCPMNetConfig(**dataclasses.asdict(cfg)) == cfg``; tuples given as lists (from JSON) are
+    turned back into tuples.
+
+    Attributes:
+        in_channels: image channels (1 for CT).
+        stem_channels: channels of the full-resolution stem convolution.
+        encoder_channels: channels of encoder stages at strides 2, 4, ..., 2^S (finest first).
+        encoder_blocks: residual blocks per encoder stage (finest first).
+        decoder_blocks: residual blocks per decoder level, finest first; the decoder has
+            ``len(decoder_blocks)`` levels at strides 2^(S-D) .. 2^(S-1) (D = its length), each
+            with the encoder's channel count at that stride.
+        head_channels: channels of the 3^3 convolution inside each head.
+        head_levels: number of decoder levels (the finest ones) that carry a head (1 or 2 in
+            the paper).
+        use_se: squeeze-and-excitation attention at the end of every residual block.
+        se_reduction: SE bottleneck ratio (channels / hidden units).
+        se_context: side, in input voxels, of the cubic window SE averages over (the pooling
+            kernel at stride s is the odd number 2*floor(se_context / (2 s)) + 1); 0 = the whole
+            input (the paper's global squeeze).
+        use_coordinate_maps: concatenate the 3-channel coordinate map at every encoder stage and
+            decoder level.
+        use_dilated_fusion: end the encoder with the dilated fusion block.
+        dilations: dilation rates of the fusion block's convolutions.
+        prior_probability: initial centre probability everywhere; the classification bias is
+            initialised to log(p / (1 - p)) (RetinaNet's prior initialisation).
+        head_init_std: standard deviation of the normal init of the heads' output convolutions.
+    """
+
+    in_channels: int = 1
+    stem_channels: int = 16
+    encoder_channels: tuple[int, ...] = (32, 64, 64, 64)
+    encoder_blocks: tuple[int, ...] = (2, 2, 3, 3)
+    decoder_blocks: tuple[int, ...] = (1, 1)
+    head_channels: int = 64
+    head_levels: int = 2
+    use_se: bool = True
+    se_reduction: int = 4
+    se_context: int = 32
+    use_coordinate_maps: bool = True
+    use_dilated_fusion: bool = True
+    dilations: tuple[int, ...] = (1, 2, 3)
+    prior_probability: float = 0.01
+    head_init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in (*_TUPLE_FIELDS, "dilations"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        stages, levels = len(self.encoder_channels), len(self.decoder_blocks)
+        problems = []
+        if len(self.encoder_blocks) != stages:
+            problems.append("encoder_blocks must have one entry per encoder stage")
+        if not 1 <= levels < stages:
+            problems.append("decoder_blocks must have between 1 and len(encoder_channels)-1 entries")
+        if not 1 <= self.head_levels <= levels:
+            problems.append("head_levels must be between 1 and len(decoder_blocks)")
+        if min((*self.encoder_blocks, *self.decoder_blocks), default=0) < 1:
+            problems.append("every stage and decoder level needs at least one residual block")
+        if not 0.0 < self.prior_probability < 1.0:
+            problems.append("prior_probability must lie strictly between 0 and 1")
+        if self.se_context < 0:
+            problems.append("se_context must be >= 0 (0 = global squeeze)")
+        if problems:
+            raise ValueError(f"Invalid SCPMNetConfig: {'; '.join(problems)}.")
+
+    @classmethod
+    def tiny(cls) -> SCPMNetConfig:
+        """A few channels per stage, same topology as the default: for tests."""
+        return cls(
+            stem_channels=4,
+            encoder_channels=(4, 8, 8, 8),
+            encoder_blocks=(1, 1, 1, 1),
+            decoder_blocks=(1, 1),
+            head_channels=8,
+            se_reduction=2,
+        )
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.encoder_channels)
+
+    @property
+    def size_divisor(self) -> int:
+        """Input sides must be multiples of this (2^S: S max-poolings)."""
+        return 2**self.num_stages
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Strides of the head levels, finest first."""
+        finest = self.num_stages - len(self.decoder_blocks)
+        return tuple(2 ** (finest + i) for i in range(self.head_levels))
+
+
+def coordinate_map(
+    patch_origin_zyx: Tensor,
+    scan_shape_zyx: Tensor,
+    grid_shape_zyx: Sequence[int],
+    stride: int,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Normalised position in the whole scan of every point of a stride-``stride`` grid.
+
+    Point j (per axis) of the grid stands for the patch voxel coordinate p(j) = j*s + (s-1)/2,
+    and its map value on that axis is ``(origin + p(j)) / (scan_len - 1)`` (``scan_len - 1``
+    clamped to >= 1), so the values lie in [0, 1] over the scan and are identical for any tile
+    that covers the same point: the computation is done in float32, where these half-integer
+    numerators are exact, and only then cast to ``dtype``.
+
+    Args:
+        patch_origin_zyx: (B, 3) voxel index of the patch's first voxel in the whole scan.
+        scan_shape_zyx: (B, 3) shape of the whole scan.
+        grid_shape_zyx: (d, h, w) of the grid.
+        stride: input voxels per grid point.
+        dtype: dtype of the result.
+
+    Returns:
+        (B, 3, d, h, w) tensor, channels (z, y, x).
+    """
+    origin = patch_origin_zyx.to(torch.float32)
+    denominator = (scan_shape_zyx.to(torch.float32) - 1.0).clamp_min(1.0)
+    batch = origin.shape[0]
+    grid_shape = tuple(int(n) for n in grid_shape_zyx)
+    channels = []
+    for axis, length in enumerate(grid_shape):
+        position = torch.arange(length, dtype=torch.float32, device=origin.device) * stride
+        position = position + (stride - 1) / 2.0
+        value = (origin[:, axis, None] + position) / denominator[:, axis, None]  # (B, n)
+        view = [batch, 1, 1, 1]
+        view[1 + axis] = length
+        channels.append(value.view(view).expand(batch, *grid_shape))
+    return torch.stack(channels, dim=1).to(dtype)
+
+
+def _box_mean(x: Tensor, kernel_size: int, dim: int) -> Tensor:
+    """Mean of x over a centred window of odd ``kernel_size`` along ``dim``, inside the tensor.
+
+    y_i = sum_{|k - i| <= r, 0 <= k < n} x_k / #{k : |k - i| <= r, 0 <= k < n}, r = kernel_size//2:
+    a zero-padded box sum (any n, also n < kernel_size) divided by the in-range count.
+    """
+    radius, length = kernel_size // 2, x.shape[dim]
+    kernel = [1, 1, 1]
+    kernel[dim - 2] = kernel_size
+    padding = [0, 0, 0, 0, 0, 0]  # F.pad order: last dim first
+    padding[2 * (4 - dim)] = padding[2 * (4 - dim) + 1] = radius
+    box_mean = F.avg_pool3d(F.pad(x, padding), kernel, stride=1)
+    index = torch.arange(length, device=x.device)
+    count = (index + radius).clamp_max(length - 1) - (index - radius).clamp_min(0) + 1
+    view = [1, 1, 1, 1, 1]
+    view[dim] = length
+    return box_mean * (kernel_size / count.to(box_mean.dtype)).view(view)
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel attention: x * sigmoid(W2 relu(W1 mean(x))) (Hu et al. 2018).
+
+    The mean is over the whole input (``kernel_size=0``) or, translation-equivariantly, over a
+    ``kernel_size``^3 window around each voxel (voxels outside the input excluded from the mean),
+    computed as three separable 1-D box means. W1, W2 are 1x1x1 convolutions (C -> C/r -> C).
+    """
+
+    def __init__(self, channels: int, reduction: int, kernel_size: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.kernel_size = kernel_size
+        self.reduce = nn.Conv3d(channels, hidden, kernel_size=1)
+        self.expand = nn.Conv3d(hidden, channels, kernel_size=1)
+
+    def squeeze(self, x: Tensor) -> Tensor:
+        if self.kernel_size == 0:
+            return F.adaptive_avg_pool3d(x, 1)
+        for axis in range(3):
+            x = _box_mean(x, self.kernel_size, dim=2 + axis)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.expand(F.relu(self.reduce(self.squeeze(x)))))
+        return x * gate
+
+
+def _conv_bn(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm3d(out_channels),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """relu(x' + SE(bn(conv(relu(bn(conv(x))))))), x' = x or bn(conv1x1(x)) if channels change."""
+
+    def __init__(self, in_channels: int, out_channels: int, se: SqueezeExcitation | None) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(in_channels, out_channels)
+        self.conv2 = _conv_bn(out_channels, out_channels)
+        self.se = se if se is not None else nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
+        if in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, bias=False), nn.BatchNorm3d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv2(F.relu(self.conv1(x)))
+        return F.relu(self.shortcut(x) + self.se(out))
+
+
+class DilatedFusion(nn.Module):
+    """relu(x + bn(sum_i softmax(w)_i conv_{d_i}(x))): 3^3 convolutions with dilations d_i."""
+
+    def __init__(self, channels: int, dilations: Sequence[int]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            nn.Conv3d(channels, channels, 3, padding=d, dilation=d, bias=False) for d in dilations
+        )
+        self.branch_logits = nn.Parameter(torch.zeros(len(dilations)))
+        self.norm = nn.BatchNorm3d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = torch.softmax(self.branch_logits, dim=0)
+        fused = sum(w * branch(x) for w, branch in zip(weights, self.branches))
+        return F.relu(x + self.norm(fused))
+
+
+class DetectionHead(nn.Module):
+    """conv3^3-BN-ReLU, then 1x1x1 projections to centre logits (1), radius (1), offset (3).
+
+    The projections run in float32 (outside autocast) so that low-precision features still give
+    finely ordered probabilities; every output is float32.
+    """
+
+    def __init__(self, in_channels: int, head_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_conv_bn(in_channels, head_channels), nn.ReLU(inplace=True))
+        self.logits = nn.Conv3d(head_channels, 1, 1)
+        self.radius = nn.Conv3d(head_channels, 1, 1)
+        self.offset = nn.Conv3d(head_channels, 3, 1)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.features(x)
+        full_precision = (
+            contextlib.nullcontext()  # autocast has no meta device (count_flops runs there)
+            if x.device.type == "meta"
+            else torch.autocast(device_type=x.device.type, enabled=False)
+        )
+        with full_precision:
+            x = x.float()
+            return {
+                "logits": self.logits(x),
+                "radius": F.softplus(self.radius(x)),
+                "offset": self.offset(x),
+            }
+
+
+class SCPMNet(nn.Module):
+    """SCPM-Net: encoder-decoder with coordinate maps, SE attention and sphere heads.
+
+    ``forward(image (B, C, D, H, W), patch_origin_zyx (B, 3) | None, scan_shape_zyx (B, 3) | None)``
+    returns one dict per head level, finest first, with ``logits`` (B, 1, d, h, w), ``radius``
+    (B, 1, d, h, w, >= 0, grid voxels) and ``offset`` (B, 3, d, h, w, grid voxels, z y x), where
+    (d, h, w) = (D, H, W) / stride. The defaults treat the patch as the whole scan.
+    """
+
+    def __init__(self, config: SCPMNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else SCPMNetConfig()
+        coord = 3 if config.use_coordinate_maps else 0
+        self.stem = nn.Sequential(
+            _conv_bn(config.in_channels, config.stem_channels), nn.ReLU(inplace=True)
+        )
+        self.encoder = nn.ModuleList()
+        previous = config.stem_channels
+        for stage, (channels, blocks) in enumerate(
+            zip(config.encoder_channels, config.encoder_blocks), start=1
+        ):
+            self.encoder.append(self._stage(previous + coord, channels, blocks, 2**stage))
+            previous = channels
+        self.fusion: nn.Module = (
+            DilatedFusion(previous, config.dilations) if config.use_dilated_fusion else nn.Identity()
+        )
+        self.upsample = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        finest = config.num_stages - len(config.decoder_blocks)
+        for level in reversed(range(len(config.decoder_blocks))):  # coarsest first
+            stage = finest + level  # encoder stage index (1-based) of this level's stride
+            channels = config.encoder_channels[stage - 1]
+            self.upsample.append(
+                nn.Sequential(
+                    nn.ConvTranspose3d(previous, channels, 2, stride=2, bias=False),
+                    nn.BatchNorm3d(channels),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            self.decoder.append(
+                self._stage(2 * channels + coord, channels, config.decoder_blocks[level], 2**stage)
+            )
+            previous = channels
+        decoder_channels = [config.encoder_channels[finest + i - 1] for i in range(config.head_levels)]
+        self.heads = nn.ModuleList(DetectionHead(c, config.head_channels) for c in decoder_channels)
+        self._initialise()
+
+    def _stage(self, in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
+        config = self.config
+        kernel = 0 if config.se_context == 0 else 2 * (config.se_context // (2 * stride)) + 1
+
+        def se() -> SqueezeExcitation | None:
+            return SqueezeExcitation(channels, config.se_reduction, kernel) if config.use_se else None
+
+        layers = [ResidualBlock(in_channels, channels, se())]
+        layers += [ResidualBlock(channels, channels, se()) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def _initialise(self) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm3d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        prior = self.config.prior_probability
+        for head in self.heads:
+            for projection in (head.logits, head.radius, head.offset):
+                nn.init.normal_(projection.weight, std=self.config.head_init_std)
+                nn.init.zeros_(projection.bias)
+            nn.init.constant_(head.logits.bias, math.log(prior / (1.0 - prior)))
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Input voxels per output point of each head level, finest first."""
+        return self.config.strides
+
+    @property
+    def size_divisor(self) -> int:
+        """Input sides must be multiples of this."""
+        return self.config.size_divisor
+
+    def _check_input(self, image: Tensor) -> None:
+        if image.dim() != 5 or image.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"SCPMNet expects an image of shape (B, {self.config.in_channels}, D, H, W), "
+                f"got {tuple(image.shape)}."
+            )
+        sides = tuple(image.shape[2:])
+        if any(side == 0 or side % self.size_divisor for side in sides):
+            raise ValueError(
+                f"SCPMNet input sides {sides} must be positive multiples of {self.size_divisor} "
+                f"(the network pools {self.config.num_stages} times); pad or crop the volume."
+            )
+
+    def forward(
+        self,
+        image: Tensor,
+        patch_origin_zyx: Tensor | None = None,
+        scan_shape_zyx: Tensor | None = None,
+    ) -> list[dict[str, Tensor]]:
+        self._check_input(image)
+        batch = image.shape[0]
+        if patch_origin_zyx is None:
+            patch_origin_zyx = torch.zeros(batch, 3, device=image.device)
+        if scan_shape_zyx is None:
+            scan_shape_zyx = torch.tensor(image.shape[2:], device=image.device).expand(batch, 3)
+        for name, value in (("patch_origin_zyx", patch_origin_zyx), ("scan_shape_zyx", scan_shape_zyx)):
+            if tuple(value.shape) != (batch, 3):
+                raise ValueError(f"SCPMNet {name} must have shape ({batch}, 3), got {tuple(value.shape)}.")
+
+        def concatenate(parts: list[Tensor], stride: int) -> Tensor:
+            """Concatenate feature maps and, if configured, the stride's coordinate map."""
+            features = parts[0]
+            if self.config.use_coordinate_maps:
+                coords = coordinate_map(
+                    patch_origin_zyx.to(features.device),
+                    scan_shape_zyx.to(features.device),
+                    features.shape[2:],
+                    stride,
+                    dtype=features.dtype,
+                )
+                if features.is_contiguous(memory_format=torch.channels_last_3d):
+                    coords = coords.contiguous(memory_format=torch.channels_last_3d)
+                parts = [*parts, coords]
+            return torch.cat(parts, dim=1) if len(parts) > 1 else features
+
+        x = self.stem(image)
+        skips = []
+        for stage, block in enumerate(self.encoder, start=1):
+            x = block(concatenate([F.max_pool3d(x, 2)], 2**stage))
+            skips.append(x)
+        x = self.fusion(x)
+        decoded = []
+        stride = self.size_divisor
+        for upsample, block in zip(self.upsample, self.decoder):
+            stride //= 2
+            skip = skips[int(math.log2(stride)) - 1]
+            x = block(concatenate([upsample(x), skip], stride))
+            decoded.append(x)
+        finest_first = decoded[::-1]
+        return [head(features) for head, features in zip(self.heads, finest_first)]
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Parameters and multiply-accumulates of one forward pass over a given input shape."""
+
+    parameters: int
+    macs: int
+
+    @property
+    def gflops(self) -> float:
+        """Giga floating-point operations, counting a multiply-accumulate as 2."""
+        return 2.0 * self.macs / 1e9
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> ModelCost:
+    """Analytic cost of ``model(torch.empty(input_shape))``.
+
+    Counts the multiply-accumulates of every ``Conv3d`` (output elements x C_in/groups x k^3) and
+    ``ConvTranspose3d`` (input elements x C_out/groups x k^3) with forward hooks on a copy of the
+    model on the ``meta`` device, so nothing is computed; normalisation, pooling, activations and
+    attention gates (each O(1) per element) are not counted. ``input_shape`` includes the batch.
+    """
+    parameters = sum(p.numel() for p in model.parameters())
+    meta_model = copy.deepcopy(model).to("meta").eval()
+    macs = 0
+
+    def conv_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        nonlocal macs
+        kernel = math.prod(module.kernel_size)
+        if isinstance(module, nn.ConvTranspose3d):
+            macs += inputs[0].numel() * (module.out_channels // module.groups) * kernel
+        else:
+            macs += output.numel() * (module.in_channels // module.groups) * kernel
+
+    handles = [
+        m.register_forward_hook(conv_hook)
+        for m in meta_model.modules()
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))
+    ]
+    try:
+        with torch.no_grad():
+            meta_model(torch.empty(tuple(input_shape), device="meta"))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ModelCost(parameters=parameters, macs=macs)
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Chebyshev radii (input voxels) around an output point holding given shares of |grad|.
+
+    ``radii[q]`` is the smallest r such that the input voxels within max-norm distance r of the
+    output point's input coordinate p(j) carry at least the share q of the total gradient
+    magnitude of that point's output w.r.t. the input. ``support`` is the radius holding all of
+    it (the part of the theoretical receptive field that the input shape contains).
+    """
+
+    radii: dict[float, float]
+    support: float
+
+
+def gradient_receptive_field(
+    logit_map: Callable[[Tensor], Tensor],
+    input_shape: Sequence[int],
+    stride: int,
+    quantiles: Sequence[float] = (0.99, 0.999),
+    generator: torch.Generator | None = None,
+) -> ReceptiveField:
+    """Useful receptive field of the centre output point, measured by its input gradient.
+
+    A standard-normal input x of ``input_shape`` (B=1, C, D, H, W) is drawn, y = logit_map(x)
+    (shape (1, 1, d, h, w) on a stride-``stride`` grid) is evaluated and the gradient
+    g = d y[j_c] / d x of the centre point j_c = (d // 2, h // 2, w // 2) is taken; each input
+    voxel v then has weight |g_v| (summed over channels) and distance ||v - p(j_c)||_inf with
+    p(j) = j*s + (s-1)/2. The radius for share q is the smallest distance whose ball holds q of
+    the total weight. For a tile margin, use the radius of the share one trusts (0.999 is safe).
+    """
+    x = torch.randn(tuple(input_shape), generator=generator).requires_grad_(True)
+    y = logit_map(x)
+    centre = [n // 2 for n in y.shape[2:]]
+    y[(0, 0, *centre)].backward()
+    weight = x.grad.abs().sum(dim=(0, 1)).flatten().double()
+    point = torch.tensor([j * stride + (stride - 1) / 2.0 for j in centre], dtype=torch.float64)
+    index = torch.stack(
+        torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in x.shape[2:]), indexing="ij"),
+        dim=-1,
+    ).reshape(-1, 3)
+    distance = (index - point).abs().amax(dim=1)
+    order = torch.argsort(distance)
+    distance, cumulative = distance[order], torch.cumsum(weight[order], dim=0)
+    total = cumulative[-1]
+    radii = {}
+    for q in quantiles:
+        first = int(torch.searchsorted(cumulative, q * total))
+        radii[float(q)] = float(distance[min(first, distance.numel() - 1)])
+    support = float(distance[weight[order] > 0].max()) if bool(total > 0) else 0.0
+    return ReceptiveField(radii=radii, support=support)
