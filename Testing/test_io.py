@@ -1,5 +1,8 @@
 """LUNA16 tables: round trips, header checks, atomic writes."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -80,3 +83,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             handle.write("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_respects_the_umask_like_open(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "out.csv") as handle:
+            handle.write("x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644
