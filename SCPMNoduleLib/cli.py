@@ -96,7 +96,47 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_evaluate]
+def _add_phantom(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "phantom",
+        help="write synthetic chest CT phantoms with known nodules in LUNA16's layout",
+        description="Write synthetic chest CTs (subsetK/<seriesuid>.mhd/.raw), annotations.csv, "
+        "annotations_excluded.csv, seriesuids.csv and seg-lungs-LUNA16 lung masks into a new "
+        "folder, the same bytes for the same seed.",
+    )
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--scans", type=int, required=True, help="number of scans")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--subsets", type=int, default=10, help="number of subsetK folders (folds)")
+    parser.add_argument("--size", choices=("small", "full"), default="small",
+                        help="small: about 128x128x96 voxels (tests); full: 512x512x100-300")
+    parser.add_argument("--oblique", action="store_true",
+                        help="store with axis flips and a small rotation (non-identity direction)")
+    parser.add_argument("--no-lung-masks", dest="lung_masks", action="store_false",
+                        help="do not write seg-lungs-LUNA16")
+    parser.add_argument("--preview", action="store_true",
+                        help="also write preview/<seriesuid>.png: three slices through a nodule")
+    parser.set_defaults(run=_run_phantom)
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .phantom import write_luna16_dataset
+
+    with tqdm(total=args.scans, unit="scan", desc="phantoms") as bar:
+        written = write_luna16_dataset(
+            args.out, args.scans, args.seed, subsets=args.subsets, size=args.size,
+            lung_masks=args.lung_masks, preview=args.preview, oblique=args.oblique,
+            progress=lambda done, total: bar.update(done - bar.n))
+    findings = [n for nodules in written.values() for n in nodules]
+    included = sum(n.included for n in findings)
+    print(f"wrote {len(written)} scans with {included} nodules and {len(findings) - included} "
+          f"excluded findings to {args.out}")
+    return 0
+
+
+_COMMANDS: list = [_add_evaluate, _add_phantom]
 
 if __name__ == "__main__":
     sys.exit(main())
