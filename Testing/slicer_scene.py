@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import slicer
+import vtk
 
 MODULE_LOGICS = {
     "Markups": slicer.vtkSlicerMarkupsLogic,
@@ -36,6 +37,9 @@ def make_scene() -> SlicerScene:
     scene = slicer.vtkMRMLScene()
     app_logic = slicer.vtkSlicerApplicationLogic()
     app_logic.SetMRMLScene(scene)
+    app_logic.SetSliceLogics(vtk.vtkCollection())
+    app_logic.SetViewLogics(vtk.vtkCollection())
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)  # patient right = screen left
     colors = app_logic.GetColorLogic()
     colors.SetMRMLScene(scene)
     colors.AddDefaultColorNodes()
