@@ -346,6 +346,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
+        from SCPMNoduleLib.errors import UserInputError
         from SCPMNoduleMRML import DetectionRun, DetectionSettings, check_input_volume
 
         check_input_volume(parameters.inputVolume)
@@ -354,7 +355,11 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         run = DetectionRun(parameters.inputVolume, settings, python=shutil.which("PythonSlicer") or sys.executable,
                            style=self._style(parameters), sidecar_path=self.sidecarPath(parameters.inputVolume),
                            base_environment=slicer.util.startupEnvironment())
-        run.start()
+        try:
+            run.start()
+        except OSError as error:
+            run.cleanup()
+            raise UserInputError(f"Could not start the detector ({error}).")
         return run
 
     def finishDetection(self, run, onChange):
