@@ -54,7 +54,7 @@ class SourceScan:
 
     seriesuid: str
     fold: int
-    path: Path
+    source: Path
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class CachedScan:
         resampled_shape_zyx: shape of the whole resampled grid.
         centers_zyx_vox: ``(N, 3)`` annotated nodule centres, voxels of the stored crop.
         radii_vox: ``(N,)`` their radii, voxels (= mm at 1 mm spacing).
+        annotations: the same nodules in world LPS mm with diameters (``annotations.csv`` rows).
+        excluded: the scan's excluded findings (``annotations_excluded.csv`` rows).
         source: the original scan file.
     """
 
@@ -81,6 +83,8 @@ class CachedScan:
     resampled_shape_zyx: tuple[int, int, int]
     centers_zyx_vox: np.ndarray
     radii_vox: np.ndarray
+    annotations: Findings
+    excluded: Findings
     source: Path
 
     def volume(self) -> np.ndarray:
@@ -106,8 +110,8 @@ def find_luna16_scans(data_dir: str | os.PathLike) -> list[SourceScan]:
     seen: dict[str, Path] = {}
     for scan in scans:
         if scan.seriesuid in seen:
-            raise UserInputError(f"{scan.path}: seriesuid {scan.seriesuid} also names {seen[scan.seriesuid]}.")
-        seen[scan.seriesuid] = scan.path
+            raise UserInputError(f"{scan.source}: seriesuid {scan.seriesuid} also names {seen[scan.seriesuid]}.")
+        seen[scan.seriesuid] = scan.source
     return sorted(scans, key=lambda s: s.seriesuid)
 
 
@@ -157,7 +161,7 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
     """Build one scan's cache files; returns its uid. Runs in a worker process."""
     scan, scans_dir, preprocess, spheres = job
     config = PreprocessConfig.from_dict(preprocess)
-    image = read_scan(scan.path)
+    image = read_scan(scan.source)
     prepared = prepare_scan(image, config)
     start = np.asarray(prepared.crop_start_zyx, dtype=np.int64)
     image_record = _save_array(scans_dir / f"{scan.seriesuid}.npy", prepared.image.astype(STORAGE_DTYPE))
@@ -171,7 +175,7 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
     )
     metadata = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION,
-        "seriesuid": scan.seriesuid, "fold": scan.fold, "source": str(scan.path.resolve()),
+        "seriesuid": scan.seriesuid, "fold": scan.fold, "source": str(scan.source.resolve()),
         "preprocess": preprocess,
         "original": _geometry_record(ScanGeometry.from_image(image)),
         "resampled": _geometry_record(prepared.geometry),
@@ -303,6 +307,12 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def _findings(seriesuid: str, records: list[dict[str, Any]]) -> Findings:
+    return Findings.from_columns([seriesuid] * len(records),
+                                 np.asarray([r["center_xyz_mm"] for r in records], dtype=np.float64).reshape(-1, 3),
+                                 [r["diameter_mm"] for r in records])
+
+
 def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
                seriesuids: Sequence[str] | None = None) -> list[CachedScan]:
     """Every cached scan (or those of ``seriesuids``), sorted by uid, after checking its files.
@@ -329,8 +339,9 @@ def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
             )
         metadata = json.loads(path.read_text(encoding="utf-8"))
         nodules = metadata["nodules"]
+        uid = metadata["seriesuid"]
         scans.append(CachedScan(
-            seriesuid=metadata["seriesuid"],
+            seriesuid=uid,
             fold=int(metadata["fold"]),
             image_path=path.parent / metadata["image"]["file"],
             shape_zyx=tuple(metadata["shape_zyx"]),
@@ -338,6 +349,8 @@ def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
             resampled_shape_zyx=tuple(metadata["resampled"]["shape_zyx"]),
             centers_zyx_vox=np.asarray([n["center_zyx_vox"] for n in nodules], dtype=np.float64).reshape(-1, 3),
             radii_vox=np.asarray([n["radius_vox"] for n in nodules], dtype=np.float64).reshape(-1),
+            annotations=_findings(uid, nodules),
+            excluded=_findings(uid, metadata["excluded"]),
             source=Path(metadata["source"]),
         ))
     return scans

@@ -1,4 +1,4 @@
-"""The ``scpm-train`` command line: preprocess, fit, cv, export.
+"""The ``scpm-train`` command line: preprocess, fit, cv, evaluate, export.
 
 Multi-process training is the same command under torchrun:
 ``torchrun --nproc_per_node N -m Training.cli fit --cache DIR --fold K --out DIR``.
@@ -68,6 +68,15 @@ def _run_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .detect import evaluate_folder
+
+    result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps)
+    rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
+    print(f"CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}")
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
@@ -112,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_options(cv)
     cv.add_argument("--folds", help="comma-separated folds to run (default: every subset)")
     cv.set_defaults(run=_run_cv)
+
+    evaluate = commands.add_parser("evaluate", help="detect on a LUNA16-layout folder and compute its FROC")
+    evaluate.add_argument("--checkpoint", required=True, help="best.pt of a run, or a detector checkpoint")
+    evaluate.add_argument("--data", required=True, help="LUNA16-layout folder of test scans with annotations.csv")
+    evaluate.add_argument("--out", required=True, help="folder for candidates.csv and the FROC report")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    evaluate.add_argument("--threshold", type=float, default=0.01, help="detector probability threshold")
+    evaluate.add_argument("--bootstraps", type=int, default=1000, help="bootstrap resamples for the CPM's CI")
+    evaluate.set_defaults(run=_run_evaluate)
 
     export = commands.add_parser("export", help="write a detector checkpoint and its Models.json entry")
     export.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")

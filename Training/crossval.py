@@ -54,7 +54,7 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
         model.load_state_dict(load_state(best)["model"])
         test = [scan for scan in scans if scan.fold == fold]
         found = detect_sharded(model, trainer.preprocess, test, trainer.device, trainer.dist.rank,
-                               trainer.dist.world_size)
+                               trainer.dist.world_size, trainer.inference_config)
         if trainer.dist.is_main:
             write_candidates(fold_dir / "candidates.csv", found)
         log.info("fold %d: %d candidates on %d held-out scans (%s)", fold, len(found), len(test), best.name)

@@ -1,27 +1,32 @@
-"""Held-out detection for validation and cross-validation: the real detector on the original scans.
+"""Held-out detection and its FROC: the real detector on the original scans.
 
-Validation reads each held-out scan from its original file and runs
-:meth:`SCPMNoduleLib.inference.Detector.detect` on it, the same path users take (resampling,
-windowing, lung crop, tiling, decoding, NMS, the 100 cap), so the CPM measured during training is
-the CPM of the checkpoint a user will run.
+Validation, cross-validation and ``scpm-train evaluate`` read each held-out scan from its
+original file and run :meth:`SCPMNoduleLib.inference.Detector.detect` on it, the same path users
+take (resampling, windowing, lung crop, tiling, decoding, NMS, the 100 cap), so the CPM measured
+here is the CPM of the checkpoint a user will run.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from SCPMNoduleLib.inference import Detector, InferenceConfig
-from SCPMNoduleLib.io import Findings, read_scan
+from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
+from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, Detector, InferenceConfig, load_checkpoint
+from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
+from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
-from .cache import CachedScan
+from .cache import find_luna16_scans
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,14 @@ def concat_findings(parts: Sequence[Findings]) -> Findings:
                       for name in ("seriesuids", "centers_xyz_mm", "diameters_mm", "probabilities")))
 
 
-def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[CachedScan],
+class Scan(Protocol):
+    """What detection needs of a scan (a cached or a source scan): its uid and original file."""
+
+    seriesuid: str
+    source: Path
+
+
+def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[Scan],
                  device: torch.device | str, config: InferenceConfig | None = None) -> Findings:
     """LUNA16 candidates (world mm, probability, diameter) of ``scans`` from their original files.
 
@@ -56,16 +68,57 @@ def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence
     return concat_findings(tables)
 
 
-def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[CachedScan],
-                   device: torch.device | str, rank: int = 0, world_size: int = 1) -> Findings:
+def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[Scan],
+                   device: torch.device | str, rank: int = 0, world_size: int = 1,
+                   config: InferenceConfig | None = None) -> Findings:
     """:func:`detect_scans` with the scans dealt out over the DDP processes (``scans[rank::world_size]``).
 
     Every process returns all candidates (gathered in rank order); with one process it is
     :func:`detect_scans`.
     """
-    found = detect_scans(model, preprocess, scans[rank::world_size], device)
+    found = detect_scans(model, preprocess, scans[rank::world_size], device, config)
     if world_size == 1:
         return found
     gathered: list[Findings | None] = [None] * world_size
     dist.all_gather_object(gathered, found)
     return concat_findings(gathered)
+
+
+def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
+    """The network and pre-processing of a training state (``best.pt``) or of a detector checkpoint."""
+    from .config import TrainConfig
+    from .trainer import load_state
+
+    try:
+        is_detector = torch.load(path, map_location="cpu", weights_only=True).get("format") == CHECKPOINT_FORMAT
+    except Exception:  # damaged, foreign or missing: load_state names the problem
+        is_detector = False
+    if is_detector:
+        model, preprocess, _ = load_checkpoint(path)
+        return model, preprocess
+    state = load_state(path)
+    model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
+    model.load_state_dict(state["model"])
+    return model, PreprocessConfig.from_dict(state["preprocess"])
+
+
+def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    device: str = "auto", score_threshold: float = 0.01, bootstraps: int = 1000) -> FROCResult:
+    """Detect on every scan of a LUNA16-layout folder and evaluate with LUNA16's FROC.
+
+    Writes ``candidates.csv`` and the evaluation (``froc_summary.json``, ``froc_curve.csv``,
+    ``froc.png``, ``missed_nodules.csv``) to ``out_dir``; ``froc_summary.json`` is what
+    ``scpm-train export --froc`` records as the model's metrics.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    scans = find_luna16_scans(data_dir)
+    model, preprocess = load_model(checkpoint)
+    candidates = detect_scans(model, preprocess, scans, device, InferenceConfig(score_threshold=score_threshold))
+    excluded_path = data_dir / "annotations_excluded.csv"
+    excluded = read_annotations(excluded_path) if excluded_path.is_file() else Findings.empty()
+    result = evaluate_froc(data_dir / "annotations.csv", excluded, [scan.seriesuid for scan in scans], candidates,
+                           EvaluationConfig(n_bootstraps=bootstraps))
+    write_candidates(out_dir / "candidates.csv", candidates)
+    write_evaluation({Path(checkpoint).name: result}, out_dir,
+                     inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve())})
+    return result

@@ -239,6 +239,7 @@ class Trainer:
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
+        self.inference_config = InferenceConfig(score_threshold=config.validation.score_threshold)
 
         if optim.batch_size % self.dist.world_size:
             raise UserInputError(
@@ -437,7 +438,7 @@ class Trainer:
         Every process gets the same CPM back (it decides which checkpoint is the best).
         """
         candidates = detect_sharded(self.model, self.preprocess, self.val_scans, self.device, self.dist.rank,
-                                    self.dist.world_size)
+                                    self.dist.world_size, self.inference_config)
         cpm = torch.zeros(1, dtype=torch.float64)
         if self.dist.is_main:
             result = self._evaluate(candidates)

@@ -1,0 +1,50 @@
+"""Training config: the paper's defaults, JSON round trip, overrides, and bad input."""
+
+import json
+
+import pytest
+
+from SCPMNoduleLib.errors import UserInputError
+from Training.cli import main
+from Training.config import TrainConfig, load_config, save_config
+
+
+def test_defaults_are_the_papers_schedule():
+    config = TrainConfig()
+    assert (config.optim.batch_size, config.optim.epochs, config.optim.momentum, config.optim.weight_decay) == (
+        24, 170, 0.9, 1e-4)
+    assert [config.lr_at(e) for e in (0, 19, 20, 79, 80, 149, 150, 169)] == [
+        1e-4, 1e-4, 1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4]
+    assert (config.matching.top_k, config.loss.siou_weight, config.loss.refocal_threshold) == (7, 2.0, 0.9)
+    assert config.data.patch_size == 96
+
+
+def test_file_and_overrides_round_trip_through_json(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"optim": {"epochs": 5}, "model": {"encoder_channels": [8, 8, 8, 8]}}))
+    config = load_config(path, ["data.patch_size=64", "optim.lr_schedule=[[0, 0.01], [3, 0.001]]", "amp=off"])
+    assert config.optim.epochs == 5 and config.data.patch_size == 64 and config.amp == "off"
+    assert config.model.encoder_channels == (8, 8, 8, 8)
+    assert config.optim.lr_schedule == ((0, 0.01), (3, 0.001)) and config.lr_at(4) == 0.001
+    save_config(config, tmp_path / "saved.json")
+    assert load_config(tmp_path / "saved.json") == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.epoch=5", "unknown key 'epoch'"),
+    ("amp=fast", "amp"),
+    ("optim.lr_schedule=[[5, 0.01]]", "start at epoch 0"),
+    ("data.nodule_fraction=2", "nodule_fraction"),
+    ("epochs", "KEY=VALUE"),
+])
+def test_bad_values_are_refused_with_their_name(override, message):
+    with pytest.raises(UserInputError, match=message):
+        load_config(None, [override])
+
+
+def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, capsys):
+    status = main(["fit", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("scpm-train fit: error:") and "nothing" in error and error.count("\n") == 0
+    assert not (tmp_path / "run").exists()
