@@ -29,7 +29,8 @@ outside) covers ``clip(0.5 - d / w, 0, 1)`` of a voxel, a ramp of width w = |n �
 surface normal n (the box profile's standard deviation times √12). On a curved surface a
 symmetric ramp adds volume (its outer half covers more area than its inner half), so tubes and
 nodules are drawn with their radius lowered by the ramp's variance over the curvature:
-r - w² / (24 r) for a tube, r - w² / (12 r) for a sphere, exact to second order. Sub-voxel vessels are splatted: each sample of length h along the
+r - w² / (24 r) for a tube, r - w² / (12 r) for a sphere, exact to second order. Sub-voxel
+vessels are splatted: each sample of length h along the
 centre line adds π r² h / voxel_volume of tissue to its 8 neighbouring voxels (trilinear weights).
 The scanner's point spread and correlated noise come from one Gaussian filter applied to
 (anatomy + white noise), with the white noise scaled so that the filtered noise has the drawn
@@ -81,10 +82,11 @@ class PhantomConfig:
     drawn body size; nodule sizes are absolute millimetres.
     """
 
-    matrix_xy: int = 128
+    matrix_x: tuple[int, int] = (120, 136)
+    matrix_y: tuple[int, int] = (112, 136)
     slices: tuple[int, int] = (88, 104)
     spacing_xy_mm: tuple[float, float] = (0.6, 0.9)
-    spacing_z_mm: tuple[float, float] = (0.6, 1.25)
+    spacing_z_mm: tuple[float, float] = (0.6, 1.0)
     scan_length: tuple[float, float] = (1.2, 1.6)
     """Scan length over the body's half-width (then clipped to the ``slices`` range)."""
     body_fill: tuple[float, float] = (0.80, 0.92)
@@ -93,7 +95,7 @@ class PhantomConfig:
     """Antero-posterior over lateral body size."""
     fat_mm: tuple[float, float] = (6.0, 25.0)
     muscle_mm: tuple[float, float] = (12.0, 20.0)
-    lung_height_fraction: tuple[float, float] = (0.75, 1.0)
+    lung_height_fraction: tuple[float, float] = (0.9, 1.2)
     """Lung height (base to apex) over 1.6 body half-widths."""
     table: bool = True
     oblique: bool = False
@@ -159,8 +161,10 @@ class PhantomConfig:
 
 SIZES: dict[str, PhantomConfig] = {
     "small": PhantomConfig(),
-    "full": PhantomConfig(matrix_xy=512, slices=(100, 300), spacing_xy_mm=(0.5, 0.9),
-                          spacing_z_mm=(0.6, 2.5), scan_length=(1.8, 2.2), nodules=(1, 5),
+    "full": PhantomConfig(matrix_x=(512, 512), matrix_y=(512, 512), slices=(100, 300),
+                          spacing_xy_mm=(0.5, 0.9),
+                          spacing_z_mm=(0.6, 2.5), scan_length=(1.8, 2.2),
+                          lung_height_fraction=(0.75, 1.0), nodules=(1, 5),
                           excluded=(0, 3)),
 }
 
@@ -254,7 +258,7 @@ class _Geometry:
     scale: float
     body: tuple[float, float, float]        # ax, ay, back
     inner: tuple[float, float, float]
-    cavity: tuple[float, float, float]      # cx, cy, y offset
+    cavity: tuple[float, float]             # semi-axes
     lung_base_z: float
     lung_height: float
     mediastinum: tuple[float, float]        # half-width anterior, posterior
@@ -271,13 +275,14 @@ class _Geometry:
 def _draw_geometry(rng: np.random.Generator, config: PhantomConfig) -> _Geometry:
     sxy = float(rng.uniform(*config.spacing_xy_mm))
     sz = float(rng.uniform(*config.spacing_z_mm))
-    n = config.matrix_xy
-    fov = n * sxy
+    nx = int(rng.integers(config.matrix_x[0], config.matrix_x[1] + 1))
+    ny = int(rng.integers(config.matrix_y[0], config.matrix_y[1] + 1))
+    fov = min(nx, ny / 0.8) * sxy
     ax = 0.5 * fov * rng.uniform(*config.body_fill)
     nz = int(np.clip(round(ax * rng.uniform(*config.scan_length) / sz), *config.slices))
     ay = ax * rng.uniform(*config.body_aspect)
     k = ax / _REFERENCE_BODY_HALF_WIDTH_MM
-    center_y = 0.5 * (n - 1) * sxy - 0.06 * fov
+    center_y = 0.5 * (ny - 1) * sxy - 0.06 * ny * sxy
     fat = k * rng.uniform(*config.fat_mm)
     muscle = k * rng.uniform(*config.muscle_mm)
     back = 0.86 * ay
@@ -289,9 +294,9 @@ def _draw_geometry(rng: np.random.Generator, config: PhantomConfig) -> _Geometry
     heart_axes = (0.22 * height, 0.55 * cy, 0.42 * cx)
     heart_center = (base + 0.12 * height, -0.25 * cy, 0.17 * cx)
     return _Geometry(
-        shape_zyx=(nz, n, n), spacing_zyx=np.array([sz, sxy, sxy]),
-        center_x=0.5 * (n - 1) * sxy, center_y=center_y, scale=k,
-        body=(ax, ay, back), inner=(ax - fat, ay - fat, back - fat), cavity=(cx, cy, 0.0),
+        shape_zyx=(nz, ny, nx), spacing_zyx=np.array([sz, sxy, sxy]),
+        center_x=0.5 * (nx - 1) * sxy, center_y=center_y, scale=k,
+        body=(ax, ay, back), inner=(ax - fat, ay - fat, back - fat), cavity=(cx, cy),
         lung_base_z=base, lung_height=height,
         mediastinum=(0.2 * cx, 0.07 * cx), vertebra=(vert_y, vert_r),
         aorta=(0.2 * cx, vert_y - 0.95 * vert_r, 0.075 * ax),
@@ -303,7 +308,7 @@ def _draw_geometry(rng: np.random.Generator, config: PhantomConfig) -> _Geometry
 
 
 def _plane(geo: _Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Body-centred X (1, ny, nx) and Y (1, ny, 1) ... broadcastable in-plane coordinates."""
+    """Body-centred in-plane coordinates in mm, broadcastable: x (1, 1, nx) and y (1, ny, 1)."""
     _, ny, nx = geo.shape_zyx
     _, sy, sx = geo.spacing_zyx
     x = (np.arange(nx, dtype=np.float32) * sx - geo.center_x)[None, None, :]
@@ -317,7 +322,7 @@ def _templates(geo: _Geometry, config: PhantomConfig) -> dict[str, np.ndarray]:
     s = float(geo.spacing_zyx[1])
     ax, ay, back = geo.body
     ix, iy, iback = geo.inner
-    cx, cy, _ = geo.cavity
+    cx, cy = geo.cavity
     k = geo.scale
     wall = np.full(np.broadcast_shapes(x.shape, y.shape), config.hu_air, np.float32)
     if config.table:
@@ -345,8 +350,8 @@ def _templates(geo: _Geometry, config: PhantomConfig) -> dict[str, np.ndarray]:
     _paint(wall, _cover(np.hypot(x, y - vy) - vr + 1.6 * k, s), config.hu_cancellous_bone)
     _paint(wall, _cover(np.hypot(x, y - canal_y) - canal_r, s), config.hu_csf)
     aorta_x, aorta_y, aorta_r = geo.aorta
-    rib_zone = _cover(_ellipse_distance(x, y, cx + 10.0 * k, cy + 10.0 * k), s) * (1.0 - cavity) * _cover(
-        0.12 * cx - np.abs(x), s)
+    rib_zone = (_cover(_ellipse_distance(x, y, cx + 10.0 * k, cy + 10.0 * k), s) * (1.0 - cavity)
+                * _cover(0.12 * cx - np.abs(x), s))
     rib_depth = _ellipse_distance(x, y, cx + 5.0 * k, cy + 5.0 * k)
     med_ant, med_post = geo.mediastinum
     half_width = med_ant + (med_post - med_ant) * np.clip(y / cy + 0.5, 0.0, 1.0)
@@ -357,19 +362,21 @@ def _templates(geo: _Geometry, config: PhantomConfig) -> dict[str, np.ndarray]:
     ])
     lo, hi = config.hu_parenchyma
     parenchyma = lo + (hi - lo) * np.clip(0.5 + 0.5 * y / cy, 0.0, 1.0) ** 2
-    return {"wall": wall, "cavity": cavity, "lung_room": cavity * (1.0 - not_lung),
-            "rib_zone": rib_zone, "rib_depth": np.broadcast_to(rib_depth, wall.shape), "parenchyma": np.broadcast_to(parenchyma, wall.shape).astype(np.float32)}
+    full = wall.shape
+    return {"wall": wall, "cavity": cavity, "lung_room": cavity * (1.0 - not_lung), "rib_zone": rib_zone,
+            "rib_depth": np.broadcast_to(rib_depth, full),
+            "parenchyma": np.broadcast_to(parenchyma, full).astype(np.float32)}
 
 
 def _lung_ellipse(geo: _Geometry, side: int) -> tuple[float, float, float, float]:
     """Centre x, centre y, semi-axes of a lung's cross-section at full size (side -1 right, +1 left)."""
-    cx, cy, _ = geo.cavity
+    cx, cy = geo.cavity
     return side * 0.55 * cx, 0.05 * cy, 0.62 * cx, 1.15 * cy
 
 
 def _diaphragm(geo: _Geometry, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Height (mm) of the diaphragm under (x, y): two domes rising from the lung base."""
-    cx, cy, _ = geo.cavity
+    cx, cy = geo.cavity
     height = np.full(np.broadcast_shapes(x.shape, y.shape), geo.lung_base_z, np.float32)
     for side, dome in zip((-1, 1), geo.dome):
         lx, ly, _, _ = _lung_ellipse(geo, side)
@@ -400,7 +407,7 @@ def _draw_body(geo: _Geometry, config: PhantomConfig) -> tuple[np.ndarray, np.nd
     k = geo.scale
     tpl = _templates(geo, config)
     x, y = _plane(geo)
-    cx, cy, _ = geo.cavity
+    cx, cy = geo.cavity
     volume = np.empty(geo.shape_zyx, np.float32)
     labels = np.zeros(geo.shape_zyx, np.uint8)
     diaphragm = _diaphragm(geo, x, y)
@@ -587,7 +594,8 @@ def _capsule_cover(tubes: _Tubes, spacing: np.ndarray, shape, big_radius_mm: flo
     margin = float(spacing.max())
     for i in np.flatnonzero(r_max >= big_radius_mm):
         lo = np.maximum(0, np.floor((np.minimum(tubes.a[i], tubes.b[i]) - r_max[i] - margin) / spacing))
-        hi = np.minimum(shape - 1, np.ceil((np.maximum(tubes.a[i], tubes.b[i]) + r_max[i] + margin) / spacing))
+        hi = np.minimum(shape - 1,
+                        np.ceil((np.maximum(tubes.a[i], tubes.b[i]) + r_max[i] + margin) / spacing))
         if np.any(hi < lo):
             continue
         grid = np.stack(np.meshgrid(*(np.arange(l, h + 1, dtype=np.int64) for l, h in zip(lo, hi)),
@@ -716,7 +724,8 @@ def _grow_tree(rng: np.random.Generator, points: np.ndarray, root_mm: np.ndarray
     while len(starts):
         n_branch = len(starts)
         count = np.bincount(label, minlength=n_branch).astype(np.float64)
-        centroid = np.stack([np.bincount(label, points[:, i], n_branch) for i in range(3)], 1) / count[:, None]
+        centroid = np.stack([np.bincount(label, points[:, i], n_branch) for i in range(3)], 1)
+        centroid /= count[:, None]
         radius = root_radius * np.cbrt(count / total)
         leaf = (count <= config.leaf_points) | (radius * 2.0 ** (-1.0 / 3.0) < min_radius)
         reach = np.where(leaf, 1.0, rng.uniform(*config.branch_reach, n_branch))
@@ -759,7 +768,7 @@ def _draw_trees(rng: np.random.Generator, geo: _Geometry, config: PhantomConfig,
                 lungs: _LungMap) -> _Trees:
     """Aorta, pulmonary arteries and veins, trachea and bronchi, painted into ``volume``."""
     k = geo.scale
-    cx, cy, _ = geo.cavity
+    cx, cy = geo.cavity
     (hz, hy, hx), (az, ay, ax) = geo.heart
 
     def mm(z, y, x):  # body-centred (x, y) and height z -> patient-frame zyx mm
@@ -825,6 +834,10 @@ def _power_law(rng: np.random.Generator, low: float, high: float, exponent: floa
     return float((low ** e + u * (high ** e - low ** e)) ** (1.0 / e))
 
 
+def _choose(rng: np.random.Generator, names: Sequence[str], weights: Sequence[float]) -> str:
+    return names[rng.choice(len(names), p=np.asarray(weights, np.float64) / sum(weights))]
+
+
 def _draw_sphere(volume: np.ndarray, spacing: np.ndarray, center_mm: np.ndarray, radius: float, hu: float,
                  bumps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
     """Paint a soft-edged blob where brighter than the volume, in its bounding box only.
@@ -847,7 +860,7 @@ def _draw_sphere(volume: np.ndarray, spacing: np.ndarray, center_mm: np.ndarray,
     for v, alpha, p in zip(directions, heights, powers):
         cosine = (axes[0] * v[0] + axes[1] * v[1] + axes[2] * v[2]) * inv
         surface += radius * alpha * np.maximum(cosine, 0.0) ** p
-    width = np.sqrt((axes[0] * spacing[0]) ** 2 + (axes[1] * spacing[1]) ** 2 + (axes[2] * spacing[2]) ** 2) * inv
+    width = np.sqrt(sum((axis * s) ** 2 for axis, s in zip(axes, spacing))) * inv
     width = np.maximum(width, float(spacing.min()))
     surface = np.maximum(surface - width * width / (12.0 * surface), 0.5 * surface)
     cover = _cover(dist - surface, width)
@@ -916,20 +929,22 @@ def _draw_findings(rng: np.random.Generator, geo: _Geometry, config: PhantomConf
     for _ in range(int(rng.integers(config.nodules[0], config.nodules[1] + 1))):
         diameter = _power_law(rng, config.diameter_mm[0], max(high, config.diameter_mm[0]),
                               config.diameter_exponent)
-        kind = NODULE_KINDS[rng.choice(3, p=np.asarray(config.kind_weights) / sum(config.kind_weights))]
-        location = NODULE_LOCATIONS[rng.choice(3, p=np.asarray(config.location_weights) / sum(config.location_weights))]
-        margin = NODULE_MARGINS[rng.choice(3, p=np.asarray(config.margin_weights) / sum(config.margin_weights))]
+        kind = _choose(rng, NODULE_KINDS, config.kind_weights)
+        location = _choose(rng, NODULE_LOCATIONS, config.location_weights)
+        margin = _choose(rng, NODULE_MARGINS, config.margin_weights)
         plans.append((diameter, kind, location, "smooth" if kind == "ground_glass" else margin, True))
     for _ in range(int(rng.integers(config.excluded[0], config.excluded[1] + 1))):
         if rng.uniform() < 0.5:
             plans.append((rng.uniform(*config.excluded_small_mm), "solid", "isolated", "smooth", False))
         else:
-            plans.append((rng.uniform(*config.excluded_calcified_mm), "calcified", "isolated", "smooth", False))
+            plans.append((rng.uniform(*config.excluded_calcified_mm), "calcified", "isolated", "smooth",
+                          False))
     plans.sort(key=lambda plan: -plan[0])        # big ones first: they are hardest to fit
     findings: list[_Finding] = []
     for diameter, kind, location, margin, included in plans:
         radius = 0.5 * diameter
-        center = _place(rng, radius, location, lungs, labels, spacing, vessels, findings, config.nodule_gap_mm)
+        center = _place(rng, radius, location, lungs, labels, spacing, vessels, findings,
+                        config.nodule_gap_mm)
         if center is None:
             log.debug("no room for a %.1f mm %s %s finding; skipped", diameter, location, kind)
             continue
@@ -1059,7 +1074,8 @@ def generate_phantom(seed: int | Sequence[int], config: PhantomConfig | None = N
     return _store(rng, geo, config, hu, labels, findings)
 
 
-def make_phantom(seed: int | Sequence[int], size: str = "small", **options) -> tuple[sitk.Image, list[Nodule]]:
+def make_phantom(seed: int | Sequence[int], size: str = "small",
+                 **options) -> tuple[sitk.Image, list[Nodule]]:
     """A synthetic chest CT (int16 HU, SimpleITK image) and its findings.
 
     ``options`` are :class:`PhantomConfig` fields (for example ``oblique=True``); see
@@ -1100,7 +1116,8 @@ def save_preview(image: sitk.Image, nodules: Sequence[Nodule], path: str | os.Pa
     views = [  # name, slice, (horizontal, vertical) extents in mm, nodule centre (h, v), off-plane mm
         ("axial", array[k], (nx * sx, ny * sy), (center[2] * sx, center[1] * sy), (k - center[0]) * sz),
         ("coronal", array[:, j], (nx * sx, nz * sz), (center[2] * sx, center[0] * sz), (j - center[1]) * sy),
-        ("sagittal", array[:, :, i], (ny * sy, nz * sz), (center[1] * sy, center[0] * sz), (i - center[2]) * sx),
+        ("sagittal", array[:, :, i], (ny * sy, nz * sz), (center[1] * sy, center[0] * sz),
+         (i - center[2]) * sx),
     ]
     widths = [extent[0] / max(extent[1], 1e-6) for _, _, extent, _, _ in views]
     fig, axes = plt.subplots(1, 3, figsize=(3.3 * sum(widths), 3.6),
