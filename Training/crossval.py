@@ -16,12 +16,11 @@ from pathlib import Path
 
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.io import write_candidates
-from SCPMNoduleLib.model import SCPMNet
 
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig
 from .detect import concat_findings, detect_sharded
-from .trainer import Trainer, load_state
+from .trainer import Trainer, load_state, model_from_state
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,7 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
         trainer = Trainer(config, cache_dir, fold_dir, fold, device, verify_checksums=False)
         trainer.fit(resume=True)
         best = fold_dir / "best.pt" if (fold_dir / "best.pt").is_file() else fold_dir / "last.pt"
-        model = SCPMNet(config.model)
-        model.load_state_dict(load_state(best)["model"])
+        model = model_from_state(load_state(best), str(best))
         test = [scan for scan in scans if scan.fold == fold]
         found = detect_sharded(model, trainer.preprocess, test, trainer.device, trainer.dist.rank,
                                trainer.dist.world_size, trainer.inference_config)

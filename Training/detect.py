@@ -86,8 +86,7 @@ def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequen
 
 def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
     """The network and pre-processing of a training state (``best.pt``) or of a detector checkpoint."""
-    from .config import TrainConfig
-    from .trainer import load_state
+    from .trainer import load_state, model_from_state
 
     try:
         is_detector = torch.load(path, map_location="cpu", weights_only=True).get("format") == CHECKPOINT_FORMAT
@@ -97,9 +96,7 @@ def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
         model, preprocess, _ = load_checkpoint(path)
         return model, preprocess
     state = load_state(path)
-    model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
-    model.load_state_dict(state["model"])
-    return model, PreprocessConfig.from_dict(state["preprocess"])
+    return model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"])
 
 
 def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,

@@ -18,11 +18,10 @@ from SCPMNoduleLib import __version__
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import MANIFEST_FORMAT, read_manifest, save_checkpoint, sha256_of
 from SCPMNoduleLib.io import atomic_write
-from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
-from .trainer import load_state
+from .trainer import load_state, model_from_state
 
 
 def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
@@ -70,8 +69,7 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     """
     state = load_state(state_path)
     config = TrainConfig.from_dict(state["config"])
-    model = SCPMNet(config.model)
-    model.load_state_dict(state["model"])
+    model = model_from_state(state, str(state_path))
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
     out_path = Path(out_path)
     metadata = {

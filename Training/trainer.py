@@ -152,6 +152,22 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """``model.load_state_dict(weights)``, a mismatch reported as bad input naming ``where``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise UserInputError(f"{where}: the checkpoint's weights do not fit its network config "
+                             "(saved by another version of the network code?).") from None
+
+
+def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:
+    """The network of a training state, with its weights (CPU, train mode)."""
+    model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
+    load_weights(model, state["model"], where)
+    return model
+
+
 def parameter_digest(model: nn.Module) -> str:
     """SHA-256 over every parameter's bytes in ``named_parameters`` order (identical weights <=> equal)."""
     digest = hashlib.sha256()
@@ -301,7 +317,7 @@ class Trainer:
         changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
         if changed:
             log.warning("resuming with a changed config (%s)", ", ".join(changed))
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], where)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
