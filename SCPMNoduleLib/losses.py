@@ -140,7 +140,9 @@ def _level_losses(output: dict[str, Tensor], target: LevelTargets, config: LossC
     labels = target.labels.to(logits.device).reshape(batch, -1)
     logits = logits.reshape(batch, -1)
     if logits.shape != labels.shape:
-        raise ValueError(f"logits {tuple(output['logits'].shape)} and labels {tuple(target.labels.shape)} differ")
+        raise ValueError(
+            f"logits {tuple(output['logits'].shape)} and labels {tuple(target.labels.shape)} differ"
+        )
 
     point_loss = refocal_point_loss(logits, labels, config)
     counted = (labels == 1) | hard_negative_mask(point_loss, labels, config)
@@ -186,5 +188,6 @@ class SCPMLoss(nn.Module):
         with torch.autocast(device_type=outputs[0]["logits"].device.type, enabled=False):
             per_level = [_level_losses(out, tgt, self.config) for out, tgt in zip(outputs, targets)]
             terms = {name: torch.stack([level[name] for level in per_level]).sum() for name in LOSS_TERMS}
-            total = terms["classification"] + terms["radius"] + terms["offset"] + self.config.siou_weight * terms["siou"]
+            regression = terms["radius"] + terms["offset"] + self.config.siou_weight * terms["siou"]
+            total = terms["classification"] + regression
         return total, terms

@@ -13,17 +13,21 @@ voxels = mm):
 4. the ignore shell: a point that is not positive is ignored (label -1) when it lies within
    ``ignore_dilation`` grid steps, per axis (Chebyshev distance on the grid), of a claimed point
    of some nodule, or strictly closer than ``ignore_radius_factor * r_n`` to the centre of some
-   nodule ``n``; this mirrors the authors' reference code, which ignores a neighbourhood of
-   ``26 * K`` points around the positives, here defined as the 26-neighbourhood of each
-   claimed point plus the nodule's own body;
+   nodule ``n``. The authors' reference code (CPMNetv2) ignores the ``26 * K`` points that
+   come next in distance after the ``K`` positives; the 26-neighbourhood of each claimed point
+   used here is a smaller shell of the same idea that does not grow where the patch border cuts
+   the neighbourhood, and the body rule keeps large nodules' inner points out of the negatives.
+   Ignored points get no training signal at all (neither classification nor regression), so a
+   trained network may give them any probability and any sphere;
 5. every other point is a negative (label 0); online hard-negative mining happens in the loss.
 
 Nodules cut by the patch border. The patch covers ``[-0.5, L - 0.5]`` per axis (voxel ``i``
 covers ``[i - 0.5, i + 0.5]``). The fraction of each sphere's volume inside the patch is
-estimated on a fixed quasi-random (Halton) set of points filling the unit ball. A nodule is *kept* (its claimed points become positives) when
-that fraction is at least ``min_visible_fraction`` and its centre lies in the patch; a nodule
-that is partly visible but not kept keeps its ignore region (claimed points, shell and body) but
-gets no positives; a nodule with no visible volume has no effect at all.
+estimated on a fixed quasi-random (Halton) set of points filling the unit ball. A nodule is
+*kept* (its claimed points become positives) when that fraction is at least
+``min_visible_fraction`` and its centre lies in the patch; a nodule that is partly visible but
+not kept keeps its ignore region (claimed points, shell and body) but gets no positives; a
+nodule with no visible volume has no effect at all.
 """
 
 from __future__ import annotations
@@ -178,7 +182,9 @@ def _match_one_patch(
     labels[positive] = 1
 
     matched = winner[positive]
-    offset[positive], radius[positive] = encode_spheres(centers[matched], radii[matched], points[positive], stride)
+    offset[positive], radius[positive] = encode_spheres(
+        centers[matched], radii[matched], points[positive], stride
+    )
     nodule_index[positive] = visible[matched]
     return labels, radius, offset, nodule_index
 
@@ -216,7 +222,9 @@ def match_centre_points(
         )
     for centers, radii in zip(nodule_centers_zyx_vox, nodule_radii_vox):
         if centers.ndim != 2 or centers.shape[1] != 3 or radii.shape != centers.shape[:1]:
-            raise ValueError(f"nodule centres {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match")
+            raise ValueError(
+                f"nodule centres {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match"
+            )
         if not (torch.isfinite(centers).all() and torch.isfinite(radii).all() and (radii > 0).all()):
             raise ValueError("nodule centres must be finite and radii finite and positive")
     targets = []

@@ -57,7 +57,8 @@ def test_point_losses_match_the_focal_formulas():
         0.0,
     ]
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-12)
-    assert _focal_positive(2.0) == pytest.approx(4 * 0.375 * (1 - _sigmoid(2.0)) ** 2 * math.log(1 + math.exp(-2.0)))
+    by_hand = 4 * 0.375 * (1 - _sigmoid(2.0)) ** 2 * math.log(1 + math.exp(-2.0))
+    assert _focal_positive(2.0) == pytest.approx(by_hand)
 
 
 def test_refocal_weight_applies_only_below_the_threshold():
@@ -134,7 +135,8 @@ def test_regression_terms_on_positives_by_hand():
     offset[0, :, 0, 0, 0] = torch.tensor([0.1, -0.2, 0.3])  # squared norm 0.14
     offset[0, :, 1, 1, 1] = torch.tensor([0.0, 0.0, 0.0])
     logits = torch.zeros(1, 2, 2, 2)
-    _, terms = SCPMLoss()([_outputs(logits, radius, offset)], [_targets(labels, radius_target, offset_target)])
+    targets = [_targets(labels, radius_target, offset_target)]
+    _, terms = SCPMLoss()([_outputs(logits, radius, offset)], targets)
     beta = 1 / 9
     assert terms["radius"].item() == pytest.approx((0.5 - beta / 2 + 0.5 * 0.05**2 / beta) / 2, rel=1e-5)
     assert terms["offset"].item() == pytest.approx(0.14 / 2, rel=1e-5)

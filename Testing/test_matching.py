@@ -88,7 +88,8 @@ def _oracle_labels(centers, radii, kept, stride, config, patch=PATCH):
 
 
 def test_contested_points_go_to_the_nearer_nodule_and_none_is_positive_twice():
-    centers = np.array([[30.23, 31.17, 29.61], [30.94, 36.42, 33.38]])  # 6.4 mm apart: the stride-8 sets overlap
+    # 6.4 mm apart: their stride-8 point sets overlap
+    centers = np.array([[30.23, 31.17, 29.61], [30.94, 36.42, 33.38]])
     radii = [3.0, 4.0]
     config = MatchingConfig()
     targets = _match(centers, radii)
@@ -140,7 +141,8 @@ def _cap_fraction_inside(u):
 def test_visible_fraction_of_a_sphere_cut_by_one_face(u):
     radius = 8.0
     centers = torch.tensor([[-0.5 + u * radius, 30.0, 30.0], [30.0, 63.5 - u * radius, 30.0]], dtype=torch.float64)
-    fraction = sphere_fraction_inside_patch(centers, torch.tensor([radius, radius], dtype=torch.float64), PATCH)
+    radii = torch.tensor([radius, radius], dtype=torch.float64)
+    fraction = sphere_fraction_inside_patch(centers, radii, PATCH)
     np.testing.assert_allclose(fraction.numpy(), _cap_fraction_inside(u), atol=0.01)
 
 
@@ -187,7 +189,11 @@ def test_nodule_entirely_outside_the_patch_changes_nothing():
 
 
 def test_batch_keeps_each_patch_separate_and_indexes_nodules_per_patch():
-    centers = [torch.tensor([[40.2, 20.7, 33.1], [12.3, 50.1, 20.4]]), torch.zeros(0, 3), torch.tensor([[31.0, 31.0, 31.0]])]
+    centers = [
+        torch.tensor([[40.2, 20.7, 33.1], [12.3, 50.1, 20.4]]),
+        torch.zeros(0, 3),
+        torch.tensor([[31.0, 31.0, 31.0]]),
+    ]
     radii = [torch.tensor([4.0, 6.0]), torch.zeros(0), torch.tensor([5.0])]
     for level in match_centre_points(centers, radii, PATCH, STRIDES):
         assert level.labels.shape[0] == 3
