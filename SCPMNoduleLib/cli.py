@@ -11,6 +11,7 @@ sentence to stderr and exits with status 2, so scripts can tell bad input (2) fr
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -136,7 +137,162 @@ def _run_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_evaluate, _add_phantom]
+def _add_detection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="demo",
+                        help="checkpoint file or a model name from Resources/Models.json (default: demo)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="report detections with a probability above this (default 0.1)")
+    parser.add_argument("--max-detections", type=int, default=None,
+                        help="at most this many detections per scan (default 100)")
+    parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
+                        help="bar: a progress bar per scan; jsonl: one JSON event a line on stdout")
+
+
+def _detector(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .inference import Detector, InferenceConfig
+
+    changes = {}
+    if args.threshold is not None:
+        if not 0.0 <= args.threshold < 1.0:
+            raise UserInputError(f"--threshold {args.threshold}: a probability threshold lies in [0, 1).")
+        changes["score_threshold"] = args.threshold
+    if args.max_detections is not None:
+        if args.max_detections < 1:
+            raise UserInputError(f"--max-detections {args.max_detections}: must be at least 1.")
+        changes["max_detections"] = args.max_detections
+    detector = Detector.from_checkpoint(args.model, device=args.device,
+                                        config=replace(InferenceConfig(), **changes))
+    if not detector.trained:
+        print(f"warning: the {detector.info.get('name')} weights are untrained (random); its detections "
+              "are meaningless until a trained checkpoint is installed.", file=sys.stderr)
+    return detector
+
+
+class _Reporter:
+    """Progress and per-scan lines for ``detect``: a tqdm bar, JSON lines, or nothing."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode, self.bar, self.scan = mode, None, None
+
+    def progress(self, scan: str, fraction: float, stage: str) -> None:
+        if self.mode == "jsonl":
+            print(json.dumps({"event": "progress", "scan": scan, "fraction": round(fraction, 4),
+                              "stage": stage}), flush=True)
+        elif self.mode == "bar":
+            from tqdm import tqdm
+
+            if self.scan != scan:
+                self.close()
+                self.bar, self.scan = tqdm(total=100, desc=scan[-32:], unit="%", leave=False), scan
+            self.bar.set_postfix_str(stage)
+            self.bar.update(round(100 * fraction) - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar, self.scan = None, None
+
+    def result(self, result) -> None:
+        self.close()
+        if self.mode == "jsonl":
+            event = ({"event": "done", "scan": result.scan, "outputs": result.outputs,
+                      "detections": len(result.detections), "seconds": round(result.seconds, 3)}
+                     if result.ok else {"event": "error", "scan": result.scan, "message": result.error})
+            print(json.dumps(event), flush=True)
+        elif result.ok:
+            print(f"{result.scan}: {len(result.detections)} detections in {result.seconds:.1f} s")
+        else:
+            print(f"{result.scan}: error: {result.error}", file=sys.stderr)
+
+
+def _add_detect(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect",
+        help="find nodules in CT scans; write candidates CSV, JSON reports and Slicer markups",
+        description="Detect lung nodules in scans (.mhd/.mha/.nrrd/.nii/.nii.gz files, folders of "
+        "them, or DICOM series folders). Per scan <name>.candidates.csv, <name>.json and "
+        "<name>.mrk.json go into --out, plus detect_summary.json and a batch candidates.csv. "
+        "A scan that fails is reported and skipped; the exit status is 0 when every scan "
+        "succeeded, 2 when a failure was bad input, 1 otherwise.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="scan file, folder of scans, or DICOM folder")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--formats", default="csv,json,mrk", help="comma-separated: csv, json, mrk")
+    _add_detection_options(parser)
+    parser.set_defaults(run=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from .pipeline import detect_files, parse_formats
+
+    formats = parse_formats(args.formats)
+    reporter = _Reporter(args.progress)
+    detector = _detector(args)
+    try:
+        results = detect_files(args.inputs, args.out, detector, formats, reporter.progress, reporter.result)
+    finally:
+        reporter.close()
+    failed = [r for r in results if not r.ok]
+    if args.progress != "jsonl":
+        print(f"{len(results) - len(failed)} of {len(results)} scans done; outputs in {args.out}")
+    if not failed:
+        return 0
+    return EXIT_BAD_INPUT if all(r.bad_input for r in failed) else 1
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="detect nodules in a synthetic phantom and compare with its truth",
+        description="Make a synthetic chest CT phantom, run the demo checkpoint on it, print the "
+        "detections beside the true nodules, and write the phantom, the detections (CSV, JSON, "
+        "markups), the truth and a PNG of slices through the top detections into --out.",
+    )
+    parser.add_argument("--out", default="scpm_demo", help="output folder (default: scpm_demo)")
+    parser.add_argument("--seed", type=int, default=0, help="phantom seed")
+    parser.add_argument("--size", choices=("small", "full"), default="full",
+                        help="phantom size: full (512x512 slices, an adult chest) or small")
+    _add_detection_options(parser)
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .pipeline import run_demo
+
+    if args.seed < 0:
+        raise UserInputError(f"--seed {args.seed}: the seed must be a non-negative integer.")
+    reporter = _Reporter(args.progress)
+    detector = _detector(args)
+    try:
+        result = run_demo(args.out, detector, seed=args.seed, size=args.size, progress=reporter.progress)
+    finally:
+        reporter.close()
+    print(f"phantom seed {args.seed}: {len(result.truth_xyz_mm)} true nodules, "
+          f"{len(result.detections)} detections in {result.seconds:.1f} s")
+    print("true nodules (x, y, z mm; diameter mm):")
+    for number, (center, diameter) in enumerate(zip(result.truth_xyz_mm, result.truth_diameters_mm), 1):
+        found = [f"N{k + 1}" for k in range(len(result.detections)) if result.hits[k] == number - 1]
+        print(f"  T{number}: ({center[0]:8.1f}, {center[1]:8.1f}, {center[2]:8.1f})  {diameter:5.1f}   "
+              f"found by: {', '.join(found) or 'none'}")
+    print("detections (x, y, z mm; diameter mm; probability):")
+    for rank, (detection, hit) in enumerate(zip(result.detections[:20], result.hits[:20]), 1):
+        x, y, z = detection.center_xyz_mm
+        verdict = f"hits T{hit + 1}" if hit >= 0 else "false positive"
+        print(f"  N{rank}: ({x:8.1f}, {y:8.1f}, {z:8.1f})  {detection.diameter_mm:5.1f}  "
+              f"{detection.probability:.3f}  {verdict}")
+    if len(result.detections) > 20:
+        print(f"  ... {len(result.detections) - 20} more in {result.outputs['csv']}")
+    if not detector.trained:
+        print("note: the demo weights are untrained, so these detections are random; "
+              "see the README for the trained checkpoint.")
+    print("wrote " + ", ".join(result.outputs.values()))
+    return 0
+
+
+_COMMANDS: list = [_add_evaluate, _add_phantom, _add_detect, _add_demo]
 
 if __name__ == "__main__":
     sys.exit(main())

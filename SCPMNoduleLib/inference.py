@@ -1,8 +1,72 @@
-"""Whole-scan detection: from a CT image to nodules in world coordinates."""
+"""Whole-scan detection: from a CT image to nodules in world coordinates (paper section 3.5).
+
+Pipeline of :meth:`Detector.detect`:
+
+1. resample to the checkpoint's spacing in the scan's own axes, window the HU, crop to the
+   lungs (:func:`~SCPMNoduleLib.preprocess.prepare_scan`), pad each side to a multiple of the
+   network's ``size_divisor`` ``q``;
+2. cover the padded crop with tiles (:func:`plan_tiles`): along each axis the crop is cut into
+   chunks ``[c_i, c_{i+1})`` whose bounds are multiples of ``q``; tile ``i`` spans
+   ``[c_i - m, c_{i+1} + m)`` (clamped into the volume) with the margin ``m`` covering the
+   network's useful receptive field, and contributes only its chunk. Tiles are as large as
+   ``InferenceConfig.max_tile_voxels`` allows; a crop that fits is one tile, computed once;
+3. each tile's outputs are written into whole-crop maps per head level (level stride ``s``
+   divides ``q``, so a chunk is ``[c_i / s, c_{i+1} / s)`` in grid points); the coordinate
+   maps get the tile's place in the whole resampled scan;
+4. the maps are decoded (:func:`~SCPMNoduleLib.coder.decode_detections`: top-n per level,
+   sphere at grid point + offset with the predicted radius, levels merged), candidates outside
+   the lung mask dropped, SIoU-based NMS (:func:`~SCPMNoduleLib.geometry.sphere_nms`), at most
+   ``max_detections`` kept, and centres mapped to world LPS mm, radii to diameters in mm.
+
+Margin: the network's theoretical receptive field reaches about 230-260 voxels from an output
+point, but little of it matters. The gradient receptive field (``model.gradient_receptive_field``
+on a 48 x 512 x 48 input, random init) holds 99.9% of the input gradient within 91-100 voxels
+of the output point for the tiny and the demo configurations and within 132-139 voxels for the
+default (paper-size) one. With the tiny configuration (random, large head weights), tiles with a
+64-voxel margin changed probabilities by up to 0.019 and offsets by up to 2.3 voxels against the
+whole-volume pass, with a 96-voxel margin by at most 0.0015 and 0.2. The default margin is 128
+voxels (a multiple of ``q = 16``); tiles are large (``max_tile_voxels``, about 300^3), so a
+lung crop at 1 mm is usually a single tile and the margin costs nothing.
+
+Checkpoints are single files read with ``torch.load(weights_only=True)``: a dict with
+``format``, ``version``, ``model_config``, ``preprocess_config``, ``state_dict``, ``metadata``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import Tensor, nn
+
+from .coder import decode_detections
+from .errors import UserInputError
+from .geometry import sphere_nms
+from .io import atomic_write
+from .model import SCPMNet, SCPMNetConfig
+from .preprocess import PREPROCESS_VERSION, PreparedScan, PreprocessConfig, prepare_scan
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "scpm-nodule-checkpoint"
+CHECKPOINT_VERSION = 1
+MANIFEST_FORMAT = "scpm-nodule-models"
+PACKAGE_DIR = Path(__file__).resolve().parent
+MANIFEST_CANDIDATES = (PACKAGE_DIR.parent / "Resources" / "Models.json",
+                       PACKAGE_DIR / "Resources" / "Models.json")
+
+Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -20,3 +84,394 @@ class Detection:
     diameter_mm: float
     probability: float
     level: int = 0
+
+
+class DetectionCancelled(Exception):
+    """Raised by :meth:`Detector.detect` when its ``cancel`` event is set."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a scan is tiled, decoded and filtered.
+
+    Attributes:
+        score_threshold: detections need a probability strictly above it.
+        max_detections: cap per scan after NMS (LUNA16: 100).
+        top_n: candidates per head level taken from the maps before NMS (paper's top-n).
+        nms_iou_threshold: SIoU above which the lower-scoring sphere is suppressed.
+        nms_distance_ratio: distance-radius ratio below which it is suppressed.
+        max_tile_voxels: largest tile, in voxels (bounds the network's memory).
+        tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
+            rounded up to a multiple of the network's size divisor.
+        min_side_vox: a crop shorter than this along an axis is padded to it (rounded up to the
+            size divisor), so small scans get the context the network was trained with.
+        pad_hu: value of the padding around the scan, in HU (windowed like the scan).
+        precision: ``auto`` (bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16, else
+            fp32), ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
+        channels_last: use the channels-last-3d memory format (faster 3-D convolutions).
+    """
+
+    score_threshold: float = 0.1
+    max_detections: int = 100
+    top_n: int = 2000
+    nms_iou_threshold: float = 0.1
+    nms_distance_ratio: float = 1.0 / 3.0
+    max_tile_voxels: int = 300**3
+    tile_margin_vox: int = 128
+    min_side_vox: int = 64
+    pad_hu: float = -1200.0
+    precision: str = "auto"
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the padded crop, all in crop voxels (z, y, x).
+
+    ``origin``/``size``: the tile's input box; ``own_start``/``own_stop``: the chunk it contributes.
+    """
+
+    origin: tuple[int, int, int]
+    size: tuple[int, int, int]
+    own_start: tuple[int, int, int]
+    own_stop: tuple[int, int, int]
+
+
+def _chunk_bounds(length: int, pieces: int, divisor: int) -> list[int]:
+    """``pieces + 1`` bounds from 0 to ``length`` (multiples of ``divisor``), near-equal chunks."""
+    units = length // divisor
+    return [round(units * i / pieces) * divisor for i in range(pieces + 1)]
+
+
+def _axis_tiles(length: int, pieces: int, margin: int, divisor: int) -> tuple[int, list[tuple[int, int, int]]]:
+    """Tile side and ``(origin, own_start, own_stop)`` per tile along one axis."""
+    bounds = _chunk_bounds(length, pieces, divisor)
+    side = min(length, max(b - a for a, b in zip(bounds, bounds[1:])) + 2 * margin)
+    if pieces == 1:
+        side = length
+    tiles = [(min(max(a - margin, 0), length - side), a, b) for a, b in zip(bounds, bounds[1:])]
+    return side, tiles
+
+
+def _finer_split(length: int, pieces: int, side: int, margin: int, divisor: int) -> int | None:
+    """The smallest number of pieces above ``pieces`` whose tile side is below ``side``, if any."""
+    for more in range(pieces + 1, length // divisor + 1):
+        if _axis_tiles(length, more, margin, divisor)[0] < side:
+            return more
+    return None
+
+
+def plan_tiles(shape_zyx: tuple[int, int, int], divisor: int, margin: int, max_voxels: int) -> list[Tile]:
+    """Cover a volume (sides multiples of ``divisor``) with as few, as large tiles as allowed.
+
+    Starting from one tile, the axis with the longest tile side is cut into more chunks (the
+    fewest that shorten its tiles) until a tile holds at most ``max_voxels`` voxels (or no axis can be cut further, when
+    ``max_voxels`` is below the smallest useful tile ``(2 m + q)^3``). Chunk bounds and tile
+    origins are multiples of ``divisor``; every tile contains its chunk plus ``margin`` voxels
+    on each side that lies inside the volume, so its chunk's outputs see all of their
+    receptive field that the volume has.
+    """
+    margin = math.ceil(margin / divisor) * divisor
+    pieces = [1, 1, 1]
+    while True:
+        axes = [_axis_tiles(n, k, margin, divisor) for n, k in zip(shape_zyx, pieces)]
+        sides = [side for side, _ in axes]
+        if math.prod(sides) <= max_voxels:
+            break
+        finer = [_finer_split(n, k, side, margin, divisor) for n, k, side in zip(shape_zyx, pieces, sides)]
+        splittable = [a for a in range(3) if finer[a] is not None]
+        if not splittable:
+            break
+        axis = max(splittable, key=lambda a: sides[a])
+        pieces[axis] = finer[axis]
+    tiles = []
+    for z in axes[0][1]:
+        for y in axes[1][1]:
+            for x in axes[2][1]:
+                parts = (z, y, x)
+                tiles.append(Tile(tuple(p[0] for p in parts), tuple(sides),
+                                  tuple(p[1] for p in parts), tuple(p[2] for p in parts)))
+    return tiles
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is bad input."""
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise UserInputError(f"device {device!r}: expected auto, cpu or cuda.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r}: no CUDA GPU is available to this program.")
+    return torch.device(device)
+
+
+def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16 if device.type == "cuda" else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_bf16() else None
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_path() -> Path | None:
+    return next((p for p in MANIFEST_CANDIDATES if p.is_file()), None)
+
+
+def read_manifest(path: str | os.PathLike | None = None) -> dict:
+    """The model manifest ``Resources/Models.json``: ``{"format", "version", "models": [...]}``."""
+    path = Path(path) if path is not None else _manifest_path()
+    if path is None:
+        return {"format": MANIFEST_FORMAT, "version": 1, "models": [], "path": None}
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise UserInputError(f"{path}: the model manifest is missing or not valid JSON.") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise UserInputError(f"{path}: not a {MANIFEST_FORMAT} manifest.")
+    manifest["path"] = str(path)
+    return manifest
+
+
+def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: PreprocessConfig,
+                    metadata: dict | None = None) -> None:
+    """Write a checkpoint readable with ``torch.load(weights_only=True)``, atomically.
+
+    ``metadata`` (JSON types only) holds what a reader should know: training data, epochs,
+    metrics, whether the weights are trained.
+    """
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "model_config": asdict(model.config), "preprocess_config": preprocess.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    with atomic_write(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, dict]:
+    """Read a checkpoint without unpickling code; refuse anything that is not ours, with one sentence.
+
+    Returns the model (eval mode, CPU), its pre-processing and its metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: checkpoint file not found.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for a damaged or foreign file
+        raise UserInputError(f"{path}: the file is not a readable checkpoint (damaged, or not saved by torch).") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserInputError(f"{path}: the file is not an SCPM-Net checkpoint of this program.")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise UserInputError(f"{path}: checkpoint version {checkpoint.get('version')} is not the "
+                             f"version {CHECKPOINT_VERSION} this program reads.")
+    try:
+        config = SCPMNetConfig(**checkpoint["model_config"])
+    except (KeyError, TypeError, ValueError):
+        raise UserInputError(f"{path}: the checkpoint's architecture is not one this program's SCPM-Net can build.") from None
+    preprocess_values = checkpoint.get("preprocess_config", {})
+    if not isinstance(preprocess_values, dict) or preprocess_values.get("version") != PREPROCESS_VERSION:
+        raise UserInputError(f"{path}: the checkpoint's pre-processing version is not {PREPROCESS_VERSION}.")
+    preprocess = PreprocessConfig.from_dict(preprocess_values)
+    model = SCPMNet(config)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (KeyError, RuntimeError):
+        raise UserInputError(f"{path}: the checkpoint's weights do not match its architecture.") from None
+    return model.eval(), preprocess, dict(checkpoint.get("metadata", {}))
+
+
+def resolve_model(path_or_name: str | os.PathLike) -> tuple[Path, dict]:
+    """A checkpoint path and its manifest entry (``{}`` if none) from a path or a manifest name.
+
+    A named model's file is checked against the manifest's sha256.
+    """
+    manifest = read_manifest()
+    entries = {entry["name"]: entry for entry in manifest["models"]}
+    path = Path(path_or_name)
+    if str(path_or_name) in entries and not path.is_file():
+        entry = entries[str(path_or_name)]
+        path = Path(manifest["path"]).parent / entry["file"]
+        if not path.is_file():
+            raise UserInputError(f"{path}: the file of model {entry['name']!r} is missing.")
+        digest = sha256_of(path)
+        if digest != entry["sha256"]:
+            raise UserInputError(f"{path}: sha256 {digest[:12]}... does not match the manifest's "
+                                 f"{entry['sha256'][:12]}... for model {entry['name']!r}.")
+        return path, entry
+    if not path.is_file():
+        known = ", ".join(entries) or "none"
+        raise UserInputError(f"{path_or_name}: neither a checkpoint file nor a model name in the "
+                             f"manifest (known: {known}).")
+    return path, {}
+
+
+@dataclass
+class Detector:
+    """A network with its pre-processing, ready to find nodules in whole scans.
+
+    Attributes:
+        model: the network (eval mode); any module with ``strides``, ``size_divisor`` and
+            SCPMNet's ``forward(image, patch_origin_zyx, scan_shape_zyx)`` works.
+        preprocess: the checkpoint's pre-processing.
+        config: tiling, decoding and filtering.
+        device: where the network runs.
+        info: name, version and metadata of the checkpoint (for reports).
+        timings_s: seconds per stage of the last :meth:`detect`.
+    """
+
+    model: nn.Module
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    config: InferenceConfig = field(default_factory=InferenceConfig)
+    device: torch.device | str = "cpu"
+    info: dict = field(default_factory=dict)
+    timings_s: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(str(self.device))
+        self.model = self.model.eval().to(self.device)
+        if self.config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last_3d)
+
+    @classmethod
+    def from_checkpoint(cls, path_or_name: str | os.PathLike = "demo", device: str = "auto",
+                        config: InferenceConfig | None = None) -> Detector:
+        """Load a checkpoint file or a model named in ``Resources/Models.json`` (checksum verified)."""
+        path, entry = resolve_model(path_or_name)
+        model, preprocess, metadata = load_checkpoint(path)
+        info = {"name": entry.get("name", Path(path).name), "version": entry.get("version"),
+                "file": str(path), "trained": bool(metadata.get("trained", entry.get("trained", True))),
+                "metadata": metadata}
+        return cls(model, preprocess, config or InferenceConfig(), device, info)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.info.get("trained", True))
+
+    def detect(self, image: sitk.Image, progress: Progress | None = None,
+               cancel: threading.Event | None = None) -> list[Detection]:
+        """Nodules in a CT (HU, any spacing and direction), most probable first.
+
+        ``progress(fraction, stage)`` is called with stages ``resample``, ``forward``,
+        ``decode``; setting ``cancel`` stops at the next tile with :class:`DetectionCancelled`.
+        """
+        report = progress or (lambda fraction, stage: None)
+        self.timings_s = {}
+        start = time.perf_counter()
+        report(0.0, "resample")
+        prepared = prepare_scan(image, self.preprocess, align=self.model.size_divisor)
+        self.timings_s["resample"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        maps = self._forward_tiled(prepared, report, cancel)
+        self.timings_s["forward"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        report(0.95, "decode")
+        detections = self._decode(maps, prepared)
+        self.timings_s["decode"] = time.perf_counter() - start
+        report(1.0, "decode")
+        return detections
+
+    def _pad(self, prepared: PreparedScan) -> Tensor:
+        q = self.model.size_divisor
+        volume = torch.from_numpy(prepared.image)
+        smallest = math.ceil(self.config.min_side_vox / q) * q
+        pad = [max(n + (-n) % q, smallest) - n for n in volume.shape]
+        pad_value = float(self.preprocess.normalize(np.float32(self.config.pad_hu)))
+        volume = torch.nn.functional.pad(volume, (0, pad[2], 0, pad[1], 0, pad[0]), value=pad_value)
+        return volume[None, None]
+
+    def _forward_tiled(self, prepared: PreparedScan, report: Progress,
+                       cancel: threading.Event | None) -> list[dict[str, Tensor]]:
+        volume = self._pad(prepared)
+        max_voxels = self.config.max_tile_voxels
+        while True:
+            try:
+                return self._run_tiles(volume, prepared, max_voxels, report, cancel)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                smallest = (2 * self.config.tile_margin_vox + self.model.size_divisor) ** 3
+                if max_voxels // 2 >= smallest:
+                    max_voxels //= 2
+                    log.warning("GPU out of memory; retrying with tiles of at most %d voxels", max_voxels)
+                else:
+                    log.warning("GPU out of memory even with the smallest tiles; continuing on the CPU")
+                    self.device = torch.device("cpu")
+                    self.model = self.model.to(self.device)
+                    max_voxels = self.config.max_tile_voxels
+
+    @torch.inference_mode()
+    def _run_tiles(self, volume: Tensor, prepared: PreparedScan, max_voxels: int, report: Progress,
+                   cancel: threading.Event | None) -> list[dict[str, Tensor]]:
+        q = self.model.size_divisor
+        shape = tuple(volume.shape[2:])
+        tiles = plan_tiles(shape, q, self.config.tile_margin_vox, max_voxels)
+        log.debug("%d tile(s) of %s over %s", len(tiles), tiles[0].size, shape)
+        dtype = _autocast_dtype(self.device, self.config.precision)
+        memory_format = torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
+        scan_shape = torch.tensor([prepared.geometry.shape_zyx], device=self.device)
+        maps: list[dict[str, Tensor]] | None = None
+        for number, tile in enumerate(tiles):
+            if cancel is not None and cancel.is_set():
+                raise DetectionCancelled("detection cancelled")
+            report(0.05 + 0.9 * number / len(tiles), "forward")
+            box = tuple(slice(o, o + n) for o, n in zip(tile.origin, tile.size))
+            patch = volume[(slice(None), slice(None), *box)].to(self.device)
+            patch = patch.contiguous(memory_format=memory_format)
+            origin = torch.tensor([[o + c for o, c in zip(tile.origin, prepared.crop_start_zyx)]],
+                                  device=self.device)
+            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                outputs = self.model(patch, patch_origin_zyx=origin, scan_shape_zyx=scan_shape)
+            if maps is None:
+                maps = [{key: torch.zeros((1, value.shape[1], *(n // s for n in shape)), device=self.device)
+                         for key, value in level.items()} for level, s in zip(outputs, self.model.strides)]
+            for level, stride in zip(range(len(outputs)), self.model.strides):
+                own = tuple(slice(a // stride, b // stride) for a, b in zip(tile.own_start, tile.own_stop))
+                local = tuple(slice((a - o) // stride, (b - o) // stride)
+                              for a, b, o in zip(tile.own_start, tile.own_stop, tile.origin))
+                for key, value in outputs[level].items():
+                    maps[level][key][(slice(None), slice(None), *own)] = value[(slice(None), slice(None), *local)].float()
+        report(0.95, "forward")
+        return maps
+
+    def _decode(self, maps: list[dict[str, Tensor]], prepared: PreparedScan) -> list[Detection]:
+        config = self.config
+        decoded = decode_detections(maps, self.model.strides, top_n=config.top_n,
+                                    score_threshold=config.score_threshold)[0]
+        centers = decoded.centers_zyx_vox.double().cpu().numpy() + prepared.crop_start_zyx
+        keep = np.ones(len(centers), dtype=bool)
+        if prepared.mask is not None:
+            keep = prepared.mask.contains(centers)
+        spacing_zyx = prepared.geometry.spacing_xyz_mm[::-1]
+        voxel_mm = float(np.prod(spacing_zyx) ** (1.0 / 3.0))
+        centers_mm = torch.from_numpy(centers[keep] * spacing_zyx)
+        radii_mm = decoded.radii_vox.double().cpu()[torch.from_numpy(keep)] * voxel_mm
+        scores = decoded.scores.double().cpu()[torch.from_numpy(keep)]
+        levels = decoded.levels.cpu()[torch.from_numpy(keep)]
+        kept = sphere_nms(centers_mm, radii_mm, scores, iou_threshold=config.nms_iou_threshold,
+                          distance_ratio_threshold=config.nms_distance_ratio)[: config.max_detections]
+        world = prepared.geometry.index_to_world(centers[keep][kept.numpy()])
+        return [Detection(tuple(float(v) for v in w), float(2.0 * r), float(p), int(lv))
+                for w, r, p, lv in zip(world, radii_mm[kept].tolist(), scores[kept].tolist(),
+                                       levels[kept].tolist())]

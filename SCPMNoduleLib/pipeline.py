@@ -1,0 +1,269 @@
+"""Detection over files: a batch of scans to CSV/JSON/markups, and the self-contained demo.
+
+:func:`detect_files` reads each scan, runs a :class:`~SCPMNoduleLib.inference.Detector` and
+writes its outputs; a scan that fails is reported and leaves no file behind, and the batch goes
+on. :func:`run_demo` makes a synthetic phantom, detects on it and compares with the truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import UserInputError
+from .export import (
+    describe_scan,
+    detections_to_findings,
+    write_candidates_csv,
+    write_detections_json,
+    write_markups_json,
+)
+from .inference import Detection, DetectionCancelled, Detector
+from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
+from .preprocess import ScanGeometry
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("csv", "json", "mrk")
+OUTPUT_SUFFIXES = {"csv": ".candidates.csv", "json": ".json", "mrk": ".mrk.json"}
+SUMMARY_NAME = "detect_summary.json"
+BATCH_CANDIDATES_NAME = "candidates.csv"
+
+ScanProgress = Callable[[str, float, str], None]
+
+
+@dataclass
+class ScanResult:
+    """What happened to one scan of a batch.
+
+    ``error`` is one sentence when the scan failed; ``bad_input`` says whether it was the
+    input's fault (:class:`UserInputError`) rather than the program's.
+    """
+
+    scan: str
+    path: str
+    detections: list[Detection] = field(default_factory=list)
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    bad_input: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"csv,json"`` -> ``("csv", "json")``; unknown names are bad input."""
+    formats = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserInputError(f"--formats {text!r}: expected a comma-separated subset of {','.join(FORMATS)}.")
+    return formats
+
+
+def _write_outputs(out_dir: Path, name: str, detections: list[Detection], image: sitk.Image,
+                   path: Path, detector: Detector, formats: Sequence[str],
+                   timings: dict[str, float]) -> dict[str, str]:
+    """Write one scan's files; on failure remove the ones already written and re-raise."""
+    outputs = {fmt: str(out_dir / f"{name}{OUTPUT_SUFFIXES[fmt]}") for fmt in formats}
+    try:
+        if "csv" in outputs:
+            write_candidates_csv(outputs["csv"], name, detections)
+        if "json" in outputs:
+            write_detections_json(outputs["json"], detections, scan=describe_scan(image, path),
+                                  model=_model_summary(detector), timings=timings)
+        if "mrk" in outputs:
+            write_markups_json(outputs["mrk"], detections, name=f"{name} nodules")
+    except BaseException:
+        for written in outputs.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(written)
+        raise
+    return outputs
+
+
+def _model_summary(detector: Detector) -> dict:
+    return {"name": detector.info.get("name"), "version": detector.info.get("version"),
+            "trained": detector.trained, "device": str(detector.device),
+            "inference": asdict(detector.config), "preprocess": detector.preprocess.to_dict()}
+
+
+def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence[str],
+                progress: ScanProgress | None = None) -> ScanResult:
+    """Detect on one scan and write its outputs; failures become the result's ``error``."""
+    name = scan_name(path)
+    report = progress or (lambda scan, fraction, stage: None)
+    result = ScanResult(scan=name, path=str(path))
+    start = time.perf_counter()
+    try:
+        report(name, 0.0, "read")
+        image = read_scan(path)
+        result.timings_s["read"] = time.perf_counter() - start
+        result.detections = detector.detect(image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
+        result.timings_s.update(detector.timings_s)
+        report(name, 0.95, "write")
+        write_start = time.perf_counter()
+        result.outputs = _write_outputs(out_dir, name, result.detections, image, path, detector,
+                                        formats, result.timings_s)
+        result.timings_s["write"] = time.perf_counter() - write_start
+        report(name, 1.0, "write")
+    except UserInputError as error:
+        result.error, result.bad_input = str(error), True
+    except (DetectionCancelled, KeyboardInterrupt):
+        raise
+    except Exception as error:  # one scan's crash must not stop the batch
+        log.exception("detection failed on %s", path)
+        result.error = f"{path}: detection failed ({type(error).__name__}: {error})."
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, detector: Detector,
+                 formats: Sequence[str] = FORMATS, progress: ScanProgress | None = None,
+                 on_result: Callable[[ScanResult], None] | None = None) -> list[ScanResult]:
+    """Detect on every scan of ``inputs`` (files, folders of scans, DICOM folders).
+
+    Per scan ``<name>.candidates.csv``, ``<name>.json`` and ``<name>.mrk.json`` (as ``formats``
+    asks) go into ``out_dir``; when at least one scan succeeded, also ``detect_summary.json``
+    (every scan's outcome) and, with ``csv``, ``candidates.csv`` holding all scans' candidates
+    (LUNA16's evaluation input). A scan that fails leaves no file.
+    """
+    out_dir = Path(out_dir)
+    paths = list_scans(inputs)
+    if not paths:
+        raise UserInputError(f"{', '.join(map(str, inputs))}: no scans found.")
+    names = [scan_name(p) for p in paths]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserInputError(f"several scans are named {duplicates[0]}; their outputs would overwrite each other.")
+    results = []
+    for path in paths:
+        result = detect_scan(path, out_dir, detector, formats, progress)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    if any(r.ok for r in results):
+        _write_batch_files(out_dir, results, detector, formats)
+    return results
+
+
+def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detector,
+                       formats: Sequence[str]) -> None:
+    summary = {"model": _model_summary(detector), "scans": [
+        {"scan": r.scan, "path": r.path, "ok": r.ok, "detections": len(r.detections),
+         "seconds": r.seconds, "timings_s": r.timings_s, "outputs": r.outputs, "error": r.error}
+        for r in results]}
+    with atomic_write(out_dir / SUMMARY_NAME, encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=1)
+    if "csv" in formats:
+        tables = [detections_to_findings(r.scan, r.detections) for r in results if r.ok]
+        write_candidates(out_dir / BATCH_CANDIDATES_NAME, Findings(
+            *(np.concatenate([getattr(t, column) for t in tables])
+              for column in ("seriesuids", "centers_xyz_mm", "diameters_mm", "probabilities"))))
+
+
+@dataclass
+class DemoResult:
+    """The demo's detections, the phantom's truth, which detection hits which nodule, its files."""
+
+    detections: list[Detection]
+    truth_xyz_mm: np.ndarray
+    truth_diameters_mm: np.ndarray
+    hits: np.ndarray
+    """``(len(detections),)`` index of the true nodule a detection lies inside, -1 for none."""
+    outputs: dict[str, str]
+    seconds: float
+
+
+def match_to_truth(detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
+                   truth_diameters_mm: np.ndarray) -> np.ndarray:
+    """For each detection the nearest true nodule whose sphere holds its centre (LUNA16's hit
+    rule, squared distance strictly below the squared radius), else -1."""
+    centers = np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
+    if truth_xyz_mm.size == 0:
+        return np.full(len(centers), -1)
+    distance2 = ((centers[:, None, :] - truth_xyz_mm[None, :, :]) ** 2).sum(-1)
+    inside = distance2 < (truth_diameters_mm[None, :] / 2) ** 2
+    return np.where(inside.any(axis=1), np.where(inside, distance2, np.inf).argmin(axis=1), -1)
+
+
+def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
+                          truth_diameters_mm: np.ndarray, path: str | os.PathLike, count: int = 4,
+                          window_hu: tuple[float, float] = (-1350.0, 150.0)) -> None:
+    """A PNG with the axial slice (the image's own k axis) through each of the top ``count``
+    detections: detections as solid circles of their diameter, true nodules dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.patches import Circle
+
+    geometry = ScanGeometry.from_image(image)
+    array = sitk.GetArrayViewFromImage(image)
+    shown = list(detections[:count])
+    columns = max(len(shown), 1)
+    figure, axes = plt.subplots(1, columns, figsize=(4 * columns, 4.4), squeeze=False)
+    sx, sy = image.GetSpacing()[:2]
+    extent = (-0.5 * sx, (array.shape[2] - 0.5) * sx, (array.shape[1] - 0.5) * sy, -0.5 * sy)
+    truth_index = geometry.world_to_index(truth_xyz_mm.reshape(-1, 3))
+    for rank, (axis, detection) in enumerate(zip(axes[0], shown)):
+        k, j, i = geometry.world_to_index(np.asarray(detection.center_xyz_mm))
+        slice_index = int(np.clip(round(k), 0, array.shape[0] - 1))
+        axis.imshow(array[slice_index], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], extent=extent)
+        axis.add_patch(Circle((i * sx, j * sy), detection.diameter_mm / 2, fill=False, color="yellow", lw=1.5))
+        near = np.abs(truth_index[:, 0] - slice_index) * image.GetSpacing()[2] < truth_diameters_mm / 2
+        for (tk, tj, ti), diameter in zip(truth_index[near], truth_diameters_mm[near]):
+            axis.add_patch(Circle((ti * sx, tj * sy), diameter / 2, fill=False, color="lime", lw=1, ls="--"))
+        axis.set_title(f"N{rank + 1}: p={detection.probability:.2f}, {detection.diameter_mm:.1f} mm, slice {slice_index}",
+                       fontsize=9)
+        axis.set_axis_off()
+    if not shown:
+        axes[0][0].imshow(array[array.shape[0] // 2], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], extent=extent)
+        axes[0][0].set_title("no detections", fontsize=9)
+        axes[0][0].set_axis_off()
+    figure.suptitle("yellow: detections; green dashed: true nodules", fontsize=9)
+    figure.tight_layout()
+    with atomic_write(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=80)
+    plt.close(figure)
+
+
+def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size: str = "small",
+             progress: ScanProgress | None = None) -> DemoResult:
+    """Make a phantom, detect on it, and write ``demo_phantom.mha``, its truth
+    (``demo_truth.csv``), the detections (CSV, JSON, markups) and ``demo_detections.png``."""
+    from .phantom import make_phantom
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    image, nodules = make_phantom(seed, size)
+    included = [n for n in nodules if n.included]
+    truth_xyz = np.asarray([n.center_xyz_mm for n in included], dtype=np.float64).reshape(-1, 3)
+    truth_diameters = np.asarray([n.diameter_mm for n in included], dtype=np.float64)
+    scan_path = out_dir / "demo_phantom.mha"
+    scan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_dir / ".demo_phantom.tmp.mha"
+    sitk.WriteImage(image, str(tmp_path))
+    os.replace(tmp_path, scan_path)
+    truth_path = out_dir / "demo_truth.csv"
+    write_annotations(truth_path, Findings.from_columns(["demo_phantom"] * len(included), truth_xyz, truth_diameters))
+    result = detect_scan(scan_path, out_dir, detector, FORMATS, progress)
+    if not result.ok:
+        raise UserInputError(result.error)
+    png_path = out_dir / "demo_detections.png"
+    save_detection_slices(image, result.detections, truth_xyz, truth_diameters, png_path)
+    outputs = {"scan": str(scan_path), "truth": str(truth_path), **result.outputs, "png": str(png_path)}
+    return DemoResult(result.detections, truth_xyz, truth_diameters,
+                      match_to_truth(result.detections, truth_xyz, truth_diameters), outputs,
+                      time.perf_counter() - start)

@@ -1,0 +1,258 @@
+"""Whole-scan detection: tiling, geometry back to world LPS, NMS and cap, checkpoints."""
+
+import json
+import math
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from SCPMNoduleLib import inference
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.inference import (
+    DetectionCancelled,
+    Detector,
+    InferenceConfig,
+    load_checkpoint,
+    plan_tiles,
+    save_checkpoint,
+)
+from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
+from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry
+
+NO_MASK = PreprocessConfig(lung_mask=False)
+
+
+class BrightCentroid(nn.Module):
+    """A hand-made detector: one level of stride 4 whose maps are set by formulas, not training.
+
+    For each grid point j (the 4-voxel block with centre p = 4 j + 1.5): the logit is
+    20 (max of the block - 0.5), so blocks holding a bright peak score high; the bright weight
+    w = relu(v - 0.3) over the 12-voxel window centred on p has the centroid c, giving the
+    offset (c - p) / 4; the radius is 1 grid voxel (4 mm at 1 mm spacing). A symmetric blob is
+    thus reported at its centre.
+    """
+
+    strides = (4,)
+    size_divisor = 4
+
+    def forward(self, image, patch_origin_zyx=None, scan_shape_zyx=None):
+        image = image.contiguous()
+        weight = F.relu(image - 0.3)
+        axes = [torch.arange(n, dtype=image.dtype).view(*(-1 if a == k else 1 for a in range(3)))
+                for k, n in enumerate(image.shape[2:])]
+
+        def pool(x):
+            return F.avg_pool3d(x, 12, stride=4, padding=4, count_include_pad=True)
+
+        mass = pool(weight)
+        centroid = torch.cat([pool(weight * axis) for axis in axes], dim=1) / mass.clamp_min(1e-9)
+        grid = [torch.arange(n // 4, dtype=image.dtype) * 4 + 1.5 for n in image.shape[2:]]
+        points = torch.stack(torch.meshgrid(*grid, indexing="ij"))[None]
+        offset = torch.where(mass > 1e-9, (centroid - points) / 4, torch.zeros_like(centroid))
+        logits = 20 * (F.max_pool3d(image, 4) - 0.5)
+        return [{"logits": logits, "radius": torch.ones_like(mass), "offset": offset}]
+
+
+def _rotation(angle_deg: float) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    return rz @ rx @ np.diag([-1.0, 1.0, -1.0])
+
+
+def blob_scan(shape_zyx, spacing, origin, direction, centers_xyz_mm, sigma_mm=2.0) -> sitk.Image:
+    """Air (-1000 HU) with Gaussian blobs of +1400 HU at given world points, sampled on the grid."""
+    image = sitk.Image([int(n) for n in shape_zyx[::-1]], sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(tuple(np.asarray(direction).ravel()))
+    geometry = ScanGeometry.from_image(image)
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij"), -1)
+    world = geometry.index_to_world(index)
+    values = np.full(shape_zyx, -1000.0)
+    for center in np.asarray(centers_xyz_mm).reshape(-1, 3):
+        values += 1400 * np.exp(-((world - center) ** 2).sum(-1) / (2 * sigma_mm**2))
+    out = sitk.GetImageFromArray(values.astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape_zyx, spacing, direction",
+    [((30, 44, 40), (0.8, 0.9, 1.6), _rotation(20)),        # oblique and axis-flipped
+     ((9, 11, 10), (1.3, 1.2, 1.4), np.diag([1.0, -1.0, 1.0]))],  # smaller than one tile
+)
+def test_nodule_is_reported_at_its_world_point(shape_zyx, spacing, direction):
+    origin = (-30.0, 40.0, -200.0)
+    reference = sitk.Image([int(n) for n in shape_zyx[::-1]], sitk.sitkFloat32)
+    reference.SetSpacing(spacing)
+    reference.SetOrigin(origin)
+    reference.SetDirection(tuple(np.asarray(direction).ravel()))
+    geometry = ScanGeometry.from_image(reference)
+    truth = geometry.index_to_world((np.asarray(shape_zyx) - 1) / 2 + np.array([0.37, -0.21, 0.44]))
+    scan = blob_scan(shape_zyx, spacing, origin, direction, truth)
+    detector = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_tile_voxels=32**3, tile_margin_vox=8))
+    detections = detector.detect(scan)
+    assert len(detections) == 1
+    found = np.asarray(detections[0].center_xyz_mm)
+    assert np.linalg.norm(found - truth) < 0.5 * min(spacing)
+    assert detections[0].diameter_mm == pytest.approx(8.0)
+    assert detections[0].probability > 0.5
+
+
+def test_nms_leaves_one_detection_per_nodule_and_the_cap_applies():
+    # 5 x 5 x 6 = 150 blobs 14 mm apart (one 14 mm cell repeated), each covered by several
+    # high-scoring grid points
+    centers_zyx = np.stack(np.meshgrid(*[np.arange(n) * 14.0 + 6.7 for n in (5, 5, 6)], indexing="ij"), -1)
+    centers_xyz = centers_zyx.reshape(-1, 3)[:, ::-1]
+    cell = sitk.GetArrayFromImage(blob_scan((14, 14, 14), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3),
+                                            [[6.7, 6.7, 6.7]], sigma_mm=1.5))
+    scan = sitk.GetImageFromArray(np.tile(cell, (5, 5, 6)))
+    found_all = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_detections=1000, top_n=10000)).detect(scan)
+    assert len(found_all) == 150
+    distance = np.linalg.norm(np.asarray([d.center_xyz_mm for d in found_all])[:, None] - centers_xyz[None], axis=-1)
+    assert np.all(distance.min(axis=1) < 0.5)
+    assert sorted(distance.argmin(axis=1)) == list(range(150))  # each blob exactly once
+    capped = Detector(BrightCentroid(), NO_MASK, InferenceConfig(top_n=10000)).detect(scan)
+    assert len(capped) == 100
+    probabilities = [d.probability for d in capped]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert probabilities[-1] >= sorted(d.probability for d in found_all)[-100]
+
+
+def test_tile_plan_covers_each_voxel_once_with_margins():
+    shape, q, margin, budget = (64, 256, 96), 16, 32, 64 * 160 * 96
+    tiles = plan_tiles(shape, q, margin, budget)
+    assert len(tiles) > 1
+    owned = np.zeros(shape, dtype=int)
+    for tile in tiles:
+        assert math.prod(tile.size) <= budget
+        assert all(o % q == 0 and n % q == 0 for o, n in zip(tile.origin, tile.size))
+        owned[tuple(slice(a, b) for a, b in zip(tile.own_start, tile.own_stop))] += 1
+        for o, n, a, b, length in zip(tile.origin, tile.size, tile.own_start, tile.own_stop, shape):
+            assert o <= max(a - margin, 0) and o + n >= min(b + margin, length)
+    np.testing.assert_array_equal(owned, 1)
+
+
+def _smooth_volume(shape_zyx, seed):
+    rng = np.random.default_rng(seed)
+    noise = torch.from_numpy(rng.normal(0, 1, shape_zyx).astype(np.float32))[None, None]
+    smooth = F.avg_pool3d(noise, 5, stride=1, padding=2)[0, 0].numpy()
+    return sitk.GetImageFromArray((-600 + 2000 * smooth).astype(np.float32))
+
+
+@pytest.mark.slow
+def test_tiled_detections_match_the_whole_volume():
+    torch.manual_seed(0)
+    model = SCPMNet(SCPMNetConfig(**{**SCPMNetConfig.tiny().__dict__, "head_init_std": 1.0,
+                                     "prior_probability": 0.05}))
+    scan = _smooth_volume((32, 384, 32), seed=1)
+    # margin 96: the tiny configuration's 99.9% gradient receptive field (see inference.py)
+    whole_config = InferenceConfig(score_threshold=0.5, tile_margin_vox=96, min_side_vox=32)
+    tiled_config = replace(whole_config, max_tile_voxels=32 * 320 * 32)
+    assert len(plan_tiles((32, 384, 32), 16, 96, tiled_config.max_tile_voxels)) == 3
+    assert len(plan_tiles((32, 384, 32), 16, 96, whole_config.max_tile_voxels)) == 1
+    whole = Detector(model, NO_MASK, whole_config).detect(scan)
+    tiled = Detector(model, NO_MASK, tiled_config).detect(scan)
+    assert len(whole) > 10 and len(tiled) == len(whole)
+    a = np.asarray([d.center_xyz_mm for d in whole])
+    b = np.asarray([d.center_xyz_mm for d in tiled])
+    pairs = np.linalg.norm(a[:, None] - b[None], axis=-1).argmin(axis=1)
+    assert sorted(pairs) == list(range(len(whole)))
+    np.testing.assert_allclose(b[pairs], a, atol=0.1)  # 1 mm voxels
+    p_whole = np.array([d.probability for d in whole])
+    p_tiled = np.array([d.probability for d in tiled])[pairs]
+    np.testing.assert_allclose(p_tiled, p_whole, atol=0.01)
+    assert p_whole.max() - p_whole.min() > 0.1  # the comparison is not between constants
+
+
+def test_cancel_stops_detection():
+    cancel = threading.Event()
+    cancel.set()
+    scan = blob_scan((12, 12, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), [[5.0, 5.0, 5.0]])
+    with pytest.raises(DetectionCancelled):
+        Detector(BrightCentroid(), NO_MASK).detect(scan, cancel=cancel)
+
+
+def test_progress_reports_stages_in_order():
+    seen = []
+    scan = blob_scan((12, 12, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), [[5.0, 5.0, 5.0]])
+    Detector(BrightCentroid(), NO_MASK).detect(scan, progress=lambda f, s: seen.append((f, s)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert [s for _, s in seen][0] == "resample" and "forward" in [s for _, s in seen]
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
+    torch.manual_seed(3)
+    model = SCPMNet(SCPMNetConfig.tiny()).eval()
+    preprocess = PreprocessConfig(hu_min=-1000.0)
+    save_checkpoint(tmp_path / "m.pt", model, preprocess, {"trained": False})
+    loaded, loaded_preprocess, metadata = load_checkpoint(tmp_path / "m.pt")
+    assert loaded_preprocess == preprocess and metadata == {"trained": False}
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.inference_mode():
+        for a, b in zip(model(x), loaded(x)):
+            torch.testing.assert_close(a["logits"], b["logits"], rtol=0, atol=0)
+
+
+def _checkpoint_dict(**changes):
+    model = SCPMNet(SCPMNetConfig.tiny())
+    checkpoint = {"format": "scpm-nodule-checkpoint", "version": 1,
+                  "model_config": dict(SCPMNetConfig.tiny().__dict__),
+                  "preprocess_config": PreprocessConfig().to_dict(), "state_dict": model.state_dict(),
+                  "metadata": {}}
+    checkpoint.update(changes)
+    return checkpoint
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "other"}, "not an SCPM-Net checkpoint"),
+    ({"version": 2}, "checkpoint version 2"),
+    ({"model_config": {"encoder_channels": [4, 8], "unknown_layer": 3}}, "architecture"),
+    ({"model_config": {**SCPMNetConfig.tiny().__dict__, "encoder_channels": (4, 8, 8, 16)}},
+     "weights do not match"),
+    ({"preprocess_config": {"version": 99}}, "pre-processing version"),
+])
+def test_foreign_checkpoints_are_refused(tmp_path, change, message):
+    torch.save(_checkpoint_dict(**change), tmp_path / "x.pt")
+    with pytest.raises(UserInputError, match=message):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "m.pt", SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig())
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "m.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match="m.pt: the file is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "w.pt", SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(),
+                    {"trained": False})
+    manifest = {"format": "scpm-nodule-models", "version": 1, "models": [
+        {"name": "mine", "version": "1", "file": "w.pt", "sha256": inference.sha256_of(tmp_path / "w.pt")},
+        {"name": "tampered", "version": "1", "file": "w.pt", "sha256": "0" * 64}]}
+    (tmp_path / "Models.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(inference, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))
+    detector = Detector.from_checkpoint("mine", device="cpu")
+    assert detector.info["name"] == "mine" and not detector.trained
+    with pytest.raises(UserInputError, match="does not match the manifest"):
+        Detector.from_checkpoint("tampered", device="cpu")
+    with pytest.raises(UserInputError, match="known: mine, tampered"):
+        Detector.from_checkpoint("nothing", device="cpu")
+
+
+def test_bundled_demo_resolves_and_says_it_is_untrained_when_it_is():
+    detector = Detector.from_checkpoint("demo", device="cpu")
+    manifest = inference.read_manifest()
+    entry = next(e for e in manifest["models"] if e["name"] == "demo")
+    assert detector.trained == entry["trained"]
+    assert isinstance(detector.model, SCPMNet)
