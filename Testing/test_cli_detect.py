@@ -1,0 +1,155 @@
+"""The detect and demo commands: outputs that parse, batch behaviour, and bad input."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from SCPMNoduleLib.cli import main
+from SCPMNoduleLib.export import read_detections_json
+from SCPMNoduleLib.inference import save_checkpoint
+from SCPMNoduleLib.io import read_candidates
+from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
+from SCPMNoduleLib.preprocess import PreprocessConfig
+
+SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text())
+FAST = ["--threshold", "0", "--max-detections", "5", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(), {"trained": True})
+    return path
+
+
+def _scan(path, shape_zyx=(20, 40, 36), seed=0):
+    values = np.random.default_rng(seed).normal(-700, 200, shape_zyx).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing((0.9, 0.9, 1.5))
+    image.SetOrigin((-20.0, 10.0, -100.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_detect_writes_every_format_and_a_batch_summary(tmp_path, checkpoint, capsys):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _scan(scans / "a.mha", seed=1)
+    _scan(scans / "b.nii.gz", seed=2)
+    out = tmp_path / "out"
+    code = main(["detect", str(scans), "--out", str(out), "--model", str(checkpoint),
+                 "--progress", "none", *FAST])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "a: 5 detections in" in printed and "b: 5 detections in" in printed
+    for name in ("a", "b"):
+        detections = read_detections_json(out / f"{name}.json")
+        assert len(detections) == 5
+        table = read_candidates(out / f"{name}.candidates.csv")
+        np.testing.assert_allclose(table.centers_xyz_mm, [d.center_xyz_mm for d in detections])
+        markups = json.loads((out / f"{name}.mrk.json").read_text())
+        jsonschema.validate(markups, SCHEMA)
+        assert markups["markups"][0]["coordinateSystem"] == "LPS"
+    batch = read_candidates(out / "candidates.csv")
+    assert sorted(set(batch.seriesuids)) == ["a", "b"] and len(batch) == 10
+    summary = json.loads((out / "detect_summary.json").read_text())
+    assert [s["ok"] for s in summary["scans"]] == [True, True]
+
+
+def test_a_failing_scan_does_not_stop_the_batch_and_leaves_no_files(tmp_path, checkpoint, capsys):
+    good = _scan(tmp_path / "good.mha")
+    out = tmp_path / "out"
+    code = main(["detect", str(tmp_path / "missing.mhd"), str(good), "--out", str(out),
+                 "--model", str(checkpoint), "--progress", "none", *FAST])
+    assert code == 2
+    assert "missing.mhd: file not found." in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["good.json", "good.candidates.csv", "good.mrk.json", "candidates.csv", "detect_summary.json"])
+
+
+def test_jsonl_progress_is_one_event_a_line(tmp_path, checkpoint, capsys):
+    scan = _scan(tmp_path / "s.nrrd")
+    code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--formats", "json",
+                 "--model", str(checkpoint), "--progress", "jsonl", *FAST])
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["stage"] for e in progress][0] == "read" and progress[-1]["stage"] == "write"
+    assert {"resample", "forward", "decode"} <= {e["stage"] for e in progress}
+    fractions = [e["fraction"] for e in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[-1] == {**events[-1], "event": "done", "scan": "s",
+                          "outputs": {"json": str(tmp_path / "out" / "s.json")}}
+
+
+def _bad_inputs(tmp_path):
+    def write(name, array, is_vector=False):
+        sitk.WriteImage(sitk.GetImageFromArray(array, isVector=is_vector), str(tmp_path / name))
+        return tmp_path / name
+
+    (tmp_path / "junk.mha").write_bytes(b"this is no image")
+    ramp = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    return {
+        "missing": (tmp_path / "absent.mhd", "absent.mhd: file not found."),
+        "unreadable": (tmp_path / "junk.mha", "junk.mha: the file could not be read as an image"),
+        "2-D": (write("flat.nrrd", ramp[0]), "flat.nrrd: the image is 2-D"),
+        "4-D": (write("time.nii", np.stack([ramp, ramp])), "time.nii: the image is 4-D"),
+        "empty": (write("blank.mha", np.zeros((4, 5, 6), np.int16)), "blank.mha: the image is empty"),
+        "NaN": (write("nan.mha", np.where(ramp == 7, np.nan, ramp)), "nan.mha: the image holds NaN"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "unreadable", "2-D", "4-D", "empty", "NaN"])
+def test_bad_scans_give_one_sentence_exit_2_and_no_files(tmp_path, checkpoint, capsys, case):
+    path, message = _bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    code = main(["detect", str(path), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_bad_checkpoints_give_one_sentence_exit_2_and_no_files(tmp_path, checkpoint, capsys):
+    scan = _scan(tmp_path / "s.mha")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(checkpoint.read_bytes()[:5000])
+    other = tmp_path / "other.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    state["model_config"] = {**state["model_config"], "head_channels": 12}
+    torch.save(state, other)
+    for path, message in ((corrupt, "not a readable checkpoint"), (other, "weights do not match")):
+        code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--model", str(path), *FAST])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0] and str(path) in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "other.pt", "s.mha"]
+
+
+def test_bad_options_are_refused(tmp_path, checkpoint, capsys):
+    scan = _scan(tmp_path / "s.mha")
+    for options, message in ((["--formats", "csv,xml"], "--formats 'csv,xml'"),
+                             (["--threshold", "1.5"], "--threshold 1.5"),
+                             (["--model", "nonexistent"], "nonexistent: neither a checkpoint file nor")):
+        code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
+                     *options])
+        assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_demo_runs_on_a_small_phantom_and_says_the_weights_are_untrained(tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path), "--size", "small", "--progress", "none", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "untrained" in captured.err and "untrained" in captured.out
+    assert "true nodules" in captured.out
+    for name in ("demo_phantom.mha", "demo_truth.csv", "demo_phantom.json", "demo_phantom.mrk.json",
+                 "demo_phantom.candidates.csv", "demo_detections.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert (tmp_path / "demo_detections.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
