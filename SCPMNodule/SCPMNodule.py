@@ -58,7 +58,7 @@ class SCPMNoduleParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = "demo"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    threshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.5
     maxDetections: Annotated[int, WithinRange(1, 100)] = 100
     sphereOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     hideRejected: bool = False

@@ -492,7 +492,9 @@ def _cli_has_detect() -> bool:
 def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scene(mrml, tmp_path):
     if not _cli_has_detect():
         pytest.skip("the detect command is not in the command line yet")
-    from SCPMNoduleLib.inference import Detector
+    from dataclasses import replace
+
+    from SCPMNoduleLib.inference import Detector, InferenceConfig
     from SCPMNoduleLib.phantom import generate_phantom, phantom_config
 
     phantom = generate_phantom(5, phantom_config("small"))
@@ -506,12 +508,32 @@ def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scen
         time.sleep(0.05)
     review = run.finish()
     assert fractions == sorted(fractions) and run.fraction == pytest.approx(1.0)
-    expected = Detector.from_checkpoint("demo", device="cpu").detect(logic.image_from_volume_node(volume))
-    expected = expected[:5]
-    assert len(review) == len(expected)
+    config = replace(InferenceConfig(), score_threshold=0.0, max_detections=5)
+    detector = Detector.from_checkpoint("demo", device="cpu", config=config)
+    expected = detector.detect(logic.image_from_volume_node(volume))
+    assert len(review) == len(expected) == 5
     for i, detection in enumerate(expected):
         x, y, z = detection.center_xyz_mm
         assert review.center_ras_mm(i) == pytest.approx((-x, -y, z), abs=1e-3)
         assert review.nodule(i).diameter_mm == pytest.approx(detection.diameter_mm, rel=1e-4)
     assert_consistent(review)
     assert not run.temp_dir.exists()
+
+
+@pytest.mark.slow
+def test_cancelling_a_real_run_stops_the_detector_and_leaves_the_scene_unchanged(mrml):
+    if not _cli_has_detect():
+        pytest.skip("the detect command is not in the command line yet")
+    volume = chest_volume(mrml)
+    count = mrml.scene.GetNumberOfNodes()
+    run = logic.DetectionRun(volume, logic.DetectionSettings(device="cpu"))
+    run.start()
+    while not any(e.event == "progress" for e in run.poll()):
+        assert not run.finished, run.process.stderr_tail
+        time.sleep(0.02)
+    pid = run.process.pid
+    run.cancel()
+    assert not _pid_alive(pid)
+    with pytest.raises(UserInputError, match="cancelled"):
+        run.finish()
+    assert mrml.scene.GetNumberOfNodes() == count and not run.temp_dir.exists()
