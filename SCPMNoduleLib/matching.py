@@ -32,6 +32,7 @@ nodule with no visible volume has no effect at all.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -90,17 +91,18 @@ class LevelTargets:
         )
 
 
-def _unit_ball_samples(num_samples: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+@functools.lru_cache(maxsize=4)
+def _unit_ball_samples(num_samples: int) -> Tensor:
     """Points of the 3-D Halton sequence (bases 2, 3, 5) mapped to ``[-1, 1]^3`` that fall in the
-    unit ball, ``(Q, 3)`` with ``Q ~ 0.52 * num_samples``. Quasi-random, so no lattice planes line
-    up with the patch faces, and the same every call."""
-    index = torch.arange(1, num_samples + 1, dtype=torch.long, device=device)
+    unit ball, ``(Q, 3)`` float64 with ``Q ~ 0.52 * num_samples``. Quasi-random, so no lattice
+    planes line up with the patch faces, and the same every call (computed once)."""
+    index = torch.arange(1, num_samples + 1, dtype=torch.long)
     coordinates = []
     for base in (2, 3, 5):
-        value = torch.zeros(num_samples, dtype=dtype, device=device)
+        value = torch.zeros(num_samples, dtype=torch.float64)
         remaining, scale = index.clone(), 1.0 / base
         while bool((remaining > 0).any()):
-            value += (remaining % base).to(dtype) * scale
+            value += (remaining % base).double() * scale
             remaining, scale = remaining // base, scale / base
         coordinates.append(value)
     cube = torch.stack(coordinates, dim=-1) * 2.0 - 1.0
@@ -125,50 +127,66 @@ def sphere_fraction_inside_patch(
     Returns:
         ``(N,)`` fractions in ``[0, 1]``, the centres' dtype.
     """
-    unit = _unit_ball_samples(num_samples, centers_zyx_vox.dtype, centers_zyx_vox.device)
+    unit = _unit_ball_samples(num_samples).to(centers_zyx_vox)
     samples = centers_zyx_vox[:, None, :] + radii_vox[:, None, None] * unit[None]
     upper = torch.as_tensor(patch_shape_zyx, dtype=samples.dtype, device=samples.device) - 0.5
     inside = ((samples >= -0.5) & (samples <= upper)).all(dim=-1)
     return inside.to(centers_zyx_vox.dtype).mean(dim=1)
 
 
+def _k_nearest_mask(distance: Tensor, k: int) -> Tensor:
+    """``(N, P)`` bool: the ``k`` smallest entries of each row, ties at the k-th value going to
+    the lower column index. Linear in ``P`` (``topk`` for the k-th value, no sort)."""
+    kth = distance.topk(k, dim=1, largest=False).values[:, -1:]
+    closer = distance < kth
+    tied = distance == kth
+    missing = k - closer.sum(dim=1, keepdim=True)
+    return closer | (tied & (tied.cumsum(dim=1) <= missing))
+
+
+def _visible_nodules(
+    centers: Tensor, radii: Tensor, patch_shape_zyx: Sequence[int], config: MatchingConfig
+) -> tuple[Tensor, Tensor]:
+    """Indices of the nodules with some volume in the patch, and which of them are kept."""
+    fraction = sphere_fraction_inside_patch(centers, radii, patch_shape_zyx, config.visibility_samples)
+    upper = torch.as_tensor(patch_shape_zyx, dtype=centers.dtype, device=centers.device) - 0.5
+    centre_inside = ((centers >= -0.5) & (centers <= upper)).all(dim=-1)
+    visible = torch.nonzero(fraction > 0).squeeze(1)
+    kept = (fraction >= config.min_visible_fraction) & centre_inside
+    return visible, kept[visible]
+
+
 def _match_one_patch(
     centers: Tensor,
     radii: Tensor,
-    patch_shape_zyx: Sequence[int],
+    kept: Tensor,
+    visible: Tensor,
+    points: Tensor,
     grid_shape: Sequence[int],
     stride: int,
     config: MatchingConfig,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Targets of one patch at one level, all points at once (float64 inside).
 
-    Returns labels ``(P,)`` int8, radius ``(P,)``, offset ``(P, 3)`` and nodule_index ``(P,)``,
-    ``P = d*h*w`` in row-major (z, y, x) order.
-    """
-    device = centers.device
-    points = grid_points_zyx_vox(grid_shape, stride, dtype=torch.float64, device=device).reshape(-1, 3)
-    num_points = points.shape[0]
-    labels = torch.zeros(num_points, dtype=torch.int8, device=device)
-    radius = torch.zeros(num_points, dtype=torch.float64, device=device)
-    offset = torch.zeros(num_points, 3, dtype=torch.float64, device=device)
-    nodule_index = torch.full((num_points,), -1, dtype=torch.long, device=device)
+    Args:
+        centers, radii, kept: the patch's visible nodules ``(N, 3)``, ``(N,)``, and which are kept.
+        visible: ``(N,)`` their indices in the patch's list of nodules.
+        points: ``(P, 3)`` the level's grid points, input voxels, row-major (z, y, x).
 
-    fraction = sphere_fraction_inside_patch(centers, radii, patch_shape_zyx, config.visibility_samples)
-    upper = torch.as_tensor(patch_shape_zyx, dtype=torch.float64, device=device) - 0.5
-    centre_inside = ((centers >= -0.5) & (centers <= upper)).all(dim=-1)
-    kept = (fraction >= config.min_visible_fraction) & centre_inside
-    visible = torch.nonzero(fraction > 0).squeeze(1)
-    if visible.numel() == 0:
+    Returns:
+        labels ``(P,)`` int8, radius ``(P,)``, offset ``(P, 3)`` and nodule_index ``(P,)``.
+    """
+    num_points = points.shape[0]
+    labels = torch.zeros(num_points, dtype=torch.int8, device=points.device)
+    radius = torch.zeros(num_points, dtype=torch.float64, device=points.device)
+    offset = torch.zeros(num_points, 3, dtype=torch.float64, device=points.device)
+    nodule_index = torch.full((num_points,), -1, dtype=torch.long, device=points.device)
+    if centers.shape[0] == 0:
         return labels, radius, offset, nodule_index
-    centers, radii, kept = centers[visible], radii[visible], kept[visible]
 
     distance = torch.cdist(centers, points, compute_mode="donot_use_mm_for_euclid_dist")  # (N, P)
-    k = min(config.top_k, num_points)
-    nearest = torch.sort(distance, dim=1, stable=True).indices[:, :k]
-    claimed = torch.zeros_like(distance, dtype=torch.bool).scatter_(1, nearest, True)
-
+    claimed = _k_nearest_mask(distance, min(config.top_k, num_points))
     positive_claims = claimed & kept[:, None]
-    winner = torch.where(positive_claims, distance, torch.inf).argmin(dim=0)
     positive = positive_claims.any(dim=0)
 
     near_claim = F.max_pool3d(
@@ -181,7 +199,7 @@ def _match_one_patch(
     labels[near_claim | inside_body] = -1
     labels[positive] = 1
 
-    matched = winner[positive]
+    matched = torch.where(positive_claims[:, positive], distance[:, positive], torch.inf).argmin(dim=0)
     offset[positive], radius[positive] = encode_spheres(
         centers[matched], radii[matched], points[positive], stride
     )
@@ -227,15 +245,20 @@ def match_centre_points(
             )
         if not (torch.isfinite(centers).all() and torch.isfinite(radii).all() and (radii > 0).all()):
             raise ValueError("nodule centres must be finite and radii finite and positive")
-    targets = []
     for stride in strides:
         if any(n % stride for n in patch_shape_zyx):
             raise ValueError(f"patch shape {tuple(patch_shape_zyx)} is not a multiple of stride {stride}")
+    nodules = []
+    for centers, radii in zip(nodule_centers_zyx_vox, nodule_radii_vox):
+        centers, radii = centers.double(), radii.double()
+        visible, kept = _visible_nodules(centers, radii, patch_shape_zyx, config)
+        nodules.append((centers[visible], radii[visible], kept, visible))  # _match_one_patch's first four
+    device = nodule_centers_zyx_vox[0].device
+    targets = []
+    for stride in strides:
         grid_shape = [n // stride for n in patch_shape_zyx]
-        per_patch = [
-            _match_one_patch(c.double(), r.double(), patch_shape_zyx, grid_shape, stride, config)
-            for c, r in zip(nodule_centers_zyx_vox, nodule_radii_vox)
-        ]
+        points = grid_points_zyx_vox(grid_shape, stride, dtype=torch.float64, device=device).reshape(-1, 3)
+        per_patch = [_match_one_patch(*patch, points, grid_shape, stride, config) for patch in nodules]
         labels, radius, offset, nodule_index = (torch.stack(t) for t in zip(*per_patch))
         targets.append(
             LevelTargets(

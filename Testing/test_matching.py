@@ -65,6 +65,16 @@ def test_isolated_nodule_gets_exactly_its_k_nearest_points_and_they_decode_to_it
         assert level.offset.shape == (1, 3) + tuple(n // stride for n in PATCH)
 
 
+def test_ties_at_the_kth_distance_go_to_the_lower_point_index():
+    center = np.array([31.5, 31.5, 31.5])  # equidistant from the 8 stride-4 points around it
+    labels, _, _, _ = _flat(_match(center, [2.0])[0])
+    points = _points(4)
+    distance = np.linalg.norm(points - center, axis=1)
+    eight = np.flatnonzero(np.isclose(distance, distance.min()))
+    assert len(eight) == 8
+    np.testing.assert_array_equal(np.flatnonzero(labels == 1), eight[:7])
+
+
 def _oracle_labels(centers, radii, kept, stride, config, patch=PATCH):
     """The documented rules in plain numpy: positives to the nearest kept claimant, then shells."""
     points, grid = _points(stride, patch), _grid_index(stride, patch)
