@@ -34,10 +34,10 @@ def series_uid(volume_node) -> str:
     from slicer import vtkMRMLSubjectHierarchyNode
 
     hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
-    if hierarchy is not None:
-        uid = hierarchy.GetItemUID(hierarchy.GetItemByDataNode(volume_node), "DICOM")
-        if uid:
-            return uid
+    item = hierarchy.GetItemByDataNode(volume_node) if hierarchy is not None else 0
+    uid = hierarchy.GetItemUID(item, "DICOM") if item else ""
+    if uid:
+        return uid
     return volume_node.GetAttribute("DICOM.SeriesInstanceUID") or volume_node.GetName()
 
 
