@@ -4,7 +4,8 @@ A review is three kinds of node kept consistent, all under the volume's study in
 hierarchy:
 
 * one markups point list ``Nodules``: control point ``i`` is nodule ``i`` at its RAS position,
-  labelled ``N1, N2, ...``, its description giving probability and diameter;
+  labelled ``N1, N2, ...``, its description giving probability and diameter; rejected points
+  are unselected, so Slicer draws them in the list's (grey) colour instead of the selected red;
 * one sphere model per nodule (node references ``SCPMNodule.Sphere`` of the point list, in point
   order), coloured by probability while pending, by status once reviewed;
 * a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status.
@@ -354,9 +355,6 @@ class NoduleReview:
             shift = np.array([r, a, s]) - np.array(camera.GetFocalPoint())
             camera.SetPosition(*(np.array(camera.GetPosition()) + shift))
             camera.SetFocalPoint(r, a, s)
-        for i in range(len(self)):
-            self.markups_node.SetNthControlPointSelected(i, i == index)
-        self._show_status(index)
 
     def _world_center(self, index: int) -> tuple[float, float, float]:
         world = [0.0, 0.0, 0.0]
@@ -438,8 +436,7 @@ class NoduleReview:
         visible = not (self.hide_rejected and nodule.status == REJECTED)
         display.SetVisibility(visible)
         self.markups_node.SetNthControlPointVisibility(index, visible)
-        if nodule.status == REJECTED:
-            self.markups_node.SetNthControlPointSelected(index, False)
+        self.markups_node.SetNthControlPointSelected(index, nodule.status != REJECTED)
         self._describe(index)
 
     def _table_modified(self) -> None:
