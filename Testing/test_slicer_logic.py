@@ -340,6 +340,19 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
     assert json.loads(sidecar.read_text())["nodules"][0]["status"] == "accepted"
 
 
+def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path):
+    sidecar = tmp_path / "review.json"
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS, sidecar_path=str(sidecar))
+    markups = review.markups_node
+    markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
+    for step in range(1, 4):
+        markups.SetNthControlPointPosition(0, float(step), 0.0, 0.0)
+        assert sphere_center_and_diameter(review.sphere_nodes[0])[0] == pytest.approx((step, 0.0, 0.0))
+        assert json.loads(sidecar.read_text())["nodules"][0]["center_xyz_mm"] == [10.0, -5.0, -12.0]
+    markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    assert json.loads(sidecar.read_text())["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
+
+
 def test_corrupt_sidecar_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "something else"}')
     with pytest.raises(UserInputError, match="not an SCPMNodule review file"):

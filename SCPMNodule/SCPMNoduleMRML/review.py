@@ -16,7 +16,7 @@ review: :meth:`NoduleReview.find` re-attaches to it. Moving a control point (in 
 code) moves its sphere and updates its row through an observer on the point list; placing a new
 point adds an ``added`` nodule; removing one removes its sphere and row. After every change the
 whole review is also written to a small JSON sidecar file (:mod:`.sidecar`), so a crashed
-session can be restored.
+session can be restored; while a point is dragged in a view, once, when it is dropped.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ class NoduleReview:
         self.style = style or ReviewStyle()
         self.on_change = on_change
         self._observer_tags: list[int] = []
+        self._dragging = False
         self._observe()
 
     # ------------------------------------------------------------------ building
@@ -444,7 +445,8 @@ class NoduleReview:
         self.table_node.Modified()
 
     def _changed(self) -> None:
-        if self.sidecar_path:
+        """Tell the listener; write the sidecar unless a point is being dragged (then at the drop)."""
+        if self.sidecar_path and not self._dragging:
             from .sidecar import write_sidecar
 
             write_sidecar(self.sidecar_path, self)
@@ -457,7 +459,9 @@ class NoduleReview:
 
         for event, handler in ((vtkMRMLMarkupsNode.PointModifiedEvent, self._on_point_modified),
                                (vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._on_point_defined),
-                               (vtkMRMLMarkupsNode.PointRemovedEvent, self._on_point_removed)):
+                               (vtkMRMLMarkupsNode.PointRemovedEvent, self._on_point_removed),
+                               (vtkMRMLMarkupsNode.PointStartInteractionEvent, self._on_drag_start),
+                               (vtkMRMLMarkupsNode.PointEndInteractionEvent, self._on_drag_end)):
             self._observer_tags.append(self.markups_node.AddObserver(event, handler))
 
     @contextlib.contextmanager
@@ -478,6 +482,13 @@ class NoduleReview:
                        [self._column(name).GetValue(index) for name in RAS_COLUMNS], rtol=0, atol=1e-9):
             return
         self._update_geometry(index)
+        self._changed()
+
+    def _on_drag_start(self, caller, event) -> None:
+        self._dragging = True
+
+    def _on_drag_end(self, caller, event) -> None:
+        self._dragging = False
         self._changed()
 
     @vtk.calldata_type(vtk.VTK_INT)
