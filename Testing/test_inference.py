@@ -256,3 +256,41 @@ def test_bundled_demo_resolves_and_says_it_is_untrained_when_it_is():
     entry = next(e for e in manifest["models"] if e["name"] == "demo")
     assert detector.trained == entry["trained"]
     assert isinstance(detector.model, SCPMNet)
+
+
+class RunsOutOfMemory(BrightCentroid):
+    """BrightCentroid that fails like the CUDA allocator on inputs above ``limit`` voxels."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.sizes = limit, []
+
+    def forward(self, image, patch_origin_zyx=None, scan_shape_zyx=None):
+        self.sizes.append(image[0, 0].numel())
+        if image[0, 0].numel() > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(image, patch_origin_zyx, scan_shape_zyx)
+
+
+def test_out_of_memory_retries_with_smaller_tiles_and_says_so(caplog):
+    truth = np.array([[6.2, 40.3, 5.9]])  # x, y, z mm in a 1 mm scan with origin 0
+    scan = blob_scan((16, 64, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), truth)
+    config = InferenceConfig(tile_margin_vox=8, min_side_vox=4)
+    model = RunsOutOfMemory(limit=16 * 40 * 16)
+    detections = Detector(model, NO_MASK, config).detect(scan)
+    assert model.sizes[0] == 16 * 64 * 16 and max(model.sizes[-2:]) <= model.limit
+    assert "out of memory on cpu with tiles of 16384 voxels; retrying with smaller tiles" in caplog.text
+    reference = Detector(BrightCentroid(), NO_MASK, config).detect(scan)
+    assert len(detections) == len(reference) == 1
+    np.testing.assert_allclose(detections[0].center_xyz_mm, reference[0].center_xyz_mm, atol=1e-5)
+    np.testing.assert_allclose(detections[0].center_xyz_mm, truth[0], atol=0.5)
+
+
+def test_auto_precision_on_the_cpu_is_fp32():
+    torch.manual_seed(0)
+    model = SCPMNet(SCPMNetConfig(**{**SCPMNetConfig.tiny().__dict__, "head_init_std": 1.0}))
+    scan = _smooth_volume((32, 32, 32), seed=2)
+    config = InferenceConfig(score_threshold=0.0, min_side_vox=32)
+    auto = Detector(model, NO_MASK, config).detect(scan)
+    fp32 = Detector(model, NO_MASK, replace(config, precision="fp32")).detect(scan)
+    assert auto == fp32
