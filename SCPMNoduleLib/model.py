@@ -5,12 +5,12 @@ An encoder-decoder of residual blocks of 3x3x3 convolutions with BatchNorm and R
 * stem: one 3^3 convolution at full resolution, then 2x2x2 max-pooling;
 * encoder stage ``k`` (k = 1..S, stride 2^k; 48^3, 24^3, 12^3, 6^3 for a 96^3 patch): the
   3-channel normalised coordinate map of that resolution is concatenated to the features, then
-  residual blocks with squeeze-and-excitation (SE) attention; 2x2x2 max-pooling between stages;
+  residual blocks and squeeze-and-excitation (SE) attention; 2x2x2 max-pooling between stages;
 * a dilated fusion block ends the encoder: three 3^3 convolutions with dilations 1, 2, 3 whose
   outputs are mixed with learned softmax weights, as a residual branch;
 * decoder levels from stride 2^(S-1) up to the finest head stride: a 2x2x2 transposed
   convolution, concatenation with the encoder's skip features and the coordinate map, residual
-  blocks with SE;
+  blocks and SE;
 * a head on each of the last ``head_levels`` decoder levels giving the centre logits (1 channel),
   the radius (1 channel, softplus so >= 0) and the offset (3 channels, z y x), all in that
   level's grid voxels (see the grid convention in ``notes/contract.md``: output point j stands for
@@ -21,9 +21,11 @@ blocks, softmax-weighted dilated fusion, SE attention after the residual stages)
 deliberate difference: by default SE squeezes over a local window (``se_context`` input voxels)
 instead of the whole patch. A global squeeze makes every output depend on the whole input, so a
 model run on tiles of another size than its training patches would see other attention gates;
-the local squeeze keeps the network translation-equivariant with a finite receptive field, so a
-tile's central region gives the same numbers as a whole-volume pass. ``se_context=0`` restores
-the paper's global squeeze.
+with the local squeeze the network is equivariant to shifts by multiples of ``size_divisor`` and
+has a finite receptive field, so the centre of a tile whose origin is a multiple of
+``size_divisor`` and whose margin is wide enough gives the numbers of a whole-volume pass
+(``benchmarks/model_cost.py`` measures how wide). ``se_context=0`` restores the paper's global
+squeeze.
 
 The coordinate maps are computed analytically from the patch's place in the whole scan
 (:func:`coordinate_map`), never by resampling a stored volume, so any tile of any size gets the
@@ -49,6 +51,7 @@ __all__ = [
     "SCPMNetConfig",
     "coordinate_map",
     "count_flops",
+    "fast_bfloat16_available",
     "gradient_receptive_field",
 ]
 
@@ -73,7 +76,8 @@ class SCPMNetConfig:
         head_channels: channels of the 3^3 convolution inside each head.
         head_levels: number of decoder levels (the finest ones) that carry a head (1 or 2 in
             the paper).
-        use_se: squeeze-and-excitation attention at the end of every residual block.
+        use_se: squeeze-and-excitation attention at the end of every encoder stage and decoder
+            level (after its residual blocks, as in the authors' network).
         se_reduction: SE bottleneck ratio (channels / hidden units).
         se_context: side, in input voxels, of the cubic window SE averages over (the pooling
             kernel at stride s is the odd number 2*floor(se_context / (2 s)) + 1); 0 = the whole
@@ -245,13 +249,12 @@ def _conv_bn(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Seque
 
 
 class ResidualBlock(nn.Module):
-    """relu(x' + SE(bn(conv(relu(bn(conv(x))))))), x' = x or bn(conv1x1(x)) if channels change."""
+    """relu(x' + bn(conv(relu(bn(conv(x)))))), x' = x or bn(conv1x1(x)) if channels change."""
 
-    def __init__(self, in_channels: int, out_channels: int, se: SqueezeExcitation | None) -> None:
+    def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = _conv_bn(in_channels, out_channels)
         self.conv2 = _conv_bn(out_channels, out_channels)
-        self.se = se if se is not None else nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
         if in_channels != out_channels:
             self.shortcut = nn.Sequential(
@@ -260,7 +263,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.conv2(F.relu(self.conv1(x)))
-        return F.relu(self.shortcut(x) + self.se(out))
+        return F.relu(self.shortcut(x) + out)
 
 
 class DilatedFusion(nn.Module):
@@ -359,13 +362,11 @@ class SCPMNet(nn.Module):
 
     def _stage(self, in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
         config = self.config
-        kernel = 0 if config.se_context == 0 else 2 * (config.se_context // (2 * stride)) + 1
-
-        def se() -> SqueezeExcitation | None:
-            return SqueezeExcitation(channels, config.se_reduction, kernel) if config.use_se else None
-
-        layers = [ResidualBlock(in_channels, channels, se())]
-        layers += [ResidualBlock(channels, channels, se()) for _ in range(blocks - 1)]
+        layers = [ResidualBlock(in_channels, channels)]
+        layers += [ResidualBlock(channels, channels) for _ in range(blocks - 1)]
+        if config.use_se:
+            kernel = 0 if config.se_context == 0 else 2 * (config.se_context // (2 * stride)) + 1
+            layers.append(SqueezeExcitation(channels, config.se_reduction, kernel))
         return nn.Sequential(*layers)
 
     def _initialise(self) -> None:
@@ -454,6 +455,21 @@ class SCPMNet(nn.Module):
             decoded.append(x)
         finest_first = decoded[::-1]
         return [head(features) for head, features in zip(self.heads, finest_first)]
+
+
+def fast_bfloat16_available(device: torch.device | str) -> bool:
+    """Whether bfloat16 autocast speeds the network up on ``device``.
+
+    On a CPU, oneDNN must have native bfloat16 convolutions (AVX512-BF16 or AMX); without them
+    PyTorch falls back to a reference 3-D convolution that is tens of times slower than float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    is_supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(is_supported()) if is_supported is not None else False
 
 
 @dataclass(frozen=True)

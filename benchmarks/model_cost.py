@@ -1,0 +1,190 @@
+"""Cost of the SCPM-Net network: parameters, GFLOPs and forward time per patch, receptive field.
+
+Usage:
+    .venv/bin/python benchmarks/model_cost.py                 # default config, 96^3 patch
+    .venv/bin/python benchmarks/model_cost.py --config tiny --rf-size 128
+    .venv/bin/python benchmarks/model_cost.py --skip-rf --device cuda
+
+Forward time: median and best of ``--repeats`` timed passes (after one warm-up) of ``model(patch)`` in
+eval mode under ``torch.inference_mode``, for float32 (contiguous), float32 channels-last-3d, and
+bfloat16 autocast (channels-last-3d); on a CPU without native bfloat16 convolutions (oneDNN
+reports none) the bf16 pass falls back to a reference kernel that is many times slower, so it is
+skipped unless ``--force-bf16``.
+
+Receptive field: the batch-norm statistics are first estimated on ``--bn-batches`` random
+standard-normal patches (cumulative average), then, in eval mode, the gradient of the centre
+output logit of each head level w.r.t. a standard-normal input of ``--rf-size``^3 voxels is taken
+(``SCPMNoduleLib.model.gradient_receptive_field``) and the Chebyshev radius (input voxels)
+holding 50/90/99/99.9 % of its magnitude is printed. "support" is the radius of the last non-zero
+gradient; when it reaches the input border the input was too small to hold the whole
+theoretical receptive field.
+
+Tile consistency: the same eval-mode model runs once on a standard-normal volume of
+``--rf-size``^3 voxels and once on each centred crop made of a ``--core``^3 core plus a margin of
+m voxels on every side (m in ``--margins``, multiples of the size divisor); the largest
+difference of the probabilities, logits and radii inside the core between the crop and the whole
+volume is printed per head level, the logits' also relative to their standard deviation over the
+whole volume (the initial head weights are small, so absolute differences alone look tiny). That difference is what a tile margin of m costs in accuracy.
+
+Random weights are not a trained model: re-measure on a checkpoint before trusting a margin
+tighter than these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from SCPMNoduleLib.model import (
+    SCPMNet,
+    SCPMNetConfig,
+    count_flops,
+    fast_bfloat16_available,
+    gradient_receptive_field,
+)
+
+
+def time_forward(model: nn.Module, patch: torch.Tensor, repeats: int, bf16: bool) -> tuple[float, float]:
+    """Median and best seconds of one forward pass."""
+    times = []
+    with torch.inference_mode(), torch.autocast(patch.device.type, torch.bfloat16, enabled=bf16):
+        for index in range(repeats + 1):
+            if patch.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(patch)
+            if patch.device.type == "cuda":
+                torch.cuda.synchronize()
+            if index:  # the first pass warms up kernels and allocators
+                times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def estimate_batch_norm_statistics(model: nn.Module, patch_size: int, batches: int) -> None:
+    """Replace the initial BN running statistics by averages over random normal patches."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative moving average
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(2, 1, patch_size, patch_size, patch_size))
+    model.eval()
+
+
+def tile_consistency(
+    model: nn.Module, volume: torch.Tensor, core: int, margin: int
+) -> list[dict[str, float]]:
+    """Per level, max |crop - whole| over the centred core of the outputs, for one margin."""
+    side = volume.shape[-1]
+    crop_side = core + 2 * margin
+    origin = (side - crop_side) // 2
+    crop = volume[..., origin : origin + crop_side, origin : origin + crop_side, origin : origin + crop_side]
+    shape = torch.tensor([volume.shape[2:]])
+    with torch.inference_mode():
+        whole_out = model(volume)
+        crop_out = model(crop, torch.full((1, 3), origin), shape)
+    differences = []
+    for stride, whole, tile in zip(model.strides, whole_out, crop_out):
+        a, b = (origin + margin) // stride, margin // stride
+        n = core // stride
+
+        def core_of(t: torch.Tensor, start: int) -> torch.Tensor:
+            return t[..., start : start + n, start : start + n, start : start + n]
+
+        differences.append(
+            {
+                "probability": float(
+                    (core_of(torch.sigmoid(tile["logits"]), b) - core_of(torch.sigmoid(whole["logits"]), a))
+                    .abs()
+                    .max()
+                ),
+                "logit": float((core_of(tile["logits"], b) - core_of(whole["logits"], a)).abs().max()),
+                "radius": float((core_of(tile["radius"], b) - core_of(whole["radius"], a)).abs().max()),
+                "logit_spread": float(whole["logits"].std()),
+            }
+        )
+    return differences
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=("default", "tiny"), default="default")
+    parser.add_argument("--patch", type=int, default=96, help="patch side in voxels")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--force-bf16", action="store_true")
+    parser.add_argument("--skip-rf", action="store_true")
+    parser.add_argument("--rf-size", type=int, default=192, help="input side for the receptive field")
+    parser.add_argument("--bn-batches", type=int, default=4)
+    parser.add_argument("--core", type=int, default=32, help="core side for tile consistency")
+    parser.add_argument("--margins", type=int, nargs="+", default=[16, 32, 48, 64, 80])
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    config = SCPMNetConfig() if args.config == "default" else SCPMNetConfig.tiny()
+    model = SCPMNet(config).eval()
+    shape = (1, 1, args.patch, args.patch, args.patch)
+    cost = count_flops(model, shape)
+    print(f"config: {args.config}  strides {model.strides}  size divisor {model.size_divisor}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {device}")
+    print(f"parameters: {cost.parameters:,} ({cost.parameters / 1e6:.2f} M)")
+    print(f"per {args.patch}^3 patch: {cost.macs / 1e9:.2f} GMAC = {cost.gflops:.1f} GFLOP")
+
+    model = model.to(device)
+    patch = torch.randn(shape, device=device)
+    fp32 = time_forward(model, patch, args.repeats, bf16=False)
+    print(f"forward float32 contiguous:           median {fp32[0]:.3f} s  best {fp32[1]:.3f} s")
+    model_cl = model.to(memory_format=torch.channels_last_3d)
+    patch_cl = patch.to(memory_format=torch.channels_last_3d)
+    cl = time_forward(model_cl, patch_cl, args.repeats, bf16=False)
+    print(
+        f"forward float32 channels_last_3d:     median {cl[0]:.3f} s  best {cl[1]:.3f} s  "
+        f"({fp32[1] / cl[1]:.2f}x best to best)"
+    )
+    if fast_bfloat16_available(device) or args.force_bf16:
+        bf16 = time_forward(model_cl, patch_cl, args.repeats, bf16=True)
+        print(
+            f"forward bf16 autocast channels_last:  median {bf16[0]:.3f} s  best {bf16[1]:.3f} s  "
+            f"({fp32[1] / bf16[1]:.2f}x best to best)"
+        )
+    else:
+        print("forward bf16 autocast: skipped, no native bfloat16 convolutions here (--force-bf16)")
+
+    if args.skip_rf:
+        return
+    model = SCPMNet(config)
+    estimate_batch_norm_statistics(model, args.patch, args.bn_batches)
+    size = (1, 1, args.rf_size, args.rf_size, args.rf_size)
+    quantiles = (0.5, 0.9, 0.99, 0.999)
+    print(f"useful receptive field (Chebyshev radius in input voxels, {args.rf_size}^3 input):")
+    for level, stride in enumerate(model.strides):
+        field = gradient_receptive_field(
+            lambda x, level=level: model(x)[level]["logits"], size, stride, quantiles,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        shares = "  ".join(f"{100 * q:g}%: {r:g}" for q, r in field.radii.items())
+        border = " (reaches the input border)" if field.support >= args.rf_size / 2 - 1 else ""
+        print(f"  level {level} (stride {stride}): {shares}  support: {field.support:g}{border}")
+    volume = torch.randn(size, generator=torch.Generator().manual_seed(args.seed + 1))
+    print(f"tile consistency ({args.core}^3 core of a {args.rf_size}^3 volume), max |crop - whole|:")
+    for margin in args.margins:
+        if args.core + 2 * margin >= args.rf_size:
+            break
+        for level, d in enumerate(tile_consistency(model, volume, args.core, margin)):
+            print(
+                f"  margin {margin:3d}  level {level}: probability {d['probability']:.2e}  "
+                f"logit {d['logit']:.2e} ({d['logit'] / d['logit_spread']:.2f} x the logits' std)  "
+                f"radius {d['radius']:.2e}"
+            )
+
+
+if __name__ == "__main__":
+    main()
