@@ -922,7 +922,11 @@ def _place(rng: np.random.Generator, radius: float, location: str, lungs: _LungM
 
 def _draw_findings(rng: np.random.Generator, geo: _Geometry, config: PhantomConfig, volume: np.ndarray,
                    labels: np.ndarray, lungs: _LungMap, vessels: _Tubes) -> list[_Finding]:
-    """Nodules (annotated) and excluded findings, placed and painted into ``volume``."""
+    """Nodules (annotated) and excluded findings, placed and painted into ``volume``.
+
+    Findings are placed largest first; one that finds no room where its location asks is placed
+    as an isolated one, and one that finds no room at all is left out.
+    """
     spacing = geo.spacing_zyx
     max_radius = config.max_radius_depth_fraction * float(lungs.depth.max())
     high = min(config.diameter_mm[1], 2.0 * max_radius)
@@ -946,6 +950,10 @@ def _draw_findings(rng: np.random.Generator, geo: _Geometry, config: PhantomConf
         radius = 0.5 * diameter
         center = _place(rng, radius, location, lungs, labels, spacing, vessels, findings,
                         config.nodule_gap_mm)
+        if center is None and location != "isolated":
+            location = "isolated"
+            center = _place(rng, radius, location, lungs, labels, spacing, vessels, findings,
+                            config.nodule_gap_mm)
         if center is None:
             log.debug("no room for a %.1f mm %s %s finding; skipped", diameter, location, kind)
             continue
