@@ -460,12 +460,12 @@ class Detector:
             if maps is None:
                 maps = [{key: torch.zeros((1, value.shape[1], *(n // s for n in shape)), device=self.device)
                          for key, value in level.items()} for level, s in zip(outputs, self.model.strides)]
-            for level, stride in zip(range(len(outputs)), self.model.strides):
+            for level_outputs, level_maps, stride in zip(outputs, maps, self.model.strides):
                 own = tuple(slice(a // stride, b // stride) for a, b in zip(tile.own_start, tile.own_stop))
                 local = tuple(slice((a - o) // stride, (b - o) // stride)
                               for a, b, o in zip(tile.own_start, tile.own_stop, tile.origin))
-                for key, value in outputs[level].items():
-                    maps[level][key][(slice(None), slice(None), *own)] = value[(slice(None), slice(None), *local)].float()
+                for key, value in level_outputs.items():
+                    level_maps[key][(..., *own)] = value[(..., *local)].float()
         report(0.95, "forward")
         return maps
 

@@ -202,7 +202,8 @@ def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], tr
                           truth_diameters_mm: np.ndarray, path: str | os.PathLike, count: int = 4,
                           window_hu: tuple[float, float] = (-1350.0, 150.0)) -> None:
     """A PNG with the axial slice (the image's own k axis) through each of the top ``count``
-    detections: detections as solid circles of their diameter, true nodules dashed."""
+    detections (through the true nodules when there are none): detections as yellow circles of
+    their diameter, true nodules as dashed green circles of their cross-section in that slice."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,27 +212,31 @@ def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], tr
 
     geometry = ScanGeometry.from_image(image)
     array = sitk.GetArrayViewFromImage(image)
-    shown = list(detections[:count])
-    columns = max(len(shown), 1)
-    figure, axes = plt.subplots(1, columns, figsize=(4 * columns, 4.4), squeeze=False)
-    sx, sy = image.GetSpacing()[:2]
+    sx, sy, sz = image.GetSpacing()
     extent = (-0.5 * sx, (array.shape[2] - 0.5) * sx, (array.shape[1] - 0.5) * sy, -0.5 * sy)
+    detection_index = geometry.world_to_index(
+        np.asarray([d.center_xyz_mm for d in detections[:count]], dtype=np.float64).reshape(-1, 3))
     truth_index = geometry.world_to_index(truth_xyz_mm.reshape(-1, 3))
-    for rank, (axis, detection) in enumerate(zip(axes[0], shown)):
-        k, j, i = geometry.world_to_index(np.asarray(detection.center_xyz_mm))
-        slice_index = int(np.clip(round(k), 0, array.shape[0] - 1))
+    if len(detection_index):
+        panels = [(index, f"N{rank + 1}: p={d.probability:.2f}, {d.diameter_mm:.1f} mm")
+                  for rank, (index, d) in enumerate(zip(detection_index, detections))]
+    else:
+        panels = [(index, f"no detections; T{rank + 1}") for rank, index in enumerate(truth_index[:count])]
+        panels = panels or [(np.asarray(array.shape, dtype=float) / 2, "no detections")]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
+    for axis, (index, title) in zip(axes[0], panels):
+        slice_index = int(np.clip(round(index[0]), 0, array.shape[0] - 1))
         axis.imshow(array[slice_index], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], extent=extent)
-        axis.add_patch(Circle((i * sx, j * sy), detection.diameter_mm / 2, fill=False, color="yellow", lw=1.5))
-        near = np.abs(truth_index[:, 0] - slice_index) * image.GetSpacing()[2] < truth_diameters_mm / 2
-        for (tk, tj, ti), diameter in zip(truth_index[near], truth_diameters_mm[near]):
-            axis.add_patch(Circle((ti * sx, tj * sy), diameter / 2, fill=False, color="lime", lw=1, ls="--"))
-        axis.set_title(f"N{rank + 1}: p={detection.probability:.2f}, {detection.diameter_mm:.1f} mm, slice {slice_index}",
-                       fontsize=9)
+        for rank in np.flatnonzero(np.abs(detection_index[:, 0] - slice_index) < 0.5):
+            _, j, i = detection_index[rank]
+            axis.add_patch(Circle((i * sx, j * sy), detections[rank].diameter_mm / 2, fill=False,
+                                  color="yellow", lw=1.5))
+        depth_mm = (truth_index[:, 0] - slice_index) * sz
+        section = np.sqrt(np.clip((truth_diameters_mm / 2) ** 2 - depth_mm**2, 0, None))
+        for (_, j, i), radius in zip(truth_index[section > 0], section[section > 0]):
+            axis.add_patch(Circle((i * sx, j * sy), radius, fill=False, color="lime", lw=1, ls="--"))
+        axis.set_title(f"{title}, slice {slice_index}", fontsize=9)
         axis.set_axis_off()
-    if not shown:
-        axes[0][0].imshow(array[array.shape[0] // 2], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], extent=extent)
-        axes[0][0].set_title("no detections", fontsize=9)
-        axes[0][0].set_axis_off()
     figure.suptitle("yellow: detections; green dashed: true nodules", fontsize=9)
     figure.tight_layout()
     with atomic_write(path, "wb") as handle:

@@ -12,11 +12,11 @@ converts between voxel indices ``(z, y, x)`` and world LPS millimetres ``(x, y, 
 Intensities are clipped to the window ``[hu_min, hu_max]`` and scaled to ``[0, 1]``:
 ``v = (clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min)``.
 
-The optional lung mask is computed on a coarse grid (blocks of ``mask_block`` voxels): air
-(block mean below ``lung_threshold_hu``) in connected components that do not touch the in-plane
-border (the air around the body does) and are large enough, holes filled slice by slice,
-dilated by ``mask_dilation_mm``. Its bounding box crops the volume the network sees, and
-candidates outside it are dropped.
+The optional lung mask is computed on a coarse grid (one sample at the centre of each block of
+``mask_block`` voxels): air (below ``lung_threshold_hu``) in connected components that do not
+touch the in-plane border (the air around the body does) and are large enough, holes filled
+slice by slice, dilated by ``mask_dilation_mm``. Its bounding box is the only part resampled at
+full resolution and the volume the network sees; candidates outside the mask are dropped.
 """
 
 from __future__ import annotations
@@ -122,21 +122,40 @@ class ScanGeometry:
         return index_xyz[:, ::-1].reshape(offset.shape)
 
 
-def resample(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> sitk.Image:
-    """Linear resampling to ``spacing_xyz_mm`` in the image's own axes, as float32.
+def resampled_geometry(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> ScanGeometry:
+    """The grid of ``image`` resampled to ``spacing_xyz_mm`` in its own axes.
 
     Origin and direction are kept; the size is ``floor((n - 1) · s / s') + 1`` per axis, so
     every new voxel centre lies inside the old grid's extent and index ↔ world stays one
     affine map (see the module docstring).
     """
-    old_spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
+    old = ScanGeometry.from_image(image)
     new_spacing = np.asarray(spacing_xyz_mm, dtype=np.float64)
-    old_size = np.asarray(image.GetSize(), dtype=np.float64)
-    new_size = np.floor((old_size - 1) * old_spacing / new_spacing + 1e-6).astype(int) + 1
+    old_size_xyz = np.asarray(old.shape_zyx[::-1], dtype=np.float64)
+    size_xyz = np.floor((old_size_xyz - 1) * old.spacing_xyz_mm / new_spacing + 1e-6).astype(int) + 1
+    return ScanGeometry(tuple(int(n) for n in size_xyz[::-1]), old.origin_xyz_mm, new_spacing, old.direction)
+
+
+def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0),
+                  shape_zyx: tuple[int, int, int] | None = None) -> sitk.Image:
+    """Linear resampling of ``image`` onto the box ``[start, start + shape)`` of ``geometry``, float32.
+
+    The box's voxels are exactly the grid's voxels there (its origin is the grid's point at
+    ``start``), so resampling a box equals cropping the whole resampled grid. Points outside
+    the image get 0.
+    """
+    shape_zyx = geometry.shape_zyx if shape_zyx is None else shape_zyx
+    origin = geometry.index_to_world(np.asarray(start_zyx, dtype=np.float64))
     return sitk.Resample(
-        image, [int(n) for n in new_size], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
-        [float(s) for s in new_spacing], image.GetDirection(), 0.0, sitk.sitkFloat32,
+        image, [int(n) for n in shape_zyx[::-1]], sitk.Transform(), sitk.sitkLinear,
+        [float(v) for v in origin], [float(v) for v in geometry.spacing_xyz_mm],
+        [float(v) for v in geometry.direction.ravel()], 0.0, sitk.sitkFloat32,
     )
+
+
+def resample(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> sitk.Image:
+    """Linear resampling to ``spacing_xyz_mm`` in the image's own axes (:func:`resampled_geometry`)."""
+    return resample_onto(image, resampled_geometry(image, spacing_xyz_mm))
 
 
 @dataclass(frozen=True)
@@ -167,31 +186,28 @@ class LungMask:
         return inside & self.mask[clipped[:, 0], clipped[:, 1], clipped[:, 2]]
 
 
-def _block_mean(array: np.ndarray, block: int) -> np.ndarray:
-    """Mean over non-overlapping ``block``³ blocks (edge-padded to a multiple of ``block``)."""
-    pad = [(0, -n % block) for n in array.shape]
-    padded = np.pad(array, pad, mode="edge")
-    d, h, w = (n // block for n in padded.shape)
-    return padded.reshape(d, block, h, block, w, block).mean(axis=(1, 3, 5), dtype=np.float32)
+def lung_mask(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfig) -> LungMask | None:
+    """The coarse lung mask of a CT (HU) over the resampled grid ``geometry``, or ``None``
+    when no lung-sized air is found.
 
-
-def lung_mask(hu_zyx: np.ndarray, spacing_xyz_mm: tuple[float, float, float],
-              config: PreprocessConfig) -> LungMask | None:
-    """The coarse lung mask of a resampled CT in HU, or ``None`` when no lung-sized air is found.
-
-    Steps (all whole-array operations): block means; air = mean < ``lung_threshold_hu``;
-    connected components (6-connectivity); drop those touching the y or x border (outside
-    air) or smaller than ``lung_min_volume_ml``; fill holes within each axial slice; dilate
-    by ``mask_dilation_mm``.
+    The CT is sampled once per block of ``mask_block`` grid voxels (at the block's centre,
+    without resampling the whole grid); then, as whole-array operations: air = value below
+    ``lung_threshold_hu``; connected components (6-connectivity); drop those touching the
+    y or x border (the air around the body) or smaller than ``lung_min_volume_ml``; fill holes
+    within each axial slice; dilate by ``mask_dilation_mm``.
     """
     block = config.mask_block
-    coarse = _block_mean(hu_zyx, block) < config.lung_threshold_hu
+    coarse_grid = ScanGeometry(
+        tuple(-(-n // block) for n in geometry.shape_zyx),
+        geometry.index_to_world(np.full(3, (block - 1) / 2)), geometry.spacing_xyz_mm * block,
+        geometry.direction)
+    coarse = sitk.GetArrayFromImage(resample_onto(image, coarse_grid)) < config.lung_threshold_hu
     labels, count = ndimage.label(coarse)
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
-    block_ml = float(np.prod(np.asarray(spacing_xyz_mm) * block)) / 1000.0
+    block_ml = float(np.prod(coarse_grid.spacing_xyz_mm)) / 1000.0
     keep = sizes * block_ml >= config.lung_min_volume_ml
     keep[border] = False
     keep[0] = False
@@ -201,7 +217,7 @@ def lung_mask(hu_zyx: np.ndarray, spacing_xyz_mm: tuple[float, float, float],
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     mask = ndimage.binary_fill_holes(mask, structure=in_plane)
-    iterations = math.ceil(config.mask_dilation_mm / (min(spacing_xyz_mm) * block))
+    iterations = math.ceil(config.mask_dilation_mm / float(coarse_grid.spacing_xyz_mm.min()))
     if iterations > 0:
         mask = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 3), iterations)
     return LungMask(mask, block)
@@ -227,16 +243,17 @@ class PreparedScan:
 def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) -> PreparedScan:
     """Resample, window and (optionally) crop a CT (in HU) for the network.
 
+    Only the crop is resampled at full resolution (the lung mask samples the CT once per
+    block), so the cost follows the lungs' size, not the scan's.
+
     Args:
         image: 3-D scalar image in HU, any spacing and direction.
         config: the checkpoint's pre-processing.
         align: the crop's start is rounded down to a multiple of this (the network's total
             stride), so the crop's grid points fall where the whole scan's would.
     """
-    resampled = resample(image, config.spacing_xyz_mm)
-    geometry = ScanGeometry.from_image(resampled)
-    hu = sitk.GetArrayViewFromImage(resampled)
-    mask = lung_mask(hu, config.spacing_xyz_mm, config) if config.lung_mask else None
+    geometry = resampled_geometry(image, config.spacing_xyz_mm)
+    mask = lung_mask(image, geometry, config) if config.lung_mask else None
     start = np.zeros(3, dtype=np.int64)
     stop = np.asarray(geometry.shape_zyx, dtype=np.int64)
     if config.lung_mask and mask is None:
@@ -245,5 +262,5 @@ def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) ->
         start, stop = mask.bounding_box(geometry.shape_zyx)
         start = start // align * align
         log.info("lung crop %s of %s voxels", tuple(int(n) for n in stop - start), geometry.shape_zyx)
-    crop = hu[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
-    return PreparedScan(config.normalize(crop), geometry, start, mask)
+    crop = resample_onto(image, geometry, start, tuple(int(n) for n in stop - start))
+    return PreparedScan(config.normalize(sitk.GetArrayViewFromImage(crop)), geometry, start, mask)

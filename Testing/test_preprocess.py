@@ -88,9 +88,14 @@ def chest_phantom(shape_zyx=(48, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
     return hu.astype(np.float32), nodule
 
 
+def _unit_image(hu):
+    return _image(hu.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), hu)
+
+
 def test_lung_mask_covers_the_lungs_and_their_nodules_but_not_the_air_outside():
     hu, nodule = chest_phantom()
-    mask = lung_mask(hu, (1.0, 1.0, 1.0), PreprocessConfig(mask_dilation_mm=4.0))
+    image = _unit_image(hu)
+    mask = lung_mask(image, ScanGeometry.from_image(image), PreprocessConfig(mask_dilation_mm=4.0))
     lungs = np.argwhere(hu == -850.0)
     assert mask.contains(lungs).all()
     assert mask.contains(nodule[None]).all()
@@ -102,8 +107,8 @@ def test_lung_mask_covers_the_lungs_and_their_nodules_but_not_the_air_outside():
 
 
 def test_lung_mask_is_none_without_lungs():
-    hu = np.full((32, 32, 32), 40.0, np.float32)
-    assert lung_mask(hu, (1.0, 1.0, 1.0), PreprocessConfig()) is None
+    image = _unit_image(np.full((32, 32, 32), 40.0, np.float32))
+    assert lung_mask(image, ScanGeometry.from_image(image), PreprocessConfig()) is None
 
 
 def test_prepare_scan_crops_to_the_lungs_with_an_aligned_start():
@@ -119,3 +124,15 @@ def test_prepare_scan_crops_to_the_lungs_with_an_aligned_start():
     assert prepared.image.size < 0.8 * hu.size
     whole = prepare_scan(image, PreprocessConfig(lung_mask=False))
     assert whole.image.shape == hu.shape and whole.mask is None
+
+
+def test_the_crop_is_exactly_the_whole_resampled_grid_cropped():
+    hu, _ = chest_phantom((40, 56, 56))
+    image = _image(hu.shape, (0.8, 0.9, 1.3), (12.0, -40.0, 300.0), _rotation(15), hu)
+    config = PreprocessConfig(mask_dilation_mm=3.0)
+    prepared = prepare_scan(image, config, align=4)
+    assert np.any(prepared.crop_start_zyx > 0)
+    whole = config.normalize(sitk.GetArrayFromImage(resample(image, config.spacing_xyz_mm)))
+    (z, y, x), (d, h, w) = prepared.crop_start_zyx, prepared.image.shape
+    np.testing.assert_array_equal(prepared.image, whole[z:z + d, y:y + h, x:x + w])
+    assert prepared.geometry.shape_zyx == whole.shape
