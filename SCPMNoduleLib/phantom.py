@@ -1156,7 +1156,7 @@ def save_preview(image: sitk.Image, nodules: Sequence[Nodule], path: str | os.Pa
             f"{nodule.diameter_mm:.1f} mm {nodule.kind.replace('_', '-')} nodule, "
             f"{nodule.location}, {nodule.margin}")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.94))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
