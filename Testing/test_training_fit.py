@@ -96,3 +96,22 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
                  training_data="two tiny test scans", manifest=manifest)
     assert [m["version"] for m in json.loads(manifest.read_text())["models"]] == ["0.2"]
     assert detector.trained
+
+
+@pytest.mark.slow
+def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tmp_path):
+    from Training.crossval import cross_validate
+    from SCPMNoduleLib.io import read_candidates
+
+    findings = write_tiny_luna16(tmp_path / "data", n_scans=3, subsets=2)
+    build_cache(tmp_path / "data", tmp_path / "cache", progress=False)
+    config = _config("optim.epochs=1", "validation.bootstraps=0", "validation.score_threshold=0.0")
+    result = cross_validate(config, tmp_path / "cache", tmp_path / "cv", device="cpu")
+    assert (result.counts.n_scans, result.counts.n_nodules) == (3, len(findings))
+    pooled = read_candidates(tmp_path / "cv" / "candidates.csv")
+    per_fold = [read_candidates(tmp_path / "cv" / f"fold{k}" / "candidates.csv") for k in (0, 1)]
+    # fold k's candidates come from subset k's scans only, and the pool is their union
+    for k, fold in enumerate(per_fold):
+        assert set(fold.seriesuids) == {uid for i, uid in enumerate(sorted(set(findings.seriesuids))) if i % 2 == k}
+    assert len(pooled) == sum(len(fold) for fold in per_fold)
+    assert (tmp_path / "cv" / "report" / "froc_summary.json").is_file()
