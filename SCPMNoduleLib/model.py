@@ -199,14 +199,16 @@ def _box_mean(x: Tensor, kernel_size: int, dim: int) -> Tensor:
     """Mean of x over a centred window of odd ``kernel_size`` along ``dim``, inside the tensor.
 
     y_i = sum_{|k - i| <= r, 0 <= k < n} x_k / #{k : |k - i| <= r, 0 <= k < n}, r = kernel_size//2:
-    a zero-padded box sum (any n, also n < kernel_size) divided by the in-range count.
+    a zero-padded box average (sum / kernel_size) rescaled by kernel_size / in-range count.
     """
     radius, length = kernel_size // 2, x.shape[dim]
-    kernel = [1, 1, 1]
-    kernel[dim - 2] = kernel_size
-    padding = [0, 0, 0, 0, 0, 0]  # F.pad order: last dim first
-    padding[2 * (4 - dim)] = padding[2 * (4 - dim) + 1] = radius
-    box_mean = F.avg_pool3d(F.pad(x, padding), kernel, stride=1)
+    kernel, padding = [1, 1, 1], [0, 0, 0]
+    kernel[dim - 2], padding[dim - 2] = kernel_size, radius
+    if length < kernel_size:  # avg_pool3d wants the unpadded side to hold the kernel
+        pad = [0, 0, 0, 0, 0, 0]  # F.pad order: last dim first
+        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = radius
+        x, padding = F.pad(x, pad), [0, 0, 0]
+    box_mean = F.avg_pool3d(x, kernel, stride=1, padding=padding, count_include_pad=True)
     index = torch.arange(length, device=x.device)
     count = (index + radius).clamp_max(length - 1) - (index - radius).clamp_min(0) + 1
     view = [1, 1, 1, 1, 1]
@@ -215,11 +217,13 @@ def _box_mean(x: Tensor, kernel_size: int, dim: int) -> Tensor:
 
 
 class SqueezeExcitation(nn.Module):
-    """Channel attention: x * sigmoid(W2 relu(W1 mean(x))) (Hu et al. 2018).
+    """Channel attention: x * sigmoid(W2 relu(W1 mean(x) + b1) + b2) (Hu et al. 2018).
 
     The mean is over the whole input (``kernel_size=0``) or, translation-equivariantly, over a
     ``kernel_size``^3 window around each voxel (voxels outside the input excluded from the mean),
     computed as three separable 1-D box means. W1, W2 are 1x1x1 convolutions (C -> C/r -> C).
+    A window mean has weights summing to 1, so W1 mean(x) + b1 = mean(W1 x + b1): the local
+    variant averages the C/r reduced channels instead of the C input channels (r times cheaper).
     """
 
     def __init__(self, channels: int, reduction: int, kernel_size: int) -> None:
@@ -230,6 +234,7 @@ class SqueezeExcitation(nn.Module):
         self.expand = nn.Conv3d(hidden, channels, kernel_size=1)
 
     def squeeze(self, x: Tensor) -> Tensor:
+        """Mean of x over the whole input (B, C, 1, 1, 1) or over each voxel's window."""
         if self.kernel_size == 0:
             return F.adaptive_avg_pool3d(x, 1)
         for axis in range(3):
@@ -237,7 +242,11 @@ class SqueezeExcitation(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.expand(F.relu(self.reduce(self.squeeze(x)))))
+        if self.kernel_size == 0:
+            hidden = self.reduce(self.squeeze(x))
+        else:
+            hidden = self.squeeze(self.reduce(x))
+        gate = torch.sigmoid(self.expand(F.relu(hidden)))
         return x * gate
 
 

@@ -304,3 +304,13 @@ def test_local_squeeze_is_the_mean_over_the_window_inside_the_input(kernel):
                 window = x[:, :, max(0, z - r) : z + r + 1, max(0, y - r) : y + r + 1, max(0, w - r) : w + r + 1]
                 expected[:, :, z, y, w] = window.mean(dim=(2, 3, 4))
     torch.testing.assert_close(squeezed, expected)
+
+
+@pytest.mark.parametrize("kernel", [0, 3, 9])
+def test_squeeze_excitation_is_the_textbook_formula(kernel):
+    se = SqueezeExcitation(channels=6, reduction=2, kernel_size=kernel).double()
+    for parameter in se.parameters():
+        nn.init.normal_(parameter)
+    x = torch.randn(2, 6, 5, 7, 4, dtype=torch.float64)
+    expected = x * torch.sigmoid(se.expand(torch.relu(se.reduce(se.squeeze(x)))))
+    torch.testing.assert_close(se(x), expected)

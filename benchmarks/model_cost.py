@@ -5,11 +5,13 @@ Usage:
     .venv/bin/python benchmarks/model_cost.py --config tiny --rf-size 128
     .venv/bin/python benchmarks/model_cost.py --skip-rf --device cuda
 
-Forward time: median and best of ``--repeats`` timed passes (after one warm-up) of ``model(patch)`` in
-eval mode under ``torch.inference_mode``, for float32 (contiguous), float32 channels-last-3d, and
-bfloat16 autocast (channels-last-3d); on a CPU without native bfloat16 convolutions (oneDNN
-reports none) the bf16 pass falls back to a reference kernel that is many times slower, so it is
-skipped unless ``--force-bf16``.
+Forward time: median and best of ``--repeats`` timed passes (after one warm-up) of
+``model(patch)`` in eval mode under ``torch.inference_mode`` (batch ``--batch``), for float32
+(contiguous), float32 channels-last-3d, and bfloat16 autocast (channels-last-3d); on a CPU
+without native bfloat16 convolutions (oneDNN reports none) the bf16 pass falls back to a
+reference kernel that is many times slower, so it is skipped unless ``--force-bf16``. At batch 1, PyTorch's CPU heuristics send convolutions whose
+N*C*D*H is small (the 12^3 and 6^3 levels of a 96^3 patch) to its native kernel instead of oneDNN,
+which is slower there; batch 2 or whole-volume inputs take oneDNN everywhere.
 
 Receptive field: the batch-norm statistics are first estimated on ``--bn-batches`` random
 standard-normal patches (cumulative average), then, in eval mode, the gradient of the centre
@@ -24,7 +26,8 @@ Tile consistency: the same eval-mode model runs once on a standard-normal volume
 m voxels on every side (m in ``--margins``, multiples of the size divisor); the largest
 difference of the probabilities, logits and radii inside the core between the crop and the whole
 volume is printed per head level, the logits' also relative to their standard deviation over the
-whole volume (the initial head weights are small, so absolute differences alone look tiny). That difference is what a tile margin of m costs in accuracy.
+whole volume (the initial head weights are small, so absolute differences alone look tiny).
+That difference is what a tile margin of m costs in accuracy.
 
 Random weights are not a trained model: re-measure on a checkpoint before trusting a margin
 tighter than these figures.
@@ -117,6 +120,7 @@ def main() -> None:
     parser.add_argument("--config", choices=("default", "tiny"), default="default")
     parser.add_argument("--patch", type=int, default=96, help="patch side in voxels")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1, help="patches per timed forward pass")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--force-bf16", action="store_true")
     parser.add_argument("--skip-rf", action="store_true")
@@ -139,8 +143,9 @@ def main() -> None:
     print(f"per {args.patch}^3 patch: {cost.macs / 1e9:.2f} GMAC = {cost.gflops:.1f} GFLOP")
 
     model = model.to(device)
-    patch = torch.randn(shape, device=device)
+    patch = torch.randn((args.batch, *shape[1:]), device=device)
     fp32 = time_forward(model, patch, args.repeats, bf16=False)
+    print(f"forward time per pass of {args.batch} patch(es):")
     print(f"forward float32 contiguous:           median {fp32[0]:.3f} s  best {fp32[1]:.3f} s")
     model_cl = model.to(memory_format=torch.channels_last_3d)
     patch_cl = patch.to(memory_format=torch.channels_last_3d)
