@@ -66,7 +66,10 @@ class PatchDataset(Dataset):
         return len(self.scans) * self.data.crops_per_scan
 
     def sample_centre(self, scan: CachedScan, rng: np.random.Generator) -> np.ndarray:
-        """The source point (crop voxels, z y x) that lands on the patch centre, before snapping."""
+        """The source point (crop voxels, z y x) that lands on the patch centre, before snapping.
+
+        Every draw is made whichever branch is taken, so the generator is in the same state after.
+        """
         patch = self.data.patch_size
         use_nodule = rng.random() < self.data.nodule_fraction
         pick = rng.integers(max(len(scan.radii_vox), 1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -72,8 +73,9 @@ def main() -> None:
         data_rate = count / (time.perf_counter() - start)
 
         out = work / "run"
+        shutil.rmtree(out, ignore_errors=True)
         trainer = Trainer(config, work / "cache", out, device=args.device)
-        trainer.fit(resume=(out / "last.pt").is_file())
+        trainer.fit()
         with open(out / "train_log.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         device = trainer.device
