@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "ModelCost",
@@ -52,6 +53,7 @@ __all__ = [
     "coordinate_map",
     "count_flops",
     "fast_bfloat16_available",
+    "fuse_batch_norm",
     "gradient_receptive_field",
 ]
 
@@ -464,6 +466,28 @@ class SCPMNet(nn.Module):
             decoded.append(x)
         finest_first = decoded[::-1]
         return [head(features) for head, features in zip(self.heads, finest_first)]
+
+
+def fuse_batch_norm(model: SCPMNet) -> SCPMNet:
+    """An eval-mode copy of ``model`` with every BatchNorm that follows a convolution folded into it.
+
+    In eval mode BN(conv(x)) = gamma (W*x + b - mu) / sqrt(var + eps) + beta is itself a
+    convolution with weights W gamma / sqrt(var + eps) and bias (b - mu) gamma / sqrt(var + eps) + beta;
+    folding saves the normalisation pass over every feature map (inference only: the copy must
+    not be trained).
+    """
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for index in range(len(module) - 1):
+            conv, norm = module[index], module[index + 1]
+            if isinstance(conv, (nn.Conv3d, nn.ConvTranspose3d)) and isinstance(norm, nn.BatchNorm3d):
+                module[index] = fuse_conv_bn_eval(
+                    conv, norm, transpose=isinstance(conv, nn.ConvTranspose3d)
+                )
+                module[index + 1] = nn.Identity()
+    return fused
 
 
 def fast_bfloat16_available(device: torch.device | str) -> bool:

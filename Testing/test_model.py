@@ -14,6 +14,7 @@ from SCPMNoduleLib.model import (
     SqueezeExcitation,
     coordinate_map,
     count_flops,
+    fuse_batch_norm,
     gradient_receptive_field,
 )
 
@@ -314,3 +315,24 @@ def test_squeeze_excitation_is_the_textbook_formula(kernel):
     x = torch.randn(2, 6, 5, 7, 4, dtype=torch.float64)
     expected = x * torch.sigmoid(se.expand(torch.relu(se.reduce(se.squeeze(x)))))
     torch.testing.assert_close(se(x), expected)
+
+
+def test_fused_batch_norm_gives_the_same_outputs_with_fewer_norms():
+    model = SCPMNet(SCPMNetConfig.tiny())
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):  # statistics far from the identity
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(module.weight)
+            nn.init.normal_(module.bias)
+    model.eval()
+    fused = fuse_batch_norm(model)
+    norms = [m for m in fused.modules() if isinstance(m, nn.BatchNorm3d)]
+    assert len(norms) == 1  # only the dilated fusion's, which follows a weighted sum
+    image = torch.randn(1, 1, 32, 32, 48)
+    with torch.no_grad():
+        expected, actual = model(image), fused(image)
+    for ref, out in zip(expected, actual):
+        for key in ref:
+            torch.testing.assert_close(out[key], ref[key], rtol=1e-4, atol=1e-4)
+    assert sum(isinstance(m, nn.BatchNorm3d) for m in model.modules()) > 1  # original untouched

@@ -5,13 +5,16 @@ Usage:
     .venv/bin/python benchmarks/model_cost.py --config tiny --rf-size 128
     .venv/bin/python benchmarks/model_cost.py --skip-rf --device cuda
 
-Forward time: median and best of ``--repeats`` timed passes (after one warm-up) of
+Forward time: median and best of ``--repeats`` timed rounds (after one warm-up round; the
+variants take turns within a round, so that a load from other processes falls on all alike) of
 ``model(patch)`` in eval mode under ``torch.inference_mode`` (batch ``--batch``), for float32
-(contiguous), float32 channels-last-3d, and bfloat16 autocast (channels-last-3d); on a CPU
-without native bfloat16 convolutions (oneDNN reports none) the bf16 pass falls back to a
-reference kernel that is many times slower, so it is skipped unless ``--force-bf16``. At batch 1, PyTorch's CPU heuristics send convolutions whose
-N*C*D*H is small (the 12^3 and 6^3 levels of a 96^3 patch) to its native kernel instead of oneDNN,
-which is slower there; batch 2 or whole-volume inputs take oneDNN everywhere.
+(contiguous), float32 channels-last-3d, and bfloat16 autocast (channels-last-3d), the last two
+also with the BatchNorms folded into the convolutions (``fuse_batch_norm``). On a CPU without
+native bfloat16 convolutions (oneDNN reports none) the bf16 pass falls back to a reference kernel
+that is many times slower, so it is skipped unless ``--force-bf16``. At batch 1, PyTorch's CPU
+heuristics send convolutions whose N*C*D*H is small (the 12^3 and 6^3 levels of a 96^3 patch) to
+its native kernel instead of oneDNN, which is slower there; batch 2 or whole-volume inputs take
+oneDNN everywhere.
 
 Receptive field: the batch-norm statistics are first estimated on ``--bn-batches`` random
 standard-normal patches (cumulative average), then, in eval mode, the gradient of the centre
@@ -36,6 +39,7 @@ tighter than these figures.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -47,24 +51,33 @@ from SCPMNoduleLib.model import (
     SCPMNetConfig,
     count_flops,
     fast_bfloat16_available,
+    fuse_batch_norm,
     gradient_receptive_field,
 )
 
 
-def time_forward(model: nn.Module, patch: torch.Tensor, repeats: int, bf16: bool) -> tuple[float, float]:
-    """Median and best seconds of one forward pass."""
-    times = []
-    with torch.inference_mode(), torch.autocast(patch.device.type, torch.bfloat16, enabled=bf16):
-        for index in range(repeats + 1):
-            if patch.device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(patch)
-            if patch.device.type == "cuda":
-                torch.cuda.synchronize()
-            if index:  # the first pass warms up kernels and allocators
-                times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+def time_forward(
+    variants: list[tuple[str, nn.Module, torch.Tensor, bool]], repeats: int
+) -> dict[str, tuple[float, float]]:
+    """Median and best seconds of one forward pass of each (name, model, input, bf16) variant.
+
+    The variants take turns (one pass each per round, after a warm-up round) so that a load
+    from other processes on a shared machine falls on all of them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    with torch.inference_mode():
+        for round_index in range(repeats + 1):
+            for name, model, patch, bf16 in variants:
+                with torch.autocast(patch.device.type, torch.bfloat16, enabled=bf16):
+                    if patch.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    model(patch)
+                    if patch.device.type == "cuda":
+                        torch.cuda.synchronize()
+                if round_index:  # the first round warms up kernels and allocators
+                    times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
 def estimate_batch_norm_statistics(model: nn.Module, patch_size: int, batches: int) -> None:
@@ -144,24 +157,27 @@ def main() -> None:
 
     model = model.to(device)
     patch = torch.randn((args.batch, *shape[1:]), device=device)
-    fp32 = time_forward(model, patch, args.repeats, bf16=False)
-    print(f"forward time per pass of {args.batch} patch(es):")
-    print(f"forward float32 contiguous:           median {fp32[0]:.3f} s  best {fp32[1]:.3f} s")
-    model_cl = model.to(memory_format=torch.channels_last_3d)
     patch_cl = patch.to(memory_format=torch.channels_last_3d)
-    cl = time_forward(model_cl, patch_cl, args.repeats, bf16=False)
-    print(
-        f"forward float32 channels_last_3d:     median {cl[0]:.3f} s  best {cl[1]:.3f} s  "
-        f"({fp32[1] / cl[1]:.2f}x best to best)"
-    )
-    if fast_bfloat16_available(device) or args.force_bf16:
-        bf16 = time_forward(model_cl, patch_cl, args.repeats, bf16=True)
-        print(
-            f"forward bf16 autocast channels_last:  median {bf16[0]:.3f} s  best {bf16[1]:.3f} s  "
-            f"({fp32[1] / bf16[1]:.2f}x best to best)"
-        )
-    else:
-        print("forward bf16 autocast: skipped, no native bfloat16 convolutions here (--force-bf16)")
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last_3d)
+    fused_cl = fuse_batch_norm(model_cl)
+    variants = [
+        ("float32 contiguous", model, patch, False),
+        ("float32 channels_last_3d", model_cl, patch_cl, False),
+        ("  + BatchNorm folded", fused_cl, patch_cl, False),
+    ]
+    bf16 = fast_bfloat16_available(device) or args.force_bf16
+    if bf16:
+        variants += [
+            ("bf16 autocast channels_last", model_cl, patch_cl, True),
+            ("  + BatchNorm folded ", fused_cl, patch_cl, True),
+        ]
+    timings = time_forward(variants, args.repeats)
+    reference = timings["float32 contiguous"][1]
+    print(f"forward time per pass of {args.batch} patch(es), {args.repeats} rounds:")
+    for name, (median, best) in timings.items():
+        print(f"  {name:28s} median {median:.3f} s  best {best:.3f} s  ({reference / best:.2f}x best to best)")
+    if not bf16:
+        print("  bf16 autocast: skipped, no native bfloat16 convolutions here (--force-bf16)")
 
     if args.skip_rf:
         return
