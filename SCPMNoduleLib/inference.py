@@ -25,8 +25,10 @@ of the output point for the tiny and the demo configurations and within 132-139 
 default (paper-size) one. With the tiny configuration (random, large head weights), tiles with a
 64-voxel margin changed probabilities by up to 0.019 and offsets by up to 2.3 voxels against the
 whole-volume pass, with a 96-voxel margin by at most 0.0015 and 0.2. The default margin is 128
-voxels (a multiple of ``q = 16``); tiles are large (``max_tile_voxels``, about 300^3), so a
-lung crop at 1 mm is usually a single tile and the margin costs nothing.
+voxels (a multiple of ``q = 16``); tiles are large (``max_tile_voxels``, 400^3), so a lung
+crop at 1 mm is a single tile and the margin costs nothing. Cutting an axis of length ``L``
+only shortens its tiles when ``L`` exceeds a chunk plus ``2 m``, so smaller tiles (to bound
+memory) cost several times the compute.
 
 Checkpoints are single files read with ``torch.load(weights_only=True)``: a dict with
 ``format``, ``version``, ``model_config``, ``preprocess_config``, ``state_dict``, ``metadata``.
@@ -100,7 +102,8 @@ class InferenceConfig:
         top_n: candidates per head level taken from the maps before NMS (paper's top-n).
         nms_iou_threshold: SIoU above which the lower-scoring sphere is suppressed.
         nms_distance_ratio: distance-radius ratio below which it is suppressed.
-        max_tile_voxels: largest tile, in voxels (bounds the network's memory).
+        max_tile_voxels: largest tile, in voxels (bounds the network's memory: the demo network
+            peaks at about 80 bytes per voxel in fp32 on the CPU, so about 5 GB at 400^3).
         tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
             rounded up to a multiple of the network's size divisor.
         min_side_vox: a crop shorter than this along an axis is padded to it (rounded up to the
@@ -116,7 +119,7 @@ class InferenceConfig:
     top_n: int = 2000
     nms_iou_threshold: float = 0.1
     nms_distance_ratio: float = 1.0 / 3.0
-    max_tile_voxels: int = 300**3
+    max_tile_voxels: int = 400**3
     tile_margin_vox: int = 128
     min_side_vox: int = 64
     pad_hu: float = -1200.0
@@ -153,45 +156,34 @@ def _axis_tiles(length: int, pieces: int, margin: int, divisor: int) -> tuple[in
     return side, tiles
 
 
-def _finer_split(length: int, pieces: int, side: int, margin: int, divisor: int) -> int | None:
-    """The smallest number of pieces above ``pieces`` whose tile side is below ``side``, if any."""
-    for more in range(pieces + 1, length // divisor + 1):
-        if _axis_tiles(length, more, margin, divisor)[0] < side:
-            return more
-    return None
-
-
 def plan_tiles(shape_zyx: tuple[int, int, int], divisor: int, margin: int, max_voxels: int) -> list[Tile]:
-    """Cover a volume (sides multiples of ``divisor``) with as few, as large tiles as allowed.
+    """Cover a volume (sides multiples of ``divisor``) with tiles of at most ``max_voxels`` voxels.
 
-    Starting from one tile, the axis with the longest tile side is cut into more chunks (the
-    fewest that shorten its tiles) until a tile holds at most ``max_voxels`` voxels (or no axis can be cut further, when
-    ``max_voxels`` is below the smallest useful tile ``(2 m + q)^3``). Chunk bounds and tile
-    origins are multiples of ``divisor``; every tile contains its chunk plus ``margin`` voxels
-    on each side that lies inside the volume, so its chunk's outputs see all of their
-    receptive field that the volume has.
+    Each axis of length ``L`` is cut into ``k`` near-equal chunks (bounds multiples of
+    ``divisor``); its tiles are ``min(L, max chunk + 2 m)`` long (``L`` when ``k = 1``). Of all
+    cuts ``(k_z, k_y, k_x)`` whose tiles fit ``max_voxels``, the one computing the fewest voxels
+    in all (``k_z k_y k_x`` times the tile's voxels) is taken, then the one with fewer tiles;
+    when none fits (``max_voxels`` below the smallest useful tile), the one with the smallest
+    tile. Tile origins are multiples of ``divisor``; every tile contains its chunk plus
+    ``margin`` voxels on each side that lies inside the volume, so its chunk's outputs see all
+    of their receptive field that the volume has.
     """
     margin = math.ceil(margin / divisor) * divisor
-    pieces = [1, 1, 1]
-    while True:
-        axes = [_axis_tiles(n, k, margin, divisor) for n, k in zip(shape_zyx, pieces)]
-        sides = [side for side, _ in axes]
-        if math.prod(sides) <= max_voxels:
-            break
-        finer = [_finer_split(n, k, side, margin, divisor) for n, k, side in zip(shape_zyx, pieces, sides)]
-        splittable = [a for a in range(3) if finer[a] is not None]
-        if not splittable:
-            break
-        axis = max(splittable, key=lambda a: sides[a])
-        pieces[axis] = finer[axis]
-    tiles = []
-    for z in axes[0][1]:
-        for y in axes[1][1]:
-            for x in axes[2][1]:
-                parts = (z, y, x)
-                tiles.append(Tile(tuple(p[0] for p in parts), tuple(sides),
-                                  tuple(p[1] for p in parts), tuple(p[2] for p in parts)))
-    return tiles
+    options = [[_axis_tiles(n, k, margin, divisor) for k in range(1, n // divisor + 1)] for n in shape_zyx]
+    sides = [np.array([side for side, _ in axis]) for axis in options]
+    pieces = [np.arange(1, len(axis) + 1) for axis in options]
+    tile_voxels = sides[0][:, None, None] * sides[1][None, :, None] * sides[2][None, None, :]
+    count = pieces[0][:, None, None] * pieces[1][None, :, None] * pieces[2][None, None, :]
+    fits = tile_voxels <= max_voxels
+    if fits.any():
+        key = np.where(fits, tile_voxels * count, np.iinfo(np.int64).max)
+        best = np.lexsort((count.ravel(), key.ravel()))[0]
+    else:
+        best = np.lexsort(((tile_voxels * count).ravel(), tile_voxels.ravel()))[0]
+    chosen = [options[axis][k] for axis, k in enumerate(np.unravel_index(best, tile_voxels.shape))]
+    size = tuple(int(side) for side, _ in chosen)
+    return [Tile((z[0], y[0], x[0]), size, (z[1], y[1], x[1]), (z[2], y[2], x[2]))
+            for z in chosen[0][1] for y in chosen[1][1] for x in chosen[2][1]]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -331,7 +323,7 @@ def resolve_model(path_or_name: str | os.PathLike) -> tuple[Path, dict]:
     return path, {}
 
 
-@dataclass
+@dataclass(eq=False)
 class Detector:
     """A network with its pre-processing, ready to find nodules in whole scans.
 

@@ -265,7 +265,7 @@ def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size
     write_annotations(truth_path, Findings.from_columns(["demo_phantom"] * len(included), truth_xyz, truth_diameters))
     result = detect_scan(scan_path, out_dir, detector, FORMATS, progress)
     if not result.ok:
-        raise UserInputError(result.error)
+        raise (UserInputError if result.bad_input else RuntimeError)(result.error)
     png_path = out_dir / "demo_detections.png"
     save_detection_slices(image, result.detections, truth_xyz, truth_diameters, png_path)
     outputs = {"scan": str(scan_path), "truth": str(truth_path), **result.outputs, "png": str(png_path)}

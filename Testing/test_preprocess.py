@@ -1,7 +1,6 @@
 """Pre-processing: index <-> world maps, resampling in the image's own axes, HU window, lung mask."""
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from SCPMNoduleLib.preprocess import (
