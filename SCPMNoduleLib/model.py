@@ -425,6 +425,17 @@ class SCPMNet(nn.Module):
         patch_origin_zyx: Tensor | None = None,
         scan_shape_zyx: Tensor | None = None,
     ) -> list[dict[str, Tensor]]:
+        """Sphere maps of every head level, finest first (see the class docstring).
+
+        Args:
+            image: (B, C, D, H, W), sides multiples of ``size_divisor``; any memory format.
+            patch_origin_zyx: (B, 3) voxel index of the patch's first voxel in the whole scan
+                (default 0).
+            scan_shape_zyx: (B, 3) shape of the whole scan (default the image's own shape).
+
+        Raises:
+            ValueError: a wrong image rank, channel count or side, or wrongly shaped origins.
+        """
         self._check_input(image)
         batch = image.shape[0]
         if patch_origin_zyx is None:
