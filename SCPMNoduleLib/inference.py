@@ -56,7 +56,7 @@ from .coder import decode_detections
 from .errors import UserInputError
 from .geometry import sphere_nms
 from .io import atomic_write
-from .model import SCPMNet, SCPMNetConfig
+from .model import SCPMNet, SCPMNetConfig, fuse_batch_norm
 from .preprocess import PREPROCESS_VERSION, PreparedScan, PreprocessConfig, prepare_scan
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ class InferenceConfig:
         precision: ``auto`` (bf16, else fp16 autocast on CUDA; fp32 on the CPU, see
             :func:`_autocast_dtype`), ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
         channels_last: use the channels-last-3d memory format (faster 3-D convolutions).
+        fuse_batch_norm: fold an SCPMNet's BatchNorms into its convolutions (inference only;
+            :func:`~SCPMNoduleLib.model.fuse_batch_norm`).
     """
 
     score_threshold: float = 0.1
@@ -125,6 +127,7 @@ class InferenceConfig:
     pad_hu: float = -1200.0
     precision: str = "auto"
     channels_last: bool = True
+    fuse_batch_norm: bool = True
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,8 @@ class Detector:
 
     def __post_init__(self) -> None:
         self.device = resolve_device(str(self.device))
+        if self.config.fuse_batch_norm and isinstance(self.model, SCPMNet):
+            self.model = fuse_batch_norm(self.model)
         self.model = self.model.eval().to(self.device)
         if self.config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
