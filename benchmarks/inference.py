@@ -46,8 +46,19 @@ def _model(name: str):
     return SCPMNet(SCPMNetConfig()), PreprocessConfig()
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's ``ru_maxrss`` keeps the parent's peak across fork + exec,
+    so the memory map's own high-water mark (VmHWM) is read where there is one."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak_memory() -> dict:
-    figures = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    figures = {"peak_rss_mb": _peak_rss_mb()}
     if torch.cuda.is_available():
         figures["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return figures
