@@ -483,7 +483,7 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         logic._setReview(review, None)
         with tempfile.TemporaryDirectory() as directory:
             csvPath = logic.export(directory, includeRejected=False)[0]
-            with open(csvPath, newline="") as handle:
+            with open(csvPath, newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
         self.assertEqual([r["status"] for r in rows], ["accepted", "added"])
         self.assertAlmostEqual(float(rows[1]["coordX"]), 10.0)

@@ -94,10 +94,15 @@ def _current_umask() -> int:
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds.
 
+    Text is UTF-8 unless ``encoding`` says otherwise: Slicer (and VTK) switch the process to the
+    C locale, whose default encoding is ASCII.
+
     A reader never sees a half-written file, and an exception (or Ctrl-C) leaves no file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "b" not in mode:
+        open_kwargs.setdefault("encoding", "utf-8")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:

@@ -16,7 +16,7 @@ from SCPMNoduleLib.io import read_candidates
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
-SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text())
+SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text(encoding="utf-8"))
 FAST = ["--threshold", "0", "--max-detections", "5", "--device", "cpu"]
 
 
@@ -53,12 +53,12 @@ def test_detect_writes_every_format_and_a_batch_summary(tmp_path, checkpoint, ca
         assert len(detections) == 5
         table = read_candidates(out / f"{name}.candidates.csv")
         np.testing.assert_allclose(table.centers_xyz_mm, [d.center_xyz_mm for d in detections])
-        markups = json.loads((out / f"{name}.mrk.json").read_text())
+        markups = json.loads((out / f"{name}.mrk.json").read_text(encoding="utf-8"))
         jsonschema.validate(markups, SCHEMA)
         assert markups["markups"][0]["coordinateSystem"] == "LPS"
     batch = read_candidates(out / "candidates.csv")
     assert sorted(set(batch.seriesuids)) == ["a", "b"] and len(batch) == 10
-    summary = json.loads((out / "detect_summary.json").read_text())
+    summary = json.loads((out / "detect_summary.json").read_text(encoding="utf-8"))
     assert [s["ok"] for s in summary["scans"]] == [True, True]
 
 

@@ -408,7 +408,7 @@ def test_command_writes_table_curve_summary_missed_and_plot(tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert "CPM" in printed and "weaker" in printed and "95% CI" in printed
-    summary = json.loads((out / "froc_summary.json").read_text())
+    summary = json.loads((out / "froc_summary.json").read_text(encoding="utf-8"))
     fps, sens, thresholds, seven = oracle_froc(included, excluded, uids, candidates)
     main_run = summary["runs"]["candidates"]
     np.testing.assert_array_equal(main_run["sensitivities"], seven)
@@ -418,7 +418,7 @@ def test_command_writes_table_curve_summary_missed_and_plot(tmp_path, capsys):
     mine = curve[curve["run"] == "candidates"]
     np.testing.assert_array_equal(mine["fps_per_scan"], fps)
     np.testing.assert_array_equal(mine["sensitivity"], sens)
-    missed = (out / "missed_nodules.csv").read_text().splitlines()
+    missed = (out / "missed_nodules.csv").read_text(encoding="utf-8").splitlines()
     assert len(missed) - 1 == main_run["counts"]["n_nodules"] - main_run["counts"]["n_detected"] > 0
     assert (out / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -432,7 +432,7 @@ def test_command_bad_input_exits_2_with_one_sentence_and_no_output(tmp_path, cap
     if problem == "missing":
         paths["candidates"] = tmp_path / "nowhere.csv"
     elif problem == "header":
-        paths["annotations"].write_text("seriesuid,x,y,z,diameter_mm\na,1,2,3,4\n")
+        paths["annotations"].write_text("seriesuid,x,y,z,diameter_mm\na,1,2,3,4\n", encoding="utf-8")
     else:
         extra = ["--compare", "no-equals-sign"]
     out = tmp_path / "out"

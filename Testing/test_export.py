@@ -19,7 +19,7 @@ from SCPMNoduleLib.export import (
 from SCPMNoduleLib.inference import Detection
 from SCPMNoduleLib.io import read_candidates
 
-SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text())
+SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text(encoding="utf-8"))
 
 DETECTIONS = [
     Detection((-101.25, 42.5, -230.0), 6.25, 0.9375, 0),
@@ -34,7 +34,7 @@ def test_json_report_round_trips_and_carries_the_scan(tmp_path):
     write_detections_json(path, DETECTIONS, scan=describe_scan(image, "scan.mhd"),
                           model={"name": "demo"}, timings={"forward": 1.5})
     assert read_detections_json(path) == DETECTIONS
-    document = json.loads(path.read_text())
+    document = json.loads(path.read_text(encoding="utf-8"))
     assert document["format"] == "scpm-nodule-detections" and document["version"] == 1
     assert document["scan"]["size_xyz"] == [4, 5, 6]
     assert document["scan"]["spacing_xyz_mm"] == [0.7, 0.7, 2.5]
@@ -49,14 +49,14 @@ def test_json_report_round_trips_and_carries_the_scan(tmp_path):
     ('{"format": "scpm-nodule-detections", "version": 1, "detections": [{"diameter_mm": 1}]}', "lacks"),
 ])
 def test_bad_reports_are_refused(tmp_path, text, message):
-    (tmp_path / "r.json").write_text(text)
+    (tmp_path / "r.json").write_text(text, encoding="utf-8")
     with pytest.raises(UserInputError, match=message):
         read_detections_json(tmp_path / "r.json")
 
 
 def test_candidates_csv_is_luna16_with_diameter(tmp_path):
     write_candidates_csv(tmp_path / "c.csv", "1.2.3", DETECTIONS)
-    assert (tmp_path / "c.csv").read_text().splitlines()[0] == \
+    assert (tmp_path / "c.csv").read_text(encoding="utf-8").splitlines()[0] == \
         "seriesuid,coordX,coordY,coordZ,probability,diameter_mm"
     table = read_candidates(tmp_path / "c.csv")
     assert list(table.seriesuids) == ["1.2.3", "1.2.3"]
@@ -67,7 +67,7 @@ def test_candidates_csv_is_luna16_with_diameter(tmp_path):
 
 def test_markups_validate_against_slicer_schema_in_lps(tmp_path):
     write_markups_json(tmp_path / "n.mrk.json", DETECTIONS)
-    document = json.loads((tmp_path / "n.mrk.json").read_text())
+    document = json.loads((tmp_path / "n.mrk.json").read_text(encoding="utf-8"))
     jsonschema.validate(document, SCHEMA)
     markup = document["markups"][0]
     assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS"

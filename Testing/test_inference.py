@@ -240,7 +240,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
     manifest = {"format": "scpm-nodule-models", "version": 1, "models": [
         {"name": "mine", "version": "1", "file": "w.pt", "sha256": inference.sha256_of(tmp_path / "w.pt")},
         {"name": "tampered", "version": "1", "file": "w.pt", "sha256": "0" * 64}]}
-    (tmp_path / "Models.json").write_text(json.dumps(manifest))
+    (tmp_path / "Models.json").write_text(json.dumps(manifest), encoding="utf-8")
     monkeypatch.setattr(inference, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))
     detector = Detector.from_checkpoint("mine", device="cpu")
     assert detector.info["name"] == "mine" and not detector.trained

@@ -25,7 +25,7 @@ def test_annotations_round_trip_exactly(tmp_path):
     )
     path = tmp_path / "annotations.csv"
     write_annotations(path, findings)
-    assert path.read_text().splitlines()[0] == "seriesuid,coordX,coordY,coordZ,diameter_mm"
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "seriesuid,coordX,coordY,coordZ,diameter_mm"
     again = read_annotations(path)
     assert list(again.seriesuids) == ["1.2.3", "1.2.4"]
     np.testing.assert_array_equal(again.centers_xyz_mm, findings.centers_xyz_mm)
@@ -37,7 +37,7 @@ def test_candidates_round_trip_with_and_without_diameter(tmp_path):
     findings = Findings.from_columns(["a", "b"], [[1, 2, 3], [4, 5, 6]], [3.0, 4.0], [0.9, 0.1])
     write_candidates(tmp_path / "c.csv", findings)
     write_candidates(tmp_path / "plain.csv", findings, with_diameter=False)
-    assert (tmp_path / "plain.csv").read_text().splitlines()[0] == "seriesuid,coordX,coordY,coordZ,probability"
+    assert (tmp_path / "plain.csv").read_text(encoding="utf-8").splitlines()[0] == "seriesuid,coordX,coordY,coordZ,probability"
     np.testing.assert_array_equal(read_candidates(tmp_path / "c.csv").diameters_mm, [3.0, 4.0])
     plain = read_candidates(tmp_path / "plain.csv")
     np.testing.assert_array_equal(plain.probabilities, [0.9, 0.1])
@@ -46,9 +46,9 @@ def test_candidates_round_trip_with_and_without_diameter(tmp_path):
 
 def test_seriesuids_round_trip_and_header_refused(tmp_path):
     write_seriesuids(tmp_path / "s.csv", ["x.1", "x.2"])
-    assert (tmp_path / "s.csv").read_text() == "x.1\nx.2\n"
+    assert (tmp_path / "s.csv").read_text(encoding="utf-8") == "x.1\nx.2\n"
     assert read_seriesuids(tmp_path / "s.csv") == ["x.1", "x.2"]
-    (tmp_path / "bad.csv").write_text("seriesuid\nx.1\n")
+    (tmp_path / "bad.csv").write_text("seriesuid\nx.1\n", encoding="utf-8")
     with pytest.raises(UserInputError, match="bad.csv"):
         read_seriesuids(tmp_path / "bad.csv")
 
@@ -65,7 +65,7 @@ def test_seriesuids_round_trip_and_header_refused(tmp_path):
 )
 def test_bad_tables_name_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "annotations.csv"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(UserInputError, match=message) as raised:
         read_annotations(path)
     assert str(path) in str(raised.value)

@@ -64,7 +64,7 @@ def test_list_scans_expands_folders_and_keeps_files(tmp_path):
     (tmp_path / "subset0").mkdir()
     for name in ("b.mhd", "a.nii.gz"):
         sitk.WriteImage(_volume(), str(tmp_path / "subset0" / name))
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
     found = list_scans([tmp_path, tmp_path / "missing.mhd"])
     assert [p.name for p in found] == ["a.nii.gz", "b.mhd", "missing.mhd"]
 

@@ -97,15 +97,15 @@ def test_files_follow_luna16_layout(dataset):
     uids = read_seriesuids(root / "seriesuids.csv")
     assert uids == list(written)
     assert all(UID.match(uid) for uid in uids)
-    assert (root / "seriesuids.csv").read_text() == "".join(f"{uid}\n" for uid in uids)
+    assert (root / "seriesuids.csv").read_text(encoding="utf-8") == "".join(f"{uid}\n" for uid in uids)
     for name in ("annotations.csv", "annotations_excluded.csv"):
-        lines = (root / name).read_text().splitlines()
+        lines = (root / name).read_text(encoding="utf-8").splitlines()
         assert lines[0] == HEADER
         assert {line.split(",")[0] for line in lines[1:]} <= set(uids)
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("subset")) == \
         ["subset0", "subset1", "subset2"]
     for i, uid in enumerate(uids):
-        header = (root / f"subset{i % 3}" / f"{uid}.mhd").read_text()
+        header = (root / f"subset{i % 3}" / f"{uid}.mhd").read_text(encoding="utf-8")
         fields = dict(line.split(" = ", 1) for line in header.splitlines())
         assert fields["ElementType"] == "MET_SHORT" and fields["ElementDataFile"] == f"{uid}.raw"
         size = [int(v) for v in fields["DimSize"].split()]
@@ -134,7 +134,7 @@ def test_interrupted_write_leaves_nothing(tmp_path):
 
 
 def test_refuses_a_folder_with_files(tmp_path):
-    (tmp_path / "keep.txt").write_text("x")
+    (tmp_path / "keep.txt").write_text("x", encoding="utf-8")
     with pytest.raises(UserInputError, match="not an empty folder"):
         phantom.write_luna16_dataset(tmp_path, 1, 0)
     with pytest.raises(UserInputError, match="unknown phantom option"):

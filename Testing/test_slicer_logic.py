@@ -322,14 +322,14 @@ def test_saved_and_reloaded_scene_keeps_the_review(mrml, tmp_path, suffix):
 def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
     review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS, sidecar_path=str(sidecar))
-    assert [n["status"] for n in json.loads(sidecar.read_text())["nodules"]] == ["pending"] * 3
+    assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == ["pending"] * 3
     review.reject(2)
-    assert json.loads(sidecar.read_text())["nodules"][2]["status"] == "rejected"
+    assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][2]["status"] == "rejected"
     review.markups_node.SetNthControlPointPosition(0, -1.0, -2.0, 3.0)
-    first = json.loads(sidecar.read_text())["nodules"][0]
+    first = json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]
     assert first["center_xyz_mm"] == pytest.approx([1.0, 2.0, 3.0])
     review.add_nodule((0.0, 0.0, 0.0), 3.0)
-    content = json.loads(sidecar.read_text())
+    content = json.loads(sidecar.read_text(encoding="utf-8"))
     assert content["seriesuid"] == "1.2.3.4" and len(content["nodules"]) == 4
 
     fresh = make_scene()
@@ -337,7 +337,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
     assert restored.nodules() == review.nodules()
     assert_consistent(restored)
     restored.accept(0)
-    assert json.loads(sidecar.read_text())["nodules"][0]["status"] == "accepted"
+    assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["status"] == "accepted"
 
 
 def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path):
@@ -348,13 +348,13 @@ def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path)
     for step in range(1, 4):
         markups.SetNthControlPointPosition(0, float(step), 0.0, 0.0)
         assert sphere_center_and_diameter(review.sphere_nodes[0])[0] == pytest.approx((step, 0.0, 0.0))
-        assert json.loads(sidecar.read_text())["nodules"][0]["center_xyz_mm"] == [10.0, -5.0, -12.0]
+        assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == [10.0, -5.0, -12.0]
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
-    assert json.loads(sidecar.read_text())["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
+    assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
 
 
 def test_corrupt_sidecar_is_refused(tmp_path):
-    (tmp_path / "bad.json").write_text('{"format": "something else"}')
+    (tmp_path / "bad.json").write_text('{"format": "something else"}', encoding="utf-8")
     with pytest.raises(UserInputError, match="not an SCPMNodule review file"):
         logic.read_sidecar(tmp_path / "bad.json")
 
@@ -394,9 +394,9 @@ def test_markups_json_export_is_lps_and_follows_slicers_schema(mrml, tmp_path):
     review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
     review.set_diameter(0, 11.0)
     logic.write_markups_json(tmp_path / "nodules.mrk.json", review)
-    content = json.loads((tmp_path / "nodules.mrk.json").read_text())
+    content = json.loads((tmp_path / "nodules.mrk.json").read_text(encoding="utf-8"))
     if MARKUPS_SCHEMA.is_file():
-        jsonschema.validate(content, json.loads(MARKUPS_SCHEMA.read_text()))
+        jsonschema.validate(content, json.loads(MARKUPS_SCHEMA.read_text(encoding="utf-8")))
     markup = content["markups"][0]
     assert markup["coordinateSystem"] == "LPS"
     points = markup["controlPoints"]
@@ -443,7 +443,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     status = Path(f"/proc/{pid}/stat")
-    return not (status.is_file() and status.read_text().split(")")[-1].split()[0] == "Z")
+    return not (status.is_file() and status.read_text(encoding="utf-8").split(")")[-1].split()[0] == "Z")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="process-group check uses POSIX /proc")
@@ -460,7 +460,7 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
     while not events:
         events = process.poll()
     assert events == [logic.ProgressEvent("progress", scan="s", fraction=0.1, stage="read")]
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text(encoding="utf-8").split()
     assert children, "the child should have started a grandchild"
     process.cancel()
     assert process.returncode is not None and not process.running

@@ -90,7 +90,7 @@ def test_ui_file_parses_with_a_qmrmlwidget_root_named_after_the_module(ui_widget
 
 
 def test_every_widget_the_widget_code_uses_exists_with_a_class_that_has_what_it_uses(ui_widgets):
-    uses = _ui_uses(MODULE_FILE.read_text())
+    uses = _ui_uses(MODULE_FILE.read_text(encoding="utf-8"))
     assert {"applyButton", "progressBar", "nodulesTableView", "acceptButton", "rejectButton"} <= set(uses)
     for name, members in uses.items():
         assert name in ui_widgets, f"self.ui.{name} is not in {UI_FILE.name}"
@@ -102,7 +102,7 @@ def test_every_widget_the_widget_code_uses_exists_with_a_class_that_has_what_it_
 
 
 def _parameter_fields() -> dict[str, str]:
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SCPMNoduleParameterNode")
     fields = {}
     for statement in wrapper.body:
@@ -143,7 +143,7 @@ def test_custom_widgets_are_declared_and_mrml_widgets_receive_the_scene(ui_widge
 
 def test_module_defines_the_four_classes_slicer_expects():
     classes = {n.name: [ast.unparse(b) for b in n.bases]
-               for n in ast.parse(MODULE_FILE.read_text()).body if isinstance(n, ast.ClassDef)}
+               for n in ast.parse(MODULE_FILE.read_text(encoding="utf-8")).body if isinstance(n, ast.ClassDef)}
     assert "ScriptedLoadableModule" in classes["SCPMNodule"]
     assert "ScriptedLoadableModuleWidget" in classes["SCPMNoduleWidget"]
     assert "ScriptedLoadableModuleLogic" in classes["SCPMNoduleLogic"]
@@ -152,7 +152,7 @@ def test_module_defines_the_four_classes_slicer_expects():
 
 def test_mrml_logic_imports_no_gui():
     for path in (MODULE_DIR / "SCPMNoduleMRML").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -166,7 +166,7 @@ def test_mrml_logic_imports_no_gui():
 
 def _cmake(path: Path) -> str:
     """The file without comments (a ``#`` opening a line or following a closing parenthesis)."""
-    return re.sub(r"(?m)(^|(?<=\)))[ \t]*#.*$", "", path.read_text())
+    return re.sub(r"(?m)(^|(?<=\)))[ \t]*#.*$", "", path.read_text(encoding="utf-8"))
 
 
 def test_extension_cmake_declares_what_the_extension_template_requires():

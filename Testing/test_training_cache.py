@@ -35,7 +35,7 @@ def test_cache_holds_each_annotation_at_its_nodule(cached):
         np.testing.assert_allclose(at_centre, nodule, atol=0.03)
         beside = scan.centers_zyx_vox + np.array([0.0, 0.0, 1.5]) * scan.radii_vox[:, None]
         np.testing.assert_allclose(ndimage.map_coordinates(volume, beside.T, order=1), lung, atol=0.03)
-        metadata = json.loads((tmp_path / "cache" / "scans" / f"{scan.seriesuid}.json").read_text())
+        metadata = json.loads((tmp_path / "cache" / "scans" / f"{scan.seriesuid}.json").read_text(encoding="utf-8"))
         assert metadata["resampled"]["spacing_xyz_mm"] == [1.0, 1.0, 1.0]
         assert metadata["original"]["spacing_xyz_mm"] == [1.25, 1.25, 2.0]
 

@@ -21,7 +21,7 @@ def test_defaults_are_the_papers_schedule():
 
 def test_file_and_overrides_round_trip_through_json(tmp_path):
     path = tmp_path / "run.json"
-    path.write_text(json.dumps({"optim": {"epochs": 5}, "model": {"encoder_channels": [8, 8, 8, 8]}}))
+    path.write_text(json.dumps({"optim": {"epochs": 5}, "model": {"encoder_channels": [8, 8, 8, 8]}}), encoding="utf-8")
     config = load_config(path, ["data.patch_size=64", "optim.lr_schedule=[[0, 0.01], [3, 0.001]]", "amp=off"])
     assert config.optim.epochs == 5 and config.data.patch_size == 64 and config.amp == "off"
     assert config.model.encoder_channels == (8, 8, 8, 8)

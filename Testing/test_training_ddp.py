@@ -31,7 +31,7 @@ def test_torchrun_with_two_cpu_processes_keeps_weights_identical_and_only_rank0_
     assert done.returncode == 0, done.stderr[-3000:]
 
     # 2 training scans x 2 crops = 4 patches per epoch, 1 per process per step: 2 steps per epoch
-    hashes = [(tmp_path / "hashes" / f"rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    hashes = [(tmp_path / "hashes" / f"rank{rank}.txt").read_text(encoding="utf-8").splitlines() for rank in (0, 1)]
     assert [line.split()[0] for line in hashes[0]] == ["1", "2", "3", "4"]
     assert hashes[0] == hashes[1]
     assert len({line.split()[1] for line in hashes[0]}) == 4  # the weights change at every step
@@ -39,9 +39,9 @@ def test_torchrun_with_two_cpu_processes_keeps_weights_identical_and_only_rank0_
     written = sorted(p.relative_to(tmp_path / "run").as_posix() for p in (tmp_path / "run").rglob("*"))
     assert [p for p in written if not p.startswith("validation/")] == [
         "best.pt", "config.json", "last.pt", "train_log.csv", "validation", "validation.csv"]
-    log_rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]
+    log_rows = (tmp_path / "run" / "train_log.csv").read_text(encoding="utf-8").splitlines()[1:]
     assert [row.split(",")[1] for row in log_rows] == ["1", "2", "3", "4"]  # one writer, no duplicates
-    assert len((tmp_path / "run" / "validation.csv").read_text().splitlines()) == 1 + 2
+    assert len((tmp_path / "run" / "validation.csv").read_text(encoding="utf-8").splitlines()) == 1 + 2
     state = load_state(tmp_path / "run" / "last.pt")
     assert state["step"] == 4 and state["epoch"] == 2
     assert "[rank 1] INFO" not in done.stderr + done.stdout

@@ -66,7 +66,7 @@ def test_interrupted_and_resumed_run_gives_the_same_weights_as_an_uninterrupted_
         assert torch.equal(state["momentum_buffer"], resumed["optimizer"]["state"][key]["momentum_buffer"])
     initial = Trainer(_config("optim.epochs=3"), cache, tmp_path / "fresh", device="cpu").model.state_dict()
     assert not all(torch.equal(value, straight["model"][name]) for name, value in initial.items())
-    log = (tmp_path / "resumed" / "train_log.csv").read_text().splitlines()
+    log = (tmp_path / "resumed" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert log[0].startswith("epoch,step,lr,total,classification,radius,offset,siou,samples_per_s,data_wait_share")
     assert [row.split(",")[:3] for row in log[1:]] == [
         ["0", "1", "0.01"], ["0", "2", "0.01"], ["1", "3", "0.003"], ["1", "4", "0.003"],
@@ -84,7 +84,7 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
     entry = export_model(tmp_path / "run" / "last.pt", tmp_path / "Resources" / "model.pt", name="tiny",
                          version="0.1", training_data="two tiny test scans", froc_summary=summary,
                          manifest=manifest)
-    written = json.loads(manifest.read_text())["models"]
+    written = json.loads(manifest.read_text(encoding="utf-8"))["models"]
     assert written == [entry] and entry["file"] == "model.pt" and entry["metrics"]["cpm"] == 0.5
     detector = Detector.from_checkpoint(tmp_path / "Resources" / "model.pt", device="cpu")
     trained = load_state(tmp_path / "run" / "last.pt")["model"]
@@ -94,7 +94,7 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
     # exporting again replaces the entry in place
     export_model(tmp_path / "run" / "last.pt", tmp_path / "Resources" / "model.pt", name="tiny", version="0.2",
                  training_data="two tiny test scans", manifest=manifest)
-    assert [m["version"] for m in json.loads(manifest.read_text())["models"]] == ["0.2"]
+    assert [m["version"] for m in json.loads(manifest.read_text(encoding="utf-8"))["models"]] == ["0.2"]
     assert detector.trained
 
 
