@@ -36,7 +36,6 @@ Checkpoints are single files read with ``torch.load(weights_only=True)``: a dict
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -55,7 +54,7 @@ from torch import Tensor, nn
 from .coder import decode_detections
 from .errors import UserInputError
 from .geometry import sphere_nms
-from .io import atomic_write
+from .io import atomic_write, sha256_of
 from .model import SCPMNet, SCPMNetConfig, fuse_batch_norm
 from .preprocess import PREPROCESS_VERSION, PreparedScan, PreprocessConfig, prepare_scan
 
@@ -222,14 +221,6 @@ def _autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest_path() -> Path | None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from SCPMNoduleLib import inference
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import sha256_of
 from SCPMNoduleLib.inference import (
     DetectionCancelled,
     Detector,
@@ -238,7 +239,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
     save_checkpoint(tmp_path / "w.pt", SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(),
                     {"trained": False})
     manifest = {"format": "scpm-nodule-models", "version": 1, "models": [
-        {"name": "mine", "version": "1", "file": "w.pt", "sha256": inference.sha256_of(tmp_path / "w.pt")},
+        {"name": "mine", "version": "1", "file": "w.pt", "sha256": sha256_of(tmp_path / "w.pt")},
         {"name": "tampered", "version": "1", "file": "w.pt", "sha256": "0" * 64}]}
     (tmp_path / "Models.json").write_text(json.dumps(manifest), encoding="utf-8")
     monkeypatch.setattr(inference, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))

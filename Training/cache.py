@@ -21,7 +21,6 @@ radius), and the size and SHA-256 of every array file, so a truncated or corrupt
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -37,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import Findings, atomic_write, list_scans, read_annotations, read_scan, scan_name
+from SCPMNoduleLib.io import Findings, atomic_write, list_scans, read_annotations, read_scan, scan_name, sha256_of
 from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry, prepare_scan
 
 log = logging.getLogger(__name__)
@@ -115,19 +114,10 @@ def find_luna16_scans(data_dir: str | os.PathLike) -> list[SourceScan]:
     return sorted(scans, key=lambda s: s.seriesuid)
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 23), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     with atomic_write(path, "wb") as handle:
         np.save(handle, array)
-    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_digest(path)}
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def _findings_by_uid(findings: Findings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -213,7 +203,7 @@ def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: 
         path = metadata_path.parent / record["file"]
         if not path.is_file() or path.stat().st_size != record["bytes"]:
             return f"{path.name} is missing or has the wrong size"
-        if checksum and file_digest(path) != record["sha256"]:
+        if checksum and sha256_of(path) != record["sha256"]:
             return f"{path.name} is corrupt (checksum mismatch)"
     try:
         array = np.load(metadata_path.parent / metadata["image"]["file"], mmap_mode="r")
