@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import Detector
+from SCPMNoduleLib.inference import Detector, load_checkpoint
 from training_helpers import write_tiny_luna16
 from Training.cache import build_cache, load_cache
 from Training.config import load_config
@@ -86,10 +86,11 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
                          manifest=manifest)
     written = json.loads(manifest.read_text(encoding="utf-8"))["models"]
     assert written == [entry] and entry["file"] == "model.pt" and entry["metrics"]["cpm"] == 0.5
-    detector = Detector.from_checkpoint(tmp_path / "Resources" / "model.pt", device="cpu")
+    exported, _, _ = load_checkpoint(tmp_path / "Resources" / "model.pt")
     trained = load_state(tmp_path / "run" / "last.pt")["model"]
-    for name, value in detector.model.state_dict().items():
+    for name, value in exported.state_dict().items():
         assert torch.equal(value.contiguous(), trained[name].contiguous()), name
+    detector = Detector.from_checkpoint(tmp_path / "Resources" / "model.pt", device="cpu")
     assert detector.info["metadata"]["training_data"] == "two tiny test scans"
     # exporting again replaces the entry in place
     export_model(tmp_path / "run" / "last.pt", tmp_path / "Resources" / "model.pt", name="tiny", version="0.2",
