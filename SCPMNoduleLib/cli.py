@@ -285,7 +285,11 @@ def _run_demo(args: argparse.Namespace) -> int:
               f"{detection.probability:.3f}  {verdict}")
     if len(result.detections) > 20:
         print(f"  ... {len(result.detections) - 20} more in {result.outputs['csv']}")
-    if not detector.trained:
+    if detector.trained:
+        metadata = detector.info.get("metadata", {})
+        print(f"model: {detector.info.get('name')} {detector.info.get('version')}, trained on "
+              f"{metadata.get('training_data', 'unknown data')}. {metadata.get('description', '')}".rstrip())
+    else:
         print("note: the demo weights are untrained, so these detections are random; "
               "see the README for the trained checkpoint.")
     print("wrote " + ", ".join(result.outputs.values()))

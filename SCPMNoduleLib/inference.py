@@ -100,7 +100,10 @@ class InferenceConfig:
         max_detections: cap per scan after NMS (LUNA16: 100).
         top_n: candidates per head level taken from the maps before NMS (paper's top-n).
         nms_iou_threshold: SIoU above which the lower-scoring sphere is suppressed.
-        nms_distance_ratio: distance-radius ratio below which it is suppressed.
+        nms_distance_ratio: distance-radius ratio R_DR = d / (d + r_a + r_b) below which it is
+            suppressed; 0.5 suppresses every sphere that overlaps a kept one. Points next to a
+            nodule are ignored in training, so they may fire; on 20 unseen phantoms with the demo
+            checkpoint, 0.5 raised the CPM from 0.523 (1/3) to 0.548 (0.4: 0.541; 0.6: 0.548).
         max_tile_voxels: largest tile, in voxels (bounds the network's memory: the demo network
             peaks at about 80 bytes per voxel in fp32 on the CPU, so about 5 GB at 400^3).
         tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
@@ -119,7 +122,7 @@ class InferenceConfig:
     max_detections: int = 100
     top_n: int = 2000
     nms_iou_threshold: float = 0.1
-    nms_distance_ratio: float = 1.0 / 3.0
+    nms_distance_ratio: float = 0.5
     max_tile_voxels: int = 400**3
     tile_margin_vox: int = 128
     min_side_vox: int = 64

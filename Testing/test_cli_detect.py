@@ -11,7 +11,7 @@ import torch
 
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.export import read_detections_json
-from SCPMNoduleLib.inference import save_checkpoint
+from SCPMNoduleLib.inference import Detector, save_checkpoint
 from SCPMNoduleLib.io import read_candidates
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
@@ -143,11 +143,14 @@ def test_bad_options_are_refused(tmp_path, checkpoint, capsys):
 
 
 @pytest.mark.slow
-def test_demo_runs_on_a_small_phantom_and_says_the_weights_are_untrained(tmp_path, capsys):
+def test_demo_runs_on_a_small_phantom_and_says_what_its_weights_are(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path), "--size", "small", "--progress", "none", "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0
-    assert "untrained" in captured.err and "untrained" in captured.out
+    if Detector.from_checkpoint("demo", device="cpu").trained:
+        assert "trained on" in captured.out and "untrained" not in captured.out + captured.err
+    else:
+        assert "untrained" in captured.err and "untrained" in captured.out
     assert "true nodules" in captured.out
     for name in ("demo_phantom.mha", "demo_truth.csv", "demo_phantom.json", "demo_phantom.mrk.json",
                  "demo_phantom.candidates.csv", "demo_detections.png"):

@@ -251,7 +251,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
         Detector.from_checkpoint("nothing", device="cpu")
 
 
-def test_bundled_demo_resolves_and_says_it_is_untrained_when_it_is():
+def test_bundled_demo_resolves_and_reports_whether_it_is_trained():
     detector = Detector.from_checkpoint("demo", device="cpu")
     manifest = inference.read_manifest()
     entry = next(e for e in manifest["models"] if e["name"] == "demo")
