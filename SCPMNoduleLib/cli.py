@@ -37,20 +37,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_command(prog: str, args: argparse.Namespace, interrupted: str = "cancelled") -> int:
+    """Run a parsed sub-command: bad input is one sentence on stderr and exit 2, Ctrl-C exit 130.
+
+    Shared by ``scpm-nodule`` and ``scpm-train`` so both answer in the same way.
+    """
+    try:
+        return int(args.run(args) or 0)
+    except UserInputError as error:
+        print(f"{prog} {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog} {args.command}: {interrupted}", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    try:
-        return int(args.run(args) or 0)
-    except UserInputError as error:
-        print(f"scpm-nodule {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"scpm-nodule {args.command}: cancelled", file=sys.stderr)
-        return 130
+    return run_command("scpm-nodule", args)
 
 
 def _add_evaluate(subparsers) -> None:
@@ -237,7 +245,8 @@ def _run_detect(args: argparse.Namespace) -> int:
         reporter.close()
     failed = [r for r in results if not r.ok]
     if args.progress != "jsonl":
-        print(f"{len(results) - len(failed)} of {len(results)} scans done; outputs in {args.out}")
+        where = f"outputs in {args.out}" if len(failed) < len(results) else "nothing written"
+        print(f"{len(results) - len(failed)} of {len(results)} scans done; {where}")
     if not failed:
         return 0
     return EXIT_BAD_INPUT if all(r.bad_input for r in failed) else 1

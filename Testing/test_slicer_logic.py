@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "SCPMNodule"))
 import SCPMNoduleMRML as logic  # noqa: E402
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
-MARKUPS_SCHEMA = Path("/work/shared/schemas/markups-schema-v1.0.3.json")
+MARKUPS_SCHEMA = Path(__file__).parent / "data" / "markups-schema-v1.0.3.json"
 
 
 @pytest.fixture
@@ -395,8 +395,7 @@ def test_markups_json_export_is_lps_and_follows_slicers_schema(mrml, tmp_path):
     review.set_diameter(0, 11.0)
     logic.write_markups_json(tmp_path / "nodules.mrk.json", review)
     content = json.loads((tmp_path / "nodules.mrk.json").read_text(encoding="utf-8"))
-    if MARKUPS_SCHEMA.is_file():
-        jsonschema.validate(content, json.loads(MARKUPS_SCHEMA.read_text(encoding="utf-8")))
+    jsonschema.validate(content, json.loads(MARKUPS_SCHEMA.read_text(encoding="utf-8")))
     markup = content["markups"][0]
     assert markup["coordinateSystem"] == "LPS"
     points = markup["controlPoints"]

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.cli import run_command
 from SCPMNoduleLib.errors import UserInputError
 
-EXIT_BAD_INPUT = 2
 
 
 def _rank() -> int:
@@ -151,13 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level if _rank() == 0 else logging.WARNING,
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        return int(args.run(args) or 0)
-    except UserInputError as error:
-        print(f"scpm-train {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"scpm-train {args.command}: interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        return run_command("scpm-train", args, interrupted="interrupted; continue with --resume")
     finally:
         import torch.distributed as dist
 
