@@ -3,10 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.model import SCPMNet
 from Training.cli import main
 from Training.config import TrainConfig, load_config, save_config
+from Training.trainer import make_optimizer
 
 
 def test_defaults_are_the_papers_schedule():
@@ -36,6 +39,7 @@ def test_file_and_overrides_round_trip_through_json(tmp_path):
     ("optim.lr_schedule=[[5, 0.01]]", "start at epoch 0"),
     ("data.nodule_fraction=2", "nodule_fraction"),
     ("epochs", "KEY=VALUE"),
+    ("optim.optimizer=adam", "optim.optimizer"),
 ])
 def test_bad_values_are_refused_with_their_name(override, message):
     with pytest.raises(UserInputError, match=message):
@@ -48,3 +52,14 @@ def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, ca
     error = capsys.readouterr().err.strip()
     assert error.startswith("scpm-train fit: error:") and "nothing" in error and error.count("\n") == 0
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_follows_the_config(name, kind):
+    config = load_config(None, [f"optim.optimizer={name}", "optim.weight_decay=0.01",
+                                "optim.lr_schedule=[[0, 0.002], [5, 0.001]]"])
+    optimizer = make_optimizer(SCPMNet(config.model), config)
+    assert type(optimizer) is kind
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.002, 0.01)
+    assert (group["betas"][0] if name == "adamw" else group["momentum"]) == 0.9

@@ -199,6 +199,16 @@ def _drop_rows_from_epoch(path: Path, epoch: int) -> None:
         writer.writerows(rows)
 
 
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's) or AdamW, at the schedule's first learning rate."""
+    optim = config.optim
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr_at(0), betas=(optim.momentum, 0.999),
+                                 weight_decay=optim.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr_at(0), momentum=optim.momentum,
+                           weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+
+
 class Trainer:
     """Trains one fold from a cache into ``out_dir`` (see the module docstring).
 
@@ -250,8 +260,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
 
         optim = config.optim
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr_at(0), momentum=optim.momentum,
-                                         weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        self.optimizer = make_optimizer(self.model, config)
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
