@@ -8,9 +8,9 @@ logic) into offscreen VTK windows (EGL/Mesa; no display needed): a 3D view from 
 the lungs and the spheres coloured by probability, and the axial slice view through nodule N1,
 showing the control points and the spheres' outlines.
 
-    python Resources/render_scene.py                          # detector run in-process on the phantom
-    python Resources/render_scene.py --report out/scan.json   # detections from `scpm-nodule detect`
-    python Resources/render_scene.py --reference              # the phantom's true nodules, as "accepted"
+    python Resources/Screenshots/render_scene.py                         # detector run in-process on the phantom
+    python Resources/Screenshots/render_scene.py --report out/scan.json  # detections from `scpm-nodule detect`
+    python Resources/Screenshots/render_scene.py --reference             # the phantom's true nodules, as "accepted"
 
 ``--reference`` is for when no trained checkpoint is at hand (the bundled demo is a placeholder
 until it is trained): the pictures then show the phantom's reference nodules in the accepted
@@ -32,7 +32,7 @@ import SimpleITK as sitk  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "SCPMNodule"), str(REPO / "Testing")]
 
 import SCPMNoduleMRML as mrml_logic  # noqa: E402
