@@ -470,7 +470,7 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         import csv
         import tempfile
 
-        from SCPMNoduleLib.inference import Detection
+        from SCPMNoduleLib.detection import Detection
         from SCPMNoduleMRML import NoduleReview
 
         volume = self._volume()

@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import UserInputError
-from .inference import Detection
+from .detection import Detection
 from .io import Findings, atomic_write, write_candidates
 
 REPORT_FORMAT = "scpm-nodule-detections"

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from .coder import decode_detections
+from .detection import Detection
 from .errors import UserInputError
 from .geometry import sphere_nms
 from .io import atomic_write, sha256_of
@@ -68,23 +69,6 @@ MANIFEST_CANDIDATES = (PACKAGE_DIR.parent / "Resources" / "Models.json",
                        PACKAGE_DIR / "Resources" / "Models.json")
 
 Progress = Callable[[float, str], None]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected nodule.
-
-    Attributes:
-        center_xyz_mm: world position, LPS millimetres (ITK / LUNA16 convention).
-        diameter_mm: sphere diameter in millimetres.
-        probability: the network's centre probability, in [0, 1].
-        level: index of the head level that produced it (0 = finest).
-    """
-
-    center_xyz_mm: tuple[float, float, float]
-    diameter_mm: float
-    probability: float
-    level: int = 0
 
 
 class DetectionCancelled(Exception):

@@ -27,7 +27,8 @@ from .export import (
     write_detections_json,
     write_markups_json,
 )
-from .inference import Detection, DetectionCancelled, Detector
+from .detection import Detection
+from .inference import DetectionCancelled, Detector
 from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
 from .preprocess import ScanGeometry
 

@@ -16,7 +16,7 @@ from SCPMNoduleLib.export import (
     write_detections_json,
     write_markups_json,
 )
-from SCPMNoduleLib.inference import Detection
+from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.io import read_candidates
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text(encoding="utf-8"))

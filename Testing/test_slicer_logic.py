@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,8 @@ import slicer  # slicer-core, from the test extra: a missing install must fail, 
 
 from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
+from SCPMNoduleLib.detection import Detection  # noqa: E402
 from SCPMNoduleLib.errors import UserInputError  # noqa: E402
-from SCPMNoduleLib.inference import Detection  # noqa: E402
 from SCPMNoduleLib.io import read_annotations  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +31,16 @@ import SCPMNoduleMRML as logic  # noqa: E402
 
 FLIP = np.diag([-1.0, -1.0, 1.0])
 MARKUPS_SCHEMA = Path(__file__).parent / "data" / "markups-schema-v1.0.3.json"
+
+
+def test_review_and_exports_load_without_torch():
+    """Slicer's own process reads reports and reviews them; only the background detection needs
+    the network, so importing the logic must not pull torch (seconds and a GB in Slicer)."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import SCPMNoduleMRML, SCPMNoduleLib.export, "
+            "SCPMNoduleLib.evaluation; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "SCPMNodule")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.fixture

@@ -25,17 +25,14 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import vtk
 
+from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 
 from .volumes import lps_to_ras, ras_to_lps
-
-if TYPE_CHECKING:  # the library's detector side (torch) is not needed to review
-    from SCPMNoduleLib.inference import Detection
 
 ROLE_ATTRIBUTE = "SCPMNodule.Role"
 SIDECAR_ATTRIBUTE = "SCPMNodule.SidecarPath"
