@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,6 +46,22 @@ def test_samples_depend_only_on_seed_epoch_and_index(cache):
     shards = [list(EpochSampler(dataset, 2, rank, seed=5)) for rank in (0, 1)]
     assert {epoch for shard in shards for epoch, _ in shard} == {0}
     assert sorted(i for shard in shards for _, i in shard) == list(range(len(dataset)))
+
+
+@pytest.mark.parametrize("power", [0.0, 3.0])
+def test_nodule_centred_patches_pick_nodules_by_size(cache, power):
+    """Each tiny scan has two nodules of 6-10 mm: the share of patches centred on the smaller one
+    follows r ** -power (binomial tolerance, 4 standard deviations)."""
+    config = _config("data.nodule_fraction=1", "data.jitter_fraction=0", f"data.nodule_size_power={power}")
+    dataset = PatchDataset(load_cache(cache), config.data, None, seed=5)
+    draws = 600
+    for scan in dataset.scans:
+        radii = np.asarray(scan.radii_vox, dtype=float)
+        share = sum(np.argmin(np.linalg.norm(
+            dataset.sample_centre(scan, np.random.default_rng([9, i])) - scan.centers_zyx_vox, axis=1))
+            == np.argmin(radii) for i in range(draws)) / draws
+        expected = radii.max() ** power / (radii.min() ** power + radii.max() ** power)
+        assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / draws) + 1e-9
 
 
 @pytest.mark.slow

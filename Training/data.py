@@ -6,9 +6,9 @@ worker or DDP process draws it, nor on what was drawn before. Resuming at an epo
 reproduces the data exactly. :class:`EpochSampler` wraps :class:`DistributedSampler` (sharding
 and shuffling per epoch) and tags each index with the epoch.
 
-Patch centres: with probability ``nodule_fraction`` (scans with nodules only) a random nodule's
-centre plus a uniform jitter of up to ``jitter_fraction * P`` voxels per axis; otherwise a point
-drawn uniformly in the cached volume, so patches also straddle its edges (padded with the
+Patch centres: with probability ``nodule_fraction`` (scans with nodules only) the centre of a
+nodule of the scan (drawn with weights ``r ** -nodule_size_power``, uniform by default) plus a
+uniform jitter of up to ``jitter_fraction * P`` voxels per axis; otherwise a point drawn uniformly in the cached volume, so patches also straddle its edges (padded with the
 ``fill`` value, as the detector pads its tiles). The patch is then cut out with a random
 flip / in-plane swap / rotation / scaling (:mod:`Training.augment`), and every nodule of the scan
 is mapped into patch voxels with the same transform. All nodules are returned, those cut by or
@@ -72,12 +72,21 @@ class PatchDataset(Dataset):
         """
         patch = self.data.patch_size
         use_nodule = rng.random() < self.data.nodule_fraction
-        pick = rng.integers(max(len(scan.radii_vox), 1))
+        pick = self.pick_nodule(scan, rng)
         jitter = rng.uniform(-1.0, 1.0, size=3) * self.data.jitter_fraction * patch
         anywhere = rng.uniform(0.0, 1.0, size=3) * (np.asarray(scan.shape_zyx) - 1)
         if use_nodule and len(scan.radii_vox):
             return scan.centers_zyx_vox[pick] + jitter
         return anywhere
+
+    def pick_nodule(self, scan: CachedScan, rng: np.random.Generator) -> int:
+        """Index of the nodule a nodule-centred patch is centred on (0 for a scan without any)."""
+        count = len(scan.radii_vox)
+        power = self.data.nodule_size_power
+        if count == 0 or power == 0:
+            return int(rng.integers(max(count, 1)))
+        weights = np.asarray(scan.radii_vox, dtype=np.float64) ** -power
+        return int(rng.choice(count, p=weights / weights.sum()))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
