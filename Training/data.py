@@ -8,9 +8,9 @@ and shuffling per epoch) and tags each index with the epoch.
 
 Patch centres: with probability ``nodule_fraction`` (scans with nodules only) the centre of a
 nodule of the scan (drawn with weights ``r ** -nodule_size_power``, uniform by default) plus a
-uniform jitter of up to ``jitter_fraction * P`` voxels per axis; otherwise a point drawn uniformly in the cached volume, so patches also straddle its edges (padded with the
-``fill`` value, as the detector pads its tiles). The patch is then cut out with a random
-flip / in-plane swap / rotation / scaling (:mod:`Training.augment`), and every nodule of the scan
+uniform jitter of up to ``jitter_fraction * P`` voxels per axis; otherwise a point drawn
+uniformly in the cached volume, so patches also straddle its edges (padded with the ``fill``
+value, as the detector pads its tiles). The patch is then cut out with a random flip / in-plane swap / rotation / scaling (:mod:`Training.augment`), and every nodule of the scan
 is mapped into patch voxels with the same transform. All nodules are returned, those cut by or
 outside the patch included: the matching decides from their visible volume whether they are
 positives, ignored, or irrelevant.
