@@ -10,10 +10,11 @@ Patch centres: with probability ``nodule_fraction`` (scans with nodules only) th
 nodule of the scan (drawn with weights ``r ** -nodule_size_power``, uniform by default) plus a
 uniform jitter of up to ``jitter_fraction * P`` voxels per axis; otherwise a point drawn
 uniformly in the cached volume, so patches also straddle its edges (padded with the ``fill``
-value, as the detector pads its tiles). The patch is then cut out with a random flip / in-plane swap / rotation / scaling (:mod:`Training.augment`), and every nodule of the scan
-is mapped into patch voxels with the same transform. All nodules are returned, those cut by or
-outside the patch included: the matching decides from their visible volume whether they are
-positives, ignored, or irrelevant.
+value, as the detector pads its tiles). The patch is then cut out with a random flip / in-plane
+swap / rotation / scaling (:mod:`Training.augment`), and every nodule of the scan is mapped into
+patch voxels with the same transform. All nodules are returned, those cut by or outside the
+patch included: the matching decides from their visible volume whether they are positives,
+ignored, or irrelevant.
 
 Coordinate maps: like the detector's tiles, a patch reports its origin and the scan's shape in
 the whole resampled grid (``crop_start + origin in the crop``, ``resampled_shape``). Under a
