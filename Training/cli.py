@@ -20,7 +20,6 @@ from SCPMNoduleLib.cli import run_command
 from SCPMNoduleLib.errors import UserInputError
 
 
-
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 

@@ -17,8 +17,7 @@ from typing import Any
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import MANIFEST_FORMAT, read_manifest, save_checkpoint
-from SCPMNoduleLib.io import sha256_of
-from SCPMNoduleLib.io import atomic_write
+from SCPMNoduleLib.io import atomic_write, sha256_of
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig

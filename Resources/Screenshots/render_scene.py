@@ -12,9 +12,8 @@ showing the control points and the spheres' outlines.
     python Resources/Screenshots/render_scene.py --report out/scan.json  # detections from `scpm-nodule detect`
     python Resources/Screenshots/render_scene.py --reference             # the phantom's true nodules, as "accepted"
 
-``--reference`` is for when no trained checkpoint is at hand (the bundled demo is a placeholder
-until it is trained): the pictures then show the phantom's reference nodules in the accepted
-colour, and the 3D picture's caption says so.
+``--reference`` draws the phantom's reference nodules in the accepted colour instead of a
+model's detections (for a checkpoint-free picture of the review), and the 3D caption says so.
 """
 
 from __future__ import annotations
