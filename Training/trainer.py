@@ -251,7 +251,8 @@ class Trainer:
             )
         if config.sync_batchnorm and self.dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.network: nn.Module = self.model
         if self.dist.enabled:
             device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
@@ -407,7 +408,7 @@ class Trainer:
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         device = self.device
-        image = batch["image"].to(device, non_blocking=True)
+        image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
         origin = batch["origin_zyx"].to(device, non_blocking=True)
         shape = batch["scan_shape_zyx"].to(device, non_blocking=True)
         targets = [target.to(device) for target in batch["targets"]]
