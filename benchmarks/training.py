@@ -9,6 +9,7 @@ augmentation and matching, no network) in samples per second, i.e. the most the 
     python benchmarks/training.py                                   # demo config, 64^3, CPU
     python benchmarks/training.py --config paper --patch 96 --batch 2 --device cuda
     python benchmarks/training.py --workers 0 --steps 4             # data loading in the main process
+    python benchmarks/training.py --contiguous                      # without channels-last-3d, to compare
 
 ``--config demo`` is ``Training/configs/demo_cpu.json``; ``paper`` the defaults (the paper's network).
 """
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=4)
     parser.add_argument("--size", choices=("small", "full"), default="small", help="phantom size")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--contiguous", action="store_true",
+                        help="train in the contiguous memory format instead of channels-last-3d")
     parser.add_argument("--work-dir", help="keep the phantoms and cache here (default: a temporary folder)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -62,7 +65,7 @@ def main() -> None:
         overrides = [f"data.patch_size={args.patch}", f"optim.batch_size={args.batch}",
                      f"optim.epochs={args.epochs}", f"data.num_workers={args.workers}",
                      f"data.crops_per_scan={crops}", "validation.every_epochs=0",
-                     f"log_every_steps={args.steps}"]
+                     f"log_every_steps={args.steps}", f"channels_last={not args.contiguous}"]
         config = load_config(DEMO_CONFIG if args.config == "demo" else None, overrides)
 
         dataset = PatchDataset(load_cache(work / "cache"), config.data, config.augment, config.seed)
@@ -82,7 +85,8 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         params = sum(p.numel() for p in trainer.model.parameters())
         print(f"{args.config} network ({params / 1e6:.2f} M parameters), {args.patch}^3 patches, batch {args.batch}, "
-              f"{args.workers} worker(s), {device} ({name})")
+              f"{args.workers} worker(s), {device} ({name}), "
+              f"{'contiguous' if args.contiguous else 'channels-last-3d'}")
         print(f"data pipeline alone (one process): {data_rate:.1f} samples/s")
         for row in rows:
             print(f"epoch {row['epoch']}: {float(row['samples_per_s']):.2f} samples/s "
