@@ -355,6 +355,25 @@ class Detector:
 
         ``progress(fraction, stage)`` is called with stages ``resample``, ``forward``,
         ``decode``; setting ``cancel`` stops at the next tile with :class:`DetectionCancelled`.
+        Equivalent to :meth:`decode` of :meth:`predict_maps`.
+        """
+        report = progress or (lambda fraction, stage: None)
+        maps, prepared = self.predict_maps(image, report, cancel)
+        start = time.perf_counter()
+        report(0.95, "decode")
+        detections = self.decode(maps, prepared)
+        self.timings_s["decode"] = time.perf_counter() - start
+        report(1.0, "decode")
+        return detections
+
+    def predict_maps(self, image: sitk.Image, progress: Progress | None = None,
+                     cancel: threading.Event | None = None) -> tuple[list[dict[str, Tensor]], PreparedScan]:
+        """The network's whole-crop output maps of a CT and the prepared scan they refer to.
+
+        Returns one dict per head level (``cls``, ``radius``, ``offset`` maps of shape
+        ``(1, C, d, h, w)`` over the padded lung crop) and the :class:`PreparedScan` (crop
+        origin, lung mask, geometry) that :meth:`decode` needs; decoding the same maps with
+        several :class:`InferenceConfig` s tunes the post-processing without re-running the network.
         """
         report = progress or (lambda fraction, stage: None)
         self.timings_s = {}
@@ -362,17 +381,10 @@ class Detector:
         report(0.0, "resample")
         prepared = prepare_scan(image, self.preprocess, align=self.model.size_divisor)
         self.timings_s["resample"] = time.perf_counter() - start
-
         start = time.perf_counter()
         maps = self._forward_tiled(prepared, report, cancel)
         self.timings_s["forward"] = time.perf_counter() - start
-
-        start = time.perf_counter()
-        report(0.95, "decode")
-        detections = self._decode(maps, prepared)
-        self.timings_s["decode"] = time.perf_counter() - start
-        report(1.0, "decode")
-        return detections
+        return maps, prepared
 
     def _pad(self, prepared: PreparedScan) -> Tensor:
         q = self.model.size_divisor
@@ -445,8 +457,12 @@ class Detector:
         report(0.95, "forward")
         return maps
 
-    def _decode(self, maps: list[dict[str, Tensor]], prepared: PreparedScan) -> list[Detection]:
-        config = self.config
+    def decode(self, maps: list[dict[str, Tensor]], prepared: PreparedScan,
+               config: InferenceConfig | None = None) -> list[Detection]:
+        """Detections from :meth:`predict_maps`'s output, post-processed with ``config``
+        (default: the detector's): top-n per level above the score threshold, lung mask, SIoU
+        NMS, the ``max_detections`` cap; centres in world LPS mm, most probable first."""
+        config = config or self.config
         decoded = decode_detections(maps, self.model.strides, top_n=config.top_n,
                                     score_threshold=config.score_threshold)[0]
         centers = decoded.centers_zyx_vox.double().cpu().numpy() + prepared.crop_start_zyx

@@ -127,6 +127,21 @@ def test_nms_leaves_one_detection_per_nodule_and_the_cap_applies():
     assert probabilities[-1] >= sorted(d.probability for d in found_all)[-100]
 
 
+def test_maps_decoded_with_another_config_are_that_configs_detections():
+    # 3 x 3 x 3 blobs 14 mm apart; the maps are computed once and decoded twice (how the
+    # post-processing is tuned without re-running the network)
+    cell = sitk.GetArrayFromImage(blob_scan((14, 14, 14), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3),
+                                            [[6.7, 6.7, 6.7]], sigma_mm=1.5))
+    scan = sitk.GetImageFromArray(np.tile(cell, (3, 3, 3)))
+    loose = InferenceConfig(max_detections=1000, top_n=10000, nms_distance_ratio=0.0, nms_iou_threshold=1.0)
+    detector = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_detections=5))
+    maps, prepared = detector.predict_maps(scan)
+    assert len(detector.decode(maps, prepared)) == 5
+    undeduplicated = detector.decode(maps, prepared, loose)
+    assert undeduplicated == Detector(BrightCentroid(), NO_MASK, loose).detect(scan)
+    assert len(undeduplicated) > 27  # without NMS each blob is reported by several grid points
+
+
 def test_tile_plan_covers_each_voxel_once_with_margins():
     shape, q, margin, budget = (64, 256, 96), 16, 32, 64 * 160 * 96
     tiles = plan_tiles(shape, q, margin, budget)
