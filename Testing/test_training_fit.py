@@ -133,3 +133,25 @@ def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tm
         assert set(fold.seriesuids) == {uid for i, uid in enumerate(sorted(set(findings.seriesuids))) if i % 2 == k}
     assert len(pooled) == sum(len(fold) for fold in per_fold)
     assert (tmp_path / "cv" / "report" / "froc_summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_folder_scores_the_checkpoints_detections_against_the_folders_annotations(cache, tmp_path):
+    from SCPMNoduleLib.io import read_annotations, read_candidates
+    from Training.detect import evaluate_folder
+
+    Trainer(_config("optim.epochs=1"), cache, tmp_path / "run", device="cpu").fit()
+    data = cache.parent / "data"  # no annotations_excluded.csv: nothing is excluded
+    result = evaluate_folder(tmp_path / "run" / "last.pt", data, tmp_path / "eval", device="cpu",
+                             score_threshold=0.0, bootstraps=0)
+    candidates = read_candidates(tmp_path / "eval" / "candidates.csv")
+    nodules = read_annotations(data / "annotations.csv")
+    assert (result.counts.n_scans, result.counts.n_nodules, result.counts.n_candidates) == (2, 4, len(candidates))
+    assert all(np.sum(candidates.seriesuids == uid) <= 100 for uid in set(nodules.seriesuids))
+    # LUNA16's hit rule by brute force: a candidate of the same scan within the nodule's radius
+    same_scan = nodules.seriesuids[:, None] == candidates.seriesuids[None, :]
+    distance = np.linalg.norm(nodules.centers_xyz_mm[:, None] - candidates.centers_xyz_mm[None], axis=-1)
+    hit = np.any(same_scan & (distance <= nodules.diameters_mm[:, None] / 2), axis=1)
+    assert hit.sum() == result.counts.n_detected
+    summary = json.loads((tmp_path / "eval" / "froc_summary.json").read_text(encoding="utf-8"))
+    assert summary["runs"]["last.pt"]["cpm"] == pytest.approx(result.cpm)

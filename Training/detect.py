@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
+from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, Detector, InferenceConfig, load_checkpoint
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
 from SCPMNoduleLib.model import SCPMNet
@@ -57,15 +58,25 @@ def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence
     detector = Detector(copy.deepcopy(model), preprocess, config or InferenceConfig(), device)
     tables = []
     for scan in scans:
-        detections = detector.detect(read_scan(scan.source))
-        tables.append(Findings.from_columns(
-            [scan.seriesuid] * len(detections),
-            np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3),
-            [d.diameter_mm for d in detections],
-            [d.probability for d in detections],
-        ))
-        log.debug("%s: %d detections", scan.seriesuid, len(detections))
+        tables.append(findings_of(scan.seriesuid, detector.detect(read_scan(scan.source))))
+        log.debug("%s: %d detections", scan.seriesuid, len(tables[-1]))
     return concat_findings(tables)
+
+
+def findings_of(seriesuid: str, detections: Sequence[Detection]) -> Findings:
+    """One scan's detections as LUNA16 candidate rows (world mm, diameter, probability)."""
+    return Findings.from_columns(
+        [seriesuid] * len(detections),
+        np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3),
+        [d.diameter_mm for d in detections],
+        [d.probability for d in detections],
+    )
+
+
+def read_excluded(data_dir: str | os.PathLike) -> Findings:
+    """A LUNA16-layout folder's ``annotations_excluded.csv`` (none when the file is absent)."""
+    path = Path(data_dir) / "annotations_excluded.csv"
+    return read_annotations(path) if path.is_file() else Findings.empty()
 
 
 def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[Scan],
@@ -111,9 +122,7 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     scans = find_luna16_scans(data_dir)
     model, preprocess = load_model(checkpoint)
     candidates = detect_scans(model, preprocess, scans, device, InferenceConfig(score_threshold=score_threshold))
-    excluded_path = data_dir / "annotations_excluded.csv"
-    excluded = read_annotations(excluded_path) if excluded_path.is_file() else Findings.empty()
-    result = evaluate_froc(data_dir / "annotations.csv", excluded, [scan.seriesuid for scan in scans], candidates,
+    result = evaluate_froc(data_dir / "annotations.csv", read_excluded(data_dir), [scan.seriesuid for scan in scans], candidates,
                            EvaluationConfig(n_bootstraps=bootstraps))
     write_candidates(out_dir / "candidates.csv", candidates)
     write_evaluation({Path(checkpoint).name: result}, out_dir,
