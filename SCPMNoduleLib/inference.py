@@ -371,8 +371,8 @@ class Detector:
                      cancel: threading.Event | None = None) -> tuple[list[dict[str, Tensor]], PreparedScan]:
         """The network's whole-crop output maps of a CT and the prepared scan they refer to.
 
-        Returns one dict per head level (``cls``, ``radius``, ``offset`` maps of shape
-        ``(1, C, d, h, w)`` over the padded lung crop) and the :class:`PreparedScan` (crop
+        Returns one dict per head level (the network's ``logits``, ``radius`` and ``offset``
+        maps, shape ``(1, C, d, h, w)`` over the padded lung crop) and the :class:`PreparedScan` (crop
         origin, lung mask, geometry) that :meth:`decode` needs; decoding the same maps with
         several :class:`InferenceConfig` s tunes the post-processing without re-running the network.
         """

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.detection import Detection
+from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, Detector, InferenceConfig, load_checkpoint
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
 from SCPMNoduleLib.model import SCPMNet
@@ -122,8 +122,8 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     scans = find_luna16_scans(data_dir)
     model, preprocess = load_model(checkpoint)
     candidates = detect_scans(model, preprocess, scans, device, InferenceConfig(score_threshold=score_threshold))
-    result = evaluate_froc(data_dir / "annotations.csv", read_excluded(data_dir), [scan.seriesuid for scan in scans], candidates,
-                           EvaluationConfig(n_bootstraps=bootstraps))
+    result = evaluate_froc(data_dir / "annotations.csv", read_excluded(data_dir), [scan.seriesuid for scan in scans],
+                           candidates, EvaluationConfig(n_bootstraps=bootstraps))
     write_candidates(out_dir / "candidates.csv", candidates)
     write_evaluation({Path(checkpoint).name: result}, out_dir,
                      inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve())})
