@@ -40,6 +40,9 @@ def test_file_and_overrides_round_trip_through_json(tmp_path):
     ("data.nodule_fraction=2", "nodule_fraction"),
     ("epochs", "KEY=VALUE"),
     ("optim.optimizer=adam", "optim.optimizer"),
+    ("data.ignore_excluded=False", r"data.ignore_excluded: 'False' is not a boolean"),
+    ("data.patch_size=64.5", "data.patch_size: 64.5 is not an integer"),
+    ("optim.lr_schedule=[[0, \"fast\"]]", "optim.lr_schedule: 'fast' is not a number"),
 ])
 def test_bad_values_are_refused_with_their_name(override, message):
     with pytest.raises(UserInputError, match=message):

@@ -41,6 +41,9 @@ class DataConfig:
         nodule_size_power: a nodule-centred patch picks nodule ``n`` of its scan with probability
             proportional to ``r_n ** -nodule_size_power``; 0 picks uniformly, 2 favours a 3 mm
             nodule nine times over a 9 mm one (small nodules are the ones a detector misses).
+        ignore_excluded: the excluded findings (``annotations_excluded.csv``) are ignored regions
+            for the matching, as the evaluation ignores candidates on them; ``False`` trains
+            them as background (nodules under 3 mm then teach the network to suppress 3 mm ones).
         num_workers: DataLoader worker processes per training process.
         prefetch_factor: batches each worker prepares ahead.
     """
@@ -50,6 +53,7 @@ class DataConfig:
     nodule_fraction: float = 0.5
     jitter_fraction: float = 0.25
     nodule_size_power: float = 0.0
+    ignore_excluded: bool = True
     num_workers: int = 2
     prefetch_factor: int = 2
 
@@ -198,7 +202,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return tuple(_convert(arg, item, where) for arg, item in zip(args, value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in _SCALAR_NAMES and (type(value) is not hint):
+        article = "an" if hint is int else "a"
+        raise UserInputError(f"{where}: {value!r} is not {article} {_SCALAR_NAMES[hint]}.")
     return value
+
+
+_SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
