@@ -28,6 +28,13 @@ estimated on a fixed quasi-random (Halton) set of points filling the unit ball. 
 ``min_visible_fraction`` and its centre lies in the patch; a nodule that is partly visible but
 not kept keeps its ignore region (claimed points, shell and body) but gets no positives; a
 nodule with no visible volume has no effect at all.
+
+Ignored findings. Spheres passed as ``ignored_*`` (LUNA16's excluded findings: nodules under
+3 mm, calcified granulomas, ...) are matched like nodules that are never kept: their claimed
+points, shell and body are ignored and they give no positives. The evaluation neither rewards
+nor penalises a candidate on them, so training should not either: as negatives, a 2.9 mm
+excluded nodule would teach the network to suppress the 3.0 mm annotated one beside it in
+appearance.
 """
 
 from __future__ import annotations
@@ -145,14 +152,16 @@ def _k_nearest_mask(distance: Tensor, k: int) -> Tensor:
 
 
 def _visible_nodules(
-    centers: Tensor, radii: Tensor, patch_shape_zyx: Sequence[int], config: MatchingConfig
+    centers: Tensor, radii: Tensor, patch_shape_zyx: Sequence[int], config: MatchingConfig, num_annotated: int
 ) -> tuple[Tensor, Tensor]:
-    """Indices of the nodules with some volume in the patch, and which of them are kept."""
+    """Indices of the spheres with some volume in the patch, and which of them are kept (only the
+    first ``num_annotated`` spheres, the nodules, can be; the others are ignored findings)."""
     fraction = sphere_fraction_inside_patch(centers, radii, patch_shape_zyx, config.visibility_samples)
     upper = torch.as_tensor(patch_shape_zyx, dtype=centers.dtype, device=centers.device) - 0.5
     centre_inside = ((centers >= -0.5) & (centers <= upper)).all(dim=-1)
     visible = torch.nonzero(fraction > 0).squeeze(1)
-    kept = (fraction >= config.min_visible_fraction) & centre_inside
+    annotated = torch.arange(centers.shape[0], device=centers.device) < num_annotated
+    kept = (fraction >= config.min_visible_fraction) & centre_inside & annotated
     return visible, kept[visible]
 
 
@@ -207,12 +216,29 @@ def _match_one_patch(
     return labels, radius, offset, nodule_index
 
 
+def _check_spheres(what: str, centers_per_patch: Sequence[Tensor], radii_per_patch: Sequence[Tensor],
+                   num_patches: int) -> None:
+    """Raise ``ValueError`` unless there is one ``(N, 3)`` / ``(N,)`` finite pair per patch, radii > 0."""
+    if len(centers_per_patch) != num_patches or len(radii_per_patch) != num_patches:
+        raise ValueError(
+            f"got {what} centres for {len(centers_per_patch)} patches and radii for {len(radii_per_patch)}, "
+            f"expected {num_patches}"
+        )
+    for centers, radii in zip(centers_per_patch, radii_per_patch):
+        if centers.ndim != 2 or centers.shape[1] != 3 or radii.shape != centers.shape[:1]:
+            raise ValueError(f"{what} centres {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match")
+        if not (torch.isfinite(centers).all() and torch.isfinite(radii).all() and (radii > 0).all()):
+            raise ValueError(f"{what} centres must be finite and radii finite and positive")
+
+
 def match_centre_points(
     nodule_centers_zyx_vox: Sequence[Tensor],
     nodule_radii_vox: Sequence[Tensor],
     patch_shape_zyx: Sequence[int],
     strides: Sequence[int],
     config: MatchingConfig | None = None,
+    ignored_centers_zyx_vox: Sequence[Tensor] | None = None,
+    ignored_radii_vox: Sequence[Tensor] | None = None,
 ) -> list[LevelTargets]:
     """Assign positive, negative and ignored output points for a batch of patches.
 
@@ -227,6 +253,8 @@ def match_centre_points(
         patch_shape_zyx: ``(D, H, W)``, each a multiple of every stride.
         strides: the head levels' strides, finest first.
         config: matching hyper-parameters (defaults: the paper's).
+        ignored_centers_zyx_vox, ignored_radii_vox: per patch, ``(M_b, 3)`` and ``(M_b,)``
+            findings whose region is ignored and that give no positives (default: none).
 
     Returns:
         One :class:`LevelTargets` per level, finest first, on the device of the nodule tensors.
@@ -234,25 +262,27 @@ def match_centre_points(
     config = config or MatchingConfig()
     if not nodule_centers_zyx_vox:
         raise ValueError("need the nodules of at least one patch")
-    if len(nodule_centers_zyx_vox) != len(nodule_radii_vox):
-        raise ValueError(
-            f"got centres for {len(nodule_centers_zyx_vox)} patches but radii for {len(nodule_radii_vox)}"
-        )
-    for centers, radii in zip(nodule_centers_zyx_vox, nodule_radii_vox):
-        if centers.ndim != 2 or centers.shape[1] != 3 or radii.shape != centers.shape[:1]:
-            raise ValueError(
-                f"nodule centres {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match"
-            )
-        if not (torch.isfinite(centers).all() and torch.isfinite(radii).all() and (radii > 0).all()):
-            raise ValueError("nodule centres must be finite and radii finite and positive")
+    if ignored_centers_zyx_vox is None and ignored_radii_vox is None:
+        ignored_centers_zyx_vox = [c.new_zeros((0, 3)) for c in nodule_centers_zyx_vox]
+        ignored_radii_vox = [c.new_zeros(0) for c in nodule_centers_zyx_vox]
+    if ignored_centers_zyx_vox is None or ignored_radii_vox is None:
+        raise ValueError("ignored findings need both their centres and their radii")
+    for what, centers_per_patch, radii_per_patch in (
+        ("nodule", nodule_centers_zyx_vox, nodule_radii_vox),
+        ("ignored-finding", ignored_centers_zyx_vox, ignored_radii_vox),
+    ):
+        _check_spheres(what, centers_per_patch, radii_per_patch, len(nodule_centers_zyx_vox))
     for stride in strides:
         if any(n % stride for n in patch_shape_zyx):
             raise ValueError(f"patch shape {tuple(patch_shape_zyx)} is not a multiple of stride {stride}")
     nodules = []
-    for centers, radii in zip(nodule_centers_zyx_vox, nodule_radii_vox):
-        centers, radii = centers.double(), radii.double()
-        visible, kept = _visible_nodules(centers, radii, patch_shape_zyx, config)
-        nodules.append((centers[visible], radii[visible], kept, visible))  # _match_one_patch's first four
+    for centers, radii, ignored_centers, ignored_radii in zip(
+        nodule_centers_zyx_vox, nodule_radii_vox, ignored_centers_zyx_vox, ignored_radii_vox
+    ):
+        spheres = torch.cat([centers.double(), ignored_centers.to(centers.device).double()])
+        sphere_radii = torch.cat([radii.double(), ignored_radii.to(radii.device).double()])
+        visible, kept = _visible_nodules(spheres, sphere_radii, patch_shape_zyx, config, centers.shape[0])
+        nodules.append((spheres[visible], sphere_radii[visible], kept, visible))  # _match_one_patch's first four
     device = nodule_centers_zyx_vox[0].device
     targets = []
     for stride in strides:

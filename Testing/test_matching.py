@@ -213,6 +213,40 @@ def test_batch_keeps_each_patch_separate_and_indexes_nodules_per_patch():
         assert set(level.nodule_index[2].unique().tolist()) == {-1, 0}
 
 
+def test_ignored_finding_is_an_ignored_region_that_never_becomes_positive():
+    """An excluded finding beside a nodule: labels are the oracle's with the finding never kept,
+    the nodule keeps exactly the positives it has alone, and no point is matched to the finding."""
+    nodule, finding = np.array([30.4, 28.9, 33.2]), np.array([37.6, 35.1, 27.3])
+    config = MatchingConfig()
+    with_finding = match_centre_points(
+        [torch.tensor(nodule[None])], [torch.tensor([2.0])], PATCH, STRIDES, config,
+        ignored_centers_zyx_vox=[torch.tensor(finding[None])], ignored_radii_vox=[torch.tensor([1.2])],
+    )
+    alone = _match(nodule, [2.0])
+    for stride, level, reference in zip(STRIDES, with_finding, alone):
+        labels, radius, offset, index = _flat(level)
+        expected_labels, owner = _oracle_labels(np.stack([nodule, finding]), [2.0, 1.2], [True, False], stride, config)
+        np.testing.assert_array_equal(labels, expected_labels)
+        np.testing.assert_array_equal(index, owner)
+        reference_labels, reference_radius, reference_offset, _ = _flat(reference)
+        finding_points, _ = _nearest(finding, _points(stride))
+        not_the_nodules = finding_points[reference_labels[finding_points] != 1]
+        assert len(not_the_nodules) and (labels[not_the_nodules] == -1).all()
+        np.testing.assert_array_equal(labels == 1, reference_labels == 1)
+        np.testing.assert_array_equal(radius, reference_radius)
+        np.testing.assert_array_equal(offset, reference_offset)
+        assert np.count_nonzero(reference_labels == -1) < np.count_nonzero(labels == -1)
+
+
+def test_ignored_findings_without_radii_are_refused():
+    with pytest.raises(ValueError, match="both their centres and their radii"):
+        match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], PATCH, STRIDES,
+                            ignored_centers_zyx_vox=[torch.zeros(1, 3)])
+    with pytest.raises(ValueError, match="ignored-finding centres for 2 patches"):
+        match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], PATCH, STRIDES,
+                            ignored_centers_zyx_vox=[torch.zeros(0, 3)] * 2, ignored_radii_vox=[torch.zeros(0)] * 2)
+
+
 def test_patch_not_a_multiple_of_the_stride_is_refused():
     with pytest.raises(ValueError, match="multiple of stride"):
         match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], (60, 64, 64), (8,))

@@ -8,10 +8,13 @@ import torch
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import Detector, load_checkpoint
-from training_helpers import write_tiny_luna16
+from SCPMNoduleLib.io import write_annotations
+from SCPMNoduleLib.matching import MatchingConfig
+from SCPMNoduleLib.preprocess import PreprocessConfig
+from training_helpers import NODULE_HU, write_tiny_luna16
 from Training.cache import build_cache, load_cache
 from Training.config import load_config
-from Training.data import EpochSampler, PatchDataset
+from Training.data import EpochSampler, MatchingCollate, PatchDataset
 from Training.export import export_model
 from Training.trainer import Trainer, load_state
 
@@ -62,6 +65,40 @@ def test_nodule_centred_patches_pick_nodules_by_size(cache, power):
             == np.argmin(radii) for i in range(draws)) / draws
         expected = radii.max() ** power / (radii.min() ** power + radii.max() ** power)
         assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / draws) + 1e-9
+
+
+@pytest.mark.parametrize("ignore_excluded", [True, False])
+def test_excluded_findings_reach_the_matching_as_ignored_regions(tmp_path, ignore_excluded):
+    """Each tiny scan's second nodule is moved to annotations_excluded.csv. A rotated, scaled patch
+    centred on it carries it, mapped onto the nodule's bright voxels, to the matching, which
+    ignores its nearest points (``ignore_excluded``) or trains them as background (otherwise)."""
+    findings = write_tiny_luna16(tmp_path / "data", n_scans=2, subsets=1)
+    second = np.arange(len(findings)) % 2 == 1
+    write_annotations(tmp_path / "data" / "annotations.csv", findings.select(~second))
+    write_annotations(tmp_path / "data" / "annotations_excluded.csv", findings.select(second))
+    build_cache(tmp_path / "data", tmp_path / "cache", progress=False)
+    config = _config("data.patch_size=32", "augment.affine_probability=1", f"data.ignore_excluded={json.dumps(ignore_excluded)}")
+    dataset = PatchDataset(load_cache(tmp_path / "cache"), config.data, config.augment, seed=3)
+    nodule = PreprocessConfig().normalize(np.array([NODULE_HU]))[0]
+    collate = MatchingCollate((4, 8), 32, MatchingConfig())
+    for scan in dataset.scans:
+        assert len(scan.radii_vox) == len(scan.excluded_radii_vox) == 1
+        dataset.sample_centre = lambda scan, rng: scan.excluded_centers_zyx_vox[0]
+        sample = dataset[(0, 0)]
+        batch = collate([sample])
+        if not ignore_excluded:
+            assert len(sample["ignored_radii_vox"]) == 0
+            assert all((level.labels == 0).all() for level in batch["targets"])
+            continue
+        center = sample["ignored_centers_zyx_vox"][0].numpy()
+        assert np.abs(center - 15.5).max() < 1.0  # the patch is centred on it, up to snapping
+        image = sample["image"][0].numpy()
+        assert abs(image[tuple(np.rint(center).astype(int))] - nodule) < 0.05
+        for stride, level in zip((4, 8), batch["targets"]):
+            labels = level.labels[0]
+            assert (labels != 1).all() and (labels == -1).sum() >= 7
+            nearest = tuple(np.clip(np.floor(center / stride).astype(int), 0, 32 // stride - 1))
+            assert labels[nearest] == -1
 
 
 @pytest.mark.slow

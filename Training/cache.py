@@ -69,6 +69,8 @@ class CachedScan:
         resampled_shape_zyx: shape of the whole resampled grid.
         centers_zyx_vox: ``(N, 3)`` annotated nodule centres, voxels of the stored crop.
         radii_vox: ``(N,)`` their radii, voxels (= mm at 1 mm spacing).
+        excluded_centers_zyx_vox, excluded_radii_vox: ``(M, 3)`` and ``(M,)``: the same for the
+            excluded findings.
         annotations: the same nodules in world LPS mm with diameters (``annotations.csv`` rows).
         excluded: the scan's excluded findings (``annotations_excluded.csv`` rows).
         source: the original scan file.
@@ -82,6 +84,8 @@ class CachedScan:
     resampled_shape_zyx: tuple[int, int, int]
     centers_zyx_vox: np.ndarray
     radii_vox: np.ndarray
+    excluded_centers_zyx_vox: np.ndarray
+    excluded_radii_vox: np.ndarray
     annotations: Findings
     excluded: Findings
     source: Path
@@ -297,6 +301,14 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
+def _sphere_centers(records: list[dict[str, Any]]) -> np.ndarray:
+    return np.asarray([r["center_zyx_vox"] for r in records], dtype=np.float64).reshape(-1, 3)
+
+
+def _sphere_radii(records: list[dict[str, Any]]) -> np.ndarray:
+    return np.asarray([r["radius_vox"] for r in records], dtype=np.float64).reshape(-1)
+
+
 def _findings(seriesuid: str, records: list[dict[str, Any]]) -> Findings:
     return Findings.from_columns([seriesuid] * len(records),
                                  np.asarray([r["center_xyz_mm"] for r in records], dtype=np.float64).reshape(-1, 3),
@@ -328,7 +340,7 @@ def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
                 "to rebuild it."
             )
         metadata = json.loads(path.read_text(encoding="utf-8"))
-        nodules = metadata["nodules"]
+        nodules, excluded = metadata["nodules"], metadata["excluded"]
         uid = metadata["seriesuid"]
         scans.append(CachedScan(
             seriesuid=uid,
@@ -337,10 +349,12 @@ def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
             shape_zyx=tuple(metadata["shape_zyx"]),
             crop_start_zyx=tuple(metadata["crop_start_zyx"]),
             resampled_shape_zyx=tuple(metadata["resampled"]["shape_zyx"]),
-            centers_zyx_vox=np.asarray([n["center_zyx_vox"] for n in nodules], dtype=np.float64).reshape(-1, 3),
-            radii_vox=np.asarray([n["radius_vox"] for n in nodules], dtype=np.float64).reshape(-1),
+            centers_zyx_vox=_sphere_centers(nodules),
+            radii_vox=_sphere_radii(nodules),
+            excluded_centers_zyx_vox=_sphere_centers(excluded),
+            excluded_radii_vox=_sphere_radii(excluded),
             annotations=_findings(uid, nodules),
-            excluded=_findings(uid, metadata["excluded"]),
+            excluded=_findings(uid, excluded),
             source=Path(metadata["source"]),
         ))
     return scans

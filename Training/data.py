@@ -14,7 +14,9 @@ value, as the detector pads its tiles). The patch is then cut out with a random 
 swap / rotation / scaling (:mod:`Training.augment`), and every nodule of the scan is mapped into
 patch voxels with the same transform. All nodules are returned, those cut by or outside the
 patch included: the matching decides from their visible volume whether they are positives,
-ignored, or irrelevant.
+ignored, or irrelevant. The scan's excluded findings come along, mapped the same way, as regions
+the matching ignores (``DataConfig.ignore_excluded``; otherwise none are passed and they are
+background like the rest).
 
 Coordinate maps: like the detector's tiles, a patch reports its origin and the scan's shape in
 the whole resampled grid (``crop_start + origin in the crop``, ``resampled_shape``). Under a
@@ -101,26 +103,29 @@ class PatchDataset(Dataset):
         order = self.augment.interpolation_order if self.augment is not None else 1
         image = extract_patch(scan.volume(), center_src, matrix, patch, self.fill, order)
         centers, radii = transform_spheres(scan.centers_zyx_vox, scan.radii_vox, center_src, matrix, scale, patch)
+        if self.data.ignore_excluded:
+            ignored_centers, ignored_radii = transform_spheres(scan.excluded_centers_zyx_vox, scan.excluded_radii_vox,
+                                                               center_src, matrix, scale, patch)
+        else:
+            ignored_centers, ignored_radii = np.zeros((0, 3)), np.zeros(0)
         return {
             "image": torch.from_numpy(image)[None],
             "origin_zyx": torch.from_numpy(origin + np.asarray(scan.crop_start_zyx)),
             "scan_shape_zyx": torch.tensor(scan.resampled_shape_zyx, dtype=torch.int64),
             "centers_zyx_vox": torch.from_numpy(centers).float(),
             "radii_vox": torch.from_numpy(radii).float(),
+            "ignored_centers_zyx_vox": torch.from_numpy(ignored_centers).float(),
+            "ignored_radii_vox": torch.from_numpy(ignored_radii).float(),
             "seriesuid": scan.seriesuid,
         }
 
 
 def collate_patches(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images ``(B, 1, P, P, P)``, origins and scan shapes ``(B, 3)``; nodules stay per-sample lists."""
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "origin_zyx": torch.stack([s["origin_zyx"] for s in samples]),
-        "scan_shape_zyx": torch.stack([s["scan_shape_zyx"] for s in samples]),
-        "centers_zyx_vox": [s["centers_zyx_vox"] for s in samples],
-        "radii_vox": [s["radii_vox"] for s in samples],
-        "seriesuid": [s["seriesuid"] for s in samples],
-    }
+    """Stack images ``(B, 1, P, P, P)``, origins and scan shapes ``(B, 3)``; nodules, ignored
+    findings and uids stay per-sample lists."""
+    stacked = ("image", "origin_zyx", "scan_shape_zyx")
+    return {key: torch.stack([s[key] for s in samples]) if key in stacked else [s[key] for s in samples]
+            for key in samples[0]}
 
 
 class MatchingCollate:
@@ -137,7 +142,8 @@ class MatchingCollate:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = collate_patches(samples)
         batch["targets"] = match_centre_points(batch["centers_zyx_vox"], batch["radii_vox"], self.patch_shape,
-                                               self.strides, self.config)
+                                               self.strides, self.config, batch["ignored_centers_zyx_vox"],
+                                               batch["ignored_radii_vox"])
         return batch
 
 
