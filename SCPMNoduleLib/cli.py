@@ -155,6 +155,9 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
                         help="at most this many detections per scan (default 100)")
     parser.add_argument("--progress", choices=("bar", "jsonl", "none"), default="bar",
                         help="bar: a progress bar per scan; jsonl: one JSON event a line on stdout")
+    parser.add_argument("--mirror", default="", metavar="AXES",
+                        help="test-time augmentation: also run on the scan mirrored along every combination "
+                             "of these axes and average (e.g. zyx: 8 passes; default: none)")
 
 
 def _detector(args: argparse.Namespace):
@@ -171,6 +174,7 @@ def _detector(args: argparse.Namespace):
         if args.max_detections < 1:
             raise UserInputError(f"--max-detections {args.max_detections}: must be at least 1.")
         changes["max_detections"] = args.max_detections
+    changes["mirror_axes"] = args.mirror
     detector = Detector.from_checkpoint(args.model, device=args.device,
                                         config=replace(InferenceConfig(), **changes))
     if not detector.trained:

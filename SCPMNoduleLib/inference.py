@@ -42,7 +42,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,6 +102,10 @@ class InferenceConfig:
         channels_last: use the channels-last-3d memory format (faster 3-D convolutions).
         fuse_batch_norm: fold an SCPMNet's BatchNorms into its convolutions (inference only;
             :func:`~SCPMNoduleLib.model.fuse_batch_norm`).
+        mirror_axes: test-time augmentation: any of ``z``, ``y``, ``x``. The network also runs on
+            each tile mirrored along every non-empty combination of these axes (``"yx"``: 4
+            passes, ``"zyx"``: 8) and the maps are averaged (:func:`average_mirrored_maps`);
+            ``""`` (default) runs it once.
     """
 
     score_threshold: float = 0.1
@@ -116,6 +120,16 @@ class InferenceConfig:
     precision: str = "auto"
     channels_last: bool = True
     fuse_batch_norm: bool = True
+    mirror_axes: str = ""
+
+    def __post_init__(self) -> None:
+        if set(self.mirror_axes) - set("zyx") or len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise UserInputError(f"mirror axes {self.mirror_axes!r}: expected distinct letters among z, y, x.")
+
+    def mirror_dims(self) -> list[tuple[int, ...]]:
+        """The tensor dims ``(B, C, z, y, x)`` of each pass: ``()`` (the tile itself) first."""
+        dims = [2 + "zyx".index(axis) for axis in sorted(self.mirror_axes, key="zyx".index)]
+        return [tuple(d for bit, d in enumerate(dims) if subset >> bit & 1) for subset in range(2 ** len(dims))]
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,35 @@ def plan_tiles(shape_zyx: tuple[int, int, int], divisor: int, margin: int, max_v
     size = tuple(int(side) for side, _ in chosen)
     return [Tile((z[0], y[0], x[0]), size, (z[1], y[1], x[1]), (z[2], y[2], x[2]))
             for z in chosen[0][1] for y in chosen[1][1] for x in chosen[2][1]]
+
+
+MirroredMaps = tuple[tuple[int, ...], list[dict[str, Tensor]]]
+
+
+def average_mirrored_maps(passes: Sequence[MirroredMaps]) -> list[dict[str, Tensor]]:
+    """Average a network's maps over mirrored copies of its input.
+
+    Each pass is ``(dims, maps)``: the maps of the input flipped along tensor ``dims`` (of
+    ``(B, C, z, y, x)``). A tile's side is a multiple of each stride ``s``, so flipping it maps
+    grid point ``p = j s + (s - 1) / 2`` to ``L - 1 - p``, another grid point, and a sphere
+    centred at ``c`` to ``L - 1 - c``: the maps are flipped back along ``dims`` and the offset
+    ``(c - p) / s`` changes sign along those axes; the radius is unchanged. The result holds
+    the mean probability (as ``logits = logit(mean sigmoid)``), mean radius and mean offset.
+    """
+    levels = []
+    for level in range(len(passes[0][1])):
+        probability = radius = offset = 0.0
+        for dims, maps in passes:
+            out = maps[level]
+            sign = torch.ones(3, device=out["offset"].device)
+            sign[[d - 2 for d in dims]] = -1.0
+            probability = probability + torch.sigmoid(out["logits"].float()).flip(dims)
+            radius = radius + out["radius"].float().flip(dims)
+            offset = offset + out["offset"].float().flip(dims) * sign.view(1, 3, 1, 1, 1)
+        count = len(passes)
+        levels.append({"logits": torch.logit(probability / count, eps=1e-7), "radius": radius / count,
+                       "offset": offset / count})
+    return levels
 
 
 def resolve_device(device: str) -> torch.device:
@@ -445,7 +488,9 @@ class Detector:
             origin = torch.tensor([[o + c for o, c in zip(tile.origin, prepared.crop_start_zyx)]],
                                   device=self.device)
             with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                outputs = self.model(patch, patch_origin_zyx=origin, scan_shape_zyx=scan_shape)
+                passes = [(dims, self.model(patch.flip(dims) if dims else patch, patch_origin_zyx=origin,
+                                            scan_shape_zyx=scan_shape)) for dims in self.config.mirror_dims()]
+            outputs = passes[0][1] if len(passes) == 1 else average_mirrored_maps(passes)
             if maps is None:
                 maps = [{key: torch.zeros((1, value.shape[1], *(n // s for n in shape)), device=self.device)
                          for key, value in level.items()} for level, s in zip(outputs, self.model.strides)]

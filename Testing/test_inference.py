@@ -142,6 +142,37 @@ def test_maps_decoded_with_another_config_are_that_configs_detections():
     assert len(undeduplicated) > 27  # without NMS each blob is reported by several grid points
 
 
+class LeaningCentroid(BrightCentroid):
+    """BrightCentroid that reports every sphere one voxel further along +z, +y and +x."""
+
+    def forward(self, image, patch_origin_zyx=None, scan_shape_zyx=None):
+        (level,) = super().forward(image, patch_origin_zyx, scan_shape_zyx)
+        return [{**level, "offset": level["offset"] + 0.25}]
+
+
+@pytest.mark.parametrize("axes", ["", "x", "zy", "zyx"])
+def test_mirrored_passes_cancel_a_networks_lean_along_the_mirrored_axes(axes):
+    """A mirrored tile's offsets come back with their sign flipped along the mirrored axes, so
+    the lean cancels there (and only there); the blob's probability is the unmirrored one."""
+    shape_zyx = (36, 40, 44)
+    truth_zyx = np.array([17.3, 19.6, 21.2])
+    scan = blob_scan(shape_zyx, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), [truth_zyx[::-1]])
+    config = InferenceConfig(tile_margin_vox=8, mirror_axes=axes)
+    assert len(config.mirror_dims()) == 2 ** len(axes)
+    (found,) = Detector(LeaningCentroid(), NO_MASK, config).detect(scan)
+    lean = np.array([0.0 if axis in axes else 1.0 for axis in "zyx"])
+    np.testing.assert_allclose(np.asarray(found.center_xyz_mm)[::-1] - truth_zyx, lean, atol=0.1)
+    (plain,) = Detector(BrightCentroid(), NO_MASK, InferenceConfig(tile_margin_vox=8)).detect(scan)
+    assert found.probability == pytest.approx(plain.probability, abs=1e-6)
+
+
+def test_mirror_axes_other_than_z_y_x_are_refused():
+    with pytest.raises(UserInputError, match="mirror axes 'xw'"):
+        InferenceConfig(mirror_axes="xw")
+    with pytest.raises(UserInputError, match="distinct"):
+        InferenceConfig(mirror_axes="xx")
+
+
 def test_tile_plan_covers_each_voxel_once_with_margins():
     shape, q, margin, budget = (64, 256, 96), 16, 32, 64 * 160 * 96
     tiles = plan_tiles(shape, q, margin, budget)

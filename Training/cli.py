@@ -70,7 +70,8 @@ def _run_cv(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .detect import evaluate_folder
 
-    result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps)
+    result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps,
+                             args.mirror)
     rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
     print(f"CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}")
     return 0
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     evaluate.add_argument("--threshold", type=float, default=0.01, help="detector probability threshold")
     evaluate.add_argument("--bootstraps", type=int, default=1000, help="bootstrap resamples for the CPM's CI")
+    evaluate.add_argument("--mirror", default="", metavar="AXES",
+                          help="test-time mirroring along every combination of these axes (e.g. zyx)")
     evaluate.set_defaults(run=_run_evaluate)
 
     export = commands.add_parser("export", help="write a detector checkpoint and its Models.json entry")

@@ -111,20 +111,24 @@ def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
 
 
 def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    device: str = "auto", score_threshold: float = 0.01, bootstraps: int = 1000) -> FROCResult:
+                    device: str = "auto", score_threshold: float = 0.01, bootstraps: int = 1000,
+                    mirror_axes: str = "") -> FROCResult:
     """Detect on every scan of a LUNA16-layout folder and evaluate with LUNA16's FROC.
 
     Writes ``candidates.csv`` and the evaluation (``froc_summary.json``, ``froc_curve.csv``,
     ``froc.png``, ``missed_nodules.csv``) to ``out_dir``; ``froc_summary.json`` is what
-    ``scpm-train export --froc`` records as the model's metrics.
+    ``scpm-train export --froc`` records as the model's metrics. ``mirror_axes``: test-time
+    mirroring (:class:`InferenceConfig`).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     scans = find_luna16_scans(data_dir)
+    config = InferenceConfig(score_threshold=score_threshold, mirror_axes=mirror_axes)
     model, preprocess = load_model(checkpoint)
-    candidates = detect_scans(model, preprocess, scans, device, InferenceConfig(score_threshold=score_threshold))
+    candidates = detect_scans(model, preprocess, scans, device, config)
     result = evaluate_froc(data_dir / "annotations.csv", read_excluded(data_dir), [scan.seriesuid for scan in scans],
                            candidates, EvaluationConfig(n_bootstraps=bootstraps))
     write_candidates(out_dir / "candidates.csv", candidates)
     write_evaluation({Path(checkpoint).name: result}, out_dir,
-                     inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve())})
+                     inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve()),
+                             "mirror_axes": mirror_axes})
     return result
