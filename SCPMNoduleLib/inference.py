@@ -105,7 +105,9 @@ class InferenceConfig:
         mirror_axes: test-time augmentation: any of ``z``, ``y``, ``x``. The network also runs on
             each tile mirrored along every non-empty combination of these axes (``"yx"``: 4
             passes, ``"zyx"``: 8) and the maps are averaged (:func:`average_mirrored_maps`);
-            ``""`` (default) runs it once.
+            ``""`` (default) runs it once. On the 10 tuning phantoms demo 1.2.0 scored CPM 0.754
+            without and 0.743 with ``"zyx"``, which took 3.6 instead of 0.7 minutes on 2 CPU cores:
+            an option for models that gain from it, not a default.
     """
 
     score_threshold: float = 0.1
