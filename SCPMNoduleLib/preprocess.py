@@ -194,9 +194,22 @@ def lung_mask(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfi
     without resampling the whole grid); then, as whole-array operations: air = value below
     ``lung_threshold_hu``; connected components (6-connectivity); drop those touching the
     y or x border (the air around the body) or smaller than ``lung_min_volume_ml``; fill holes
-    within each axial slice; dilate by ``mask_dilation_mm``.
+    within each axial slice; dilate by ``mask_dilation_mm``. A chest wall thinner than a block
+    can fall between the samples, joining the lungs to the outside air; when nothing is found,
+    the mask is tried once more with blocks half the size.
     """
-    block = config.mask_block
+    blocks = [config.mask_block] + ([config.mask_block // 2] if config.mask_block > 1 else [])
+    for block in blocks:
+        mask = _lung_mask_of_blocks(image, geometry, config, block)
+        if mask is not None:
+            if block != config.mask_block:
+                log.info("lung mask found with %d-voxel blocks (none with %d)", block, config.mask_block)
+            return mask
+    return None
+
+
+def _lung_mask_of_blocks(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfig,
+                         block: int) -> LungMask | None:
     coarse_grid = ScanGeometry(
         tuple(-(-n // block) for n in geometry.shape_zyx),
         geometry.index_to_world(np.full(3, (block - 1) / 2)), geometry.spacing_xyz_mm * block,

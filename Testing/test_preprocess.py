@@ -6,6 +6,7 @@ import SimpleITK as sitk
 from SCPMNoduleLib.preprocess import (
     PreprocessConfig,
     ScanGeometry,
+    _lung_mask_of_blocks,
     lung_mask,
     prepare_scan,
     resample,
@@ -103,6 +104,23 @@ def test_lung_mask_covers_the_lungs_and_their_nodules_but_not_the_air_outside():
     assert np.all(start <= lungs.min(0)) and np.all(stop > lungs.max(0))
     # the box is the lungs' extent grown by at most one block plus the dilation (4 + 4 voxels)
     assert np.all(lungs.min(0) - start <= 8) and np.all(stop - lungs.max(0) <= 9)
+
+
+def test_a_chest_wall_between_the_block_samples_is_found_with_half_blocks():
+    """Lungs (-900 HU) in a box body whose side walls are 3 voxels thick (x = 3..5, 58..60): the
+    4-voxel blocks sample x = 1.5 (air) and 5.5 (half wall, half lung: -430 HU), so at that
+    resolution the lungs run into the outside air; 2-voxel blocks sample x = 4.5 (wall)."""
+    hu = np.full((48, 64, 64), -1000.0, np.float32)
+    hu[:, 4:60, 3:61] = 40.0
+    hu[8:40, 12:52, 6:28] = -900.0
+    hu[8:40, 12:52, 36:58] = -900.0
+    image = _unit_image(hu)
+    geometry, config = ScanGeometry.from_image(image), PreprocessConfig(mask_dilation_mm=2.0)
+    assert _lung_mask_of_blocks(image, geometry, config, 4) is None
+    mask = lung_mask(image, geometry, config)
+    assert mask is not None and mask.block == 2
+    assert mask.contains(np.argwhere(hu == -900.0)).all()
+    assert not mask.contains(np.array([[24, 32, 1], [24, 32, 62], [24, 1, 32]])).any()
 
 
 def test_lung_mask_is_none_without_lungs():
