@@ -77,14 +77,17 @@ def test_excluded_findings_reach_the_matching_as_ignored_regions(tmp_path, ignor
     write_annotations(tmp_path / "data" / "annotations.csv", findings.select(~second))
     write_annotations(tmp_path / "data" / "annotations_excluded.csv", findings.select(second))
     build_cache(tmp_path / "data", tmp_path / "cache", progress=False)
-    config = _config("data.patch_size=32", "augment.affine_probability=1", f"data.ignore_excluded={json.dumps(ignore_excluded)}")
+    config = _config("data.patch_size=32", "augment.affine_probability=1",
+                     f"data.ignore_excluded={json.dumps(ignore_excluded)}")
     dataset = PatchDataset(load_cache(tmp_path / "cache"), config.data, config.augment, seed=3)
+    dataset.sample_centre = lambda scan, rng: scan.excluded_centers_zyx_vox[0]  # aim every patch at it
     nodule = PreprocessConfig().normalize(np.array([NODULE_HU]))[0]
     collate = MatchingCollate((4, 8), 32, MatchingConfig())
-    for scan in dataset.scans:
+    assert len(dataset.scans) == 2
+    for index, scan in enumerate(dataset.scans):  # sample ``index`` is cut from scan ``index % 2``
         assert len(scan.radii_vox) == len(scan.excluded_radii_vox) == 1
-        dataset.sample_centre = lambda scan, rng: scan.excluded_centers_zyx_vox[0]
-        sample = dataset[(0, 0)]
+        sample = dataset[(0, index)]
+        assert sample["seriesuid"] == scan.seriesuid
         batch = collate([sample])
         if not ignore_excluded:
             assert len(sample["ignored_radii_vox"]) == 0
