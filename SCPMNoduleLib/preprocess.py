@@ -210,6 +210,7 @@ def lung_mask(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfi
 
 def _lung_mask_of_blocks(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfig,
                          block: int) -> LungMask | None:
+    """:func:`lung_mask` at one block size, or ``None`` when that finds no lung-sized air."""
     coarse_grid = ScanGeometry(
         tuple(-(-n // block) for n in geometry.shape_zyx),
         geometry.index_to_world(np.full(3, (block - 1) / 2)), geometry.spacing_xyz_mm * block,
