@@ -189,6 +189,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise UserInputError(f"{where}: {error}.")
 
 
+_SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
@@ -202,13 +205,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return tuple(_convert(arg, item, where) for arg, item in zip(args, value))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in _SCALAR_NAMES and (type(value) is not hint):
+    if hint in _SCALAR_NAMES and type(value) is not hint:
         article = "an" if hint is int else "a"
         raise UserInputError(f"{where}: {value!r} is not {article} {_SCALAR_NAMES[hint]}.")
     return value
-
-
-_SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
