@@ -206,16 +206,17 @@ def average_mirrored_maps(passes: Sequence[MirroredMaps]) -> list[dict[str, Tens
     ``(c - p) / s`` changes sign along those axes; the radius is unchanged. The result holds
     the mean probability (as ``logits = logit(mean sigmoid)``), mean radius and mean offset.
     """
+    device = passes[0][1][0]["offset"].device
+    signs = [torch.tensor([-1.0 if d in dims else 1.0 for d in (2, 3, 4)], device=device).view(1, 3, 1, 1, 1)
+             for dims, _ in passes]
     levels = []
     for level in range(len(passes[0][1])):
         probability = radius = offset = 0.0
-        for dims, maps in passes:
+        for (dims, maps), sign in zip(passes, signs):
             out = maps[level]
-            sign = torch.ones(3, device=out["offset"].device)
-            sign[[d - 2 for d in dims]] = -1.0
             probability = probability + torch.sigmoid(out["logits"].float()).flip(dims)
             radius = radius + out["radius"].float().flip(dims)
-            offset = offset + out["offset"].float().flip(dims) * sign.view(1, 3, 1, 1, 1)
+            offset = offset + out["offset"].float().flip(dims) * sign
         count = len(passes)
         levels.append({"logits": torch.logit(probability / count, eps=1e-7), "radius": radius / count,
                        "offset": offset / count})
