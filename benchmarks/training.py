@@ -65,7 +65,7 @@ def main() -> None:
         overrides = [f"data.patch_size={args.patch}", f"optim.batch_size={args.batch}",
                      f"optim.epochs={args.epochs}", f"data.num_workers={args.workers}",
                      f"data.crops_per_scan={crops}", "validation.every_epochs=0",
-                     f"log_every_steps={args.steps}", f"channels_last={not args.contiguous}"]
+                     f"log_every_steps={args.steps}", f"channels_last={str(not args.contiguous).lower()}"]
         config = load_config(DEMO_CONFIG if args.config == "demo" else None, overrides)
 
         dataset = PatchDataset(load_cache(work / "cache"), config.data, config.augment, config.seed)
