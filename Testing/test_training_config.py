@@ -22,6 +22,17 @@ def test_defaults_are_the_papers_schedule():
     assert config.data.patch_size == 96
 
 
+def test_linear_interpolation_ramps_between_the_pairs_and_holds_the_last():
+    """Hand-worked: hold 1e-3 for 10 epochs, decay linearly to 0 at epoch 40, then stay at 0."""
+    config = load_config(None, ["optim.lr_schedule=[[0, 0.001], [10, 0.001], [40, 0]]",
+                                "optim.lr_interpolation=linear"])
+    positions = (0, 5.5, 10, 17.5, 25, 39.25, 40, 45)
+    expected = (1e-3, 1e-3, 1e-3, 0.75e-3, 0.5e-3, 0.025e-3, 0.0, 0.0)
+    assert [config.lr_at(epoch) for epoch in positions] == pytest.approx(expected, abs=1e-15)
+    stepped = load_config(None, ["optim.lr_schedule=[[0, 0.001], [10, 0.001], [40, 0]]"])
+    assert [stepped.lr_at(epoch) for epoch in positions] == [1e-3] * 6 + [0.0, 0.0]
+
+
 def test_file_and_overrides_round_trip_through_json(tmp_path):
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"optim": {"epochs": 5}, "model": {"encoder_channels": [8, 8, 8, 8]}}), encoding="utf-8")
@@ -40,6 +51,8 @@ def test_file_and_overrides_round_trip_through_json(tmp_path):
     ("data.nodule_fraction=2", "nodule_fraction"),
     ("epochs", "KEY=VALUE"),
     ("optim.optimizer=adam", "optim.optimizer"),
+    ("optim.lr_interpolation=cosine", "optim.lr_interpolation: 'cosine' is not one of step, linear"),
+    ("optim.ema_decay=1", r"optim.ema_decay: 1.0 is not in \[0, 1\)"),
     ("data.ignore_excluded=False", r"data.ignore_excluded: 'False' is not a boolean"),
     ("data.patch_size=64.5", "data.patch_size: 64.5 is not an integer"),
     ("optim.lr_schedule=[[0, \"fast\"]]", "optim.lr_schedule: 'fast' is not a number"),

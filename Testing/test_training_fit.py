@@ -16,7 +16,7 @@ from Training.cache import build_cache, load_cache
 from Training.config import load_config
 from Training.data import EpochSampler, MatchingCollate, PatchDataset
 from Training.export import export_model
-from Training.trainer import Trainer, load_state
+from Training.trainer import Trainer, load_state, model_from_state
 
 TINY = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
@@ -104,14 +104,18 @@ def test_excluded_findings_reach_the_matching_as_ignored_regions(tmp_path, ignor
             assert labels[nearest] == -1
 
 
+AVERAGED = ("optim.lr_interpolation=linear", "optim.ema_decay=0.5")
+
+
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_gives_the_same_weights_as_an_uninterrupted_one(cache, tmp_path):
-    Trainer(_config("optim.epochs=3"), cache, tmp_path / "straight", device="cpu").fit()
+@pytest.mark.parametrize("schedule", [(), AVERAGED], ids=["step", "linear-averaged"])
+def test_interrupted_and_resumed_run_gives_the_same_weights_as_an_uninterrupted_one(cache, tmp_path, schedule):
+    Trainer(_config("optim.epochs=3", *schedule), cache, tmp_path / "straight", device="cpu").fit()
     # the same run stopped after its first epoch, resumed with DataLoader workers this time
-    Trainer(_config("optim.epochs=1"), cache, tmp_path / "resumed", device="cpu").fit()
+    Trainer(_config("optim.epochs=1", *schedule), cache, tmp_path / "resumed", device="cpu").fit()
     with pytest.raises(UserInputError, match="--resume"):
-        Trainer(_config("optim.epochs=3"), cache, tmp_path / "resumed", device="cpu").fit()
-    summary = Trainer(_config("optim.epochs=3", "data.num_workers=2"), cache, tmp_path / "resumed",
+        Trainer(_config("optim.epochs=3", *schedule), cache, tmp_path / "resumed", device="cpu").fit()
+    summary = Trainer(_config("optim.epochs=3", "data.num_workers=2", *schedule), cache, tmp_path / "resumed",
                       device="cpu").fit(resume=True)
     assert summary["epochs"] == 3 and summary["steps"] == 3 * 2
 
@@ -125,10 +129,24 @@ def test_interrupted_and_resumed_run_gives_the_same_weights_as_an_uninterrupted_
     assert not all(torch.equal(value, straight["model"][name]) for name, value in initial.items())
     log = (tmp_path / "resumed" / "train_log.csv").read_text(encoding="utf-8").splitlines()
     assert log[0].startswith("epoch,step,lr,total,classification,radius,offset,siou,samples_per_s,data_wait_share")
-    assert [row.split(",")[:3] for row in log[1:]] == [
-        ["0", "1", "0.01"], ["0", "2", "0.01"], ["1", "3", "0.003"], ["1", "4", "0.003"],
-        ["2", "5", "0.003"], ["2", "6", "0.003"],
-    ]
+    # two steps per epoch; linear: 0.01 at epoch 0, 0.0065 at 0.5, then 0.003 from epoch 1 on
+    assert [row.split(",")[:2] for row in log[1:]] == [["0", "1"], ["0", "2"], ["1", "3"], ["1", "4"],
+                                                       ["2", "5"], ["2", "6"]]
+    rates = [float(row.split(",")[2]) for row in log[1:]]
+    assert rates == pytest.approx([0.01, 0.0065 if schedule else 0.01] + [0.003] * 4, rel=1e-12)
+    if schedule:  # the average resumes exactly too, and it is what the run deploys
+        assert straight["weight_average"]["updates"] == resumed["weight_average"]["updates"] == 6
+        averaged = straight["weight_average"]["weights"]
+        for name, value in averaged.items():
+            assert torch.equal(value, resumed["weight_average"]["weights"][name]), name
+        deployed = model_from_state(straight, "last.pt").state_dict()
+        assert all(torch.equal(value, averaged[name]) for name, value in deployed.items())
+        assert not all(torch.equal(value, straight["model"][name]) for name, value in averaged.items())
+        Trainer(_config("optim.epochs=1"), cache, tmp_path / "plain", device="cpu").fit()
+        with pytest.raises(UserInputError, match="no weight average"):
+            Trainer(_config("optim.epochs=2", *schedule), cache, tmp_path / "plain", device="cpu").fit(resume=True)
+    else:
+        assert straight["weight_average"] is None
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """The optimiser and the piecewise-constant learning-rate schedule (paper section 3.5).
+    """The optimiser, the learning-rate schedule (paper section 3.5) and weight averaging.
 
     Attributes:
         batch_size: global batch size (split evenly over the DDP processes).
@@ -72,7 +72,14 @@ class OptimConfig:
         lr_schedule: ``(start_epoch, lr)`` pairs in increasing epoch order; the learning rate of
             epoch ``e`` is that of the last pair with ``start_epoch <= e``. Paper: 1e-4 warm-up for
             20 epochs, then 1e-2, 1e-3 from epoch 80, 1e-4 from epoch 150.
+        lr_interpolation: ``step`` holds each pair's rate until the next pair starts (the
+            paper's); ``linear`` ramps linearly from one pair's rate to the next's, step by step
+            (fractional epochs), and holds the last, so ``[[0, 1e-3], [15, 1e-3], [44, 0]]`` is
+            constant, then a linear decay to zero at the end of a 44-epoch run.
         max_grad_norm: clip the gradients' global L2 norm to this value; 0 disables clipping.
+        ema_decay: keep an exponential moving average of the weights and BatchNorm statistics,
+            updated after every optimiser step (:class:`~Training.averaging.WeightAverage`);
+            validation, ``best.pt`` selection and export then use the average. 0 disables it.
     """
 
     batch_size: int = 24
@@ -82,7 +89,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     nesterov: bool = False
     lr_schedule: tuple[tuple[int, float], ...] = ((0, 1e-4), (20, 1e-2), (80, 1e-3), (150, 1e-4))
+    lr_interpolation: str = "step"
     max_grad_norm: float = 0.0
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -154,6 +163,12 @@ class TrainConfig:
             raise UserInputError(
                 f"config optim.lr_schedule: {schedule!r} must start at epoch 0 and increase."
             )
+        if self.optim.lr_interpolation not in ("step", "linear"):
+            raise UserInputError(
+                f"config optim.lr_interpolation: {self.optim.lr_interpolation!r} is not one of step, linear."
+            )
+        if not 0.0 <= self.optim.ema_decay < 1.0:
+            raise UserInputError(f"config optim.ema_decay: {self.optim.ema_decay} is not in [0, 1).")
         if self.optim.optimizer not in ("sgd", "adamw"):
             raise UserInputError(f"config optim.optimizer: {self.optim.optimizer!r} is not one of sgd, adamw.")
         if not 0.0 <= self.data.nodule_fraction <= 1.0:
@@ -166,9 +181,20 @@ class TrainConfig:
         if self.optim.batch_size < 1 or self.optim.epochs < 1:
             raise UserInputError("config optim.batch_size and optim.epochs must be at least 1.")
 
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of ``epoch`` (0-based) from ``optim.lr_schedule``."""
-        return float([lr for start, lr in self.optim.lr_schedule if start <= epoch][-1])
+    def lr_at(self, epoch: float) -> float:
+        """The learning rate at ``epoch`` (0-based; fractional within an epoch) from ``optim.lr_schedule``.
+
+        With ``step`` interpolation it is the rate of the last pair ``(e_i, r_i)`` with
+        ``e_i <= epoch``; with ``linear``, ``r_i + (epoch - e_i) / (e_{i+1} - e_i) * (r_{i+1} - r_i)``
+        between pairs ``i`` and ``i + 1``, and the last rate from the last pair on.
+        """
+        schedule = self.optim.lr_schedule
+        i = max(k for k, (start, _) in enumerate(schedule) if start <= epoch)
+        start, lr = schedule[i]
+        if self.optim.lr_interpolation == "step" or i + 1 == len(schedule):
+            return float(lr)
+        end, next_lr = schedule[i + 1]
+        return float(lr + (epoch - start) / (end - start) * (next_lr - lr))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

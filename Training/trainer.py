@@ -7,11 +7,14 @@ each reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the environment, joins th
 same weights after every step. The global batch ``optim.batch_size`` is split evenly over the
 processes. Only rank 0 writes checkpoints, logs and validation reports.
 
-Per epoch ``e``: the learning rate is ``config.lr_at(e)`` (a pure function of the epoch, so the
-schedule resumes exactly); after the epoch the full training state is written atomically to
-``last.pt`` (model, optimiser, gradient scaler, RNG states, epoch, step, best CPM); every
-``validation.every_epochs`` epochs the real detector runs on the fold's held-out scans and
-LUNA16's FROC is computed; the state with the best CPM is also written to ``best.pt``.
+Step ``i`` of the ``n`` in epoch ``e`` runs at the learning rate ``config.lr_at(e + i / n)`` (a pure
+function of the position in the run, so the schedule resumes exactly); with ``optim.ema_decay``
+the weights' moving average (:class:`~Training.averaging.WeightAverage`) is updated after every
+step. After the epoch the full training state is written atomically to ``last.pt`` (model, its
+average, optimiser, gradient scaler, RNG states, epoch, step, best CPM); every
+``validation.every_epochs`` epochs the real detector runs on the fold's held-out scans (with the
+averaged weights when there are any) and LUNA16's FROC is computed; the state with the best CPM is
+also written to ``best.pt``.
 Samples depend only on ``(seed, epoch, index)``, so resuming from ``last.pt`` continues exactly
 as an uninterrupted run would (bit for bit on CPU).
 """
@@ -46,6 +49,7 @@ from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
+from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info
 from .config import TrainConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
@@ -162,9 +166,11 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str)
 
 
 def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:
-    """The network of a training state, with its weights (CPU, train mode)."""
+    """The network a training state deploys (CPU, train mode): its weights' moving average when the
+    run kept one (``optim.ema_decay > 0``), its last weights otherwise."""
     model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
-    load_weights(model, state["model"], where)
+    average = state.get("weight_average")
+    load_weights(model, average["weights"] if average is not None else state["model"], where)
     return model
 
 
@@ -262,6 +268,7 @@ class Trainer:
 
         optim = config.optim
         self.optimizer = make_optimizer(self.model, config)
+        self.average = WeightAverage(self.model, optim.ema_decay) if optim.ema_decay > 0 else None
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
@@ -313,6 +320,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "fold": self.fold,
             "best_cpm": self.best_cpm, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "weight_average": self.average.state_dict() if self.average is not None else None,
             "scaler": self.scaler.state_dict(), "rng": _rng_state(),
             "config": self.config.to_dict(), "preprocess": self.preprocess.to_dict(),
             "train_seriesuids": [scan.seriesuid for scan in self.train_scans],
@@ -328,6 +336,10 @@ class Trainer:
         if changed:
             log.warning("resuming with a changed config (%s)", ", ".join(changed))
         load_weights(self.model, state["model"], where)
+        if self.average is not None:
+            if state.get("weight_average") is None:
+                raise UserInputError(f"{where}: the run kept no weight average; resume it with optim.ema_decay=0.")
+            self.average.load_state_dict(state["weight_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
@@ -381,10 +393,12 @@ class Trainer:
                 self.tensorboard.close()
         return {"epochs": self.epoch, "steps": self.step, "best_cpm": self.best_cpm, "best_epoch": self.best_epoch}
 
+    @property
+    def deployed_model(self) -> SCPMNet:
+        """The weights validation scores and export ships: the moving average when kept."""
+        return self.average.model if self.average is not None else self.model
+
     def _train_epoch(self, epoch: int) -> None:
-        lr = self.config.lr_at(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         self.network.train()
         self.sampler.set_epoch(epoch)
         steps = len(self.loader)
@@ -392,6 +406,9 @@ class Trainer:
         window_steps, window_wait, window_start = 0, 0.0, time.perf_counter()
         batches = iter(self.loader)
         for index in range(steps):
+            lr = self.config.lr_at(epoch + index / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             fetch_start = time.perf_counter()
             batch = next(batches)
             window_wait += time.perf_counter() - fetch_start
@@ -423,6 +440,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
         self.step += 1
         if self.debug_hash_dir is not None:
             self.debug_hash_dir.mkdir(parents=True, exist_ok=True)
@@ -463,7 +482,7 @@ class Trainer:
 
         Every process gets the same CPM back (it decides which checkpoint is the best).
         """
-        candidates = detect_sharded(self.model, self.preprocess, self.val_scans, self.device, self.dist.rank,
+        candidates = detect_sharded(self.deployed_model, self.preprocess, self.val_scans, self.device, self.dist.rank,
                                     self.dist.world_size, self.inference_config)
         cpm = torch.zeros(1, dtype=torch.float64)
         if self.dist.is_main:
