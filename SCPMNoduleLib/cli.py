@@ -125,6 +125,8 @@ def _add_phantom(subparsers) -> None:
                         help="do not write seg-lungs-LUNA16")
     parser.add_argument("--preview", action="store_true",
                         help="also write preview/<seriesuid>.png: three slices through a nodule")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes drawing scans at once (the same bytes for any number)")
     parser.set_defaults(run=_run_phantom)
 
 
@@ -136,7 +138,7 @@ def _run_phantom(args: argparse.Namespace) -> int:
     with tqdm(total=args.scans, unit="scan", desc="phantoms") as bar:
         written = write_luna16_dataset(
             args.out, args.scans, args.seed, subsets=args.subsets, size=args.size,
-            lung_masks=args.lung_masks, preview=args.preview, oblique=args.oblique,
+            lung_masks=args.lung_masks, preview=args.preview, oblique=args.oblique, workers=args.workers,
             progress=lambda done, total: bar.update(done - bar.n))
     findings = [n for nodules in written.values() for n in nodules]
     included = sum(n.included for n in findings)

@@ -118,6 +118,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         raise
 
 
+def use_one_itk_thread() -> None:
+    """Process-pool worker set-up: one ITK thread per process (the pool provides the parallelism)."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, hex, read in 8 MiB blocks."""
     digest = hashlib.sha256()

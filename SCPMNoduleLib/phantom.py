@@ -43,8 +43,10 @@ generation at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -57,7 +59,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import UserInputError
-from .io import Findings, write_annotations, write_seriesuids
+from .io import Findings, use_one_itk_thread, write_annotations, write_seriesuids
 
 log = logging.getLogger(__name__)
 
@@ -1161,9 +1163,22 @@ def save_preview(image: sitk.Image, nodules: Sequence[Nodule], path: str | os.Pa
     plt.close(fig)
 
 
+def _write_scan(job: tuple[Path, int, int, int, PhantomConfig, bool, bool]) -> tuple[str, list[Nodule]]:
+    """Draw scan ``index`` of a dataset and write its files into ``work``; its uid and findings."""
+    work, seed, index, subsets, config, lung_masks, preview = job
+    uid = series_uid(seed, index)
+    phantom = generate_phantom((seed, index), config)
+    sitk.WriteImage(phantom.image, str(work / f"subset{index % subsets}" / f"{uid}.mhd"))
+    if lung_masks:
+        sitk.WriteImage(phantom.lung_mask, str(work / "seg-lungs-LUNA16" / f"{uid}.mhd"), True)
+    if preview:
+        save_preview(phantom.image, phantom.nodules, work / "preview" / f"{uid}.png", title=uid)
+    return uid, phantom.nodules
+
+
 def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, subsets: int = 10,
                          size: str = "small", lung_masks: bool = True, preview: bool = False,
-                         progress: Callable[[int, int], None] | None = None,
+                         progress: Callable[[int, int], None] | None = None, workers: int = 1,
                          **options) -> dict[str, list[Nodule]]:
     """Write ``n_scans`` phantoms in LUNA16's layout; return each seriesuid's findings, in order.
 
@@ -1171,7 +1186,8 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
     ``annotations.csv`` and ``annotations_excluded.csv`` (world LPS mm, diameters in mm),
     ``seriesuids.csv``, with ``lung_masks`` also ``seg-lungs-LUNA16/<uid>.mhd + .zraw`` (3 right,
     4 left lung) and with ``preview`` a PNG per scan in ``preview/``. Scan i is drawn from the
-    seed (seed, i), so a dataset is the same bytes for the same arguments.
+    seed (seed, i), so a dataset is the same bytes for the same arguments, whatever ``workers``
+    (the number of processes drawing scans at once).
 
     The dataset is built in a temporary folder beside ``out_dir`` and renamed onto it at the
     end; an error or interrupt (also one raised by ``progress(done, total)``) leaves nothing.
@@ -1180,7 +1196,7 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
         UserInputError: ``out_dir`` exists and is not empty, or a count is not positive.
     """
     out_dir = Path(out_dir)
-    for name, value in (("scans", n_scans), ("subsets", subsets)):
+    for name, value in (("scans", n_scans), ("subsets", subsets), ("workers", workers)):
         if int(value) < 1:
             raise UserInputError(f"the number of {name} must be at least 1, not {value}.")
     if int(seed) < 0:
@@ -1193,23 +1209,25 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
     try:
         for k in range(subsets):
             (work / f"subset{k}").mkdir()
+        for name, wanted in (("seg-lungs-LUNA16", lung_masks), ("preview", preview)):
+            if wanted:
+                (work / name).mkdir()
         written: dict[str, list[Nodule]] = {}
         rows: dict[bool, list[tuple[str, tuple[float, float, float], float]]] = {True: [], False: []}
-        for i in range(n_scans):
-            uid = series_uid(seed, i)
-            phantom = generate_phantom((seed, i), config)
-            sitk.WriteImage(phantom.image, str(work / f"subset{i % subsets}" / f"{uid}.mhd"))
-            if lung_masks:
-                (work / "seg-lungs-LUNA16").mkdir(exist_ok=True)
-                sitk.WriteImage(phantom.lung_mask, str(work / "seg-lungs-LUNA16" / f"{uid}.mhd"), True)
-            if preview:
-                (work / "preview").mkdir(exist_ok=True)
-                save_preview(phantom.image, phantom.nodules, work / "preview" / f"{uid}.png", title=uid)
-            for nodule in phantom.nodules:
-                rows[nodule.included].append((uid, nodule.center_xyz_mm, nodule.diameter_mm))
-            written[uid] = phantom.nodules
-            if progress is not None:
-                progress(i + 1, n_scans)
+        jobs = [(work, seed, i, subsets, config, lung_masks, preview) for i in range(n_scans)]
+        with contextlib.ExitStack() as stack:
+            if workers > 1 and n_scans > 1:
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                    min(workers, n_scans), use_one_itk_thread))
+                results = pool.imap(_write_scan, jobs)  # in scan order, so the tables are too
+            else:
+                results = map(_write_scan, jobs)
+            for done, (uid, nodules) in enumerate(results, 1):
+                for nodule in nodules:
+                    rows[nodule.included].append((uid, nodule.center_xyz_mm, nodule.diameter_mm))
+                written[uid] = nodules
+                if progress is not None:
+                    progress(done, n_scans)
         for included, name in ((True, "annotations.csv"), (False, "annotations_excluded.csv")):
             table = rows[included]
             write_annotations(work / name, Findings.from_columns(

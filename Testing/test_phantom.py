@@ -19,8 +19,8 @@ HEADER = "seriesuid,coordX,coordY,coordZ,diameter_mm"
 SOFT_TISSUE_HU = 40.0
 
 
-def write(path: Path, oblique: bool, seed: int = 21, scans: int = 2):
-    return phantom.write_luna16_dataset(path, scans, seed, subsets=3, oblique=oblique, nodules=(3, 5))
+def write(path: Path, oblique: bool, seed: int = 21, scans: int = 2, **options):
+    return phantom.write_luna16_dataset(path, scans, seed, subsets=3, oblique=oblique, nodules=(3, 5), **options)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["identity", "oblique"])
@@ -124,12 +124,22 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
 
 
-def test_interrupted_write_leaves_nothing(tmp_path):
+@pytest.mark.slow
+def test_parallel_workers_write_the_same_bytes(tmp_path):
+    serial = write(tmp_path / "serial", oblique=False, scans=4, preview=True)
+    parallel = write(tmp_path / "parallel", oblique=False, scans=4, preview=True, workers=3)
+    assert list(serial) == list(parallel) == [phantom.series_uid(21, i) for i in range(4)]
+    assert len(list((tmp_path / "parallel" / "preview").iterdir())) == 4
+    assert digest(tmp_path / "serial") == digest(tmp_path / "parallel")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_interrupted_write_leaves_nothing(tmp_path, workers):
     def stop(done, total):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        phantom.write_luna16_dataset(tmp_path / "out", 2, 0, progress=stop)
+        phantom.write_luna16_dataset(tmp_path / "out", 2, 0, progress=stop, workers=workers)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -137,6 +147,8 @@ def test_refuses_a_folder_with_files(tmp_path):
     (tmp_path / "keep.txt").write_text("x", encoding="utf-8")
     with pytest.raises(UserInputError, match="not an empty folder"):
         phantom.write_luna16_dataset(tmp_path, 1, 0)
+    with pytest.raises(UserInputError, match="number of workers must be at least 1"):
+        phantom.write_luna16_dataset(tmp_path / "new", 1, 0, workers=0)
     with pytest.raises(UserInputError, match="unknown phantom option"):
         phantom.make_phantom(0, colour="red")
 

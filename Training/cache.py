@@ -36,7 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import Findings, atomic_write, list_scans, read_annotations, read_scan, scan_name, sha256_of
+from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, read_annotations, read_scan, scan_name, sha256_of,
+                              use_one_itk_thread)
 from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry, prepare_scan
 
 log = logging.getLogger(__name__)
@@ -276,18 +277,11 @@ def build_cache(
             _cache_one(job)
             bar.update()
     else:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _quiet_worker) as pool:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), use_one_itk_thread) as pool:
             for _ in pool.imap_unordered(_cache_one, todo):
                 bar.update()
     bar.close()
     return {"scans": len(scans), "built": len(todo), "skipped": len(scans) - len(todo)}
-
-
-def _quiet_worker() -> None:
-    """Worker set-up: one ITK thread per process (the pool provides the parallelism)."""
-    import SimpleITK as sitk
-
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
 def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
