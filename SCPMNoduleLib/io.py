@@ -20,16 +20,21 @@ import contextlib
 import csv
 import hashlib
 import logging
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import UserInputError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +123,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         raise
 
 
-def use_one_itk_thread() -> None:
+def _use_one_itk_thread() -> None:
     """Process-pool worker set-up: one ITK thread per process (the pool provides the parallelism)."""
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+@contextlib.contextmanager
+def map_in_processes(function: Callable[[T], R], jobs: Sequence[T], workers: int) -> Iterator[Iterator[R]]:
+    """``function`` over ``jobs``, results in job order: in this process when ``workers <= 1`` or
+    there is one job, else in a spawn pool of ``min(workers, len(jobs))`` processes with one ITK
+    thread each. Leaving the ``with`` block, also by an exception, terminates the pool, so no
+    worker writes anything after it. ``function`` must be importable (a module-level function).
+    """
+    if workers <= 1 or len(jobs) <= 1:
+        yield map(function, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), _use_one_itk_thread) as pool:
+        yield pool.imap(function, jobs)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

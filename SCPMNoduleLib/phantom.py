@@ -43,10 +43,8 @@ generation at a time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -59,7 +57,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import UserInputError
-from .io import Findings, use_one_itk_thread, write_annotations, write_seriesuids
+from .io import Findings, map_in_processes, write_annotations, write_seriesuids
 
 log = logging.getLogger(__name__)
 
@@ -1215,13 +1213,7 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
         written: dict[str, list[Nodule]] = {}
         rows: dict[bool, list[tuple[str, tuple[float, float, float], float]]] = {True: [], False: []}
         jobs = [(work, seed, i, subsets, config, lung_masks, preview) for i in range(n_scans)]
-        with contextlib.ExitStack() as stack:
-            if workers > 1 and n_scans > 1:
-                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
-                    min(workers, n_scans), use_one_itk_thread))
-                results = pool.imap(_write_scan, jobs)  # in scan order, so the tables are too
-            else:
-                results = map(_write_scan, jobs)
+        with map_in_processes(_write_scan, jobs, workers) as results:  # in scan order, so the tables too
             for done, (uid, nodules) in enumerate(results, 1):
                 for nodule in nodules:
                     rows[nodule.included].append((uid, nodule.center_xyz_mm, nodule.diameter_mm))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import re
 from collections import defaultdict
@@ -36,8 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, read_annotations, read_scan, scan_name, sha256_of,
-                              use_one_itk_thread)
+from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, map_in_processes, read_annotations, read_scan,
+                              scan_name, sha256_of)
 from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry, prepare_scan
 
 log = logging.getLogger(__name__)
@@ -272,14 +271,9 @@ def build_cache(
                 log.warning("%s: %s; rebuilding it", scan.seriesuid, problem)
             todo.append((scan, scans_dir, preprocess, dict(spheres.get(scan.seriesuid, {}))))
     bar = tqdm(total=len(todo), desc="caching", unit="scan", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            _cache_one(job)
+    with map_in_processes(_cache_one, todo, workers) as built:
+        for _ in built:
             bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), use_one_itk_thread) as pool:
-            for _ in pool.imap_unordered(_cache_one, todo):
-                bar.update()
     bar.close()
     return {"scans": len(scans), "built": len(todo), "skipped": len(scans) - len(todo)}
 
