@@ -12,6 +12,7 @@ from SCPMNoduleLib.model import (
     SCPMNet,
     SCPMNetConfig,
     SqueezeExcitation,
+    _box_mean,
     coordinate_map,
     count_flops,
     fuse_batch_norm,
@@ -305,6 +306,14 @@ def test_local_squeeze_is_the_mean_over_the_window_inside_the_input(kernel):
                 window = x[:, :, max(0, z - r) : z + r + 1, max(0, y - r) : y + r + 1, max(0, w - r) : w + r + 1]
                 expected[:, :, z, y, w] = window.mean(dim=(2, 3, 4))
     torch.testing.assert_close(squeezed, expected)
+
+
+def test_window_mean_of_low_precision_activations_keeps_their_dtype_and_precision():
+    x = torch.randn(1, 3, 40, 6, 6).to(torch.bfloat16)
+    low = _box_mean(x, kernel_size=17, dim=2)
+    assert low.dtype == torch.bfloat16
+    # running sums kept in bf16 would be off by ~1e-2 here; in float32 only the final rounding remains
+    torch.testing.assert_close(low.double(), _box_mean(x.double(), kernel_size=17, dim=2), atol=1e-6, rtol=2**-8)
 
 
 @pytest.mark.parametrize("kernel", [0, 3, 9])
