@@ -53,7 +53,7 @@ def trained():
 def _train():
     torch.manual_seed(0)
     image = _phantom()
-    # se_context=0 (global squeeze): the windowed SE pooling is the slow part of a CPU step
+    # se_context=0 (global squeeze): the cheapest squeeze, which keeps this CPU test short
     model = SCPMNet(dataclasses.replace(SCPMNetConfig.tiny(), se_context=0))
     targets = match_centre_points([CENTERS_ZYX_VOX], [RADII_VOX], PATCH, model.strides)
     loss = SCPMLoss()
