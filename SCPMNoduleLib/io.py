@@ -129,17 +129,19 @@ def _use_one_itk_thread() -> None:
 
 
 @contextlib.contextmanager
-def map_in_processes(function: Callable[[T], R], jobs: Sequence[T], workers: int) -> Iterator[Iterator[R]]:
-    """``function`` over ``jobs``, results in job order: in this process when ``workers <= 1`` or
-    there is one job, else in a spawn pool of ``min(workers, len(jobs))`` processes with one ITK
-    thread each. Leaving the ``with`` block, also by an exception, terminates the pool, so no
-    worker writes anything after it. ``function`` must be importable (a module-level function).
+def map_in_processes(function: Callable[[T], R], jobs: Sequence[T], workers: int,
+                     ordered: bool = True) -> Iterator[Iterator[R]]:
+    """``function`` over ``jobs``: in this process when ``workers <= 1`` or there is one job, else
+    in a spawn pool of ``min(workers, len(jobs))`` processes with one ITK thread each. Results come
+    in job order, or with ``ordered=False`` as each job finishes (a progress count then never waits
+    behind one slow job). Leaving the ``with`` block, also by an exception, terminates the pool, so
+    no worker writes anything after it. ``function`` must be importable (a module-level function).
     """
     if workers <= 1 or len(jobs) <= 1:
         yield map(function, jobs)
         return
     with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), _use_one_itk_thread) as pool:
-        yield pool.imap(function, jobs)
+        yield (pool.imap if ordered else pool.imap_unordered)(function, jobs)
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -271,7 +271,7 @@ def build_cache(
                 log.warning("%s: %s; rebuilding it", scan.seriesuid, problem)
             todo.append((scan, scans_dir, preprocess, dict(spheres.get(scan.seriesuid, {}))))
     bar = tqdm(total=len(todo), desc="caching", unit="scan", disable=not progress)
-    with map_in_processes(_cache_one, todo, workers) as built:
+    with map_in_processes(_cache_one, todo, workers, ordered=False) as built:  # each scan writes its own files
         for _ in built:
             bar.update()
     bar.close()
