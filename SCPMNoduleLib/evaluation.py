@@ -191,6 +191,10 @@ class FROCResult:
         nodules: the included nodules on the listed scans; ``probabilities`` holds the best
             hitting candidate's probability, NaN for a missed nodule.
         nodule_hit: ``(N,)`` bool.
+        nearest_candidate_mm: ``(N,)`` distance from each nodule to the nearest kept candidate
+            on its scan, hitting or not (``inf`` where the scan has none): for a missed nodule,
+            whether the detector put something next to it (a localisation error) or nothing.
+        nearest_candidate_probability: ``(N,)`` that candidate's probability (NaN where none).
         by_size: sensitivity per size class.
         counts: the bookkeeping.
     """
@@ -202,6 +206,8 @@ class FROCResult:
     bootstrap: BootstrapBands | None
     nodules: Findings
     nodule_hit: np.ndarray
+    nearest_candidate_mm: np.ndarray
+    nearest_candidate_probability: np.ndarray
     by_size: tuple[SizeClass, ...]
     counts: FROCCounts
 
@@ -515,12 +521,34 @@ class _Matches:
         n_hits: ``(N,)`` how many candidates hit each included nodule.
         on_included: ``(C,)`` the candidate hits an included nodule.
         on_any: ``(C,)`` the candidate hits an included nodule or an excluded finding.
+        nearest_mm: ``(N,)`` distance from each included nodule to the nearest candidate on its
+            scan (``inf`` where the scan has none).
+        nearest_probability: ``(N,)`` that candidate's probability (NaN where none).
     """
 
     best: np.ndarray
     n_hits: np.ndarray
     on_included: np.ndarray
     on_any: np.ndarray
+    nearest_mm: np.ndarray
+    nearest_probability: np.ndarray
+
+
+def _nearest_candidate(finding: np.ndarray, candidate: np.ndarray, squared_mm2: np.ndarray,
+                       probabilities: np.ndarray, n_nodules: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per included nodule, distance to and probability of the nearest candidate of its scan.
+
+    ``finding[k]``, ``candidate[k]``: every same-scan pair, with squared distance
+    ``squared_mm2[k]``; the included nodules are the findings ``< n_nodules``.
+    """
+    included = finding < n_nodules
+    finding, candidate, squared_mm2 = finding[included], candidate[included], squared_mm2[included]
+    order = np.lexsort((squared_mm2, finding))
+    first = order[np.unique(finding[order], return_index=True)[1]]
+    distance, probability = np.full(n_nodules, np.inf), np.full(n_nodules, np.nan)
+    distance[finding[first]] = np.sqrt(squared_mm2[first])
+    probability[finding[first]] = probabilities[candidate[first]]
+    return distance, probability
 
 
 def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, excluded_scan: np.ndarray,
@@ -533,7 +561,9 @@ def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, exclu
     diameters = np.concatenate([nodules.diameters_mm, excluded.diameters_mm])
     diameters = np.where(diameters < 0.0, default_diameter_mm, diameters)
     f, c = _pairs_in_same_scan(finding_scan, candidate_scan, n_scans)
-    hit = _squared_distance(finding_xyz[f], candidates.centers_xyz_mm[c]) < (diameters[f] / 2.0) ** 2.0
+    squared = _squared_distance(finding_xyz[f], candidates.centers_xyz_mm[c])
+    nearest = _nearest_candidate(f, c, squared, candidates.probabilities, n_nodules)
+    hit = squared < (diameters[f] / 2.0) ** 2.0
     f, c = f[hit], c[hit]
     included = f < n_nodules  # the included nodules come first
     best = np.full(n_nodules, -np.inf)
@@ -541,7 +571,7 @@ def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, exclu
     on_included, on_any = np.zeros(len(candidates), bool), np.zeros(len(candidates), bool)
     on_included[c[included]] = True
     on_any[c] = True
-    return _Matches(best, np.bincount(f[included], minlength=n_nodules), on_included, on_any)
+    return _Matches(best, np.bincount(f[included], minlength=n_nodules), on_included, on_any, *nearest)
 
 
 def _size_breakdown(entries: _Entries, size_of_entry: np.ndarray, size_of_nodule: np.ndarray,
@@ -634,7 +664,7 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
     outcome = Findings(nodules.seriesuids, nodules.centers_xyz_mm, nodules.diameters_mm,
                        np.where(nodule_hit, matches.best, np.nan))
     return FROCResult(tuple(config.fp_rates), sensitivities, float(sensitivities.mean()), curve, bootstrap,
-                      outcome, nodule_hit, by_size, counts)
+                      outcome, nodule_hit, matches.nearest_mm, matches.nearest_probability, by_size, counts)
 
 
 def evaluate_runs(annotations: TableLike, excluded: TableLike, seriesuids: Any,
@@ -725,7 +755,9 @@ def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLi
 
     Files: ``froc_curve.csv`` (``run,fps_per_scan,sensitivity,threshold``, every run),
     ``froc_summary.json`` (figures of every run, plus ``inputs``), ``missed_nodules.csv``
-    (the main run's missed nodules, as a LUNA16 annotations table) and ``froc.png``.
+    (the main run's missed nodules, as a LUNA16 annotations table with two more columns: the
+    distance to the nearest candidate on the scan, ``nearest_candidate_mm``, and its
+    ``nearest_candidate_probability``) and ``froc.png``.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -743,6 +775,9 @@ def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLi
     with atomic_write(paths["froc_summary.json"]) as handle:
         json.dump(summary, handle, indent=2)
         handle.write("\n")
-    write_annotations(paths["missed_nodules.csv"], next(iter(results.values())).missed)
+    main = next(iter(results.values()))
+    write_annotations(paths["missed_nodules.csv"], main.missed, {
+        "nearest_candidate_mm": main.nearest_candidate_mm[~main.nodule_hit],
+        "nearest_candidate_probability": main.nearest_candidate_probability[~main.nodule_hit]})
     plot_froc(results, paths["froc.png"])
     return paths

@@ -23,7 +23,7 @@ import logging
 import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -226,14 +226,20 @@ def _format_mm(value: float) -> str:
     return repr(float(value))
 
 
-def write_annotations(path: str | os.PathLike, findings: Findings) -> None:
-    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm`` atomically."""
+def write_annotations(path: str | os.PathLike, findings: Findings,
+                      extra_columns: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm`` atomically, then ``extra_columns``
+    (name: one number per finding), which LUNA16 readers ignore."""
+    extra_columns = extra_columns or {}
+    for name, values in extra_columns.items():
+        if len(values) != len(findings):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(findings)} findings")
     with atomic_write(path, newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(ANNOTATION_COLUMNS)
-        for uid, center, diameter in zip(findings.seriesuids, findings.centers_xyz_mm,
-                                         findings.diameters_mm):
-            writer.writerow([uid, *map(_format_mm, center), _format_mm(diameter)])
+        writer.writerow(ANNOTATION_COLUMNS + tuple(extra_columns))
+        for uid, center, diameter, *extra in zip(findings.seriesuids, findings.centers_xyz_mm,
+                                                 findings.diameters_mm, *extra_columns.values()):
+            writer.writerow([uid, *map(_format_mm, center), _format_mm(diameter), *map(_format_mm, extra)])
 
 
 def write_candidates(path: str | os.PathLike, findings: Findings, with_diameter: bool = True) -> None:

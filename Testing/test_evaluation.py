@@ -117,6 +117,19 @@ def test_candidate_on_two_included_nodules_counts_for_both():
     assert result.counts.n_candidates == 1 and result.counts.n_false_positives == 0
 
 
+def test_nearest_candidate_is_the_closest_of_the_same_scan_hit_or_not():
+    # Scan a: a 4 mm nodule (r = 2) at the origin, marks at distance 3 (p 0.6) and 4 (p 0.9): a
+    # miss whose nearest mark is the 0.6 one, 3 mm away. Scan b: a 10 mm nodule hit by a mark
+    # 1 mm away; the mark on b at a's nodule position is on another scan and does not count for
+    # it. Scan c: a nodule on a scan without marks: nothing near it.
+    annotations = nodules(("a", 0, 0, 0, 4.0), ("b", 50, 0, 0, 10.0), ("c", 0, 0, 0, 6.0))
+    candidates = marks(("a", 3, 0, 0, 0.6), ("a", 0, 4, 0, 0.9), ("b", 51, 0, 0, 0.5), ("b", 0, 0, 0, 0.8))
+    result = evaluate_froc(annotations, Findings.empty(), ["a", "b", "c"], candidates, NO_BOOTSTRAP)
+    np.testing.assert_array_equal(result.nodule_hit, [False, True, False])
+    np.testing.assert_array_equal(result.nearest_candidate_mm, [3.0, 1.0, np.inf])
+    np.testing.assert_array_equal(result.nearest_candidate_probability, [0.6, 0.5, np.nan])
+
+
 def test_seven_sensitivities_worked_by_hand():
     # Scan a: nodules N1 (0,0,0) 10 mm, N2 (50,0,0) 8 mm; scan b: N3 (0,0,0) 6 mm and
     # N4 (100,100,100) diameter -1, never hit. S = 2 scans, N = 4 nodules.
@@ -418,8 +431,21 @@ def test_command_writes_table_curve_summary_missed_and_plot(tmp_path, capsys):
     mine = curve[curve["run"] == "candidates"]
     np.testing.assert_array_equal(mine["fps_per_scan"], fps)
     np.testing.assert_array_equal(mine["sensitivity"], sens)
-    missed = (out / "missed_nodules.csv").read_text(encoding="utf-8").splitlines()
-    assert len(missed) - 1 == main_run["counts"]["n_nodules"] - main_run["counts"]["n_detected"] > 0
+    missed = np.genfromtxt(out / "missed_nodules.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    assert missed.dtype.names == ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm",
+                                  "nearest_candidate_mm", "nearest_candidate_probability")
+    assert len(missed) == main_run["counts"]["n_nodules"] - main_run["counts"]["n_detected"] > 0
+    for row in missed:  # a plain loop over the scans that hold no more than the 100 kept candidates
+        own = [c for c in candidates if c[0] == row["seriesuid"]]
+        if len(own) > 100:
+            continue
+        distances = [math.dist(c[1:4], (row["coordX"], row["coordY"], row["coordZ"])) for c in own]
+        nearest = min(distances, default=math.inf)
+        assert row["nearest_candidate_mm"] == pytest.approx(nearest, rel=1e-12)
+        radius = (10.0 if row["diameter_mm"] < 0 else row["diameter_mm"]) / 2
+        assert nearest >= radius
+        if own:
+            assert row["nearest_candidate_probability"] == own[int(np.argmin(distances))][4]
     assert (out / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["froc.png", "froc_curve.csv", "froc_summary.json", "missed_nodules.csv"])
