@@ -228,8 +228,9 @@ def _format_mm(value: float) -> str:
 
 def write_annotations(path: str | os.PathLike, findings: Findings,
                       extra_columns: Mapping[str, Sequence[float]] | None = None) -> None:
-    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm`` atomically, then ``extra_columns``
-    (name: one number per finding), which LUNA16 readers ignore."""
+    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm`` atomically, followed by
+    ``extra_columns`` (name: one number per finding), which readers that pick columns by name,
+    as :func:`read_annotations` does, ignore."""
     extra_columns = extra_columns or {}
     for name, values in extra_columns.items():
         if len(values) != len(findings):

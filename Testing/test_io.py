@@ -33,6 +33,19 @@ def test_annotations_round_trip_exactly(tmp_path):
     assert np.isnan(again.probabilities).all()
 
 
+def test_annotations_extra_columns_follow_and_are_ignored_when_read(tmp_path):
+    findings = Findings.from_columns(["a", "b"], [[1, 2, 3], [4, 5, 6]], diameters_mm=[3.0, 4.0])
+    path = tmp_path / "missed.csv"
+    write_annotations(path, findings, {"nearest_candidate_mm": [2.5, np.inf]})
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        "seriesuid,coordX,coordY,coordZ,diameter_mm,nearest_candidate_mm", "a,1.0,2.0,3.0,3.0,2.5",
+        "b,4.0,5.0,6.0,4.0,inf"]
+    np.testing.assert_array_equal(read_annotations(path).diameters_mm, [3.0, 4.0])
+    with pytest.raises(ValueError, match="1 values for 2 findings"):
+        write_annotations(tmp_path / "short.csv", findings, {"nearest_candidate_mm": [2.5]})
+    assert not (tmp_path / "short.csv").exists()
+
+
 def test_candidates_round_trip_with_and_without_diameter(tmp_path):
     findings = Findings.from_columns(["a", "b"], [[1, 2, 3], [4, 5, 6]], [3.0, 4.0], [0.9, 0.1])
     write_candidates(tmp_path / "c.csv", findings)
