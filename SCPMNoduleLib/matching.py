@@ -39,7 +39,6 @@ appearance.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from SCPMNoduleLib.coder import encode_spheres, grid_points_zyx_vox
+from SCPMNoduleLib.geometry import unit_ball_samples
 
 
 @dataclass
@@ -98,24 +98,6 @@ class LevelTargets:
         )
 
 
-@functools.lru_cache(maxsize=4)
-def _unit_ball_samples(num_samples: int) -> Tensor:
-    """Points of the 3-D Halton sequence (bases 2, 3, 5) mapped to ``[-1, 1]^3`` that fall in the
-    unit ball, ``(Q, 3)`` float64 with ``Q ~ 0.52 * num_samples``. Quasi-random, so no lattice
-    planes line up with the patch faces, and the same every call (computed once)."""
-    index = torch.arange(1, num_samples + 1, dtype=torch.long)
-    coordinates = []
-    for base in (2, 3, 5):
-        value = torch.zeros(num_samples, dtype=torch.float64)
-        remaining, scale = index.clone(), 1.0 / base
-        while bool((remaining > 0).any()):
-            value += (remaining % base).double() * scale
-            remaining, scale = remaining // base, scale / base
-        coordinates.append(value)
-    cube = torch.stack(coordinates, dim=-1) * 2.0 - 1.0
-    return cube[(cube * cube).sum(-1) <= 1.0]
-
-
 def sphere_fraction_inside_patch(
     centers_zyx_vox: Tensor, radii_vox: Tensor, patch_shape_zyx: Sequence[int], num_samples: int = 4096
 ) -> Tensor:
@@ -134,7 +116,7 @@ def sphere_fraction_inside_patch(
     Returns:
         ``(N,)`` fractions in ``[0, 1]``, the centres' dtype.
     """
-    unit = _unit_ball_samples(num_samples).to(centers_zyx_vox)
+    unit = unit_ball_samples(num_samples).to(centers_zyx_vox)
     samples = centers_zyx_vox[:, None, :] + radii_vox[:, None, None] * unit[None]
     upper = torch.as_tensor(patch_shape_zyx, dtype=samples.dtype, device=samples.device) - 0.5
     inside = ((samples >= -0.5) & (samples <= upper)).all(dim=-1)

@@ -21,8 +21,10 @@ Anatomy (all sizes scale with the body, which fills most of the field of view):
   millimetre at the periphery;
 * nodules: diameters from a power law p(d) ∝ d^-a on [3, 30] mm (skewed to small ones), solid,
   ground-glass or part-solid, with smooth, lobulated or spiculated margins, isolated,
-  juxtavascular (touching a vessel) or juxtapleural (touching the chest wall); and excluded
-  findings (nodules under 3 mm, calcified granulomas) for ``annotations_excluded.csv``.
+  juxtavascular (touching a vessel) or juxtapleural (touching the chest wall), each placed where
+  vessels and airways take at most a fifth of its volume, so that every annotated nodule can be
+  seen; and excluded findings (nodules under 3 mm, calcified granulomas) for
+  ``annotations_excluded.csv``.
 
 Partial volume comes from analytic soft edges: a shape of signed distance d (mm, positive
 outside) covers ``clip(0.5 - d / w, 0, 1)`` of a voxel, a ramp of width w = |n ⊙ spacing| along the
@@ -57,6 +59,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import UserInputError
+from .geometry import unit_ball_samples
 from .io import Findings, map_in_processes, write_annotations, write_seriesuids
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,11 @@ NODULE_LOCATIONS = ("isolated", "juxtavascular", "juxtapleural")
 NODULE_MARGINS = ("smooth", "lobulated", "spiculated")
 HU_MIN, HU_MAX = -1024, 3071
 _REFERENCE_BODY_HALF_WIDTH_MM = 170.0
+_BALL_SAMPLES = unit_ball_samples(512).numpy()
+"""About 270 quasi-random points filling the unit ball, for a nodule's hidden share."""
+_PARENCHYMA_MARGIN_HU = 100.0
+"""Before the scanner's blur and noise, lung voxels further than this outside the parenchyma's HU
+range hold something else: a vessel, an airway or a finding (a thin vessel's splat included)."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,10 @@ class PhantomConfig:
     excluded_small_mm: tuple[float, float] = (1.5, 2.9)
     excluded_calcified_mm: tuple[float, float] = (2.0, 8.0)
     nodule_gap_mm: float = 3.0
+    max_hidden_fraction: float = 0.2
+    """A finding is placed only where vessels, airways and earlier findings take at most this share
+    of its ball, so that every annotated nodule can be seen (a solid nodule drawn inside a vessel of
+    its own density, or a ground-glass one under it, would not be)."""
 
     psf_sigma_mm: tuple[float, float] = (0.45, 0.8)
     slice_profile: float = 0.35
@@ -880,15 +892,32 @@ def _margin_bumps(rng: np.random.Generator, margin: str) -> tuple[np.ndarray, np
     return directions, heights, powers
 
 
+def _hidden_share(volume: np.ndarray, labels: np.ndarray, spacing: np.ndarray, centers: np.ndarray,
+                  radius: float, parenchyma_hu: tuple[float, float]) -> np.ndarray:
+    """Share of each ball (``centers`` (N, 3) mm, ``radius``) that the lung's contents already take:
+    lung voxels (nearest to the ball's :func:`unit_ball_samples`) whose HU lies more than
+    ``_PARENCHYMA_MARGIN_HU`` outside the parenchyma's range (vessels, airway walls and lumens,
+    findings). Voxels outside the lung (chest wall, mediastinum) do not count as taken."""
+    points = centers[:, None, :] + radius * _BALL_SAMPLES[None]
+    index = np.clip(np.rint(points / spacing).astype(np.int64), 0, np.asarray(volume.shape) - 1)
+    index = tuple(np.moveaxis(index, -1, 0))
+    hu = volume[index]
+    taken = ((hu < parenchyma_hu[0] - _PARENCHYMA_MARGIN_HU) | (hu > parenchyma_hu[1] + _PARENCHYMA_MARGIN_HU))
+    return (taken & (labels[index] > 0)).mean(axis=1)
+
+
 def _place(rng: np.random.Generator, radius: float, location: str, lungs: _LungMap, labels: np.ndarray,
-           spacing: np.ndarray, vessels: _Tubes, placed: list[_Finding], gap: float,
-           tries: int = 256) -> np.ndarray | None:
+           volume: np.ndarray, spacing: np.ndarray, vessels: _Tubes, placed: list[_Finding],
+           config: PhantomConfig, tries: int = 256) -> np.ndarray | None:
     """A centre (mm) for a nodule of ``radius`` at ``location``, or None if none fits.
 
     Isolated: deeper in the lung than radius + gap. Juxtapleural: centre at 0.4-0.8 radii from the
     pleura, so the nodule touches the chest wall. Juxtavascular: beside a vessel of 0.7-3 mm
-    radius, touching it. Every centre lies in the lung mask and keeps ``gap`` from other findings.
+    radius, touching it. Every centre lies in the lung mask, keeps ``config.nodule_gap_mm`` from
+    other findings, and leaves the nodule visible: at most ``config.max_hidden_fraction`` of its
+    ball is already taken by what ``volume`` holds there (:func:`_hidden_share`).
     """
+    gap = config.nodule_gap_mm
     if location == "juxtavascular":
         r = np.maximum(vessels.ra, vessels.rb)
         pool = np.flatnonzero((r > 0.7) & (r < 3.0))
@@ -916,6 +945,8 @@ def _place(rng: np.random.Generator, radius: float, location: str, lungs: _LungM
     ok[inside] &= labels[tuple(index[inside].T)] > 0
     for other in placed:
         ok &= np.linalg.norm(centers - other.center_mm, axis=1) > radius + other.radius + gap
+    ok[ok] = _hidden_share(volume, labels, spacing, centers[ok], radius,
+                           config.hu_parenchyma) <= config.max_hidden_fraction
     hits = np.flatnonzero(ok)
     return centers[hits[0]] if len(hits) else None
 
@@ -948,12 +979,10 @@ def _draw_findings(rng: np.random.Generator, geo: _Geometry, config: PhantomConf
     findings: list[_Finding] = []
     for diameter, kind, location, margin, included in plans:
         radius = 0.5 * diameter
-        center = _place(rng, radius, location, lungs, labels, spacing, vessels, findings,
-                        config.nodule_gap_mm)
+        center = _place(rng, radius, location, lungs, labels, volume, spacing, vessels, findings, config)
         if center is None and location != "isolated":
             location = "isolated"
-            center = _place(rng, radius, location, lungs, labels, spacing, vessels, findings,
-                            config.nodule_gap_mm)
+            center = _place(rng, radius, location, lungs, labels, volume, spacing, vessels, findings, config)
         if center is None:
             log.debug("no room for a %.1f mm %s %s finding; skipped", diameter, location, kind)
             continue

@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from scipy import ndimage
 from SCPMNoduleLib import phantom
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.geometry import unit_ball_samples
 from SCPMNoduleLib.io import read_annotations, read_seriesuids
 
 UID = re.compile(r"^1\.3\.6\.1\.4\.1\.14519\.5\.2\.1\.6279\.6001\.[1-9]\d{29}$")
@@ -204,3 +206,48 @@ def test_nodules_have_the_volume_of_their_sphere(radius):
     volume = np.zeros((24, 40, 40), np.float32)
     phantom._draw_sphere(volume, spacing, np.array([15.1, 14.2, 13.9]), radius, 1.0)
     assert volume.sum() * spacing.prod() == pytest.approx(4 / 3 * np.pi * radius ** 3, rel=0.03)
+
+
+def _findings_with_their_trees(seed: int, config: phantom.PhantomConfig):
+    """The findings of ``generate_phantom(seed, config)`` with the vessel and airway capsules they
+    were placed among (the generator's own steps, which it does not return)."""
+    rng = np.random.default_rng(seed)
+    geo = phantom._draw_geometry(rng, config)
+    volume, labels = phantom._draw_body(geo, config)
+    lungs = phantom._LungMap.of(labels, geo.spacing_zyx, config.coarse_mm)
+    trees = phantom._draw_trees(rng, geo, config, volume, lungs)
+    findings = phantom._draw_findings(rng, geo, config, volume, labels, lungs, trees.vessels)
+    return findings, phantom._Tubes.concat([trees.vessels, trees.airways])
+
+
+def _share_inside_capsules(center: np.ndarray, radius: float, tubes) -> float:
+    """Monte Carlo share of a ball inside any tapered capsule: a point is inside a capsule when its
+    distance to the axis segment is at most the radius interpolated at its projection."""
+    points = center + radius * unit_ball_samples(4096).numpy()
+    inside = np.zeros(len(points), bool)
+    for lo in range(0, len(tubes), 1024):
+        a, b = tubes.a[lo:lo + 1024], tubes.b[lo:lo + 1024]
+        ra, rb = tubes.ra[lo:lo + 1024], tubes.rb[lo:lo + 1024]
+        axis = b - a
+        to_point = points[:, None, :] - a[None]
+        t = np.clip((to_point * axis).sum(-1) / np.maximum((axis * axis).sum(-1), 1e-12), 0.0, 1.0)
+        distance = np.linalg.norm(to_point - t[..., None] * axis, axis=-1)
+        inside |= (distance <= ra + t * (rb - ra)).any(axis=1)
+    return float(inside.mean())
+
+
+def test_no_finding_is_hidden_in_a_vessel_or_an_airway():
+    """Every finding is placed where vessels and airways, as drawn capsules, take at most
+    ``max_hidden_fraction`` of its ball (up to the voxel-level estimate the generator uses); with
+    the rule off, the same scans put findings inside vessels, so the check can tell."""
+    config = phantom.phantom_config("small", nodules=(8, 8))
+    worst = {}
+    for limit in (config.max_hidden_fraction, 1.0):
+        shares = []
+        for seed in range(3):
+            findings, tubes = _findings_with_their_trees(seed, replace(config, max_hidden_fraction=limit))
+            shares += [_share_inside_capsules(f.center_mm, f.radius, tubes) for f in findings]
+        assert len(shares) >= 20
+        worst[limit] = max(shares)
+    assert worst[config.max_hidden_fraction] <= config.max_hidden_fraction + 0.05
+    assert worst[1.0] > config.max_hidden_fraction + 0.1
