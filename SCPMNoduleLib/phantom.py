@@ -1104,6 +1104,18 @@ def _store(rng: np.random.Generator, geo: _Geometry, config: PhantomConfig, hu: 
 # ----------------------------------------------------------------------------- public API
 
 
+def _draw_anatomy(rng: np.random.Generator, config: PhantomConfig
+                  ) -> tuple[_Geometry, np.ndarray, np.ndarray, _Trees, list[_Finding]]:
+    """The scan before the scanner: geometry, HU volume (float32, no blur or noise), lung labels,
+    the vessel and airway trees, and the findings placed among them."""
+    geo = _draw_geometry(rng, config)
+    volume, labels = _draw_body(geo, config)
+    lungs = _LungMap.of(labels, geo.spacing_zyx, config.coarse_mm)
+    trees = _draw_trees(rng, geo, config, volume, lungs)
+    findings = _draw_findings(rng, geo, config, volume, labels, lungs, trees.vessels)
+    return geo, volume, labels, trees, findings
+
+
 def generate_phantom(seed: int | Sequence[int], config: PhantomConfig | None = None) -> Phantom:
     """One synthetic chest CT with its lung mask and findings, fully determined by ``seed``.
 
@@ -1113,11 +1125,7 @@ def generate_phantom(seed: int | Sequence[int], config: PhantomConfig | None = N
     """
     config = config or SIZES["small"]
     rng = np.random.default_rng(seed)
-    geo = _draw_geometry(rng, config)
-    volume, labels = _draw_body(geo, config)
-    lungs = _LungMap.of(labels, geo.spacing_zyx, config.coarse_mm)
-    trees = _draw_trees(rng, geo, config, volume, lungs)
-    findings = _draw_findings(rng, geo, config, volume, labels, lungs, trees.vessels)
+    geo, volume, labels, _, findings = _draw_anatomy(rng, config)
     hu = _acquire(rng, geo, config, volume)
     del volume
     return _store(rng, geo, config, hu, labels, findings)

@@ -208,18 +208,6 @@ def test_nodules_have_the_volume_of_their_sphere(radius):
     assert volume.sum() * spacing.prod() == pytest.approx(4 / 3 * np.pi * radius ** 3, rel=0.03)
 
 
-def _findings_with_their_trees(seed: int, config: phantom.PhantomConfig):
-    """The findings of ``generate_phantom(seed, config)`` with the vessel and airway capsules they
-    were placed among (the generator's own steps, which it does not return)."""
-    rng = np.random.default_rng(seed)
-    geo = phantom._draw_geometry(rng, config)
-    volume, labels = phantom._draw_body(geo, config)
-    lungs = phantom._LungMap.of(labels, geo.spacing_zyx, config.coarse_mm)
-    trees = phantom._draw_trees(rng, geo, config, volume, lungs)
-    findings = phantom._draw_findings(rng, geo, config, volume, labels, lungs, trees.vessels)
-    return findings, phantom._Tubes.concat([trees.vessels, trees.airways])
-
-
 def _share_inside_capsules(center: np.ndarray, radius: float, tubes) -> float:
     """Monte Carlo share of a ball inside any tapered capsule: a point is inside a capsule when its
     distance to the axis segment is at most the radius interpolated at its projection."""
@@ -245,7 +233,9 @@ def test_no_finding_is_hidden_in_a_vessel_or_an_airway():
     for limit in (config.max_hidden_fraction, 1.0):
         shares = []
         for seed in range(3):
-            findings, tubes = _findings_with_their_trees(seed, replace(config, max_hidden_fraction=limit))
+            *_, trees, findings = phantom._draw_anatomy(np.random.default_rng(seed),
+                                                        replace(config, max_hidden_fraction=limit))
+            tubes = phantom._Tubes.concat([trees.vessels, trees.airways])
             shares += [_share_inside_capsules(f.center_mm, f.radius, tubes) for f in findings]
         assert len(shares) >= 20
         worst[limit] = max(shares)
