@@ -24,6 +24,20 @@ import torch
 from torch import Tensor
 
 
+def grid_positions_vox(
+    length: int,
+    stride: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Input-voxel coordinate ``p(j) = j * s + (s - 1) / 2`` of every output point ``j`` along one axis.
+
+    Returns a ``(length,)`` tensor; exact in float32 for any grid a scan can have (half integers).
+    """
+    return torch.arange(length, dtype=dtype, device=device) * stride + (stride - 1) / 2
+
+
 def grid_points_zyx_vox(
     grid_shape_zyx: Sequence[int],
     stride: int,
@@ -41,9 +55,7 @@ def grid_points_zyx_vox(
         ``(d, h, w, 3)`` tensor whose entry ``[k, j, i]`` is ``(p(k), p(j), p(i))`` with
         ``p(j) = j * s + (s - 1) / 2``.
     """
-    axes = [
-        torch.arange(n, dtype=dtype, device=device) * stride + (stride - 1) / 2 for n in grid_shape_zyx
-    ]
+    axes = [grid_positions_vox(n, stride, dtype=dtype, device=device) for n in grid_shape_zyx]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
 

@@ -13,8 +13,8 @@ An encoder-decoder of residual blocks of 3x3x3 convolutions with BatchNorm and R
   blocks and SE;
 * a head on each of the last ``head_levels`` decoder levels giving the centre logits (1 channel),
   the radius (1 channel, softplus so >= 0) and the offset (3 channels, z y x), all in that
-  level's grid voxels (see the grid convention in ``notes/contract.md``: output point j stands for
-  the input voxel coordinate p(j) = j*s + (s-1)/2).
+  level's grid voxels (the grid convention is ``coder.py``'s: output point j stands for the input
+  voxel coordinate p(j) = j*s + (s-1)/2).
 
 Where the paper is silent the design follows the authors' reference network (ResNet-style basic
 blocks, softmax-weighted dilated fusion, SE attention after the residual stages) with one
@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,16 +45,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .coder import grid_positions_vox
+
 __all__ = [
-    "ModelCost",
-    "ReceptiveField",
     "SCPMNet",
     "SCPMNetConfig",
     "coordinate_map",
-    "count_flops",
     "fast_bfloat16_available",
     "fuse_batch_norm",
-    "gradient_receptive_field",
 ]
 
 _TUPLE_FIELDS = ("encoder_channels", "encoder_blocks", "decoder_blocks")
@@ -188,8 +186,7 @@ def coordinate_map(
     grid_shape = tuple(int(n) for n in grid_shape_zyx)
     channels = []
     for axis, length in enumerate(grid_shape):
-        position = torch.arange(length, dtype=torch.float32, device=origin.device) * stride
-        position = position + (stride - 1) / 2.0
+        position = grid_positions_vox(length, stride, dtype=torch.float32, device=origin.device)
         value = (origin[:, axis, None] + position) / denominator[:, axis, None]  # (B, n)
         view = [batch, 1, 1, 1]
         view[1 + axis] = length
@@ -516,102 +513,3 @@ def fast_bfloat16_available(device: torch.device | str) -> bool:
         return False
     is_supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(is_supported()) if is_supported is not None else False
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """Parameters and multiply-accumulates of one forward pass over a given input shape."""
-
-    parameters: int
-    macs: int
-
-    @property
-    def gflops(self) -> float:
-        """Giga floating-point operations, counting a multiply-accumulate as 2."""
-        return 2.0 * self.macs / 1e9
-
-
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> ModelCost:
-    """Analytic cost of ``model(torch.empty(input_shape))``.
-
-    Counts the multiply-accumulates of every ``Conv3d`` (output elements x C_in/groups x k^3) and
-    ``ConvTranspose3d`` (input elements x C_out/groups x k^3) with forward hooks on a copy of the
-    model on the ``meta`` device, so nothing is computed; normalisation, pooling, activations and
-    attention gates (each O(1) per element) are not counted. ``input_shape`` includes the batch.
-    """
-    parameters = sum(p.numel() for p in model.parameters())
-    meta_model = copy.deepcopy(model).to("meta").eval()
-    macs = 0
-
-    def conv_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        nonlocal macs
-        kernel = math.prod(module.kernel_size)
-        if isinstance(module, nn.ConvTranspose3d):
-            macs += inputs[0].numel() * (module.out_channels // module.groups) * kernel
-        else:
-            macs += output.numel() * (module.in_channels // module.groups) * kernel
-
-    handles = [
-        m.register_forward_hook(conv_hook)
-        for m in meta_model.modules()
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))
-    ]
-    try:
-        with torch.no_grad():
-            meta_model(torch.empty(tuple(input_shape), device="meta"))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return ModelCost(parameters=parameters, macs=macs)
-
-
-@dataclass(frozen=True)
-class ReceptiveField:
-    """Chebyshev radii (input voxels) around an output point holding given shares of |grad|.
-
-    ``radii[q]`` is the smallest r such that the input voxels within max-norm distance r of the
-    output point's input coordinate p(j) carry at least the share q of the total gradient
-    magnitude of that point's output w.r.t. the input. ``support`` is the radius holding all of
-    it (the part of the theoretical receptive field that the input shape contains).
-    """
-
-    radii: dict[float, float]
-    support: float
-
-
-def gradient_receptive_field(
-    logit_map: Callable[[Tensor], Tensor],
-    input_shape: Sequence[int],
-    stride: int,
-    quantiles: Sequence[float] = (0.99, 0.999),
-    generator: torch.Generator | None = None,
-) -> ReceptiveField:
-    """Useful receptive field of the centre output point, measured by its input gradient.
-
-    A standard-normal input x of ``input_shape`` (B=1, C, D, H, W) is drawn, y = logit_map(x)
-    (shape (1, 1, d, h, w) on a stride-``stride`` grid) is evaluated and the gradient
-    g = d y[j_c] / d x of the centre point j_c = (d // 2, h // 2, w // 2) is taken; each input
-    voxel v then has weight |g_v| (summed over channels) and distance ||v - p(j_c)||_inf with
-    p(j) = j*s + (s-1)/2. The radius for share q is the smallest distance whose ball holds q of
-    the total weight. For a tile margin, use the radius of the share one trusts (0.999 is safe).
-    """
-    x = torch.randn(tuple(input_shape), generator=generator).requires_grad_(True)
-    y = logit_map(x)
-    centre = [n // 2 for n in y.shape[2:]]
-    y[(0, 0, *centre)].backward()
-    weight = x.grad.abs().sum(dim=(0, 1)).flatten().double()
-    point = torch.tensor([j * stride + (stride - 1) / 2.0 for j in centre], dtype=torch.float64)
-    index = torch.stack(
-        torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in x.shape[2:]), indexing="ij"),
-        dim=-1,
-    ).reshape(-1, 3)
-    distance = (index - point).abs().amax(dim=1)
-    order = torch.argsort(distance)
-    distance, cumulative = distance[order], torch.cumsum(weight[order], dim=0)
-    total = cumulative[-1]
-    radii = {}
-    for q in quantiles:
-        first = int(torch.searchsorted(cumulative, q * total))
-        radii[float(q)] = float(distance[min(first, distance.numel() - 1)])
-    support = float(distance[weight[order] > 0].max()) if bool(total > 0) else 0.0
-    return ReceptiveField(radii=radii, support=support)

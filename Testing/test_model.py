@@ -14,10 +14,9 @@ from SCPMNoduleLib.model import (
     SqueezeExcitation,
     _box_mean,
     coordinate_map,
-    count_flops,
     fuse_batch_norm,
-    gradient_receptive_field,
 )
+from SCPMNoduleLib.model_analysis import count_flops, gradient_receptive_field
 
 
 def tiny(**changes) -> SCPMNetConfig:

@@ -19,7 +19,7 @@ oneDNN everywhere.
 Receptive field: the batch-norm statistics are first estimated on ``--bn-batches`` random
 standard-normal patches (cumulative average), then, in eval mode, the gradient of the centre
 output logit of each head level w.r.t. a standard-normal input of ``--rf-size``^3 voxels is taken
-(``SCPMNoduleLib.model.gradient_receptive_field``) and the Chebyshev radius (input voxels)
+(``SCPMNoduleLib.model_analysis.gradient_receptive_field``) and the Chebyshev radius (input voxels)
 holding 50/90/99/99.9 % of its magnitude is printed. "support" is the radius of the last non-zero
 gradient; when it reaches the input border the input was too small to hold the whole
 theoretical receptive field.
@@ -49,11 +49,10 @@ from torch import nn
 from SCPMNoduleLib.model import (
     SCPMNet,
     SCPMNetConfig,
-    count_flops,
     fast_bfloat16_available,
     fuse_batch_norm,
-    gradient_receptive_field,
 )
+from SCPMNoduleLib.model_analysis import count_flops, gradient_receptive_field
 
 
 def time_forward(
