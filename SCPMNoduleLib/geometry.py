@@ -289,8 +289,8 @@ def _candidate_pairs(
         rows, cols = near.triu_(diagonal=1).nonzero(as_tuple=True)
         first.append(rows + start)
         second.append(cols + start)
-    first, second = sweep[torch.cat(first)], sweep[torch.cat(second)]
-    return torch.minimum(first, second), torch.maximum(first, second)
+    index_a, index_b = sweep[torch.cat(first)], sweep[torch.cat(second)]
+    return torch.minimum(index_a, index_b), torch.maximum(index_a, index_b)
 
 
 def _greedy_keep(n: int, source: Tensor, target: Tensor) -> Tensor:

@@ -372,7 +372,7 @@ class SCPMNet(nn.Module):
 
     def _stage(self, in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
         config = self.config
-        layers = [ResidualBlock(in_channels, channels)]
+        layers: list[nn.Module] = [ResidualBlock(in_channels, channels)]
         layers += [ResidualBlock(channels, channels) for _ in range(blocks - 1)]
         if config.use_se:
             kernel = 0 if config.se_context == 0 else 2 * (config.se_context // (2 * stride)) + 1
@@ -390,9 +390,10 @@ class SCPMNet(nn.Module):
                 nn.init.zeros_(module.bias)
         prior = self.config.prior_probability
         for head in self.heads:
+            assert isinstance(head, DetectionHead) and head.logits.bias is not None
             for projection in (head.logits, head.radius, head.offset):
                 nn.init.normal_(projection.weight, std=self.config.head_init_std)
-                nn.init.zeros_(projection.bias)
+                nn.init.zeros_(projection.bias)  # type: ignore[arg-type]  # the heads' 1x1x1 projections have biases
             nn.init.constant_(head.logits.bias, math.log(prior / (1.0 - prior)))
 
     @property

@@ -46,6 +46,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> ModelCost:
 
     def conv_hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         nonlocal macs
+        assert isinstance(module, (nn.Conv3d, nn.ConvTranspose3d))
         kernel = math.prod(module.kernel_size)
         if isinstance(module, nn.ConvTranspose3d):
             macs += inputs[0].numel() * (module.out_channels // module.groups) * kernel
@@ -99,7 +100,8 @@ def gradient_receptive_field(
     x = torch.randn(tuple(input_shape), generator=generator).requires_grad_(True)
     y = logit_map(x)
     centre = [n // 2 for n in y.shape[2:]]
-    y[(0, 0, *centre)].backward()
+    y[tuple([0, 0, *centre])].backward()
+    assert x.grad is not None
     weight = x.grad.abs().sum(dim=(0, 1)).flatten().double()
     point = torch.stack([grid_positions_vox(j + 1, stride, dtype=torch.float64)[j] for j in centre])
     index = torch.stack(

@@ -126,7 +126,7 @@ def extract_patch(
         source_axes = np.abs(matrix).argmax(axis=1)
         patch = np.transpose(box, source_axes)
         flipped = [i for i in range(3) if matrix[i, source_axes[i]] < 0]
-        return np.ascontiguousarray(np.flip(patch, axis=flipped) if flipped else patch)
+        return np.ascontiguousarray(np.flip(patch, axis=tuple(flipped)) if flipped else patch)
     inverse = np.linalg.inv(matrix)
     corners = np.array(np.meshgrid(*[[0.0, patch_size - 1.0]] * 3, indexing="ij")).reshape(3, -1)
     source = center_src_zyx[:, None] + inverse @ (corners - center_out[:, None])

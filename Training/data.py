@@ -155,7 +155,7 @@ class EpochSampler(Sampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  shuffle: bool = True) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+        self.inner: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
                                         seed=seed, drop_last=False)
         self.epoch = 0
 
