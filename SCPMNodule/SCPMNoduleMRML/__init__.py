@@ -11,8 +11,8 @@ from .process import (DetectionProcess, DetectionRun, DetectionSettings, Progres
                       library_environment, parse_progress_line)
 from .review import (ACCEPTED, ADDED, PENDING, REJECTED, STATUSES, TABLE_COLUMNS, Nodule, NoduleReview,
                      ReviewStyle, nodule_color, probability_color)
-from .sidecar import read_sidecar, restore_review, series_uid, write_sidecar
-from .volumes import (check_input_volume, image_from_volume_node, lps_to_ras, ras_to_lps,
+from .sidecar import read_sidecar, restore_review, write_sidecar
+from .volumes import (check_input_volume, image_from_volume_node, lps_to_ras, ras_to_lps, series_uid,
                       volume_ijk_to_ras, volume_node_from_image, write_volume)
 
 __all__ = [

@@ -10,7 +10,7 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
 from .review import REJECTED, NoduleReview
-from .sidecar import series_uid
+from .volumes import series_uid
 
 REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status")
 

@@ -19,26 +19,10 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
 from .review import STATUSES, Nodule, NoduleReview, ReviewStyle
-from .volumes import lps_to_ras
+from .volumes import lps_to_ras, series_uid
 
 SIDECAR_FORMAT = "scpm-nodule-review"
 SIDECAR_VERSION = 1
-
-
-def series_uid(volume_node) -> str:
-    """The volume's DICOM SeriesInstanceUID when it was loaded from DICOM, else its name.
-
-    Slicer's DICOM loader records the series UID as the ``DICOM`` UID of the volume's subject
-    hierarchy item; a LUNA16 ``.mhd`` volume is named after its series UID already.
-    """
-    from slicer import vtkMRMLSubjectHierarchyNode
-
-    hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
-    item = hierarchy.GetItemByDataNode(volume_node) if hierarchy is not None else 0
-    uid = hierarchy.GetItemUID(item, "DICOM") if item else ""
-    if uid:
-        return uid
-    return volume_node.GetAttribute("DICOM.SeriesInstanceUID") or volume_node.GetName()
 
 
 def review_to_dict(review: NoduleReview) -> dict:
