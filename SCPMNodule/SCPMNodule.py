@@ -381,7 +381,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def attachReview(self, onChange) -> None:
         """Re-attach to the newest review in the scene (after loading a saved scene)."""
-        from SCPMNoduleMRML import NoduleReview
+        from SCPMNoduleMRML import NoduleReview, reattach_sidecar
 
         if self.review is not None and self.review.scene is slicer.mrmlScene \
                 and slicer.mrmlScene.IsNodePresent(self.review.markups_node):
@@ -389,7 +389,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         self.review = None
         review = NoduleReview.find(slicer.mrmlScene, on_change=onChange)
         if review is not None:
-            self._setReview(review, onChange)
+            self._setReview(reattach_sidecar(review), onChange)
 
     def detachReview(self) -> None:
         if self.review is not None:

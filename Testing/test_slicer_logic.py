@@ -332,7 +332,7 @@ def test_saved_and_reloaded_scene_keeps_the_review(mrml, tmp_path, suffix):
 
 def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS, sidecar_path=str(sidecar))
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
     assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == ["pending"] * 3
     review.reject(2)
     assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][2]["status"] == "rejected"
@@ -353,7 +353,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
 
 def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS, sidecar_path=str(sidecar))
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
     markups = review.markups_node
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
     for step in range(1, 4):
@@ -362,6 +362,40 @@ def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path)
         assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == [10.0, -5.0, -12.0]
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
     assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
+
+
+def test_on_persist_callbacks_see_each_change_and_a_review_needs_none(mrml):
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
+    assert review.on_persist == []
+    review.accept(0)
+    review.move(1, (1.0, 2.0, 3.0))
+    assert [n.status for n in review.nodules()] == ["accepted", "pending", "pending"]
+    seen = []
+    review.on_persist.append(lambda r: seen.append([n.status for n in r.nodules()]))
+    review.reject(2)
+    review.set_diameter(0, 4.0)
+    assert seen == [["accepted", "pending", "rejected"]] * 2
+
+
+def test_a_reloaded_review_writes_its_sidecar_once_reattached(mrml, tmp_path):
+    sidecar = tmp_path / "review.json"
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review.detach()
+    save_scene(mrml.scene, tmp_path / "scene.mrml")
+    written = sidecar.read_text(encoding="utf-8")
+
+    loaded = load_scene(tmp_path / "scene.mrml")
+    reloaded = logic.NoduleReview.find(loaded.scene)
+    assert logic.sidecar_path(reloaded) == str(sidecar)
+    reloaded.accept(0)
+    assert sidecar.read_text(encoding="utf-8") == written, "found, not yet re-attached: nothing written"
+    logic.reattach_sidecar(reloaded)
+    logic.reattach_sidecar(reloaded)
+    assert len(reloaded.on_persist) == 1
+    assert sidecar.read_text(encoding="utf-8") == written, "re-attaching alone writes nothing"
+    reloaded.reject(1)
+    assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == [
+        "accepted", "rejected", "pending"]
 
 
 def test_corrupt_sidecar_is_refused(tmp_path):
@@ -532,6 +566,7 @@ def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scen
         assert review.center_ras_mm(i) == pytest.approx((-x, -y, z), abs=1e-3)
         assert review.nodule(i).diameter_mm == pytest.approx(detection.diameter_mm, rel=1e-4)
     assert_consistent(review)
+    assert logic.read_sidecar(tmp_path / "review.json") == review.nodules()
     assert not run.temp_dir.exists()
 
 

@@ -39,6 +39,7 @@ import SCPMNoduleLib
 from SCPMNoduleLib.errors import UserInputError
 
 from .review import NoduleReview, ReviewStyle
+from .sidecar import attach_sidecar
 from .volumes import check_input_volume, write_volume
 
 log = logging.getLogger(__name__)
@@ -273,7 +274,8 @@ class DetectionRun:
                 raise UserInputError(f"The detection failed ({prefix}{reason}).")
             detections = read_detections_json(self._result_path)
             log.info("%d nodules detected in %s", len(detections), self.volume_node.GetName())
-            return NoduleReview.create(self.volume_node, detections, self.style, self.sidecar_path)
+            review = NoduleReview.create(self.volume_node, detections, self.style)
+            return attach_sidecar(review, self.sidecar_path) if self.sidecar_path else review
         finally:
             self.cleanup()
 

@@ -14,9 +14,9 @@ The table is the record of the review (diameter, probability, status); the point
 record of the positions. Both are saved with the scene, so a saved and reloaded scene keeps the
 review: :meth:`NoduleReview.find` re-attaches to it. Moving a control point (in a view or by
 code) moves its sphere and updates its row through an observer on the point list; placing a new
-point adds an ``added`` nodule; removing one removes its sphere and row. After every change the
-whole review is also written to a small JSON sidecar file (:mod:`.sidecar`), so a crashed
-session can be restored; while a point is dragged in a view, once, when it is dropped.
+point adds an ``added`` nodule; removing one removes its sphere and row. After every change
+the review calls its :attr:`NoduleReview.on_persist` callbacks (while a point is dragged in a
+view, once, when it is dropped); the crash-recovery file (:mod:`.sidecar`) subscribes there.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from SCPMNoduleLib.errors import UserInputError
 from .volumes import lps_to_ras, ras_to_lps
 
 ROLE_ATTRIBUTE = "SCPMNodule.Role"
-SIDECAR_ATTRIBUTE = "SCPMNodule.SidecarPath"
 HIDE_REJECTED_ATTRIBUTE = "SCPMNodule.HideRejected"
 OPACITY_ATTRIBUTE = "SCPMNodule.Opacity"
 SPHERE_REFERENCE = "SCPMNodule.Sphere"
@@ -122,7 +121,10 @@ class NoduleReview:
     Build one with :meth:`create` (from detections) or :meth:`find` (re-attach after a scene was
     loaded); edit it with :meth:`set_status`, :meth:`set_diameter`, :meth:`move` and
     :meth:`add_nodule`, or by moving points in the views; call :meth:`detach` when done.
-    ``on_change`` (if given) is called with no arguments after every change.
+    ``on_change`` (if given) is called with no arguments after every change, also while a point
+    is dragged (for the GUI). :attr:`on_persist` is the list of callbacks called with the review
+    after every change it has made to the scene, a drag counting once, at the drop: whoever
+    keeps a copy of the review (the crash-recovery file) appends itself there.
     """
 
     def __init__(self, markups_node, style: ReviewStyle | None = None,
@@ -132,6 +134,7 @@ class NoduleReview:
         self.markups_node = markups_node
         self.style = style or ReviewStyle()
         self.on_change = on_change
+        self.on_persist: list[Callable[[NoduleReview], None]] = []
         self._observer_tags: list[int] = []
         self._dragging = False
         self._observe()
@@ -139,18 +142,18 @@ class NoduleReview:
     # ------------------------------------------------------------------ building
     @classmethod
     def create(cls, volume_node, detections: Sequence[Detection], style: ReviewStyle | None = None,
-               sidecar_path: str | None = None, name: str = "Nodules") -> NoduleReview:
+               name: str = "Nodules") -> NoduleReview:
         """Add the nodes of a new review of ``volume_node`` holding ``detections`` (world LPS)."""
         nodules = [
             Nodule(f"N{i + 1}", tuple(lps_to_ras(np.asarray(d.center_xyz_mm))), float(d.diameter_mm),
                    float(d.probability), PENDING)
             for i, d in enumerate(detections)
         ]
-        return cls.from_nodules(volume_node, nodules, style, sidecar_path, name)
+        return cls.from_nodules(volume_node, nodules, style, name)
 
     @classmethod
     def from_nodules(cls, volume_node, nodules: Sequence[Nodule], style: ReviewStyle | None = None,
-                     sidecar_path: str | None = None, name: str = "Nodules") -> NoduleReview:
+                     name: str = "Nodules") -> NoduleReview:
         """Add the nodes of a review of ``volume_node`` holding ``nodules`` as given."""
         style = style or ReviewStyle()
         scene = volume_node.GetScene()
@@ -158,8 +161,6 @@ class NoduleReview:
         markups.SetAttribute(ROLE_ATTRIBUTE, "nodules")
         markups.SetAttribute(OPACITY_ATTRIBUTE, repr(style.sphere_opacity))
         markups.SetAttribute(HIDE_REJECTED_ATTRIBUTE, "false")
-        if sidecar_path:
-            markups.SetAttribute(SIDECAR_ATTRIBUTE, str(sidecar_path))
         markups.CreateDefaultDisplayNodes()
         display = markups.GetDisplayNode()
         display.SetSelectedColor(*style.high_probability_color)
@@ -238,10 +239,6 @@ class NoduleReview:
     def sphere_nodes(self) -> list:
         return [self.markups_node.GetNthNodeReference(SPHERE_REFERENCE, i)
                 for i in range(self.markups_node.GetNumberOfNodeReferences(SPHERE_REFERENCE))]
-
-    @property
-    def sidecar_path(self) -> str | None:
-        return self.markups_node.GetAttribute(SIDECAR_ATTRIBUTE) or None
 
     def __len__(self) -> int:
         """The number of nodules: rows of the table (a point still being placed is not one yet)."""
@@ -442,11 +439,11 @@ class NoduleReview:
         self.table_node.Modified()
 
     def _changed(self) -> None:
-        """Tell the listener; write the sidecar unless a point is being dragged (then at the drop)."""
-        if self.sidecar_path and not self._dragging:
-            from .sidecar import write_sidecar
-
-            write_sidecar(self.sidecar_path, self)
+        """Call the :attr:`on_persist` callbacks unless a point is being dragged (then at the drop),
+        and tell the listener."""
+        if not self._dragging:
+            for callback in list(self.on_persist):
+                callback(self)
         if self.on_change is not None:
             self.on_change()
 
