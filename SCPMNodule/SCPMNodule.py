@@ -24,6 +24,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from SCPMNoduleMRML import ReviewStatus
+
 MINIMUM_TORCH_VERSION = "2.1"
 REQUIREMENTS = {"numpy": "numpy>=1.24", "scipy": "scipy>=1.10", "SimpleITK": "SimpleITK>=2.2",
                 "tqdm": "tqdm>=4.60"}
@@ -92,8 +94,8 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.previousButton.connect("clicked(bool)", lambda: self.onStep(-1))
         self.ui.nextButton.connect("clicked(bool)", lambda: self.onStep(1))
-        self.ui.acceptButton.connect("clicked(bool)", lambda: self.onSetStatus("accepted"))
-        self.ui.rejectButton.connect("clicked(bool)", lambda: self.onSetStatus("rejected"))
+        self.ui.acceptButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.ACCEPTED))
+        self.ui.rejectButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.REJECTED))
         self.ui.diameterSpinBox.connect("editingFinished()", self.onDiameterEdited)
         self.ui.addNoduleButton.connect("clicked(bool)", self.onAddNodule)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
@@ -237,7 +239,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.review is not None and len(self.logic.review):
             self.selectNodule(self.logic.review.neighbour(self._current, step))
 
-    def onSetStatus(self, status: str) -> None:
+    def onSetStatus(self, status: ReviewStatus) -> None:
         with slicer.util.tryWithErrorDisplay("Could not change the status."):
             self.logic.review.set_status(self.currentNodule(), status)
             self.onStep(1)

@@ -208,7 +208,7 @@ def test_volume_transform_is_applied_to_the_review(mrml):
 # ---------------------------------------------------------------- review
 
 
-def test_accept_and_reject_change_status_colour_and_optionally_hide(mrml):
+def test_accept_and_reject_change_status_color_and_optionally_hide(mrml):
     review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
     style = review.style
     review.accept(0)
@@ -286,7 +286,7 @@ def test_next_and_previous_cycle_and_skip_hidden_rejected(mrml):
     assert review.neighbour(0, 1) == -1
 
 
-def test_jump_to_centres_slices_and_cameras_on_the_nodule(mrml):
+def test_jump_to_centers_slices_and_cameras_on_the_nodule(mrml):
     review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
     slice_node = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode", "Red")
     slice_node.SetOrientationToAxial()
@@ -402,6 +402,23 @@ def test_corrupt_sidecar_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "something else"}', encoding="utf-8")
     with pytest.raises(UserInputError, match="not an SCPMNodule review file"):
         logic.read_sidecar(tmp_path / "bad.json")
+    content = {"format": "scpm-nodule-review", "version": 1, "volume": "v", "seriesuid": "v",
+               "nodules": [{"id": "N1", "center_xyz_mm": [0, 0, 0], "diameter_mm": 5.0, "probability": 0.5,
+                            "status": "maybe"}]}
+    (tmp_path / "status.json").write_text(json.dumps(content), encoding="utf-8")
+    with pytest.raises(UserInputError, match="status.json: Status 'maybe' is not one of pending, accepted"):
+        logic.read_sidecar(tmp_path / "status.json")
+
+
+def test_review_status_members_are_the_text_written_to_tables_and_files():
+    assert [s.value for s in logic.ReviewStatus] == ["pending", "accepted", "rejected", "added"]
+    status = logic.ReviewStatus.ACCEPTED
+    assert status == "accepted" and hash(status) == hash("accepted") and {"accepted": 1}[status] == 1
+    assert (str(status), f"{status}", json.dumps(status)) == ("accepted", "accepted", '"accepted"')
+    assert logic.ReviewStatus.parse("rejected") is logic.ReviewStatus.REJECTED
+    assert logic.ReviewStatus.parse(status) is status
+    with pytest.raises(UserInputError, match="'Accepted' is not one of"):
+        logic.ReviewStatus.parse("Accepted")
 
 
 # ---------------------------------------------------------------- export

@@ -83,7 +83,8 @@ def review_for(volume_node, phantom, args):
     if args.reference:
         truth = [n for n in phantom.nodules if n.included]
         nodules = [mrml_logic.Nodule(f"N{i + 1}", tuple(mrml_logic.lps_to_ras(np.asarray(n.center_xyz_mm))),
-                                     n.diameter_mm, 1.0, mrml_logic.ACCEPTED) for i, n in enumerate(truth)]
+                                     n.diameter_mm, 1.0, mrml_logic.ReviewStatus.ACCEPTED)
+                   for i, n in enumerate(truth)]
         return mrml_logic.NoduleReview.from_nodules(volume_node, nodules), "reference nodules of the phantom"
     if args.report:
         from SCPMNoduleLib.export import read_detections_json

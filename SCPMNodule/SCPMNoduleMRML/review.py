@@ -25,6 +25,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import vtk
@@ -41,8 +42,33 @@ SPHERE_REFERENCE = "SCPMNodule.Sphere"
 TABLE_REFERENCE = "SCPMNodule.Table"
 VOLUME_REFERENCE = "SCPMNodule.Volume"
 
-PENDING, ACCEPTED, REJECTED, ADDED = "pending", "accepted", "rejected", "added"
-STATUSES = (PENDING, ACCEPTED, REJECTED, ADDED)
+
+
+class ReviewStatus(str, Enum):
+    """Where a nodule stands in the review; the value is the text the table, sidecar and CSV hold.
+
+    A ``str`` mixin rather than :class:`enum.StrEnum`, which needs Python 3.11: Slicer 5.8 ships
+    Python 3.9 (newer Slicer 3.12) and the package supports 3.10. A member equals, hashes and
+    serialises (``json``, ``csv``, VTK string arrays) as its value, and ``__str__``/``format``
+    give the value on every Python version, so files written before the enum keep the same text.
+    """
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ADDED = "added"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str) -> ReviewStatus:
+        """The status named ``text``; :class:`UserInputError` if there is none."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise UserInputError(f"Status '{text}' is not one of {', '.join(s.value for s in cls)}.") from None
+
 
 ID_COLUMN, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN = (
     "ID", "Diameter (mm)", "Probability", "Status")
@@ -79,7 +105,7 @@ class Nodule:
     center_ras_mm: tuple[float, float, float]
     diameter_mm: float
     probability: float
-    status: str
+    status: ReviewStatus
 
     @property
     def center_xyz_mm(self) -> tuple[float, float, float]:
@@ -94,13 +120,13 @@ def probability_color(probability: float, style: ReviewStyle) -> tuple[float, fl
     return tuple(float(v) for v in low + p * (high - low))
 
 
-def nodule_color(probability: float, status: str, style: ReviewStyle) -> tuple[float, float, float]:
+def nodule_color(probability: float, status: ReviewStatus, style: ReviewStyle) -> tuple[float, float, float]:
     """The sphere colour of a nodule: by probability while pending, by status afterwards."""
-    return {ACCEPTED: style.accepted_color, REJECTED: style.rejected_color,
-            ADDED: style.added_color}.get(status) or probability_color(probability, style)
+    return {ReviewStatus.ACCEPTED: style.accepted_color, ReviewStatus.REJECTED: style.rejected_color,
+            ReviewStatus.ADDED: style.added_color}.get(status) or probability_color(probability, style)
 
 
-def describe(probability: float, diameter_mm: float, status: str) -> str:
+def describe(probability: float, diameter_mm: float, status: ReviewStatus) -> str:
     """The control point's description, e.g. ``p=0.93, d=6.2 mm, pending``."""
     return f"p={probability:.2f}, d={diameter_mm:.1f} mm, {status}"
 
@@ -146,7 +172,7 @@ class NoduleReview:
         """Add the nodes of a new review of ``volume_node`` holding ``detections`` (world LPS)."""
         nodules = [
             Nodule(f"N{i + 1}", tuple(lps_to_ras(np.asarray(d.center_xyz_mm))), float(d.diameter_mm),
-                   float(d.probability), PENDING)
+                   float(d.probability), ReviewStatus.PENDING)
             for i, d in enumerate(detections)
         ]
         return cls.from_nodules(volume_node, nodules, style, name)
@@ -257,7 +283,7 @@ class NoduleReview:
         return Nodule(
             self._column(ID_COLUMN).GetValue(index), self.center_ras_mm(index),
             self._column(DIAMETER_COLUMN).GetValue(index), self._column(PROBABILITY_COLUMN).GetValue(index),
-            self._column(STATUS_COLUMN).GetValue(index),
+            ReviewStatus.parse(self._column(STATUS_COLUMN).GetValue(index)),
         )
 
     def nodules(self) -> list[Nodule]:
@@ -268,21 +294,20 @@ class NoduleReview:
             raise UserInputError(f"There is no nodule {index + 1}; the list has {len(self)}.")
 
     # ------------------------------------------------------------------ edits
-    def set_status(self, index: int, status: str) -> None:
-        """Mark nodule ``index`` pending, accepted, rejected or added."""
+    def set_status(self, index: int, status: ReviewStatus | str) -> None:
+        """Mark nodule ``index`` pending, accepted, rejected or added (a member or its text)."""
         self._check_index(index)
-        if status not in STATUSES:
-            raise UserInputError(f"Status '{status}' is not one of {', '.join(STATUSES)}.")
-        self._column(STATUS_COLUMN).SetValue(index, status)
+        status = ReviewStatus.parse(status)
+        self._column(STATUS_COLUMN).SetValue(index, status.value)
         self._table_modified()
         self._show_status(index)
         self._changed()
 
     def accept(self, index: int) -> None:
-        self.set_status(index, ACCEPTED)
+        self.set_status(index, ReviewStatus.ACCEPTED)
 
     def reject(self, index: int) -> None:
-        self.set_status(index, REJECTED)
+        self.set_status(index, ReviewStatus.REJECTED)
 
     def set_diameter(self, index: int, diameter_mm: float) -> None:
         """Resize nodule ``index``: its sphere, its row and its description."""
@@ -335,7 +360,7 @@ class NoduleReview:
         count = len(self)
         for offset in range(1, count + 1):
             candidate = (index + step * offset) % count
-            if not (self.hide_rejected and self.nodule(candidate).status == REJECTED):
+            if not (self.hide_rejected and self.nodule(candidate).status == ReviewStatus.REJECTED):
                 return candidate
         return -1
 
@@ -378,7 +403,7 @@ class NoduleReview:
             self._column(name).SetValue(row, float(value))
         self._column(DIAMETER_COLUMN).SetValue(row, nodule.diameter_mm)
         self._column(PROBABILITY_COLUMN).SetValue(row, nodule.probability)
-        self._column(STATUS_COLUMN).SetValue(row, nodule.status)
+        self._column(STATUS_COLUMN).SetValue(row, ReviewStatus.parse(nodule.status).value)
         self._table_modified()
 
     def _append_sphere(self, index: int) -> None:
@@ -428,10 +453,10 @@ class NoduleReview:
         nodule = self.nodule(index)
         display = self.sphere_nodes[index].GetDisplayNode()
         display.SetColor(*nodule_color(nodule.probability, nodule.status, self.style))
-        visible = not (self.hide_rejected and nodule.status == REJECTED)
+        visible = not (self.hide_rejected and nodule.status == ReviewStatus.REJECTED)
         display.SetVisibility(visible)
         self.markups_node.SetNthControlPointVisibility(index, visible)
-        self.markups_node.SetNthControlPointSelected(index, nodule.status != REJECTED)
+        self.markups_node.SetNthControlPointSelected(index, nodule.status != ReviewStatus.REJECTED)
         self._describe(index)
 
     def _table_modified(self) -> None:
@@ -492,7 +517,7 @@ class NoduleReview:
         label = f"N{index + 1}"
         self.markups_node.SetNthControlPointLabel(index, label)
         self._append_row(Nodule(label, self.center_ras_mm(index), self.style.default_diameter_mm,
-                                self.style.added_probability, ADDED))
+                                self.style.added_probability, ReviewStatus.ADDED))
         self._append_sphere(index)
         self._show_status(index)
         self._changed()

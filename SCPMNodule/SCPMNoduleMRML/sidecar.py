@@ -21,7 +21,7 @@ from pathlib import Path
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
-from .review import STATUSES, Nodule, NoduleReview, ReviewStyle
+from .review import Nodule, NoduleReview, ReviewStatus, ReviewStyle
 from .volumes import lps_to_ras, series_uid
 
 SIDECAR_FORMAT = "scpm-nodule-review"
@@ -39,7 +39,7 @@ def review_to_dict(review: NoduleReview) -> dict:
         "seriesuid": series_uid(volume) if volume else None,
         "nodules": [
             {"id": n.label, "center_xyz_mm": list(n.center_xyz_mm), "diameter_mm": n.diameter_mm,
-             "probability": n.probability, "status": n.status}
+             "probability": n.probability, "status": n.status.value}
             for n in review.nodules()
         ],
     }
@@ -98,14 +98,13 @@ def read_sidecar(path: str | os.PathLike) -> list[Nodule]:
     try:
         nodules = [
             Nodule(str(n["id"]), tuple(float(v) for v in lps_to_ras(n["center_xyz_mm"])),
-                   float(n["diameter_mm"]), float(n["probability"]), str(n["status"]))
+                   float(n["diameter_mm"]), float(n["probability"]), ReviewStatus.parse(str(n["status"])))
             for n in content["nodules"]
         ]
+    except UserInputError as error:
+        raise UserInputError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError) as error:
         raise UserInputError(f"{path}: a nodule entry is incomplete or malformed ({error!r}).")
-    unknown = sorted({n.status for n in nodules} - set(STATUSES))
-    if unknown:
-        raise UserInputError(f"{path}: unknown status {', '.join(unknown)}.")
     return nodules
 
 
