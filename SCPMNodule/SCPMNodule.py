@@ -24,6 +24,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from SCPMNoduleLib.io import safe_file_name
 from SCPMNoduleMRML import ReviewStatus
 
 MINIMUM_TORCH_VERSION = "2.1"
@@ -343,7 +344,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
         from SCPMNoduleMRML import series_uid
 
-        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in series_uid(volumeNode))
+        name = safe_file_name(series_uid(volumeNode), fallback="volume")
         return str(self.sidecarDirectory() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json")
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
@@ -427,8 +428,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
             raise UserInputError("There are no nodules to export; detect them first.")
         if not directory or not os.path.isdir(directory):
             raise UserInputError(f"Export folder '{directory}' does not exist.")
-        stem = Path(directory) / "".join(c if c.isalnum() or c in "._-" else "_"
-                                         for c in series_uid(self.review.volume_node))
+        stem = Path(directory) / safe_file_name(series_uid(self.review.volume_node), fallback="volume")
         paths = [f"{stem}_nodules.csv", f"{stem}_nodules.mrk.json", f"{stem}_table.csv"]
         write_review_csv(paths[0], self.review, includeRejected)
         write_markups_json(paths[1], self.review)

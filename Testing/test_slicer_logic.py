@@ -22,7 +22,7 @@ from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
 from SCPMNoduleLib.detection import Detection  # noqa: E402
 from SCPMNoduleLib.errors import UserInputError  # noqa: E402
-from SCPMNoduleLib.io import read_annotations  # noqa: E402
+from SCPMNoduleLib.io import read_annotations, safe_file_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SCPMNodule"))
@@ -475,6 +475,18 @@ def test_table_csv_export(mrml, tmp_path):
     assert list(rows[0]) == list(logic.TABLE_COLUMNS)
     assert [(r["ID"], r["Status"]) for r in rows] == [("N1", "rejected"), ("N2", "pending"), ("N3", "pending")]
     assert [float(r["R"]) for r in rows] == [-10.0, 7.5, -2.0]
+
+
+def test_safe_file_name_keeps_uids_and_replaces_what_a_file_system_may_refuse():
+    """The names the module writes: the detector's input volume, the sidecar and the exports."""
+    assert safe_file_name("1.3.6.1.4.1.14519.5.2.1.6279") == "1.3.6.1.4.1.14519.5.2.1.6279"
+    assert safe_file_name("3: CT chest") == "3__CT_chest"
+    assert safe_file_name('a/b\\c*?<>|"d') == "a_b_c______d"
+    assert safe_file_name("Thorax-CT_1 (2)") == "Thorax-CT_1__2"
+    assert safe_file_name("Lungé") == "Lungé"
+    assert safe_file_name("..") == safe_file_name("") == "unnamed"
+    assert safe_file_name(".hidden_") == "hidden"
+    assert safe_file_name(" / ", fallback="volume") == "volume"
 
 
 # ---------------------------------------------------------------- background process

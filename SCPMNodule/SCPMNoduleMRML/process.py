@@ -37,6 +37,7 @@ from pathlib import Path
 
 import SCPMNoduleLib
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import safe_file_name
 
 from .review import NoduleReview, ReviewStyle
 from .sidecar import attach_sidecar
@@ -223,7 +224,7 @@ class DetectionRun:
         self._error: str | None = None
         self.temp_dir = Path(tempfile.mkdtemp(prefix="SCPMNodule-"))
         try:
-            input_path = self.temp_dir / f"{_safe_file_name(volume_node.GetName())}.nrrd"
+            input_path = self.temp_dir / f"{safe_file_name(volume_node.GetName(), fallback='volume')}.nrrd"
             write_volume(volume_node, input_path)
         except BaseException:
             self.cleanup()
@@ -281,8 +282,3 @@ class DetectionRun:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _safe_file_name(name: str) -> str:
-    kept = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._")
-    return kept or "volume"
