@@ -7,15 +7,20 @@ the work on MRML and is tested outside Slicer), and the self-test.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
 import os
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import qt
+import SimpleITK as sitk
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
@@ -24,8 +29,14 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+# Only torch-free modules that need nothing beyond what Slicer ships (numpy, SimpleITK, VTK):
+# ensureDependencies installs the rest after this file has loaded (test_slicer_logic checks).
+from SCPMNoduleLib.detection import Detection
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import safe_file_name
-from SCPMNoduleMRML import ReviewStatus
+from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle,
+                            check_input_volume, reattach_sidecar, restore_review, series_uid,
+                            volume_node_from_image, write_markups_json, write_review_csv, write_table_csv)
 
 MINIMUM_TORCH_VERSION = "2.1"
 REQUIREMENTS = {"numpy": "numpy>=1.24", "scipy": "scipy>=1.10", "SimpleITK": "SimpleITK>=2.2",
@@ -230,8 +241,6 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.selectNodule(row)
 
     def currentNodule(self) -> int:
-        from SCPMNoduleLib.errors import UserInputError
-
         if self.logic.review is None or not 0 <= self._current < len(self.logic.review):
             raise UserInputError("Select a nodule in the table first.")
         return self._current
@@ -308,10 +317,8 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def ensureDependencies() -> None:
         """Install PyTorch through the PyTorch extension, and the other packages, after asking."""
-        from SCPMNoduleLib.errors import UserInputError
-
         if importlib.util.find_spec("torch") is None:
-            try:
+            try:  # here, not at the top: another extension's module, loaded after this one, or missing
                 import PyTorchUtils
             except ModuleNotFoundError:
                 raise UserInputError("This module needs the PyTorch extension: install 'PyTorch' from the "
@@ -340,18 +347,11 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def sidecarPath(self, volumeNode) -> str:
         """A new crash-recovery file per detection run, so that a new run never overwrites an old review."""
-        import time
-
-        from SCPMNoduleMRML import series_uid
-
         name = safe_file_name(series_uid(volumeNode), fallback="volume")
         return str(self.sidecarDirectory() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json")
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
-        from SCPMNoduleLib.errors import UserInputError
-        from SCPMNoduleMRML import DetectionRun, DetectionSettings, check_input_volume
-
         check_input_volume(parameters.inputVolume)
         settings = DetectionSettings(model=parameters.model, device=parameters.device,
                                      threshold=parameters.threshold, max_detections=parameters.maxDetections)
@@ -373,8 +373,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         return review
 
     def _style(self, parameters: SCPMNoduleParameterNode):
-        from SCPMNoduleMRML import ReviewStyle
-
         return ReviewStyle(sphere_opacity=parameters.sphereOpacity)
 
     def _setReview(self, review, onChange) -> None:
@@ -384,8 +382,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def attachReview(self, onChange) -> None:
         """Re-attach to the newest review in the scene (after loading a saved scene)."""
-        from SCPMNoduleMRML import NoduleReview, reattach_sidecar
-
         if self.review is not None and self.review.scene is slicer.mrmlScene \
                 and slicer.mrmlScene.IsNodePresent(self.review.markups_node):
             return
@@ -409,8 +405,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def placeMissedNodule(self, diameterMm: float) -> None:
         """Let the user click the missed nodule; the review's observer adds it with this diameter."""
-        from SCPMNoduleLib.errors import UserInputError
-
         if self.review is None:
             raise UserInputError("Detect nodules (or restore a review) before adding missed ones.")
         self.review.style = dataclasses.replace(self.review.style, default_diameter_mm=float(diameterMm))
@@ -421,9 +415,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def export(self, directory: str, includeRejected: bool) -> list[str]:
         """Write ``<seriesuid>_nodules.csv``, ``.mrk.json`` and ``_table.csv`` into ``directory``."""
-        from SCPMNoduleLib.errors import UserInputError
-        from SCPMNoduleMRML import series_uid, write_markups_json, write_review_csv, write_table_csv
-
         if self.review is None:
             raise UserInputError("There are no nodules to export; detect them first.")
         if not directory or not os.path.isdir(directory):
@@ -437,8 +428,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def restore(self, volumeNode, path: str, onChange):
         """Rebuild a review of ``volumeNode`` from a crash-recovery file."""
-        from SCPMNoduleMRML import check_input_volume, restore_review
-
         check_input_volume(volumeNode)
         review = restore_review(volumeNode, path)
         self._setReview(review, onChange)
@@ -458,10 +447,6 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         self.test_DetectInBackground()
 
     def _volume(self):
-        import numpy as np
-        import SimpleITK as sitk
-        from SCPMNoduleMRML import volume_node_from_image
-
         array = np.full((48, 64, 64), -800, dtype=np.int16)
         array[20:28, 28:36, 28:36] = 40
         image = sitk.GetImageFromArray(array)
@@ -469,12 +454,6 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         return volume_node_from_image(slicer.mrmlScene, image, "1.2.840.test")
 
     def test_ReviewAndExport(self) -> None:
-        import csv
-        import tempfile
-
-        from SCPMNoduleLib.detection import Detection
-        from SCPMNoduleMRML import NoduleReview
-
         volume = self._volume()
         review = NoduleReview.create(volume, [Detection((25.6, 25.6, 36.0), 6.4, 0.9)])
         self.assertEqual(review.markups_node.GetNthControlPointLabel(0), "N1")

@@ -43,6 +43,23 @@ def test_review_and_exports_load_without_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_module_file_imports_at_load_only_what_slicer_ships():
+    """SCPMNodule.py's top-level imports run when Slicer starts, before ensureDependencies can
+    install PyTorch, scipy or tqdm: our packages among them must need only numpy, SimpleITK, VTK."""
+    import ast
+
+    tree = ast.parse((REPO / "SCPMNodule" / "SCPMNodule.py").read_text(encoding="utf-8"))
+    ours = sorted({node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                   and node.module.split(".")[0] in ("SCPMNoduleLib", "SCPMNoduleMRML")})
+    assert "SCPMNoduleMRML" in ours and "SCPMNoduleLib.errors" in ours
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+            "[importlib.import_module(m) for m in sys.argv[2:]]; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'tqdm', 'matplotlib'}))")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "SCPMNodule"), *ours],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.fixture
 def mrml():
     return make_scene()

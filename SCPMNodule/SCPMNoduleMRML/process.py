@@ -37,6 +37,7 @@ from pathlib import Path
 
 import SCPMNoduleLib
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.export import read_detections_json
 from SCPMNoduleLib.io import safe_file_name
 
 from .review import NoduleReview, ReviewStyle
@@ -262,8 +263,6 @@ class DetectionRun:
 
     def finish(self) -> NoduleReview:
         """Build the review from the report; always removes the temporary files."""
-        from SCPMNoduleLib.export import read_detections_json
-
         try:
             self.poll()
             if self.process.cancelled:
