@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import SCPMNoduleLib
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.errors import EXIT_BAD_INPUT, UserInputError
 from SCPMNoduleLib.export import read_detections_json
 from SCPMNoduleLib.io import safe_file_name
 
@@ -45,8 +45,6 @@ from .sidecar import attach_sidecar
 from .volumes import check_input_volume, write_volume
 
 log = logging.getLogger(__name__)
-
-EXIT_BAD_INPUT = 2
 
 
 @dataclass(frozen=True)
