@@ -42,6 +42,8 @@ MINIMUM_TORCH_VERSION = "2.1"
 REQUIREMENTS = {"numpy": "numpy>=1.24", "scipy": "scipy>=1.10", "SimpleITK": "SimpleITK>=2.2",
                 "tqdm": "tqdm>=4.60"}
 PROGRESS_INTERVAL_MS = 200
+DETECTION_DEFAULTS = DetectionSettings()
+REVIEW_DEFAULTS = ReviewStyle()
 
 
 class SCPMNodule(ScriptedLoadableModule):
@@ -70,11 +72,11 @@ class SCPMNoduleParameterNode:
     """The module's choices, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    model: str = "demo"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    threshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.5
-    maxDetections: Annotated[int, WithinRange(1, 100)] = 100
-    sphereOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    model: str = DETECTION_DEFAULTS.model
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = DETECTION_DEFAULTS.device
+    threshold: Annotated[float, WithinRange(0.0, 0.99)] = DETECTION_DEFAULTS.threshold
+    maxDetections: Annotated[int, WithinRange(1, 100)] = DETECTION_DEFAULTS.max_detections
+    sphereOpacity: Annotated[float, WithinRange(0.0, 1.0)] = REVIEW_DEFAULTS.sphere_opacity
     hideRejected: bool = False
     includeRejectedInExport: bool = False
 
@@ -108,6 +110,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextButton.connect("clicked(bool)", lambda: self.onStep(1))
         self.ui.acceptButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.ACCEPTED))
         self.ui.rejectButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.REJECTED))
+        self.ui.diameterSpinBox.value = REVIEW_DEFAULTS.default_diameter_mm
         self.ui.diameterSpinBox.connect("editingFinished()", self.onDiameterEdited)
         self.ui.addNoduleButton.connect("clicked(bool)", self.onAddNodule)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
