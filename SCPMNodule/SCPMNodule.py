@@ -35,12 +35,9 @@ from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import safe_file_name
 from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle,
-                            check_input_volume, reattach_sidecar, restore_review, series_uid,
+                            check_input_volume, detector_requirements, reattach_sidecar, restore_review, series_uid,
                             volume_node_from_image, write_markups_json, write_review_csv, write_table_csv)
 
-MINIMUM_TORCH_VERSION = "2.1"
-REQUIREMENTS = {"numpy": "numpy>=1.24", "scipy": "scipy>=1.10", "SimpleITK": "SimpleITK>=2.2",
-                "tqdm": "tqdm>=4.60"}
 PROGRESS_INTERVAL_MS = 200
 DETECTION_DEFAULTS = DetectionSettings()
 REVIEW_DEFAULTS = ReviewStyle()
@@ -319,7 +316,12 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureDependencies() -> None:
-        """Install PyTorch through the PyTorch extension, and the other packages, after asking."""
+        """Install PyTorch through the PyTorch extension, and the other packages, after asking.
+
+        What to install, and which versions, is ``Resources/requirements.txt``.
+        """
+        requirements = detector_requirements()
+        torchVersion = requirements.pop("torch")
         if importlib.util.find_spec("torch") is None:
             try:  # here, not at the top: another extension's module, loaded after this one, or missing
                 import PyTorchUtils
@@ -328,13 +330,12 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
                                      "Extensions Manager and restart Slicer.")
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True,
-                                                torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersion)
                 if torch is None:
                     raise UserInputError("PyTorch is needed to detect nodules, and it was not installed "
                                          "(declined, or no internet connection).")
-        missing = [requirement for module, requirement in REQUIREMENTS.items()
-                   if importlib.util.find_spec(module) is None]
+        missing = [f"{package}{version}" for package, version in requirements.items()
+                   if importlib.util.find_spec(package) is None]
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
                     f"The nodule detector needs these Python packages: {', '.join(missing)}. Install them now?"):

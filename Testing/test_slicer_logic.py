@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -507,6 +509,27 @@ def test_safe_file_name_keeps_uids_and_replaces_what_a_file_system_may_refuse():
 
 
 # ---------------------------------------------------------------- background process
+
+
+def test_slicer_installs_the_packages_pyproject_declares():
+    """Slicer installs from the module's requirements.txt (torch through the PyTorch extension),
+    pip from pyproject.toml: the same packages and versions, but matplotlib, which only the
+    library's plots (phantom previews, FROC curves, the demo) import, lazily."""
+    requirements = logic.detector_requirements()
+    block = re.search(r"(?ms)^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = dict(re.fullmatch(r"([\w.-]+)(.*)", dependency).groups()
+                    for dependency in re.findall(r'"([^"]+)"', block.group(1)))
+    assert declared.pop("matplotlib") == ">=3.6"
+    assert requirements == declared and requirements["torch"] == ">=2.1"
+    assert all(importlib.util.find_spec(package) for package in requirements), "a package imports under another name"
+
+
+def test_requirements_lines_are_parsed(tmp_path):
+    (tmp_path / "req.txt").write_text("# comment\n\nnumpy>=1.24,<3  # why\nSimpleITK\n", encoding="utf-8")
+    assert logic.detector_requirements(tmp_path / "req.txt") == {"numpy": ">=1.24,<3", "SimpleITK": ""}
+    (tmp_path / "url.txt").write_text("git+https://example.org/x.git\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match="is not a 'package>=version' line"):
+        logic.detector_requirements(tmp_path / "url.txt")
 
 
 def test_detect_command_is_an_argument_list_per_the_contract(tmp_path):

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,10 @@ from .sidecar import attach_sidecar
 from .volumes import check_input_volume, write_volume
 
 log = logging.getLogger(__name__)
+
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+"""The module's ``Resources/requirements.txt`` (installed beside it by CMake): the one list, in
+Slicer, of the packages the detector's process needs."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,24 @@ def detect_command(input_path: str | os.PathLike, out_dir: str | os.PathLike,
         "--device", settings.device, "--threshold", repr(float(settings.threshold)),
         "--max-detections", str(int(settings.max_detections)), "--progress", "jsonl",
     ]
+
+
+def detector_requirements(path: str | os.PathLike = REQUIREMENTS_FILE) -> dict[str, str]:
+    """``{package: version specifier}`` from a requirements file, e.g. ``{"torch": ">=2.1", ...}``.
+
+    Only the plain ``name specifier`` lines this project writes (``#`` starts a comment). Each
+    package imports under its own name, so ``importlib.util.find_spec(package)`` tells whether
+    it is installed.
+    """
+    requirements = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*([<>=!~][^;\s]*)?", text)
+            if match is None:
+                raise UserInputError(f"{path}: '{text}' is not a 'package>=version' line.")
+            requirements[match.group(1)] = match.group(2) or ""
+    return requirements
 
 
 def library_environment(base: dict | None = None) -> dict:
