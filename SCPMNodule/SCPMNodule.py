@@ -51,7 +51,7 @@ class SCPMNodule(ScriptedLoadableModule):
         self.parent.dependencies = ["Markups", "Models", "Tables"]
         self.parent.contributors = ["SCPM-Net for Slicer contributors"]
         self.parent.helpText = """
-Detects lung nodules in a chest CT with SCPM-Net (sphere representation, centre-points matching)
+Detects lung nodules in a chest CT with SCPM-Net (sphere representation, center-points matching)
 and lets you review them: step through the list, accept, reject, move, resize, add missed
 nodules, and export the corrected list (LUNA16-style CSV in world LPS mm, markups JSON, table
 CSV). The detector runs in a background process; Cancel stops it. Shortcuts while the module

@@ -5,9 +5,9 @@ hierarchy:
 
 * one markups point list ``Nodules``: control point ``i`` is nodule ``i`` at its RAS position,
   labelled ``N1, N2, ...``, its description giving probability and diameter; rejected points
-  are unselected, so Slicer draws them in the list's (grey) colour instead of the selected red;
+  are unselected, so Slicer draws them in the list's (grey) color instead of the selected red;
 * one sphere model per nodule (node references ``SCPMNodule.Sphere`` of the point list, in point
-  order), coloured by probability while pending, by status once reviewed;
+  order), colored by probability while pending, by status once reviewed;
 * a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status.
 
 The table is the record of the review (diameter, probability, status); the point list is the
@@ -78,10 +78,10 @@ TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, S
 
 @dataclass(frozen=True)
 class ReviewStyle:
-    """How nodules look. Colours are RGB in [0, 1].
+    """How nodules look. Colors are RGB in [0, 1].
 
-    A pending nodule's colour runs from ``low_probability_color`` (p = 0) to
-    ``high_probability_color`` (p = 1) linearly in p; reviewed nodules take their status colour.
+    A pending nodule's color runs from ``low_probability_color`` (p = 0) to
+    ``high_probability_color`` (p = 1) linearly in p; reviewed nodules take their status color.
     """
 
     sphere_opacity: float = 0.5
@@ -121,7 +121,7 @@ def probability_color(probability: float, style: ReviewStyle) -> tuple[float, fl
 
 
 def nodule_color(probability: float, status: ReviewStatus, style: ReviewStyle) -> tuple[float, float, float]:
-    """The sphere colour of a nodule: by probability while pending, by status afterwards."""
+    """The sphere color of a nodule: by probability while pending, by status afterwards."""
     return {ReviewStatus.ACCEPTED: style.accepted_color, ReviewStatus.REJECTED: style.rejected_color,
             ReviewStatus.ADDED: style.added_color}.get(status) or probability_color(probability, style)
 
@@ -365,7 +365,7 @@ class NoduleReview:
         return -1
 
     def jump_to(self, index: int) -> None:
-        """Centre every slice view on nodule ``index`` and point every 3D camera at it."""
+        """Center every slice view on nodule ``index`` and point every 3D camera at it."""
         from slicer import vtkMRMLSliceNode
 
         self._check_index(index)
