@@ -41,12 +41,6 @@ def _ijk_to_ras(direction: np.ndarray, spacing_xyz: np.ndarray, origin_xyz_mm: n
     return matrix
 
 
-def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
-    """The 4x4 IJK→RAS matrix of a 3-D SimpleITK image, voxel order as stored (no flip)."""
-    return _ijk_to_ras(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
-                       np.asarray(image.GetSpacing()), np.asarray(image.GetOrigin()))
-
-
 def _vtk_matrix(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
     result = vtk.vtkMatrix4x4()
     result.DeepCopy(matrix.ravel().tolist())
@@ -144,6 +138,6 @@ def write_volume(volume_node, path) -> None:
 
 
 __all__ = [
-    "LPS_TO_RAS", "check_input_volume", "image_from_volume_node", "ijk_to_ras_from_image",
-    "lps_to_ras", "ras_to_lps", "series_uid", "volume_ijk_to_ras", "volume_node_from_image", "write_volume",
+    "LPS_TO_RAS", "check_input_volume", "image_from_volume_node", "lps_to_ras", "ras_to_lps", "series_uid",
+    "volume_ijk_to_ras", "volume_node_from_image", "write_volume",
 ]
