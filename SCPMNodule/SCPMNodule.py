@@ -7,15 +7,20 @@ the work on MRML and is tested outside Slicer), and the self-test.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import importlib.util
 import os
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import qt
+import SimpleITK as sitk
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
@@ -24,10 +29,18 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-MINIMUM_TORCH_VERSION = "2.1"
-REQUIREMENTS = {"numpy": "numpy>=1.24", "scipy": "scipy>=1.10", "SimpleITK": "SimpleITK>=2.2",
-                "tqdm": "tqdm>=4.60"}
+# Only torch-free modules that need nothing beyond what Slicer ships (numpy, SimpleITK, VTK):
+# ensureDependencies installs the rest after this file has loaded (test_slicer_logic checks).
+from SCPMNoduleLib.detection import Detection
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import safe_file_name
+from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle,
+                            check_input_volume, detector_requirements, reattach_sidecar, restore_review, series_uid,
+                            volume_node_from_image, write_markups_json, write_review_csv, write_table_csv)
+
 PROGRESS_INTERVAL_MS = 200
+DETECTION_DEFAULTS = DetectionSettings()
+REVIEW_DEFAULTS = ReviewStyle()
 
 
 class SCPMNodule(ScriptedLoadableModule):
@@ -38,7 +51,7 @@ class SCPMNodule(ScriptedLoadableModule):
         self.parent.dependencies = ["Markups", "Models", "Tables"]
         self.parent.contributors = ["SCPM-Net for Slicer contributors"]
         self.parent.helpText = """
-Detects lung nodules in a chest CT with SCPM-Net (sphere representation, centre-points matching)
+Detects lung nodules in a chest CT with SCPM-Net (sphere representation, center-points matching)
 and lets you review them: step through the list, accept, reject, move, resize, add missed
 nodules, and export the corrected list (LUNA16-style CSV in world LPS mm, markups JSON, table
 CSV). The detector runs in a background process; Cancel stops it. Shortcuts while the module
@@ -56,11 +69,11 @@ class SCPMNoduleParameterNode:
     """The module's choices, saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
-    model: str = "demo"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    threshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.5
-    maxDetections: Annotated[int, WithinRange(1, 100)] = 100
-    sphereOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    model: str = DETECTION_DEFAULTS.model
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = DETECTION_DEFAULTS.device
+    threshold: Annotated[float, WithinRange(0.0, 0.99)] = DETECTION_DEFAULTS.threshold
+    maxDetections: Annotated[int, WithinRange(1, 100)] = DETECTION_DEFAULTS.max_detections
+    sphereOpacity: Annotated[float, WithinRange(0.0, 1.0)] = REVIEW_DEFAULTS.sphere_opacity
     hideRejected: bool = False
     includeRejectedInExport: bool = False
 
@@ -92,8 +105,9 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.previousButton.connect("clicked(bool)", lambda: self.onStep(-1))
         self.ui.nextButton.connect("clicked(bool)", lambda: self.onStep(1))
-        self.ui.acceptButton.connect("clicked(bool)", lambda: self.onSetStatus("accepted"))
-        self.ui.rejectButton.connect("clicked(bool)", lambda: self.onSetStatus("rejected"))
+        self.ui.acceptButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.ACCEPTED))
+        self.ui.rejectButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.REJECTED))
+        self.ui.diameterSpinBox.value = REVIEW_DEFAULTS.default_diameter_mm
         self.ui.diameterSpinBox.connect("editingFinished()", self.onDiameterEdited)
         self.ui.addNoduleButton.connect("clicked(bool)", self.onAddNodule)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
@@ -227,8 +241,6 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.selectNodule(row)
 
     def currentNodule(self) -> int:
-        from SCPMNoduleLib.errors import UserInputError
-
         if self.logic.review is None or not 0 <= self._current < len(self.logic.review):
             raise UserInputError("Select a nodule in the table first.")
         return self._current
@@ -237,7 +249,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.review is not None and len(self.logic.review):
             self.selectNodule(self.logic.review.neighbour(self._current, step))
 
-    def onSetStatus(self, status: str) -> None:
+    def onSetStatus(self, status: ReviewStatus) -> None:
         with slicer.util.tryWithErrorDisplay("Could not change the status."):
             self.logic.review.set_status(self.currentNodule(), status)
             self.onStep(1)
@@ -304,24 +316,26 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureDependencies() -> None:
-        """Install PyTorch through the PyTorch extension, and the other packages, after asking."""
-        from SCPMNoduleLib.errors import UserInputError
+        """Install PyTorch through the PyTorch extension, and the other packages, after asking.
 
+        What to install, and which versions, is ``Resources/requirements.txt``.
+        """
+        requirements = detector_requirements()
+        torchVersion = requirements.pop("torch")
         if importlib.util.find_spec("torch") is None:
-            try:
+            try:  # here, not at the top: another extension's module, loaded after this one, or missing
                 import PyTorchUtils
             except ModuleNotFoundError:
                 raise UserInputError("This module needs the PyTorch extension: install 'PyTorch' from the "
                                      "Extensions Manager and restart Slicer.")
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True,
-                                                torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
+                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersion)
                 if torch is None:
                     raise UserInputError("PyTorch is needed to detect nodules, and it was not installed "
                                          "(declined, or no internet connection).")
-        missing = [requirement for module, requirement in REQUIREMENTS.items()
-                   if importlib.util.find_spec(module) is None]
+        missing = [f"{package}{version}" for package, version in requirements.items()
+                   if importlib.util.find_spec(package) is None]
         if missing:
             if not slicer.util.confirmOkCancelDisplay(
                     f"The nodule detector needs these Python packages: {', '.join(missing)}. Install them now?"):
@@ -337,18 +351,11 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def sidecarPath(self, volumeNode) -> str:
         """A new crash-recovery file per detection run, so that a new run never overwrites an old review."""
-        import time
-
-        from SCPMNoduleMRML import series_uid
-
-        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in series_uid(volumeNode))
+        name = safe_file_name(series_uid(volumeNode), fallback="volume")
         return str(self.sidecarDirectory() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json")
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
-        from SCPMNoduleLib.errors import UserInputError
-        from SCPMNoduleMRML import DetectionRun, DetectionSettings, check_input_volume
-
         check_input_volume(parameters.inputVolume)
         settings = DetectionSettings(model=parameters.model, device=parameters.device,
                                      threshold=parameters.threshold, max_detections=parameters.maxDetections)
@@ -370,8 +377,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         return review
 
     def _style(self, parameters: SCPMNoduleParameterNode):
-        from SCPMNoduleMRML import ReviewStyle
-
         return ReviewStyle(sphere_opacity=parameters.sphereOpacity)
 
     def _setReview(self, review, onChange) -> None:
@@ -381,15 +386,13 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def attachReview(self, onChange) -> None:
         """Re-attach to the newest review in the scene (after loading a saved scene)."""
-        from SCPMNoduleMRML import NoduleReview
-
         if self.review is not None and self.review.scene is slicer.mrmlScene \
                 and slicer.mrmlScene.IsNodePresent(self.review.markups_node):
             return
         self.review = None
         review = NoduleReview.find(slicer.mrmlScene, on_change=onChange)
         if review is not None:
-            self._setReview(review, onChange)
+            self._setReview(reattach_sidecar(review), onChange)
 
     def detachReview(self) -> None:
         if self.review is not None:
@@ -406,8 +409,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def placeMissedNodule(self, diameterMm: float) -> None:
         """Let the user click the missed nodule; the review's observer adds it with this diameter."""
-        from SCPMNoduleLib.errors import UserInputError
-
         if self.review is None:
             raise UserInputError("Detect nodules (or restore a review) before adding missed ones.")
         self.review.style = dataclasses.replace(self.review.style, default_diameter_mm=float(diameterMm))
@@ -418,15 +419,11 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def export(self, directory: str, includeRejected: bool) -> list[str]:
         """Write ``<seriesuid>_nodules.csv``, ``.mrk.json`` and ``_table.csv`` into ``directory``."""
-        from SCPMNoduleLib.errors import UserInputError
-        from SCPMNoduleMRML import series_uid, write_markups_json, write_review_csv, write_table_csv
-
         if self.review is None:
             raise UserInputError("There are no nodules to export; detect them first.")
         if not directory or not os.path.isdir(directory):
             raise UserInputError(f"Export folder '{directory}' does not exist.")
-        stem = Path(directory) / "".join(c if c.isalnum() or c in "._-" else "_"
-                                         for c in series_uid(self.review.volume_node))
+        stem = Path(directory) / safe_file_name(series_uid(self.review.volume_node), fallback="volume")
         paths = [f"{stem}_nodules.csv", f"{stem}_nodules.mrk.json", f"{stem}_table.csv"]
         write_review_csv(paths[0], self.review, includeRejected)
         write_markups_json(paths[1], self.review)
@@ -435,8 +432,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def restore(self, volumeNode, path: str, onChange):
         """Rebuild a review of ``volumeNode`` from a crash-recovery file."""
-        from SCPMNoduleMRML import check_input_volume, restore_review
-
         check_input_volume(volumeNode)
         review = restore_review(volumeNode, path)
         self._setReview(review, onChange)
@@ -456,10 +451,6 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         self.test_DetectInBackground()
 
     def _volume(self):
-        import numpy as np
-        import SimpleITK as sitk
-        from SCPMNoduleMRML import volume_node_from_image
-
         array = np.full((48, 64, 64), -800, dtype=np.int16)
         array[20:28, 28:36, 28:36] = 40
         image = sitk.GetImageFromArray(array)
@@ -467,12 +458,6 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         return volume_node_from_image(slicer.mrmlScene, image, "1.2.840.test")
 
     def test_ReviewAndExport(self) -> None:
-        import csv
-        import tempfile
-
-        from SCPMNoduleLib.detection import Detection
-        from SCPMNoduleMRML import NoduleReview
-
         volume = self._volume()
         review = NoduleReview.create(volume, [Detection((25.6, 25.6, 36.0), 6.4, 0.9)])
         self.assertEqual(review.markups_node.GetNthControlPointLabel(0), "N1")

@@ -17,11 +17,9 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import UserInputError
+from .errors import EXIT_BAD_INPUT, UserInputError
 
 log = logging.getLogger(__name__)
-
-EXIT_BAD_INPUT = 2
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,11 @@
 
 Every entry point (command line, Slicer logic, training) raises :class:`UserInputError` with one
 sentence that names the file or value and says what is wrong; the command line prints that
-sentence and exits non-zero, the Slicer module shows it in a message box.
+sentence and exits with :data:`EXIT_BAD_INPUT`, the Slicer module shows it in a message box.
 """
+
+EXIT_BAD_INPUT = 2
+"""The command line's exit status for bad input (1 is a crash); the Slicer module reads it."""
 
 
 class UserInputError(Exception):

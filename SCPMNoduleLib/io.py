@@ -362,3 +362,14 @@ def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Im
                 f"(expected one of {', '.join(SCAN_SUFFIXES)} or a DICOM folder).") from None
     check_scan(image, path)
     return image
+
+
+def safe_file_name(name: str, fallback: str = "unnamed") -> str:
+    """``name`` as a file name that is safe on every platform (a series UID, a volume's name).
+
+    Every character but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``, then leading and
+    trailing ``.`` and ``_`` are dropped (no hidden file, no ``..``); ``fallback`` if nothing is left.
+    E.g. ``"3: CT chest"`` gives ``"3__CT_chest"``; a DICOM UID is kept as it is.
+    """
+    kept = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._")
+    return kept or fallback

@@ -16,6 +16,8 @@ from pathlib import Path
 import slicer
 import vtk
 
+from SCPMNoduleLib.io import safe_file_name
+
 MODULE_LOGICS = {
     "Markups": slicer.vtkSlicerMarkupsLogic,
     "Models": slicer.vtkSlicerModelsLogic,
@@ -85,7 +87,7 @@ def save_scene(scene, path: str | Path) -> None:
         storage = node.GetStorageNode()
         if storage is None:
             continue
-        name = "".join(c if c.isalnum() else "_" for c in node.GetName())
+        name = safe_file_name(node.GetName())
         storage.SetFileName(str(path.parent / f"{name}.{storage.GetDefaultWriteFileExtension()}"))
         if not storage.WriteData(node):
             raise RuntimeError(f"could not write the data of {node.GetName()}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
 from SCPMNoduleLib.detection import Detection  # noqa: E402
 from SCPMNoduleLib.errors import UserInputError  # noqa: E402
-from SCPMNoduleLib.io import read_annotations  # noqa: E402
+from SCPMNoduleLib.io import read_annotations, safe_file_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SCPMNodule"))
@@ -39,6 +41,23 @@ def test_review_and_exports_load_without_torch():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import SCPMNoduleMRML, SCPMNoduleLib.export, "
             "SCPMNoduleLib.evaluation; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     result = subprocess.run([sys.executable, "-c", code, str(REPO / "SCPMNodule")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_module_file_imports_at_load_only_what_slicer_ships():
+    """SCPMNodule.py's top-level imports run when Slicer starts, before ensureDependencies can
+    install PyTorch, scipy or tqdm: our packages among them must need only numpy, SimpleITK, VTK."""
+    import ast
+
+    tree = ast.parse((REPO / "SCPMNodule" / "SCPMNodule.py").read_text(encoding="utf-8"))
+    ours = sorted({node.module for node in tree.body if isinstance(node, ast.ImportFrom)
+                   and node.module.split(".")[0] in ("SCPMNoduleLib", "SCPMNoduleMRML")})
+    assert "SCPMNoduleMRML" in ours and "SCPMNoduleLib.errors" in ours
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); "
+            "[importlib.import_module(m) for m in sys.argv[2:]]; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'scipy', 'tqdm', 'matplotlib'}))")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO / "SCPMNodule"), *ours],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -208,7 +227,7 @@ def test_volume_transform_is_applied_to_the_review(mrml):
 # ---------------------------------------------------------------- review
 
 
-def test_accept_and_reject_change_status_colour_and_optionally_hide(mrml):
+def test_accept_and_reject_change_status_color_and_optionally_hide(mrml):
     review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
     style = review.style
     review.accept(0)
@@ -286,7 +305,7 @@ def test_next_and_previous_cycle_and_skip_hidden_rejected(mrml):
     assert review.neighbour(0, 1) == -1
 
 
-def test_jump_to_centres_slices_and_cameras_on_the_nodule(mrml):
+def test_jump_to_centers_slices_and_cameras_on_the_nodule(mrml):
     review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
     slice_node = mrml.scene.AddNewNodeByClass("vtkMRMLSliceNode", "Red")
     slice_node.SetOrientationToAxial()
@@ -332,7 +351,7 @@ def test_saved_and_reloaded_scene_keeps_the_review(mrml, tmp_path, suffix):
 
 def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS, sidecar_path=str(sidecar))
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
     assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == ["pending"] * 3
     review.reject(2)
     assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][2]["status"] == "rejected"
@@ -353,7 +372,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
 
 def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS, sidecar_path=str(sidecar))
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
     markups = review.markups_node
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
     for step in range(1, 4):
@@ -364,10 +383,61 @@ def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path)
     assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
 
 
+def test_on_persist_callbacks_see_each_change_and_a_review_needs_none(mrml):
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
+    assert review.on_persist == []
+    review.accept(0)
+    review.move(1, (1.0, 2.0, 3.0))
+    assert [n.status for n in review.nodules()] == ["accepted", "pending", "pending"]
+    seen = []
+    review.on_persist.append(lambda r: seen.append([n.status for n in r.nodules()]))
+    review.reject(2)
+    review.set_diameter(0, 4.0)
+    assert seen == [["accepted", "pending", "rejected"]] * 2
+
+
+def test_a_reloaded_review_writes_its_sidecar_once_reattached(mrml, tmp_path):
+    sidecar = tmp_path / "review.json"
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review.detach()
+    save_scene(mrml.scene, tmp_path / "scene.mrml")
+    written = sidecar.read_text(encoding="utf-8")
+
+    loaded = load_scene(tmp_path / "scene.mrml")
+    reloaded = logic.NoduleReview.find(loaded.scene)
+    assert logic.sidecar_path(reloaded) == str(sidecar)
+    reloaded.accept(0)
+    assert sidecar.read_text(encoding="utf-8") == written, "found, not yet re-attached: nothing written"
+    logic.reattach_sidecar(reloaded)
+    logic.reattach_sidecar(reloaded)
+    assert len(reloaded.on_persist) == 1
+    assert sidecar.read_text(encoding="utf-8") == written, "re-attaching alone writes nothing"
+    reloaded.reject(1)
+    assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == [
+        "accepted", "rejected", "pending"]
+
+
 def test_corrupt_sidecar_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text('{"format": "something else"}', encoding="utf-8")
     with pytest.raises(UserInputError, match="not an SCPMNodule review file"):
         logic.read_sidecar(tmp_path / "bad.json")
+    content = {"format": "scpm-nodule-review", "version": 1, "volume": "v", "seriesuid": "v",
+               "nodules": [{"id": "N1", "center_xyz_mm": [0, 0, 0], "diameter_mm": 5.0, "probability": 0.5,
+                            "status": "maybe"}]}
+    (tmp_path / "status.json").write_text(json.dumps(content), encoding="utf-8")
+    with pytest.raises(UserInputError, match="status.json: Status 'maybe' is not one of pending, accepted"):
+        logic.read_sidecar(tmp_path / "status.json")
+
+
+def test_review_status_members_are_the_text_written_to_tables_and_files():
+    assert [s.value for s in logic.ReviewStatus] == ["pending", "accepted", "rejected", "added"]
+    status = logic.ReviewStatus.ACCEPTED
+    assert status == "accepted" and hash(status) == hash("accepted") and {"accepted": 1}[status] == 1
+    assert (str(status), f"{status}", json.dumps(status)) == ("accepted", "accepted", '"accepted"')
+    assert logic.ReviewStatus.parse("rejected") is logic.ReviewStatus.REJECTED
+    assert logic.ReviewStatus.parse(status) is status
+    with pytest.raises(UserInputError, match="'Accepted' is not one of"):
+        logic.ReviewStatus.parse("Accepted")
 
 
 # ---------------------------------------------------------------- export
@@ -426,7 +496,40 @@ def test_table_csv_export(mrml, tmp_path):
     assert [float(r["R"]) for r in rows] == [-10.0, 7.5, -2.0]
 
 
+def test_safe_file_name_keeps_uids_and_replaces_what_a_file_system_may_refuse():
+    """The names the module writes: the detector's input volume, the sidecar and the exports."""
+    assert safe_file_name("1.3.6.1.4.1.14519.5.2.1.6279") == "1.3.6.1.4.1.14519.5.2.1.6279"
+    assert safe_file_name("3: CT chest") == "3__CT_chest"
+    assert safe_file_name('a/b\\c*?<>|"d') == "a_b_c______d"
+    assert safe_file_name("Thorax-CT_1 (2)") == "Thorax-CT_1__2"
+    assert safe_file_name("Lungé") == "Lungé"
+    assert safe_file_name("..") == safe_file_name("") == "unnamed"
+    assert safe_file_name(".hidden_") == "hidden"
+    assert safe_file_name(" / ", fallback="volume") == "volume"
+
+
 # ---------------------------------------------------------------- background process
+
+
+def test_slicer_installs_the_packages_pyproject_declares():
+    """Slicer installs from the module's requirements.txt (torch through the PyTorch extension),
+    pip from pyproject.toml: the same packages and versions, but matplotlib, which only the
+    library's plots (phantom previews, FROC curves, the demo) import, lazily."""
+    requirements = logic.detector_requirements()
+    block = re.search(r"(?ms)^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    declared = dict(re.fullmatch(r"([\w.-]+)(.*)", dependency).groups()
+                    for dependency in re.findall(r'"([^"]+)"', block.group(1)))
+    assert declared.pop("matplotlib") == ">=3.6"
+    assert requirements == declared and requirements["torch"] == ">=2.1"
+    assert all(importlib.util.find_spec(package) for package in requirements), "a package imports under another name"
+
+
+def test_requirements_lines_are_parsed(tmp_path):
+    (tmp_path / "req.txt").write_text("# comment\n\nnumpy>=1.24,<3  # why\nSimpleITK\n", encoding="utf-8")
+    assert logic.detector_requirements(tmp_path / "req.txt") == {"numpy": ">=1.24,<3", "SimpleITK": ""}
+    (tmp_path / "url.txt").write_text("git+https://example.org/x.git\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match="is not a 'package>=version' line"):
+        logic.detector_requirements(tmp_path / "url.txt")
 
 
 def test_detect_command_is_an_argument_list_per_the_contract(tmp_path):
@@ -532,6 +635,7 @@ def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scen
         assert review.center_ras_mm(i) == pytest.approx((-x, -y, z), abs=1e-3)
         assert review.nodule(i).diameter_mm == pytest.approx(detection.diameter_mm, rel=1e-4)
     assert_consistent(review)
+    assert logic.read_sidecar(tmp_path / "review.json") == review.nodules()
     assert not run.temp_dir.exists()
 
 

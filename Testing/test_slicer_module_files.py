@@ -114,6 +114,19 @@ def _parameter_fields() -> dict[str, str]:
     return fields
 
 
+def test_parameter_defaults_come_from_the_logics_settings():
+    """One home for each default (threshold, model, ...): DetectionSettings and ReviewStyle, not a literal."""
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SCPMNoduleParameterNode")
+    defaults = {s.target.id: ast.unparse(s.value) for s in wrapper.body if isinstance(s, ast.AnnAssign) and s.value}
+    assert defaults == {
+        "model": "DETECTION_DEFAULTS.model", "device": "DETECTION_DEFAULTS.device",
+        "threshold": "DETECTION_DEFAULTS.threshold", "maxDetections": "DETECTION_DEFAULTS.max_detections",
+        "sphereOpacity": "REVIEW_DEFAULTS.sphere_opacity", "hideRejected": "False",
+        "includeRejectedInExport": "False",
+    }
+
+
 def test_parameter_bound_widgets_name_real_parameters_of_a_bindable_type(ui_widgets):
     fields = _parameter_fields()
     bound = {}

@@ -5,14 +5,14 @@ a phantom chest CT becomes a volume node, the detections become the ``Nodules`` 
 sphere models and table (:class:`SCPMNoduleMRML.NoduleReview`), and the phantom's lungs a
 model. The pictures are drawn by Slicer's own displayable managers (models, markups, slice
 logic) into offscreen VTK windows (EGL/Mesa; no display needed): a 3D view from the front with
-the lungs and the spheres coloured by probability, and the axial slice view through nodule N1,
+the lungs and the spheres colored by probability, and the axial slice view through nodule N1,
 showing the control points and the spheres' outlines.
 
     python Resources/Screenshots/render_scene.py                         # detector run in-process on the phantom
     python Resources/Screenshots/render_scene.py --report out/scan.json  # detections from `scpm-nodule detect`
     python Resources/Screenshots/render_scene.py --reference             # the phantom's true nodules, as "accepted"
 
-``--reference`` draws the phantom's reference nodules in the accepted colour instead of a
+``--reference`` draws the phantom's reference nodules in the accepted color instead of a
 model's detections (for a checkpoint-free picture of the review), and the 3D caption says so.
 """
 
@@ -83,7 +83,8 @@ def review_for(volume_node, phantom, args):
     if args.reference:
         truth = [n for n in phantom.nodules if n.included]
         nodules = [mrml_logic.Nodule(f"N{i + 1}", tuple(mrml_logic.lps_to_ras(np.asarray(n.center_xyz_mm))),
-                                     n.diameter_mm, 1.0, mrml_logic.ACCEPTED) for i, n in enumerate(truth)]
+                                     n.diameter_mm, 1.0, mrml_logic.ReviewStatus.ACCEPTED)
+                   for i, n in enumerate(truth)]
         return mrml_logic.NoduleReview.from_nodules(volume_node, nodules), "reference nodules of the phantom"
     if args.report:
         from SCPMNoduleLib.export import read_detections_json

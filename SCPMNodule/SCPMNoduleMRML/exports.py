@@ -9,8 +9,8 @@ from pathlib import Path
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
-from .review import REJECTED, NoduleReview
-from .sidecar import series_uid
+from .review import NoduleReview, ReviewStatus
+from .volumes import series_uid
 
 REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status")
 
@@ -22,13 +22,13 @@ def write_review_csv(path: str | os.PathLike, review: NoduleReview, include_reje
     nodules are left out unless ``include_rejected``. Returns the number of rows written.
     """
     uid = series_uid(review.volume_node)
-    nodules = [n for n in review.nodules() if include_rejected or n.status != REJECTED]
+    nodules = [n for n in review.nodules() if include_rejected or n.status != ReviewStatus.REJECTED]
     with atomic_write(path, newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(REVIEW_CSV_COLUMNS)
         for nodule in nodules:
             writer.writerow([uid, *map(repr, nodule.center_xyz_mm), repr(nodule.diameter_mm),
-                             repr(nodule.probability), nodule.status])
+                             repr(nodule.probability), nodule.status.value])
     return len(nodules)
 
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -36,14 +37,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import SCPMNoduleLib
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.errors import EXIT_BAD_INPUT, UserInputError
+from SCPMNoduleLib.export import read_detections_json
+from SCPMNoduleLib.io import safe_file_name
 
 from .review import NoduleReview, ReviewStyle
+from .sidecar import attach_sidecar
 from .volumes import check_input_volume, write_volume
 
 log = logging.getLogger(__name__)
 
-EXIT_BAD_INPUT = 2
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+"""The module's ``Resources/requirements.txt`` (installed beside it by CMake): the one list, in
+Slicer, of the packages the detector's process needs."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,24 @@ def detect_command(input_path: str | os.PathLike, out_dir: str | os.PathLike,
         "--device", settings.device, "--threshold", repr(float(settings.threshold)),
         "--max-detections", str(int(settings.max_detections)), "--progress", "jsonl",
     ]
+
+
+def detector_requirements(path: str | os.PathLike = REQUIREMENTS_FILE) -> dict[str, str]:
+    """``{package: version specifier}`` from a requirements file, e.g. ``{"torch": ">=2.1", ...}``.
+
+    Only the plain ``name specifier`` lines this project writes (``#`` starts a comment). Each
+    package imports under its own name, so ``importlib.util.find_spec(package)`` tells whether
+    it is installed.
+    """
+    requirements = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line.split("#", 1)[0].strip()
+        if text:
+            match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*([<>=!~][^;\s]*)?", text)
+            if match is None:
+                raise UserInputError(f"{path}: '{text}' is not a 'package>=version' line.")
+            requirements[match.group(1)] = match.group(2) or ""
+    return requirements
 
 
 def library_environment(base: dict | None = None) -> dict:
@@ -222,7 +246,7 @@ class DetectionRun:
         self._error: str | None = None
         self.temp_dir = Path(tempfile.mkdtemp(prefix="SCPMNodule-"))
         try:
-            input_path = self.temp_dir / f"{_safe_file_name(volume_node.GetName())}.nrrd"
+            input_path = self.temp_dir / f"{safe_file_name(volume_node.GetName(), fallback='volume')}.nrrd"
             write_volume(volume_node, input_path)
         except BaseException:
             self.cleanup()
@@ -260,8 +284,6 @@ class DetectionRun:
 
     def finish(self) -> NoduleReview:
         """Build the review from the report; always removes the temporary files."""
-        from SCPMNoduleLib.export import read_detections_json
-
         try:
             self.poll()
             if self.process.cancelled:
@@ -273,14 +295,10 @@ class DetectionRun:
                 raise UserInputError(f"The detection failed ({prefix}{reason}).")
             detections = read_detections_json(self._result_path)
             log.info("%d nodules detected in %s", len(detections), self.volume_node.GetName())
-            return NoduleReview.create(self.volume_node, detections, self.style, self.sidecar_path)
+            review = NoduleReview.create(self.volume_node, detections, self.style)
+            return attach_sidecar(review, self.sidecar_path) if self.sidecar_path else review
         finally:
             self.cleanup()
 
     def cleanup(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _safe_file_name(name: str) -> str:
-    kept = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip("._")
-    return kept or "volume"

@@ -5,18 +5,18 @@ hierarchy:
 
 * one markups point list ``Nodules``: control point ``i`` is nodule ``i`` at its RAS position,
   labelled ``N1, N2, ...``, its description giving probability and diameter; rejected points
-  are unselected, so Slicer draws them in the list's (grey) colour instead of the selected red;
+  are unselected, so Slicer draws them in the list's (grey) color instead of the selected red;
 * one sphere model per nodule (node references ``SCPMNodule.Sphere`` of the point list, in point
-  order), coloured by probability while pending, by status once reviewed;
+  order), colored by probability while pending, by status once reviewed;
 * a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status.
 
 The table is the record of the review (diameter, probability, status); the point list is the
 record of the positions. Both are saved with the scene, so a saved and reloaded scene keeps the
 review: :meth:`NoduleReview.find` re-attaches to it. Moving a control point (in a view or by
 code) moves its sphere and updates its row through an observer on the point list; placing a new
-point adds an ``added`` nodule; removing one removes its sphere and row. After every change the
-whole review is also written to a small JSON sidecar file (:mod:`.sidecar`), so a crashed
-session can be restored; while a point is dragged in a view, once, when it is dropped.
+point adds an ``added`` nodule; removing one removes its sphere and row. After every change
+the review calls its :attr:`NoduleReview.on_persist` callbacks (while a point is dragged in a
+view, once, when it is dropped); the crash-recovery file (:mod:`.sidecar`) subscribes there.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import vtk
@@ -35,15 +36,39 @@ from SCPMNoduleLib.errors import UserInputError
 from .volumes import lps_to_ras, ras_to_lps
 
 ROLE_ATTRIBUTE = "SCPMNodule.Role"
-SIDECAR_ATTRIBUTE = "SCPMNodule.SidecarPath"
 HIDE_REJECTED_ATTRIBUTE = "SCPMNodule.HideRejected"
 OPACITY_ATTRIBUTE = "SCPMNodule.Opacity"
 SPHERE_REFERENCE = "SCPMNodule.Sphere"
 TABLE_REFERENCE = "SCPMNodule.Table"
 VOLUME_REFERENCE = "SCPMNodule.Volume"
 
-PENDING, ACCEPTED, REJECTED, ADDED = "pending", "accepted", "rejected", "added"
-STATUSES = (PENDING, ACCEPTED, REJECTED, ADDED)
+
+
+class ReviewStatus(str, Enum):
+    """Where a nodule stands in the review; the value is the text the table, sidecar and CSV hold.
+
+    A ``str`` mixin rather than :class:`enum.StrEnum`, which needs Python 3.11: Slicer 5.8 ships
+    Python 3.9 (newer Slicer 3.12) and the package supports 3.10. A member equals, hashes and
+    serialises (``json``, ``csv``, VTK string arrays) as its value, and ``__str__``/``format``
+    give the value on every Python version, so files written before the enum keep the same text.
+    """
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ADDED = "added"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, text: str) -> ReviewStatus:
+        """The status named ``text``; :class:`UserInputError` if there is none."""
+        try:
+            return cls(text)
+        except ValueError:
+            raise UserInputError(f"Status '{text}' is not one of {', '.join(s.value for s in cls)}.") from None
+
 
 ID_COLUMN, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN = (
     "ID", "Diameter (mm)", "Probability", "Status")
@@ -53,10 +78,10 @@ TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, S
 
 @dataclass(frozen=True)
 class ReviewStyle:
-    """How nodules look. Colours are RGB in [0, 1].
+    """How nodules look. Colors are RGB in [0, 1].
 
-    A pending nodule's colour runs from ``low_probability_color`` (p = 0) to
-    ``high_probability_color`` (p = 1) linearly in p; reviewed nodules take their status colour.
+    A pending nodule's color runs from ``low_probability_color`` (p = 0) to
+    ``high_probability_color`` (p = 1) linearly in p; reviewed nodules take their status color.
     """
 
     sphere_opacity: float = 0.5
@@ -80,7 +105,7 @@ class Nodule:
     center_ras_mm: tuple[float, float, float]
     diameter_mm: float
     probability: float
-    status: str
+    status: ReviewStatus
 
     @property
     def center_xyz_mm(self) -> tuple[float, float, float]:
@@ -95,13 +120,13 @@ def probability_color(probability: float, style: ReviewStyle) -> tuple[float, fl
     return tuple(float(v) for v in low + p * (high - low))
 
 
-def nodule_color(probability: float, status: str, style: ReviewStyle) -> tuple[float, float, float]:
-    """The sphere colour of a nodule: by probability while pending, by status afterwards."""
-    return {ACCEPTED: style.accepted_color, REJECTED: style.rejected_color,
-            ADDED: style.added_color}.get(status) or probability_color(probability, style)
+def nodule_color(probability: float, status: ReviewStatus, style: ReviewStyle) -> tuple[float, float, float]:
+    """The sphere color of a nodule: by probability while pending, by status afterwards."""
+    return {ReviewStatus.ACCEPTED: style.accepted_color, ReviewStatus.REJECTED: style.rejected_color,
+            ReviewStatus.ADDED: style.added_color}.get(status) or probability_color(probability, style)
 
 
-def describe(probability: float, diameter_mm: float, status: str) -> str:
+def describe(probability: float, diameter_mm: float, status: ReviewStatus) -> str:
     """The control point's description, e.g. ``p=0.93, d=6.2 mm, pending``."""
     return f"p={probability:.2f}, d={diameter_mm:.1f} mm, {status}"
 
@@ -122,7 +147,10 @@ class NoduleReview:
     Build one with :meth:`create` (from detections) or :meth:`find` (re-attach after a scene was
     loaded); edit it with :meth:`set_status`, :meth:`set_diameter`, :meth:`move` and
     :meth:`add_nodule`, or by moving points in the views; call :meth:`detach` when done.
-    ``on_change`` (if given) is called with no arguments after every change.
+    ``on_change`` (if given) is called with no arguments after every change, also while a point
+    is dragged (for the GUI). :attr:`on_persist` is the list of callbacks called with the review
+    after every change it has made to the scene, a drag counting once, at the drop: whoever
+    keeps a copy of the review (the crash-recovery file) appends itself there.
     """
 
     def __init__(self, markups_node, style: ReviewStyle | None = None,
@@ -132,6 +160,7 @@ class NoduleReview:
         self.markups_node = markups_node
         self.style = style or ReviewStyle()
         self.on_change = on_change
+        self.on_persist: list[Callable[[NoduleReview], None]] = []
         self._observer_tags: list[int] = []
         self._dragging = False
         self._observe()
@@ -139,18 +168,18 @@ class NoduleReview:
     # ------------------------------------------------------------------ building
     @classmethod
     def create(cls, volume_node, detections: Sequence[Detection], style: ReviewStyle | None = None,
-               sidecar_path: str | None = None, name: str = "Nodules") -> NoduleReview:
+               name: str = "Nodules") -> NoduleReview:
         """Add the nodes of a new review of ``volume_node`` holding ``detections`` (world LPS)."""
         nodules = [
             Nodule(f"N{i + 1}", tuple(lps_to_ras(np.asarray(d.center_xyz_mm))), float(d.diameter_mm),
-                   float(d.probability), PENDING)
+                   float(d.probability), ReviewStatus.PENDING)
             for i, d in enumerate(detections)
         ]
-        return cls.from_nodules(volume_node, nodules, style, sidecar_path, name)
+        return cls.from_nodules(volume_node, nodules, style, name)
 
     @classmethod
     def from_nodules(cls, volume_node, nodules: Sequence[Nodule], style: ReviewStyle | None = None,
-                     sidecar_path: str | None = None, name: str = "Nodules") -> NoduleReview:
+                     name: str = "Nodules") -> NoduleReview:
         """Add the nodes of a review of ``volume_node`` holding ``nodules`` as given."""
         style = style or ReviewStyle()
         scene = volume_node.GetScene()
@@ -158,8 +187,6 @@ class NoduleReview:
         markups.SetAttribute(ROLE_ATTRIBUTE, "nodules")
         markups.SetAttribute(OPACITY_ATTRIBUTE, repr(style.sphere_opacity))
         markups.SetAttribute(HIDE_REJECTED_ATTRIBUTE, "false")
-        if sidecar_path:
-            markups.SetAttribute(SIDECAR_ATTRIBUTE, str(sidecar_path))
         markups.CreateDefaultDisplayNodes()
         display = markups.GetDisplayNode()
         display.SetSelectedColor(*style.high_probability_color)
@@ -239,10 +266,6 @@ class NoduleReview:
         return [self.markups_node.GetNthNodeReference(SPHERE_REFERENCE, i)
                 for i in range(self.markups_node.GetNumberOfNodeReferences(SPHERE_REFERENCE))]
 
-    @property
-    def sidecar_path(self) -> str | None:
-        return self.markups_node.GetAttribute(SIDECAR_ATTRIBUTE) or None
-
     def __len__(self) -> int:
         """The number of nodules: rows of the table (a point still being placed is not one yet)."""
         return self.table_node.GetNumberOfRows()
@@ -260,7 +283,7 @@ class NoduleReview:
         return Nodule(
             self._column(ID_COLUMN).GetValue(index), self.center_ras_mm(index),
             self._column(DIAMETER_COLUMN).GetValue(index), self._column(PROBABILITY_COLUMN).GetValue(index),
-            self._column(STATUS_COLUMN).GetValue(index),
+            ReviewStatus.parse(self._column(STATUS_COLUMN).GetValue(index)),
         )
 
     def nodules(self) -> list[Nodule]:
@@ -271,21 +294,20 @@ class NoduleReview:
             raise UserInputError(f"There is no nodule {index + 1}; the list has {len(self)}.")
 
     # ------------------------------------------------------------------ edits
-    def set_status(self, index: int, status: str) -> None:
-        """Mark nodule ``index`` pending, accepted, rejected or added."""
+    def set_status(self, index: int, status: ReviewStatus | str) -> None:
+        """Mark nodule ``index`` pending, accepted, rejected or added (a member or its text)."""
         self._check_index(index)
-        if status not in STATUSES:
-            raise UserInputError(f"Status '{status}' is not one of {', '.join(STATUSES)}.")
-        self._column(STATUS_COLUMN).SetValue(index, status)
+        status = ReviewStatus.parse(status)
+        self._column(STATUS_COLUMN).SetValue(index, status.value)
         self._table_modified()
         self._show_status(index)
         self._changed()
 
     def accept(self, index: int) -> None:
-        self.set_status(index, ACCEPTED)
+        self.set_status(index, ReviewStatus.ACCEPTED)
 
     def reject(self, index: int) -> None:
-        self.set_status(index, REJECTED)
+        self.set_status(index, ReviewStatus.REJECTED)
 
     def set_diameter(self, index: int, diameter_mm: float) -> None:
         """Resize nodule ``index``: its sphere, its row and its description."""
@@ -338,12 +360,12 @@ class NoduleReview:
         count = len(self)
         for offset in range(1, count + 1):
             candidate = (index + step * offset) % count
-            if not (self.hide_rejected and self.nodule(candidate).status == REJECTED):
+            if not (self.hide_rejected and self.nodule(candidate).status == ReviewStatus.REJECTED):
                 return candidate
         return -1
 
     def jump_to(self, index: int) -> None:
-        """Centre every slice view on nodule ``index`` and point every 3D camera at it."""
+        """Center every slice view on nodule ``index`` and point every 3D camera at it."""
         from slicer import vtkMRMLSliceNode
 
         self._check_index(index)
@@ -381,7 +403,7 @@ class NoduleReview:
             self._column(name).SetValue(row, float(value))
         self._column(DIAMETER_COLUMN).SetValue(row, nodule.diameter_mm)
         self._column(PROBABILITY_COLUMN).SetValue(row, nodule.probability)
-        self._column(STATUS_COLUMN).SetValue(row, nodule.status)
+        self._column(STATUS_COLUMN).SetValue(row, ReviewStatus.parse(nodule.status).value)
         self._table_modified()
 
     def _append_sphere(self, index: int) -> None:
@@ -431,10 +453,10 @@ class NoduleReview:
         nodule = self.nodule(index)
         display = self.sphere_nodes[index].GetDisplayNode()
         display.SetColor(*nodule_color(nodule.probability, nodule.status, self.style))
-        visible = not (self.hide_rejected and nodule.status == REJECTED)
+        visible = not (self.hide_rejected and nodule.status == ReviewStatus.REJECTED)
         display.SetVisibility(visible)
         self.markups_node.SetNthControlPointVisibility(index, visible)
-        self.markups_node.SetNthControlPointSelected(index, nodule.status != REJECTED)
+        self.markups_node.SetNthControlPointSelected(index, nodule.status != ReviewStatus.REJECTED)
         self._describe(index)
 
     def _table_modified(self) -> None:
@@ -442,11 +464,11 @@ class NoduleReview:
         self.table_node.Modified()
 
     def _changed(self) -> None:
-        """Tell the listener; write the sidecar unless a point is being dragged (then at the drop)."""
-        if self.sidecar_path and not self._dragging:
-            from .sidecar import write_sidecar
-
-            write_sidecar(self.sidecar_path, self)
+        """Call the :attr:`on_persist` callbacks unless a point is being dragged (then at the drop),
+        and tell the listener."""
+        if not self._dragging:
+            for callback in list(self.on_persist):
+                callback(self)
         if self.on_change is not None:
             self.on_change()
 
@@ -495,7 +517,7 @@ class NoduleReview:
         label = f"N{index + 1}"
         self.markups_node.SetNthControlPointLabel(index, label)
         self._append_row(Nodule(label, self.center_ras_mm(index), self.style.default_diameter_mm,
-                                self.style.added_probability, ADDED))
+                                self.style.added_probability, ReviewStatus.ADDED))
         self._append_sphere(index)
         self._show_status(index)
         self._changed()

@@ -41,12 +41,6 @@ def _ijk_to_ras(direction: np.ndarray, spacing_xyz: np.ndarray, origin_xyz_mm: n
     return matrix
 
 
-def ijk_to_ras_from_image(image: sitk.Image) -> np.ndarray:
-    """The 4x4 IJK→RAS matrix of a 3-D SimpleITK image, voxel order as stored (no flip)."""
-    return _ijk_to_ras(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3),
-                       np.asarray(image.GetSpacing()), np.asarray(image.GetOrigin()))
-
-
 def _vtk_matrix(matrix: np.ndarray) -> vtk.vtkMatrix4x4:
     result = vtk.vtkMatrix4x4()
     result.DeepCopy(matrix.ravel().tolist())
@@ -122,12 +116,28 @@ def check_input_volume(volume_node) -> None:
                              "components per voxel; the detector needs a grey-level CT.")
 
 
+def series_uid(volume_node) -> str:
+    """The volume's DICOM SeriesInstanceUID when it was loaded from DICOM, else its name.
+
+    Slicer's DICOM loader records the series UID as the ``DICOM`` UID of the volume's subject
+    hierarchy item; a LUNA16 ``.mhd`` volume is named after its series UID already.
+    """
+    from slicer import vtkMRMLSubjectHierarchyNode
+
+    hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
+    item = hierarchy.GetItemByDataNode(volume_node) if hierarchy is not None else 0
+    uid = hierarchy.GetItemUID(item, "DICOM") if item else ""
+    if uid:
+        return uid
+    return volume_node.GetAttribute("DICOM.SeriesInstanceUID") or volume_node.GetName()
+
+
 def write_volume(volume_node, path) -> None:
     """Write the volume to ``path`` (.nrrd/.mha/.nii.gz) with its world geometry, for the detector."""
     sitk.WriteImage(image_from_volume_node(volume_node), str(path), useCompression=False)
 
 
 __all__ = [
-    "LPS_TO_RAS", "check_input_volume", "image_from_volume_node", "ijk_to_ras_from_image",
-    "lps_to_ras", "ras_to_lps", "volume_ijk_to_ras", "volume_node_from_image", "write_volume",
+    "LPS_TO_RAS", "check_input_volume", "image_from_volume_node", "lps_to_ras", "ras_to_lps", "series_uid",
+    "volume_ijk_to_ras", "volume_node_from_image", "write_volume",
 ]
