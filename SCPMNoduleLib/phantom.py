@@ -59,8 +59,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import UserInputError
-from .geometry import unit_ball_samples
 from .io import Findings, map_in_processes, write_annotations, write_seriesuids
+from .quasirandom import unit_ball_samples
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ NODULE_LOCATIONS = ("isolated", "juxtavascular", "juxtapleural")
 NODULE_MARGINS = ("smooth", "lobulated", "spiculated")
 HU_MIN, HU_MAX = -1024, 3071
 _REFERENCE_BODY_HALF_WIDTH_MM = 170.0
-_BALL_SAMPLES = unit_ball_samples(512).numpy()
+_BALL_SAMPLES = unit_ball_samples(512)
 """About 270 quasi-random points filling the unit ball, for a nodule's hidden share."""
 _PARENCHYMA_MARGIN_HU = 100.0
 """Before the scanner's blur and noise, lung voxels further than this outside the parenchyma's HU

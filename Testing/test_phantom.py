@@ -13,8 +13,8 @@ from scipy import ndimage
 from SCPMNoduleLib import phantom
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.geometry import unit_ball_samples
 from SCPMNoduleLib.io import read_annotations, read_seriesuids
+from SCPMNoduleLib.quasirandom import unit_ball_samples
 
 UID = re.compile(r"^1\.3\.6\.1\.4\.1\.14519\.5\.2\.1\.6279\.6001\.[1-9]\d{29}$")
 HEADER = "seriesuid,coordX,coordY,coordZ,diameter_mm"
@@ -211,7 +211,7 @@ def test_nodules_have_the_volume_of_their_sphere(radius):
 def _share_inside_capsules(center: np.ndarray, radius: float, tubes) -> float:
     """Monte Carlo share of a ball inside any tapered capsule: a point is inside a capsule when its
     distance to the axis segment is at most the radius interpolated at its projection."""
-    points = center + radius * unit_ball_samples(4096).numpy()
+    points = center + radius * unit_ball_samples(4096)
     inside = np.zeros(len(points), bool)
     for lo in range(0, len(tubes), 1024):
         a, b = tubes.a[lo:lo + 1024], tubes.b[lo:lo + 1024]
