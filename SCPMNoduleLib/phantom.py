@@ -60,6 +60,7 @@ from scipy import ndimage
 
 from .errors import UserInputError
 from .io import Findings, map_in_processes, write_annotations, write_seriesuids
+from .plotting import save_orthogonal_slices
 from .quasirandom import unit_ball_samples
 
 log = logging.getLogger(__name__)
@@ -1150,52 +1151,19 @@ def series_uid(seed: int, index: int) -> str:
     return UID_PREFIX + "".join(map(str, digits))
 
 
-def save_preview(image: sitk.Image, nodules: Sequence[Nodule], path: str | os.PathLike,
-                 window: tuple[float, float] = (-1350.0, 150.0), title: str = "") -> None:
-    """A PNG with the axial, coronal and sagittal slices (in the image's own axes) through the
-    largest annotated nodule, its annotation circle in each, in a CT ``window`` (HU)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.patches import Circle
-
-    array = sitk.GetArrayViewFromImage(image)
-    sx, sy, sz = image.GetSpacing()
-    shown = [n for n in nodules if n.included] or list(nodules)
-    if shown:
-        nodule = max(shown, key=lambda n: n.diameter_mm)
-        center = np.asarray(nodule.center_zyx_vox)
-    else:
-        nodule, center = None, (np.asarray(array.shape) - 1) / 2.0
-    k, j, i = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(center, array.shape))
-    nz, ny, nx = array.shape
-    views = [  # name, slice, (horizontal, vertical) extents in mm, nodule centre (h, v), off-plane mm
-        ("axial", array[k], (nx * sx, ny * sy), (center[2] * sx, center[1] * sy), (k - center[0]) * sz),
-        ("coronal", array[:, j], (nx * sx, nz * sz), (center[2] * sx, center[0] * sz), (j - center[1]) * sy),
-        ("sagittal", array[:, :, i], (ny * sy, nz * sz), (center[1] * sy, center[0] * sz),
-         (i - center[2]) * sx),
-    ]
-    widths = [extent[0] / max(extent[1], 1e-6) for _, _, extent, _, _ in views]
-    fig, axes = plt.subplots(1, 3, figsize=(3.3 * sum(widths), 3.6),
-                             gridspec_kw={"width_ratios": widths})
-    for ax, (name, plane, (w, h), (ch, cv), off) in zip(axes, views):
-        upright = name != "axial"   # superior at the top for coronal and sagittal views
-        ax.imshow(plane[::-1] if upright else plane, cmap="gray", vmin=window[0], vmax=window[1],
-                  extent=(0, w, 0, h) if upright else (0, w, h, 0), interpolation="bilinear")
-        if nodule is not None:
-            r = math.sqrt(max((0.5 * nodule.diameter_mm) ** 2 - off ** 2, 0.0))
-            ax.add_patch(Circle((ch, cv), max(r, 1.0) + 1.5, fill=False, color="#ff5a36", lw=1.2))
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    if nodule is not None:
-        title = (title + "  " if title else "") + (
-            f"{nodule.diameter_mm:.1f} mm {nodule.kind.replace('_', '-')} nodule, "
-            f"{nodule.location}, {nodule.margin}")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.94))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def _save_preview(phantom: Phantom, path: Path, title: str) -> None:
+    """A PNG of the three orthogonal slices through the largest annotated nodule (the largest
+    finding if none is annotated, the centre of the scan if there is none), its annotation circle
+    in each, with the nodule's size, kind, location and margin after ``title``."""
+    shown = [n for n in phantom.nodules if n.included] or list(phantom.nodules)
+    if not shown:
+        save_orthogonal_slices(phantom.image, path, title=title)
+        return
+    nodule = max(shown, key=lambda n: n.diameter_mm)
+    caption = (f"{nodule.diameter_mm:.1f} mm {nodule.kind.replace('_', '-')} nodule, "
+               f"{nodule.location}, {nodule.margin}")
+    save_orthogonal_slices(phantom.image, path, nodule.center_zyx_vox, nodule.diameter_mm,
+                           f"{title}  {caption}" if title else caption)
 
 
 def _write_scan(job: tuple[Path, int, int, int, PhantomConfig, bool, bool]) -> tuple[str, list[Nodule]]:
@@ -1207,7 +1175,7 @@ def _write_scan(job: tuple[Path, int, int, int, PhantomConfig, bool, bool]) -> t
     if lung_masks:
         sitk.WriteImage(phantom.lung_mask, str(work / "seg-lungs-LUNA16" / f"{uid}.mhd"), True)
     if preview:
-        save_preview(phantom.image, phantom.nodules, work / "preview" / f"{uid}.png", title=uid)
+        _save_preview(phantom, work / "preview" / f"{uid}.png", uid)
     return uid, phantom.nodules
 
 
