@@ -62,6 +62,7 @@ from .io import (
     read_seriesuids,
     write_annotations,
 )
+from .plotting import fp_rate_label, plot_froc
 
 log = logging.getLogger(__name__)
 
@@ -681,10 +682,6 @@ def evaluate_runs(annotations: TableLike, excluded: TableLike, seriesuids: Any,
 # ----------------------------------------------------------------------------------- reporting
 
 
-def _rate_label(rate: float) -> str:
-    return f"1/{round(1 / rate):d}" if rate < 1 else f"{rate:g}"
-
-
 def format_results(results: Mapping[str, FROCResult]) -> str:
     """A plain-text table: sensitivity (and band) at each FP rate, CPM, sizes, counts."""
     lines = []
@@ -696,57 +693,13 @@ def format_results(results: Mapping[str, FROCResult]) -> str:
         lines.append(f"  {'FPs/scan':>8}  sensitivity{band}")
         for i, rate in enumerate(result.fp_rates):
             ci = f"  [{b.lower[i]:.3f}, {b.upper[i]:.3f}]" if b else ""
-            lines.append(f"  {_rate_label(rate):>8}  {result.sensitivities[i]:11.3f}{ci}")
+            lines.append(f"  {fp_rate_label(rate):>8}  {result.sensitivities[i]:11.3f}{ci}")
         ci = f"  [{b.cpm_lower:.3f}, {b.cpm_upper:.3f}]" if b else ""
         lines.append(f"  {'CPM':>8}  {result.cpm:11.3f}{ci}")
         for size in result.by_size:
             values = ", ".join(f"{s:.3f} at {r:g}" for r, s in zip(size.fp_rates, size.sensitivities))
             lines.append(f"  {size.label:>9} ({size.n_nodules} nodules): {values} FPs/scan")
     return "\n".join(lines)
-
-
-def plot_froc(results: Mapping[str, FROCResult], path: str | os.PathLike, title: str = "FROC") -> None:
-    """Write a PNG of the FROC curves: log2 FP axis from the first to the last rate, band, points.
-
-    Each run is one colour: the curve, its bootstrap band shaded, its sensitivities at the FP
-    rates marked, its CPM (and band) in the legend.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7.5, 5.5), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(results))]
-    for colour, (label, result) in zip(colours, results.items()):
-        rates = np.asarray(result.fp_rates)
-        grid = np.geomspace(rates.min(), rates.max(), 512)
-        text = f"{label}: CPM {result.cpm:.3f}"
-        if result.bootstrap is not None:
-            b = result.bootstrap
-            axes.fill_between(b.grid_fps_per_scan, b.grid_lower, b.grid_upper, color=colour, alpha=0.18,
-                              linewidth=0)
-            text += f" [{b.cpm_lower:.3f}, {b.cpm_upper:.3f}]"
-        axes.plot(grid, result.curve.at(grid), color=colour, linewidth=2, label=text)
-        axes.plot(rates, result.sensitivities, "o", color=colour, markersize=6, markeredgecolor="white",
-                  clip_on=False, zorder=3)
-    rates = np.asarray(next(iter(results.values())).fp_rates)
-    axes.set_xscale("log", base=2)
-    axes.set_xlim(rates.min(), rates.max())
-    axes.set_xticks(rates, [_rate_label(r) for r in rates])
-    axes.minorticks_off()
-    axes.set_ylim(0, 1)
-    axes.set_yticks(np.linspace(0, 1, 11))
-    axes.grid(True, which="major", alpha=0.35)
-    axes.set_xlabel("Average number of false positives per scan")
-    axes.set_ylabel("Sensitivity")
-    band = next((r.bootstrap for r in results.values() if r.bootstrap is not None), None)
-    axes.set_title(title + (f" (shaded: {band.confidence:.0%} bootstrap band, {band.n_resamples} "
-                            "resamples of the scans)" if band else ""), fontsize=10)
-    axes.legend(loc="lower right", fontsize=9)
-    figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png")
 
 
 def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLike,

@@ -23,7 +23,6 @@ that owns the boundary.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -39,25 +38,6 @@ epsilons of the dtype: arccos has an infinite slope at +-1, and the clamp bounds
 _PRUNE_MARGIN = 1.001
 """sphere_nms only tests pairs whose centres are closer than the largest distance at which the
 criterion can fire, widened by this factor so that rounding never drops a pair."""
-
-
-@functools.lru_cache(maxsize=4)
-def unit_ball_samples(num_samples: int) -> Tensor:
-    """Points of the 3-D Halton sequence (bases 2, 3, 5) mapped to ``[-1, 1]^3`` that fall in the
-    unit ball, ``(Q, 3)`` float64 with ``Q ~ 0.52 * num_samples``: the ``Q`` points estimate the
-    share of a ball's volume where a property holds. Quasi-random, so no lattice planes line up
-    with voxel or patch faces, and the same every call (computed once; do not modify it)."""
-    index = torch.arange(1, num_samples + 1, dtype=torch.long)
-    coordinates = []
-    for base in (2, 3, 5):
-        value = torch.zeros(num_samples, dtype=torch.float64)
-        remaining, scale = index.clone(), 1.0 / base
-        while bool((remaining > 0).any()):
-            value += (remaining % base).double() * scale
-            remaining, scale = remaining // base, scale / base
-        coordinates.append(value)
-    cube = torch.stack(coordinates, dim=-1) * 2.0 - 1.0
-    return cube[(cube * cube).sum(-1) <= 1.0]
 
 
 def _distance(center_a: Tensor, center_b: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from SCPMNoduleLib.coder import encode_spheres, grid_points_zyx_vox
-from SCPMNoduleLib.geometry import unit_ball_samples
+from SCPMNoduleLib.quasirandom import unit_ball_samples
 
 
 @dataclass
@@ -116,7 +116,7 @@ def sphere_fraction_inside_patch(
     Returns:
         ``(N,)`` fractions in ``[0, 1]``, the centres' dtype.
     """
-    unit = unit_ball_samples(num_samples).to(centers_zyx_vox)
+    unit = torch.from_numpy(unit_ball_samples(num_samples).copy()).to(centers_zyx_vox)
     samples = centers_zyx_vox[:, None, :] + radii_vox[:, None, None] * unit[None]
     upper = torch.as_tensor(patch_shape_zyx, dtype=samples.dtype, device=samples.device) - 0.5
     inside = ((samples >= -0.5) & (samples <= upper)).all(dim=-1)

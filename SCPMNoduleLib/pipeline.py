@@ -30,7 +30,7 @@ from .export import (
 from .detection import Detection
 from .inference import DetectionCancelled, Detector
 from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
-from .preprocess import ScanGeometry
+from .plotting import save_detection_slices
 
 log = logging.getLogger(__name__)
 
@@ -197,52 +197,6 @@ def match_to_truth(detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
     distance2 = ((centers[:, None, :] - truth_xyz_mm[None, :, :]) ** 2).sum(-1)
     inside = distance2 < (truth_diameters_mm[None, :] / 2) ** 2
     return np.where(inside.any(axis=1), np.where(inside, distance2, np.inf).argmin(axis=1), -1)
-
-
-def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
-                          truth_diameters_mm: np.ndarray, path: str | os.PathLike, count: int = 4,
-                          window_hu: tuple[float, float] = (-1350.0, 150.0)) -> None:
-    """A PNG with the axial slice (the image's own k axis) through each of the top ``count``
-    detections (through the true nodules when there are none): detections as yellow circles of
-    their diameter, true nodules as dashed green circles of their cross-section in that slice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.patches import Circle
-
-    geometry = ScanGeometry.from_image(image)
-    array = sitk.GetArrayViewFromImage(image)
-    sx, sy, sz = image.GetSpacing()
-    extent = (-0.5 * sx, (array.shape[2] - 0.5) * sx, (array.shape[1] - 0.5) * sy, -0.5 * sy)
-    detection_index = geometry.world_to_index(
-        np.asarray([d.center_xyz_mm for d in detections[:count]], dtype=np.float64).reshape(-1, 3))
-    truth_index = geometry.world_to_index(truth_xyz_mm.reshape(-1, 3))
-    if len(detection_index):
-        panels = [(index, f"N{rank + 1}: p={d.probability:.2f}, {d.diameter_mm:.1f} mm")
-                  for rank, (index, d) in enumerate(zip(detection_index, detections))]
-    else:
-        panels = [(index, f"no detections; T{rank + 1}") for rank, index in enumerate(truth_index[:count])]
-        panels = panels or [(np.asarray(array.shape, dtype=float) / 2, "no detections")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
-    for axis, (index, title) in zip(axes[0], panels):
-        slice_index = int(np.clip(round(index[0]), 0, array.shape[0] - 1))
-        axis.imshow(array[slice_index], cmap="gray", vmin=window_hu[0], vmax=window_hu[1], extent=extent)
-        for rank in np.flatnonzero(np.abs(detection_index[:, 0] - slice_index) < 0.5):
-            _, j, i = detection_index[rank]
-            axis.add_patch(Circle((i * sx, j * sy), detections[rank].diameter_mm / 2, fill=False,
-                                  color="yellow", lw=1.5))
-        depth_mm = (truth_index[:, 0] - slice_index) * sz
-        section = np.sqrt(np.clip((truth_diameters_mm / 2) ** 2 - depth_mm**2, 0, None))
-        for (_, j, i), radius in zip(truth_index[section > 0], section[section > 0]):
-            axis.add_patch(Circle((i * sx, j * sy), radius, fill=False, color="lime", lw=1, ls="--"))
-        axis.set_title(f"{title}, slice {slice_index}", fontsize=9)
-        axis.set_axis_off()
-    figure.suptitle("yellow: detections; green dashed: true nodules", fontsize=9)
-    figure.tight_layout()
-    with atomic_write(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=80)
-    plt.close(figure)
 
 
 def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size: str = "small",

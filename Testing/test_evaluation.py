@@ -13,9 +13,9 @@ from SCPMNoduleLib.evaluation import (
     EvaluationConfig,
     bootstrap_resamples,
     evaluate_froc,
-    plot_froc,
 )
 from SCPMNoduleLib.io import Findings, write_annotations, write_candidates, write_seriesuids
+from SCPMNoduleLib.plotting import plot_froc
 
 NO_BOOTSTRAP = EvaluationConfig(n_bootstraps=0)
 

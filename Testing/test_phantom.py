@@ -2,6 +2,8 @@
 
 import hashlib
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,8 +15,12 @@ from scipy import ndimage
 from SCPMNoduleLib import phantom
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.geometry import unit_ball_samples
 from SCPMNoduleLib.io import read_annotations, read_seriesuids
+from SCPMNoduleLib.phantom.findings import power_law
+from SCPMNoduleLib.phantom.generator import draw_anatomy
+from SCPMNoduleLib.phantom.raster import Tubes, draw_sphere, draw_tubes
+from SCPMNoduleLib.phantom.scanner import noise_gain
+from SCPMNoduleLib.quasirandom import unit_ball_samples
 
 UID = re.compile(r"^1\.3\.6\.1\.4\.1\.14519\.5\.2\.1\.6279\.6001\.[1-9]\d{29}$")
 HEADER = "seriesuid,coordX,coordY,coordZ,diameter_mm"
@@ -172,7 +178,7 @@ def test_cli_writes_a_dataset_with_previews(tmp_path, capsys):
 def test_power_law_diameters_follow_their_distribution():
     """Quantiles of p(d) ∝ d^-a on [3, 30]: F(d) = (3^(1-a) - d^(1-a)) / (3^(1-a) - 30^(1-a))."""
     rng = np.random.default_rng(0)
-    draws = np.array([phantom._power_law(rng, 3.0, 30.0, 1.8) for _ in range(20000)])
+    draws = np.array([power_law(rng, 3.0, 30.0, 1.8) for _ in range(20000)])
     for d in (4.0, 6.0, 10.0, 20.0):
         expected = (3.0 ** -0.8 - d ** -0.8) / (3.0 ** -0.8 - 30.0 ** -0.8)
         assert abs((draws <= d).mean() - expected) < 0.01
@@ -183,7 +189,7 @@ def test_filtered_noise_has_the_drawn_level():
     sigma = (0.5, 0.9, 1.2)
     white = np.random.default_rng(1).standard_normal((64, 64, 64))
     filtered = ndimage.gaussian_filter(white, sigma, truncate=3.0, mode="nearest")[8:-8, 8:-8, 8:-8]
-    assert filtered.std() == pytest.approx(phantom._noise_gain(sigma, 3.0), rel=0.03)
+    assert filtered.std() == pytest.approx(noise_gain(sigma, 3.0), rel=0.03)
 
 
 @pytest.mark.parametrize("radius", [0.3, 1.5, 5.0])
@@ -193,8 +199,8 @@ def test_tubes_have_the_volume_of_their_capsule(radius):
     spacing = np.array([1.3, 0.7, 0.7])
     volume = np.zeros((60, 120, 120), np.float32)
     a, b = np.array([20.0, 25.0, 20.0]), np.array([55.0, 55.0, 60.0])
-    tube = phantom._Tubes.of(a, b, radius, radius)
-    phantom._draw_tubes(volume, spacing, tube, 1.0, darken=False, splat_below_mm=0.5)
+    tube = Tubes.of(a, b, radius, radius)
+    draw_tubes(volume, spacing, tube, 1.0, darken=False, splat_below_mm=0.5)
     length = np.linalg.norm(b - a)
     expected = np.pi * radius ** 2 * length + (4 / 3 * np.pi * radius ** 3 if radius >= 0.5 else 0.0)
     assert volume.sum() * spacing.prod() == pytest.approx(expected, rel=0.04)
@@ -204,14 +210,14 @@ def test_tubes_have_the_volume_of_their_capsule(radius):
 def test_nodules_have_the_volume_of_their_sphere(radius):
     spacing = np.array([1.3, 0.7, 0.7])
     volume = np.zeros((24, 40, 40), np.float32)
-    phantom._draw_sphere(volume, spacing, np.array([15.1, 14.2, 13.9]), radius, 1.0)
+    draw_sphere(volume, spacing, np.array([15.1, 14.2, 13.9]), radius, 1.0)
     assert volume.sum() * spacing.prod() == pytest.approx(4 / 3 * np.pi * radius ** 3, rel=0.03)
 
 
 def _share_inside_capsules(center: np.ndarray, radius: float, tubes) -> float:
     """Monte Carlo share of a ball inside any tapered capsule: a point is inside a capsule when its
     distance to the axis segment is at most the radius interpolated at its projection."""
-    points = center + radius * unit_ball_samples(4096).numpy()
+    points = center + radius * unit_ball_samples(4096)
     inside = np.zeros(len(points), bool)
     for lo in range(0, len(tubes), 1024):
         a, b = tubes.a[lo:lo + 1024], tubes.b[lo:lo + 1024]
@@ -233,11 +239,19 @@ def test_no_finding_is_hidden_in_a_vessel_or_an_airway():
     for limit in (config.max_hidden_fraction, 1.0):
         shares = []
         for seed in range(3):
-            *_, trees, findings = phantom._draw_anatomy(np.random.default_rng(seed),
-                                                        replace(config, max_hidden_fraction=limit))
-            tubes = phantom._Tubes.concat([trees.vessels, trees.airways])
+            *_, trees, findings = draw_anatomy(np.random.default_rng(seed),
+                                               replace(config, max_hidden_fraction=limit))
+            tubes = Tubes.concat([trees.vessels, trees.airways])
             shares += [_share_inside_capsules(f.center_mm, f.radius, tubes) for f in findings]
         assert len(shares) >= 20
         worst[limit] = max(shares)
     assert worst[config.max_hidden_fraction] <= config.max_hidden_fraction + 0.05
     assert worst[1.0] > config.max_hidden_fraction + 0.1
+
+
+def test_importing_the_generator_does_not_import_torch():
+    """The phantom package is numpy only (a fresh interpreter, so no other test's imports count)."""
+    code = ("import sys\nimport SCPMNoduleLib.phantom\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,124 @@
+"""Datasets in LUNA16's layout: scans, lung masks, annotation tables, series uids, previews."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import UserInputError
+from ..io import Findings, map_in_processes, write_annotations, write_seriesuids
+from ..plotting import save_orthogonal_slices
+from .config import PhantomConfig, phantom_config
+from .generator import generate_phantom
+from .scanner import Nodule, Phantom
+
+__all__ = ["UID_PREFIX", "series_uid", "write_luna16_dataset"]
+
+log = logging.getLogger(__name__)
+
+UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
+"""LIDC-IDRI's series-uid root, which every LUNA16 seriesuid starts with."""
+
+
+def series_uid(seed: int, index: int) -> str:
+    """A LIDC-style series uid, ``1.3.6.1.4.1.14519.5.2.1.6279.6001.`` + 30 digits, from
+    (seed, index)."""
+    digits = np.random.default_rng([seed, index, 0x5EED]).integers(0, 10, 30)
+    digits[0] = 1 + digits[0] % 9
+    return UID_PREFIX + "".join(map(str, digits))
+
+
+def _save_preview(phantom: Phantom, path: Path, title: str) -> None:
+    """A PNG of the three orthogonal slices through the largest annotated nodule (the largest
+    finding if none is annotated, the centre of the scan if there is none), its annotation circle
+    in each, with the nodule's size, kind, location and margin after ``title``."""
+    shown = [n for n in phantom.nodules if n.included] or list(phantom.nodules)
+    if not shown:
+        save_orthogonal_slices(phantom.image, path, title=title)
+        return
+    nodule = max(shown, key=lambda n: n.diameter_mm)
+    caption = (f"{nodule.diameter_mm:.1f} mm {nodule.kind.replace('_', '-')} nodule, "
+               f"{nodule.location}, {nodule.margin}")
+    save_orthogonal_slices(phantom.image, path, nodule.center_zyx_vox, nodule.diameter_mm,
+                           f"{title}  {caption}" if title else caption)
+
+
+def _write_scan(job: tuple[Path, int, int, int, PhantomConfig, bool, bool]) -> tuple[str, list[Nodule]]:
+    """Draw scan ``index`` of a dataset and write its files into ``work``; its uid and findings."""
+    work, seed, index, subsets, config, lung_masks, preview = job
+    uid = series_uid(seed, index)
+    phantom = generate_phantom((seed, index), config)
+    sitk.WriteImage(phantom.image, str(work / f"subset{index % subsets}" / f"{uid}.mhd"))
+    if lung_masks:
+        sitk.WriteImage(phantom.lung_mask, str(work / "seg-lungs-LUNA16" / f"{uid}.mhd"), True)
+    if preview:
+        _save_preview(phantom, work / "preview" / f"{uid}.png", uid)
+    return uid, phantom.nodules
+
+
+def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, subsets: int = 10,
+                         size: str = "small", lung_masks: bool = True, preview: bool = False,
+                         progress: Callable[[int, int], None] | None = None, workers: int = 1,
+                         **options) -> dict[str, list[Nodule]]:
+    """Write ``n_scans`` phantoms in LUNA16's layout; return each seriesuid's findings, in order.
+
+    Layout: ``subset0 .. subset{subsets-1}/<uid>.mhd + .raw`` (scan i in subset i mod subsets),
+    ``annotations.csv`` and ``annotations_excluded.csv`` (world LPS mm, diameters in mm),
+    ``seriesuids.csv``, with ``lung_masks`` also ``seg-lungs-LUNA16/<uid>.mhd + .zraw`` (3 right,
+    4 left lung) and with ``preview`` a PNG per scan in ``preview/``. Scan i is drawn from the
+    seed (seed, i), so a dataset is the same bytes for the same arguments, whatever ``workers``
+    (the number of processes drawing scans at once).
+
+    The dataset is built in a temporary folder beside ``out_dir`` and renamed onto it at the
+    end; an error or interrupt (also one raised by ``progress(done, total)``) leaves nothing.
+
+    Raises:
+        UserInputError: ``out_dir`` exists and is not empty, or a count is not positive.
+    """
+    out_dir = Path(out_dir)
+    for name, value in (("scans", n_scans), ("subsets", subsets), ("workers", workers)):
+        if int(value) < 1:
+            raise UserInputError(f"the number of {name} must be at least 1, not {value}.")
+    if int(seed) < 0:
+        raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
+    config = phantom_config(size, **options)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        for k in range(subsets):
+            (work / f"subset{k}").mkdir()
+        for name, wanted in (("seg-lungs-LUNA16", lung_masks), ("preview", preview)):
+            if wanted:
+                (work / name).mkdir()
+        written: dict[str, list[Nodule]] = {}
+        rows: dict[bool, list[tuple[str, tuple[float, float, float], float]]] = {True: [], False: []}
+        jobs = [(work, seed, i, subsets, config, lung_masks, preview) for i in range(n_scans)]
+        with map_in_processes(_write_scan, jobs, workers) as results:  # in scan order, so the tables too
+            for done, (uid, nodules) in enumerate(results, 1):
+                for nodule in nodules:
+                    rows[nodule.included].append((uid, nodule.center_xyz_mm, nodule.diameter_mm))
+                written[uid] = nodules
+                if progress is not None:
+                    progress(done, n_scans)
+        for included, name in ((True, "annotations.csv"), (False, "annotations_excluded.csv")):
+            table = rows[included]
+            write_annotations(work / name, Findings.from_columns(
+                [r[0] for r in table], np.array([r[1] for r in table]).reshape(-1, 3), [r[2] for r in table]))
+        write_seriesuids(work / "seriesuids.csv", list(written))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("wrote %d phantom scans to %s", n_scans, out_dir)
+    return written
