@@ -297,7 +297,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
     def modelNames() -> list[str]:
         """The models of the extension's ``Models.json``; just ``demo`` until PyTorch is installed."""
         try:
-            from SCPMNoduleLib.inference import read_manifest
+            from SCPMNoduleLib.models import read_manifest
         except ImportError:
             return ["demo"]
         return [model["name"] for model in read_manifest()["models"]] or ["demo"]

@@ -12,19 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from SCPMNoduleLib import inference
+from SCPMNoduleLib import models
+from SCPMNoduleLib.checkpoint import load_checkpoint, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.inference import DetectionCancelled, Detector, InferenceConfig
 from SCPMNoduleLib.io import sha256_of
-from SCPMNoduleLib.inference import (
-    DetectionCancelled,
-    Detector,
-    InferenceConfig,
-    load_checkpoint,
-    plan_tiles,
-    save_checkpoint,
-)
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry
+from SCPMNoduleLib.tiling import plan_tiles
 
 NO_MASK = PreprocessConfig(lung_mask=False)
 
@@ -200,7 +195,7 @@ def test_tiled_detections_match_the_whole_volume():
     model = SCPMNet(SCPMNetConfig(**{**SCPMNetConfig.tiny().__dict__, "head_init_std": 1.0,
                                      "prior_probability": 0.05}))
     scan = _smooth_volume((32, 384, 32), seed=1)
-    # margin 96: the tiny configuration's 99.9% gradient receptive field (see inference.py)
+    # margin 96: the tiny configuration's 99.9% gradient receptive field (see tiling.py)
     whole_config = InferenceConfig(score_threshold=0.5, tile_margin_vox=96, min_side_vox=32)
     tiled_config = replace(whole_config, max_tile_voxels=32 * 320 * 32)
     assert len(plan_tiles((32, 384, 32), 16, 96, tiled_config.max_tile_voxels)) == 3
@@ -288,7 +283,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
         {"name": "mine", "version": "1", "file": "w.pt", "sha256": sha256_of(tmp_path / "w.pt")},
         {"name": "tampered", "version": "1", "file": "w.pt", "sha256": "0" * 64}]}
     (tmp_path / "Models.json").write_text(json.dumps(manifest), encoding="utf-8")
-    monkeypatch.setattr(inference, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))
+    monkeypatch.setattr(models, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))
     detector = Detector.from_checkpoint("mine", device="cpu")
     assert detector.info["name"] == "mine" and not detector.trained
     with pytest.raises(UserInputError, match="does not match the manifest"):
@@ -299,7 +294,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
 
 def test_bundled_demo_resolves_and_reports_whether_it_is_trained():
     detector = Detector.from_checkpoint("demo", device="cpu")
-    manifest = inference.read_manifest()
+    manifest = models.read_manifest()
     entry = next(e for e in manifest["models"] if e["name"] == "demo")
     assert detector.trained == entry["trained"]
     assert isinstance(detector.model, SCPMNet)
@@ -331,6 +326,11 @@ def test_out_of_memory_retries_with_smaller_tiles_and_says_so(caplog):
     assert len(detections) == len(reference) == 1
     np.testing.assert_allclose(detections[0].center_xyz_mm, reference[0].center_xyz_mm, atol=1e-5)
     np.testing.assert_allclose(detections[0].center_xyz_mm, truth[0], atol=0.5)
+
+
+def test_precisions_other_than_the_known_ones_are_refused():
+    with pytest.raises(UserInputError, match="precision 'fp8'"):
+        InferenceConfig(precision="fp8")
 
 
 def test_auto_precision_on_the_cpu_is_fp32():

@@ -20,9 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
-from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, Detector, InferenceConfig, load_checkpoint
+from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig

@@ -1,6 +1,6 @@
 """From a training state to a detector checkpoint and its entry in ``Resources/Models.json``.
 
-The detector checkpoint is :func:`SCPMNoduleLib.inference.save_checkpoint`'s format (weights,
+The detector checkpoint is :func:`SCPMNoduleLib.checkpoint.save_checkpoint`'s format (weights,
 network config, pre-processing config, metadata); the metadata carries the version, the training
 data description, the training run (config, epochs, fold, train scans) and the measured FROC/CPM,
 so the file says what it is without this repository. The manifest entry repeats the summary and
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import MANIFEST_FORMAT, read_manifest, save_checkpoint
 from SCPMNoduleLib.io import atomic_write, sha256_of
+from SCPMNoduleLib.models import MANIFEST_FORMAT, read_manifest
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
