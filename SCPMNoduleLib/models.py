@@ -2,8 +2,9 @@
 
 A manifest is ``{"format": "scpm-nodule-models", "version": 1, "models": [entry, ...]}``; an
 entry names a checkpoint file (relative to the manifest's folder), its SHA-256, which is checked
-before a named model is loaded, and what the model is. :func:`read_manifest` and
-:func:`resolve_model` read it.
+before a named model is loaded, and what the model is (``Resources/Models.schema.json`` is the
+JSON schema of the whole document). :func:`manifest_entry` and :func:`update_manifest` write it,
+:func:`read_manifest` and :func:`resolve_model` read it.
 
 Torch-free, so that the Slicer module lists the models in Slicer's own process.
 """
@@ -16,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserInputError
-from .io import sha256_of
+from .io import atomic_write, sha256_of
 
 __all__ = [
     "MANIFEST_CANDIDATES",
     "MANIFEST_FORMAT",
     "MANIFEST_VERSION",
+    "manifest_entry",
     "read_manifest",
     "resolve_model",
+    "update_manifest",
 ]
 
 MANIFEST_FORMAT = "scpm-nodule-models"
@@ -53,6 +56,9 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
         raise UserInputError(f"{path}: the model manifest is missing or not valid JSON.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise UserInputError(f"{path}: not a {MANIFEST_FORMAT} manifest.")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise UserInputError(f"{path}: manifest version {manifest.get('version')} is not the "
+                             f"version {MANIFEST_VERSION} this program reads.")
     manifest["path"] = str(path)
     return manifest
 
@@ -80,3 +86,52 @@ def resolve_model(path_or_name: str | os.PathLike) -> tuple[Path, dict[str, Any]
         raise UserInputError(f"{path_or_name}: neither a checkpoint file nor a model name in the "
                              f"manifest (known: {known}).")
     return path, {}
+
+
+def manifest_entry(checkpoint: str | os.PathLike, *, name: str, version: str, architecture: str,
+                   training_data: str, description: str = "", metrics: dict[str, Any] | None = None,
+                   trained: bool = True, manifest: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The manifest entry of a checkpoint file (its SHA-256 is computed here).
+
+    Args:
+        checkpoint: the checkpoint file.
+        name: the model's name (``demo`` is what the detector loads by default).
+        version: the model's version string.
+        architecture: the network, in words.
+        training_data: what it was trained on, in words.
+        description: free text (limitations, intended use).
+        metrics: the measured FROC figures (CPM, sensitivities, confidence interval, counts).
+        trained: whether the weights are trained.
+        manifest: the manifest the entry is for: ``file`` is then the checkpoint's path relative
+            to the manifest's folder, which must hold it (below it is fine); without one, its name.
+    """
+    checkpoint = Path(checkpoint)
+    file = checkpoint.name
+    if manifest is not None:
+        folder = Path(manifest).resolve().parent
+        try:
+            file = checkpoint.resolve().relative_to(folder).as_posix()
+        except ValueError:
+            raise UserInputError(f"{checkpoint}: a manifest entry's file must lie in "
+                                 f"{Path(manifest).parent} or below it.") from None
+    return {"name": name, "version": version, "file": file, "sha256": sha256_of(checkpoint),
+            "trained": trained, "architecture": architecture, "training_data": training_data,
+            "description": description, "metrics": dict(metrics or {})}
+
+
+def update_manifest(path: str | os.PathLike, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to the manifest at ``path`` (created if missing), replacing one of the same name; atomically."""
+    path = Path(path)
+    if path.is_file():
+        manifest = read_manifest(path)
+        manifest.pop("path", None)
+    else:
+        manifest = _empty_manifest()
+    names = [model.get("name") for model in manifest["models"]]
+    if entry["name"] in names:
+        manifest["models"][names.index(entry["name"])] = entry
+    else:
+        manifest["models"].append(entry)
+    with atomic_write(path) as handle:
+        json.dump(manifest, handle, indent=1)
+        handle.write("\n")
