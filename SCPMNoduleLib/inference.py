@@ -20,7 +20,8 @@ Pipeline of :meth:`Detector.detect`:
 
 Tiles, their margin and mirrored passes are :mod:`~SCPMNoduleLib.tiling`'s; devices, precision and
 out-of-memory detection :mod:`~SCPMNoduleLib.runtime`'s; checkpoints :mod:`~SCPMNoduleLib.checkpoint`'s
-and model names :mod:`~SCPMNoduleLib.models`'s.
+and model names :mod:`~SCPMNoduleLib.models`'s. A detector holds no per-scan state: what happened
+to a scan (timings, the device and precision it ran in) is in its :class:`DetectionResult`.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ from .geometry import sphere_nms
 from .model import SCPMNet, fuse_batch_norm
 from .models import resolve_model
 from .preprocess import PreparedScan, PreprocessConfig, prepare_scan
-from .runtime import PRECISIONS, autocast, autocast_dtype, is_out_of_memory, resolve_device
-from .tiling import average_mirrored_maps, plan_tiles
+from .runtime import PRECISIONS, autocast, autocast_dtype, is_out_of_memory, precision_name, resolve_device
+from .tiling import Tile, average_mirrored_maps, plan_tiles
 
-__all__ = ["DetectionCancelled", "Detector", "InferenceConfig", "Progress"]
+__all__ = ["DetectionCancelled", "DetectionResult", "Detector", "InferenceConfig", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +124,55 @@ class InferenceConfig:
         return [tuple(d for bit, d in enumerate(dims) if subset >> bit & 1) for subset in range(2 ** len(dims))]
 
 
+@dataclass(frozen=True)
+class DetectionResult:
+    """What :meth:`Detector.detect` found in one scan, and how.
+
+    Attributes:
+        detections: nodules, most probable first.
+        timings_s: seconds per stage: ``resample``, ``forward``, ``decode``.
+        device: where the network ran (``cpu`` when memory ran out on the detector's GPU even
+            with the smallest tiles; the next scan starts on the GPU again).
+        precision: the autocast type it ran in: ``fp32``, ``bf16`` or ``fp16``.
+        tile_voxels: voxels of each tile it ran on (below the plan for ``max_tile_voxels``
+            when memory ran out and the tiles were halved).
+    """
+
+    detections: tuple[Detection, ...]
+    timings_s: dict[str, float]
+    device: str
+    precision: str
+    tile_voxels: int
+
+
+@dataclass(frozen=True)
+class _ForwardPass:
+    """The whole-crop maps of a scan, the device they were computed on and the tile size used."""
+
+    maps: list[dict[str, Tensor]]
+    device: torch.device
+    tile_voxels: int
+
+
+def _no_progress(fraction: float, stage: str) -> None:
+    pass
+
+
 @dataclass(eq=False)
 class Detector:
     """A network with its pre-processing, ready to find nodules in whole scans.
+
+    Holds no per-scan state, so one detector serves a batch: each :meth:`detect` returns its
+    own :class:`DetectionResult`.
 
     Attributes:
         model: the network (eval mode); any module with ``strides``, ``size_divisor`` and
             SCPMNet's ``forward(image, patch_origin_zyx, scan_shape_zyx)`` works.
         preprocess: the checkpoint's pre-processing.
         config: tiling, decoding and filtering.
-        device: where the network runs.
+        device: where the network runs (a scan that runs out of memory there, even with the
+            smallest tiles, runs on the CPU; the next one starts here again).
         info: name, version and metadata of the checkpoint (for reports).
-        timings_s: seconds per stage of the last :meth:`detect`.
     """
 
     model: nn.Module
@@ -142,7 +180,6 @@ class Detector:
     config: InferenceConfig = field(default_factory=InferenceConfig)
     device: torch.device | str = "cpu"
     info: dict = field(default_factory=dict)
-    timings_s: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.device = resolve_device(str(self.device))
@@ -168,21 +205,24 @@ class Detector:
         return bool(self.info.get("trained", True))
 
     def detect(self, image: sitk.Image, progress: Progress | None = None,
-               cancel: threading.Event | None = None) -> list[Detection]:
-        """Nodules in a CT (HU, any spacing and direction), most probable first.
+               cancel: threading.Event | None = None) -> DetectionResult:
+        """Nodules in a CT (HU, any spacing and direction), most probable first, with the
+        stages' timings and the device and precision the network ran in.
 
         ``progress(fraction, stage)`` is called with stages ``resample``, ``forward``,
         ``decode``; setting ``cancel`` stops at the next tile with :class:`DetectionCancelled`.
-        Equivalent to :meth:`decode` of :meth:`predict_maps`.
+        Its detections are :meth:`decode` of :meth:`predict_maps`.
         """
-        report = progress or (lambda fraction, stage: None)
-        maps, prepared = self.predict_maps(image, report, cancel)
+        report = progress or _no_progress
+        timings_s: dict[str, float] = {}
+        forward, prepared = self._predict(image, report, cancel, timings_s)
         start = time.perf_counter()
         report(0.95, "decode")
-        detections = self.decode(maps, prepared)
-        self.timings_s["decode"] = time.perf_counter() - start
+        detections = self.decode(forward.maps, prepared)
+        timings_s["decode"] = time.perf_counter() - start
         report(1.0, "decode")
-        return detections
+        precision = precision_name(autocast_dtype(forward.device, self.config.precision))
+        return DetectionResult(tuple(detections), timings_s, str(forward.device), precision, forward.tile_voxels)
 
     def predict_maps(self, image: sitk.Image, progress: Progress | None = None,
                      cancel: threading.Event | None = None) -> tuple[list[dict[str, Tensor]], PreparedScan]:
@@ -193,16 +233,20 @@ class Detector:
         origin, lung mask, geometry) that :meth:`decode` needs; decoding the same maps with
         several :class:`InferenceConfig` s tunes the post-processing without re-running the network.
         """
-        report = progress or (lambda fraction, stage: None)
-        self.timings_s = {}
+        forward, prepared = self._predict(image, progress or _no_progress, cancel, {})
+        return forward.maps, prepared
+
+    def _predict(self, image: sitk.Image, report: Progress, cancel: threading.Event | None,
+                 timings_s: dict[str, float]) -> tuple[_ForwardPass, PreparedScan]:
+        """Prepare and run the network on a scan, adding the ``resample`` and ``forward`` seconds to ``timings_s``."""
         start = time.perf_counter()
         report(0.0, "resample")
         prepared = prepare_scan(image, self.preprocess, align=self.model.size_divisor)
-        self.timings_s["resample"] = time.perf_counter() - start
+        timings_s["resample"] = time.perf_counter() - start
         start = time.perf_counter()
-        maps = self._forward_tiled(prepared, report, cancel)
-        self.timings_s["forward"] = time.perf_counter() - start
-        return maps, prepared
+        forward = self._forward_tiled(prepared, report, cancel)
+        timings_s["forward"] = time.perf_counter() - start
+        return forward, prepared
 
     def _pad(self, prepared: PreparedScan) -> Tensor:
         q = self.model.size_divisor
@@ -214,59 +258,65 @@ class Detector:
         return volume[None, None]
 
     def _forward_tiled(self, prepared: PreparedScan, report: Progress,
-                       cancel: threading.Event | None) -> list[dict[str, Tensor]]:
-        """Run the tiles; when memory runs out, halve the tiles, then (from a GPU) go to the CPU."""
+                       cancel: threading.Event | None) -> _ForwardPass:
+        """Run the tiles; when memory runs out, halve the tiles, then (from a GPU) run this scan on the CPU.
+
+        The fallback is this scan's only: the model goes back to :attr:`device` before returning.
+        """
         volume = self._pad(prepared)
         shape, q, margin = tuple(volume.shape[2:]), self.model.size_divisor, self.config.tile_margin_vox
-        max_voxels = self.config.max_tile_voxels
-        while True:
-            try:
-                return self._run_tiles(volume, prepared, max_voxels, report, cancel)
-            except RuntimeError as error:  # torch.OutOfMemoryError is one
-                if not is_out_of_memory(error):
-                    raise
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                used = math.prod(plan_tiles(shape, q, margin, max_voxels)[0].size)
-                if math.prod(plan_tiles(shape, q, margin, used // 2)[0].size) < used:
-                    max_voxels = used // 2
-                    log.warning("out of memory on %s with tiles of %d voxels; retrying with smaller tiles",
-                                self.device, used)
-                elif self.device.type != "cpu":
-                    log.warning("out of memory on %s even with the smallest tiles; continuing on the CPU",
-                                self.device)
-                    self.device = torch.device("cpu")
-                    self.model = self.model.to(self.device)
-                    max_voxels = self.config.max_tile_voxels
-                else:
-                    raise
+        device, max_voxels = self.device, self.config.max_tile_voxels
+        try:
+            while True:
+                tiles = plan_tiles(shape, q, margin, max_voxels)
+                try:
+                    maps = self._run_tiles(volume, prepared, tiles, device, report, cancel)
+                    return _ForwardPass(maps, device, math.prod(tiles[0].size))
+                except RuntimeError as error:  # torch.OutOfMemoryError is one
+                    if not is_out_of_memory(error):
+                        raise
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    used = math.prod(tiles[0].size)
+                    if math.prod(plan_tiles(shape, q, margin, used // 2)[0].size) < used:
+                        max_voxels = used // 2
+                        log.warning("out of memory on %s with tiles of %d voxels; retrying with smaller tiles",
+                                    device, used)
+                    elif device.type != "cpu":
+                        log.warning("out of memory on %s even with the smallest tiles; continuing this scan "
+                                    "on the CPU", device)
+                        device = torch.device("cpu")
+                        self.model.to(device)
+                        max_voxels = self.config.max_tile_voxels
+                    else:
+                        raise
+        finally:
+            if device != self.device:
+                self.model.to(self.device)
 
     @torch.inference_mode()
-    def _run_tiles(self, volume: Tensor, prepared: PreparedScan, max_voxels: int, report: Progress,
-                   cancel: threading.Event | None) -> list[dict[str, Tensor]]:
-        q = self.model.size_divisor
+    def _run_tiles(self, volume: Tensor, prepared: PreparedScan, tiles: list[Tile], device: torch.device,
+                   report: Progress, cancel: threading.Event | None) -> list[dict[str, Tensor]]:
         shape = tuple(volume.shape[2:])
-        tiles = plan_tiles(shape, q, self.config.tile_margin_vox, max_voxels)
-        log.debug("%d tile(s) of %s over %s", len(tiles), tiles[0].size, shape)
-        dtype = autocast_dtype(self.device, self.config.precision)
+        log.debug("%d tile(s) of %s over %s on %s", len(tiles), tiles[0].size, shape, device)
+        dtype = autocast_dtype(device, self.config.precision)
         memory_format = torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
-        scan_shape = torch.tensor([prepared.geometry.shape_zyx], device=self.device)
+        scan_shape = torch.tensor([prepared.geometry.shape_zyx], device=device)
         maps: list[dict[str, Tensor]] | None = None
         for number, tile in enumerate(tiles):
             if cancel is not None and cancel.is_set():
                 raise DetectionCancelled("detection cancelled")
             report(0.05 + 0.9 * number / len(tiles), "forward")
             box = tuple(slice(o, o + n) for o, n in zip(tile.origin, tile.size))
-            patch = volume[(slice(None), slice(None), *box)].to(self.device)
+            patch = volume[(slice(None), slice(None), *box)].to(device)
             patch = patch.contiguous(memory_format=memory_format)
-            origin = torch.tensor([[o + c for o, c in zip(tile.origin, prepared.crop_start_zyx)]],
-                                  device=self.device)
-            with autocast(self.device, dtype):
+            origin = torch.tensor([[o + c for o, c in zip(tile.origin, prepared.crop_start_zyx)]], device=device)
+            with autocast(device, dtype):
                 passes = [(dims, self.model(patch.flip(dims) if dims else patch, patch_origin_zyx=origin,
                                             scan_shape_zyx=scan_shape)) for dims in self.config.mirror_dims()]
             outputs = passes[0][1] if len(passes) == 1 else average_mirrored_maps(passes)
             if maps is None:
-                maps = [{key: torch.zeros((1, value.shape[1], *(n // s for n in shape)), device=self.device)
+                maps = [{key: torch.zeros((1, value.shape[1], *(n // s for n in shape)), device=device)
                          for key, value in level.items()} for level, s in zip(outputs, self.model.strides)]
             for level_outputs, level_maps, stride in zip(outputs, maps, self.model.strides):
                 own = tuple(slice(a // stride, b // stride) for a, b in zip(tile.own_start, tile.own_stop))

@@ -59,7 +59,7 @@ def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence
     detector = Detector(copy.deepcopy(model), preprocess, config or InferenceConfig(), device)
     tables = []
     for scan in scans:
-        tables.append(findings_of(scan.seriesuid, detector.detect(read_scan(scan.source))))
+        tables.append(findings_of(scan.seriesuid, detector.detect(read_scan(scan.source)).detections))
         log.debug("%s: %d detections", scan.seriesuid, len(tables[-1]))
     return concat_findings(tables)
 
