@@ -307,11 +307,9 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelNames() -> list[str]:
-        """The models of the extension's ``Models.json``; just ``demo`` until PyTorch is installed."""
-        try:
-            from SCPMNoduleLib.inference import read_manifest
-        except ImportError:
-            return ["demo"]
+        """The models of the extension's ``Models.json`` (read without PyTorch), ``demo`` if it lists none."""
+        from SCPMNoduleLib.models import read_manifest
+
         return [model["name"] for model in read_manifest()["models"]] or ["demo"]
 
     @staticmethod

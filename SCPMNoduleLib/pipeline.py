@@ -56,6 +56,8 @@ class ScanResult:
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    device: str | None = None
+    """Where the network ran (the CPU when memory ran out on the detector's GPU)."""
     error: str | None = None
     bad_input: bool = False
 
@@ -74,7 +76,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
 
 
 def _write_outputs(out_dir: Path, name: str, detections: list[Detection], image: sitk.Image,
-                   path: Path, detector: Detector, formats: Sequence[str],
+                   path: Path, model: dict, formats: Sequence[str],
                    timings: dict[str, float]) -> dict[str, str]:
     """Write one scan's files; on failure remove the ones already written and re-raise."""
     outputs = {fmt: str(out_dir / f"{name}{OUTPUT_SUFFIXES[fmt]}") for fmt in formats}
@@ -83,7 +85,7 @@ def _write_outputs(out_dir: Path, name: str, detections: list[Detection], image:
             write_candidates_csv(outputs["csv"], name, detections)
         if "json" in outputs:
             write_detections_json(outputs["json"], detections, scan=describe_scan(image, path),
-                                  model=_model_summary(detector), timings=timings)
+                                  model=model, timings=timings)
         if "mrk" in outputs:
             write_markups_json(outputs["mrk"], detections, name=f"{name} nodules")
     except BaseException:
@@ -94,9 +96,9 @@ def _write_outputs(out_dir: Path, name: str, detections: list[Detection], image:
     return outputs
 
 
-def _model_summary(detector: Detector) -> dict:
+def _model_summary(detector: Detector, device: str) -> dict:
     return {"name": detector.info.get("name"), "version": detector.info.get("version"),
-            "trained": detector.trained, "device": str(detector.device),
+            "trained": detector.trained, "device": device,
             "inference": asdict(detector.config), "preprocess": detector.preprocess.to_dict()}
 
 
@@ -111,12 +113,13 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
         report(name, 0.0, "read")
         image = read_scan(path)
         result.timings_s["read"] = time.perf_counter() - start
-        result.detections = detector.detect(image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
-        result.timings_s.update(detector.timings_s)
+        detection = detector.detect(image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
+        result.detections, result.device = list(detection.detections), detection.device
+        result.timings_s.update(detection.timings_s)
         report(name, 0.95, "write")
         write_start = time.perf_counter()
-        result.outputs = _write_outputs(out_dir, name, result.detections, image, path, detector,
-                                        formats, result.timings_s)
+        result.outputs = _write_outputs(out_dir, name, result.detections, image, path,
+                                        _model_summary(detector, detection.device), formats, result.timings_s)
         result.timings_s["write"] = time.perf_counter() - write_start
         report(name, 1.0, "write")
     except UserInputError as error:
@@ -161,8 +164,8 @@ def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 
 def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detector,
                        formats: Sequence[str]) -> None:
-    summary = {"model": _model_summary(detector), "scans": [
-        {"scan": r.scan, "path": r.path, "ok": r.ok, "detections": len(r.detections),
+    summary = {"model": _model_summary(detector, str(detector.device)), "scans": [
+        {"scan": r.scan, "path": r.path, "ok": r.ok, "detections": len(r.detections), "device": r.device,
          "seconds": r.seconds, "timings_s": r.timings_s, "outputs": r.outputs, "error": r.error}
         for r in results]}
     with atomic_write(out_dir / SUMMARY_NAME, encoding="utf-8") as handle:

@@ -9,9 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.export import read_detections_json
-from SCPMNoduleLib.inference import Detector, save_checkpoint
+from SCPMNoduleLib.inference import Detector
 from SCPMNoduleLib.io import read_candidates
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig

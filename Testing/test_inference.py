@@ -12,19 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from SCPMNoduleLib import inference
+from SCPMNoduleLib import models
+from SCPMNoduleLib.checkpoint import load_checkpoint, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.inference import DetectionCancelled, Detector, InferenceConfig
 from SCPMNoduleLib.io import sha256_of
-from SCPMNoduleLib.inference import (
-    DetectionCancelled,
-    Detector,
-    InferenceConfig,
-    load_checkpoint,
-    plan_tiles,
-    save_checkpoint,
-)
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry
+from SCPMNoduleLib.tiling import plan_tiles
 
 NO_MASK = PreprocessConfig(lung_mask=False)
 
@@ -99,7 +94,7 @@ def test_nodule_is_reported_at_its_world_point(shape_zyx, spacing, direction):
     truth = geometry.index_to_world((np.asarray(shape_zyx) - 1) / 2 + np.array([0.37, -0.21, 0.44]))
     scan = blob_scan(shape_zyx, spacing, origin, direction, truth)
     detector = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_tile_voxels=32**3, tile_margin_vox=8))
-    detections = detector.detect(scan)
+    detections = detector.detect(scan).detections
     assert len(detections) == 1
     found = np.asarray(detections[0].center_xyz_mm)
     assert np.linalg.norm(found - truth) < 0.5 * min(spacing)
@@ -115,12 +110,12 @@ def test_nms_leaves_one_detection_per_nodule_and_the_cap_applies():
     cell = sitk.GetArrayFromImage(blob_scan((14, 14, 14), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3),
                                             [[6.7, 6.7, 6.7]], sigma_mm=1.5))
     scan = sitk.GetImageFromArray(np.tile(cell, (5, 5, 6)))
-    found_all = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_detections=1000, top_n=10000)).detect(scan)
+    found_all = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_detections=1000, top_n=10000)).detect(scan).detections
     assert len(found_all) == 150
     distance = np.linalg.norm(np.asarray([d.center_xyz_mm for d in found_all])[:, None] - centers_xyz[None], axis=-1)
     assert np.all(distance.min(axis=1) < 0.5)
     assert sorted(distance.argmin(axis=1)) == list(range(150))  # each blob exactly once
-    capped = Detector(BrightCentroid(), NO_MASK, InferenceConfig(top_n=10000)).detect(scan)
+    capped = Detector(BrightCentroid(), NO_MASK, InferenceConfig(top_n=10000)).detect(scan).detections
     assert len(capped) == 100
     probabilities = [d.probability for d in capped]
     assert probabilities == sorted(probabilities, reverse=True)
@@ -138,7 +133,7 @@ def test_maps_decoded_with_another_config_are_that_configs_detections():
     maps, prepared = detector.predict_maps(scan)
     assert len(detector.decode(maps, prepared)) == 5
     undeduplicated = detector.decode(maps, prepared, loose)
-    assert undeduplicated == Detector(BrightCentroid(), NO_MASK, loose).detect(scan)
+    assert tuple(undeduplicated) == Detector(BrightCentroid(), NO_MASK, loose).detect(scan).detections
     assert len(undeduplicated) > 27  # without NMS each blob is reported by several grid points
 
 
@@ -159,10 +154,10 @@ def test_mirrored_passes_cancel_a_networks_lean_along_the_mirrored_axes(axes):
     scan = blob_scan(shape_zyx, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), [truth_zyx[::-1]])
     config = InferenceConfig(tile_margin_vox=8, mirror_axes=axes)
     assert len(config.mirror_dims()) == 2 ** len(axes)
-    (found,) = Detector(LeaningCentroid(), NO_MASK, config).detect(scan)
+    (found,) = Detector(LeaningCentroid(), NO_MASK, config).detect(scan).detections
     lean = np.array([0.0 if axis in axes else 1.0 for axis in "zyx"])
     np.testing.assert_allclose(np.asarray(found.center_xyz_mm)[::-1] - truth_zyx, lean, atol=0.1)
-    (plain,) = Detector(BrightCentroid(), NO_MASK, InferenceConfig(tile_margin_vox=8)).detect(scan)
+    (plain,) = Detector(BrightCentroid(), NO_MASK, InferenceConfig(tile_margin_vox=8)).detect(scan).detections
     assert found.probability == pytest.approx(plain.probability, abs=1e-6)
 
 
@@ -200,13 +195,13 @@ def test_tiled_detections_match_the_whole_volume():
     model = SCPMNet(SCPMNetConfig(**{**SCPMNetConfig.tiny().__dict__, "head_init_std": 1.0,
                                      "prior_probability": 0.05}))
     scan = _smooth_volume((32, 384, 32), seed=1)
-    # margin 96: the tiny configuration's 99.9% gradient receptive field (see inference.py)
+    # margin 96: the tiny configuration's 99.9% gradient receptive field (see tiling.py)
     whole_config = InferenceConfig(score_threshold=0.5, tile_margin_vox=96, min_side_vox=32)
     tiled_config = replace(whole_config, max_tile_voxels=32 * 320 * 32)
     assert len(plan_tiles((32, 384, 32), 16, 96, tiled_config.max_tile_voxels)) == 3
     assert len(plan_tiles((32, 384, 32), 16, 96, whole_config.max_tile_voxels)) == 1
-    whole = Detector(model, NO_MASK, whole_config).detect(scan)
-    tiled = Detector(model, NO_MASK, tiled_config).detect(scan)
+    whole = Detector(model, NO_MASK, whole_config).detect(scan).detections
+    tiled = Detector(model, NO_MASK, tiled_config).detect(scan).detections
     assert len(whole) > 10 and len(tiled) == len(whole)
     a = np.asarray([d.center_xyz_mm for d in whole])
     b = np.asarray([d.center_xyz_mm for d in tiled])
@@ -288,7 +283,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
         {"name": "mine", "version": "1", "file": "w.pt", "sha256": sha256_of(tmp_path / "w.pt")},
         {"name": "tampered", "version": "1", "file": "w.pt", "sha256": "0" * 64}]}
     (tmp_path / "Models.json").write_text(json.dumps(manifest), encoding="utf-8")
-    monkeypatch.setattr(inference, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))
+    monkeypatch.setattr(models, "MANIFEST_CANDIDATES", (tmp_path / "Models.json",))
     detector = Detector.from_checkpoint("mine", device="cpu")
     assert detector.info["name"] == "mine" and not detector.trained
     with pytest.raises(UserInputError, match="does not match the manifest"):
@@ -299,7 +294,7 @@ def test_manifest_names_resolve_and_checksums_are_verified(tmp_path, monkeypatch
 
 def test_bundled_demo_resolves_and_reports_whether_it_is_trained():
     detector = Detector.from_checkpoint("demo", device="cpu")
-    manifest = inference.read_manifest()
+    manifest = models.read_manifest()
     entry = next(e for e in manifest["models"] if e["name"] == "demo")
     assert detector.trained == entry["trained"]
     assert isinstance(detector.model, SCPMNet)
@@ -324,13 +319,73 @@ def test_out_of_memory_retries_with_smaller_tiles_and_says_so(caplog):
     scan = blob_scan((16, 64, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), truth)
     config = InferenceConfig(tile_margin_vox=8, min_side_vox=4)
     model = RunsOutOfMemory(limit=16 * 40 * 16)
-    detections = Detector(model, NO_MASK, config).detect(scan)
+    result = Detector(model, NO_MASK, config).detect(scan)
     assert model.sizes[0] == 16 * 64 * 16 and max(model.sizes[-2:]) <= model.limit
+    assert result.tile_voxels == model.sizes[-1] <= model.limit and result.device == "cpu"
     assert "out of memory on cpu with tiles of 16384 voxels; retrying with smaller tiles" in caplog.text
-    reference = Detector(BrightCentroid(), NO_MASK, config).detect(scan)
+    detections = result.detections
+    reference = Detector(BrightCentroid(), NO_MASK, config).detect(scan).detections
     assert len(detections) == len(reference) == 1
     np.testing.assert_allclose(detections[0].center_xyz_mm, reference[0].center_xyz_mm, atol=1e-5)
     np.testing.assert_allclose(detections[0].center_xyz_mm, truth[0], atol=0.5)
+
+
+class OutOfMemoryOffTheCpu(BrightCentroid):
+    """BrightCentroid whose memory runs out on every device but the CPU; it records the device of
+    each input and each device it is moved to."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs, self.moves = [], []
+
+    def _apply(self, fn, recurse=True):
+        self.moves.append(fn(torch.zeros(())).device.type)
+        return super()._apply(fn, recurse)
+
+    def forward(self, image, patch_origin_zyx=None, scan_shape_zyx=None):
+        self.inputs.append(image.device.type)
+        if image.device.type != "cpu":
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return super().forward(image, patch_origin_zyx, scan_shape_zyx)
+
+
+def test_a_fallback_to_the_cpu_is_one_scans_and_its_result_says_so(caplog):
+    """Memory running out off the CPU even with the smallest tiles runs that scan on the CPU, and
+    the next scan starts on the detector's device again. The ``meta`` device stands in for a GPU:
+    tensors go there, and the network runs out of memory there."""
+    scan = blob_scan((16, 32, 16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), [[6.2, 20.3, 5.9]])
+    config = InferenceConfig(tile_margin_vox=8, min_side_vox=4)
+    model = OutOfMemoryOffTheCpu()
+    detector = Detector(model, NO_MASK, config)
+    detector.device = torch.device("meta")
+    model.moves.clear()
+    reference = Detector(BrightCentroid(), NO_MASK, config).detect(scan)
+    for _ in range(2):
+        model.inputs.clear()
+        result = detector.detect(scan)
+        assert model.inputs[0] == "meta" and model.inputs[-1] == "cpu"
+        assert model.moves == ["cpu", "meta"]  # there for this scan, and back
+        model.moves.clear()
+        assert result.device == "cpu" and result.precision == "fp32" and detector.device == torch.device("meta")
+        assert result.tile_voxels == reference.tile_voxels == 16 * 32 * 16  # the CPU starts from whole tiles
+        assert result.detections == reference.detections and len(result.detections) == 1
+    assert "out of memory on meta even with the smallest tiles; continuing this scan on the CPU" in caplog.text
+
+
+def test_results_carry_their_own_timings_and_device():
+    scan = blob_scan((12, 12, 12), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), [[5.0, 5.0, 5.0]])
+    detector = Detector(BrightCentroid(), NO_MASK)
+    first, second = detector.detect(scan), detector.detect(scan)
+    assert list(first.timings_s) == ["resample", "forward", "decode"]
+    assert all(value >= 0.0 for value in first.timings_s.values())
+    assert first.timings_s is not second.timings_s and first.device == second.device == "cpu"
+    with pytest.raises(AttributeError):
+        first.device = "cuda"
+
+
+def test_precisions_other_than_the_known_ones_are_refused():
+    with pytest.raises(UserInputError, match="precision 'fp8'"):
+        InferenceConfig(precision="fp8")
 
 
 def test_auto_precision_on_the_cpu_is_fp32():
@@ -340,4 +395,4 @@ def test_auto_precision_on_the_cpu_is_fp32():
     config = InferenceConfig(score_threshold=0.0, min_side_vox=32)
     auto = Detector(model, NO_MASK, config).detect(scan)
     fp32 = Detector(model, NO_MASK, replace(config, precision="fp32")).detect(scan)
-    assert auto == fp32
+    assert auto.detections == fp32.detections and auto.precision == fp32.precision == "fp32"

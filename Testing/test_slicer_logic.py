@@ -628,7 +628,7 @@ def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scen
     assert fractions == sorted(fractions) and run.fraction == pytest.approx(1.0)
     config = replace(InferenceConfig(), score_threshold=0.0, max_detections=5)
     detector = Detector.from_checkpoint("demo", device="cpu", config=config)
-    expected = detector.detect(logic.image_from_volume_node(volume))
+    expected = detector.detect(logic.image_from_volume_node(volume)).detections
     assert len(review) == len(expected) == 5
     for i, detection in enumerate(expected):
         x, y, z = detection.center_xyz_mm

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from SCPMNoduleLib.checkpoint import load_checkpoint
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import Detector, load_checkpoint
+from SCPMNoduleLib.inference import Detector
 from SCPMNoduleLib.io import write_annotations
 from SCPMNoduleLib.matching import MatchingConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig

@@ -20,9 +20,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
-from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, Detector, InferenceConfig, load_checkpoint
+from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
@@ -58,7 +59,7 @@ def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence
     detector = Detector(copy.deepcopy(model), preprocess, config or InferenceConfig(), device)
     tables = []
     for scan in scans:
-        tables.append(findings_of(scan.seriesuid, detector.detect(read_scan(scan.source))))
+        tables.append(findings_of(scan.seriesuid, detector.detect(read_scan(scan.source)).detections))
         log.debug("%s: %d detections", scan.seriesuid, len(tables[-1]))
     return concat_findings(tables)
 

@@ -1,10 +1,11 @@
 """From a training state to a detector checkpoint and its entry in ``Resources/Models.json``.
 
-The detector checkpoint is :func:`SCPMNoduleLib.inference.save_checkpoint`'s format (weights,
+The detector checkpoint is :func:`SCPMNoduleLib.checkpoint.save_checkpoint`'s format (weights,
 network config, pre-processing config, metadata); the metadata carries the version, the training
 data description, the training run (config, epochs, fold, train scans) and the measured FROC/CPM,
-so the file says what it is without this repository. The manifest entry repeats the summary and
-adds the file's SHA-256, which the detector checks before loading a named model.
+so the file says what it is without this repository. The manifest entry
+(:func:`SCPMNoduleLib.models.manifest_entry`) repeats the summary and adds the file's SHA-256,
+which the detector checks before loading a named model.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import MANIFEST_FORMAT, read_manifest, save_checkpoint
-from SCPMNoduleLib.io import atomic_write, sha256_of
+from SCPMNoduleLib.models import manifest_entry, update_manifest
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
@@ -80,35 +81,10 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                      "validation_cpm": state["best_cpm"], "config": json.loads(json.dumps(state["config"]))},
     }
     save_checkpoint(out_path, model, PreprocessConfig.from_dict(state["preprocess"]), metadata)
-    entry = {"name": name, "version": version, "file": out_path.name, "sha256": sha256_of(out_path),
-             "trained": True, "architecture": architecture_summary(config), "training_data": training_data,
-             "description": description, "metrics": metrics}
+    entry = manifest_entry(out_path, name=name, version=version, architecture=architecture_summary(config),
+                           training_data=training_data, description=description, metrics=metrics,
+                           manifest=manifest)
     if manifest is not None:
-        entry["file"] = _relative_file(out_path, Path(manifest))
         update_manifest(manifest, entry)
     return entry
 
-
-def _relative_file(checkpoint: Path, manifest: Path) -> str:
-    try:
-        return checkpoint.resolve().relative_to(manifest.resolve().parent).as_posix()
-    except ValueError:
-        raise UserInputError(f"{checkpoint}: a manifest entry's file must lie in {manifest.parent} or below it.") from None
-
-
-def update_manifest(path: str | os.PathLike, entry: dict[str, Any]) -> None:
-    """Add ``entry`` to the manifest at ``path`` (created if missing), replacing one of the same name."""
-    path = Path(path)
-    if path.is_file():
-        manifest = read_manifest(path)
-        manifest.pop("path", None)
-    else:
-        manifest = {"format": MANIFEST_FORMAT, "version": 1, "models": []}
-    names = [model.get("name") for model in manifest["models"]]
-    if entry["name"] in names:
-        manifest["models"][names.index(entry["name"])] = entry
-    else:
-        manifest["models"].append(entry)
-    with atomic_write(path) as handle:
-        json.dump(manifest, handle, indent=1)
-        handle.write("\n")

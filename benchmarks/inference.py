@@ -35,8 +35,9 @@ import torch
 
 
 def _model(name: str):
-    from SCPMNoduleLib.inference import load_checkpoint, resolve_model
+    from SCPMNoduleLib.checkpoint import load_checkpoint
     from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
+    from SCPMNoduleLib.models import resolve_model
     from SCPMNoduleLib.preprocess import PreprocessConfig
 
     if name == "demo":
@@ -65,10 +66,11 @@ def _peak_memory() -> dict:
 
 
 def worker(options: dict) -> dict:
-    from SCPMNoduleLib.inference import Detector, InferenceConfig, plan_tiles
+    from SCPMNoduleLib.inference import Detector, InferenceConfig
     from SCPMNoduleLib.io import read_scan
     from SCPMNoduleLib.pipeline import FORMATS, detect_scan
     from SCPMNoduleLib.preprocess import prepare_scan
+    from SCPMNoduleLib.tiling import plan_tiles
 
     if options["threads"]:
         torch.set_num_threads(options["threads"])

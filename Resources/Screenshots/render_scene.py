@@ -94,7 +94,7 @@ def review_for(volume_node, phantom, args):
         from SCPMNoduleLib.inference import Detector
 
         detector = Detector.from_checkpoint(args.model, device="cpu")
-        detections = [d for d in detector.detect(phantom.image) if d.probability >= args.threshold]
+        detections = [d for d in detector.detect(phantom.image).detections if d.probability >= args.threshold]
         caption = f"SCPM-Net '{args.model}' model, p >= {args.threshold:g}"
     return mrml_logic.NoduleReview.create(volume_node, detections[: args.max_detections]), caption
 

@@ -1,0 +1,78 @@
+"""Detector checkpoints: one file holding a network, its pre-processing and what it is.
+
+A checkpoint is read with ``torch.load(weights_only=True)`` (no code is unpickled): a dict with
+``format`` (:data:`CHECKPOINT_FORMAT`), ``version`` (:data:`CHECKPOINT_VERSION`),
+``model_config`` (:class:`~SCPMNoduleLib.model.SCPMNetConfig`'s fields), ``preprocess_config``
+(:meth:`~SCPMNoduleLib.preprocess.PreprocessConfig.to_dict`, with its own version),
+``state_dict`` (CPU tensors) and ``metadata`` (JSON types: training data, epochs, metrics,
+whether the weights are trained). Which checkpoints ship, under which names, is
+:mod:`SCPMNoduleLib.models`'s business.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .errors import UserInputError
+from .io import atomic_write
+from .model import SCPMNet, SCPMNetConfig
+from .preprocess import PREPROCESS_VERSION, PreprocessConfig
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "scpm-nodule-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: PreprocessConfig,
+                    metadata: dict | None = None) -> None:
+    """Write a checkpoint readable with ``torch.load(weights_only=True)``, atomically.
+
+    ``metadata`` (JSON types only) holds what a reader should know: training data, epochs,
+    metrics, whether the weights are trained.
+    """
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "model_config": asdict(model.config), "preprocess_config": preprocess.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    with atomic_write(path, "wb") as handle:
+        torch.save(checkpoint, handle)
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, dict]:
+    """Read a checkpoint without unpickling code; refuse anything that is not ours, with one sentence.
+
+    Returns the model (eval mode, CPU), its pre-processing and its metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: checkpoint file not found.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types for a damaged or foreign file
+        raise UserInputError(f"{path}: the file is not a readable checkpoint (damaged, or not saved by torch).") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserInputError(f"{path}: the file is not an SCPM-Net checkpoint of this program.")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise UserInputError(f"{path}: checkpoint version {checkpoint.get('version')} is not the "
+                             f"version {CHECKPOINT_VERSION} this program reads.")
+    try:
+        config = SCPMNetConfig(**checkpoint["model_config"])
+    except (KeyError, TypeError, ValueError):
+        raise UserInputError(f"{path}: the checkpoint's architecture is not one this program's SCPM-Net can build.") from None
+    preprocess_values = checkpoint.get("preprocess_config", {})
+    if not isinstance(preprocess_values, dict) or preprocess_values.get("version") != PREPROCESS_VERSION:
+        raise UserInputError(f"{path}: the checkpoint's pre-processing version is not {PREPROCESS_VERSION}.")
+    preprocess = PreprocessConfig.from_dict(preprocess_values)
+    model = SCPMNet(config)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (KeyError, RuntimeError):
+        raise UserInputError(f"{path}: the checkpoint's weights do not match its architecture.") from None
+    return model.eval(), preprocess, dict(checkpoint.get("metadata", {}))
