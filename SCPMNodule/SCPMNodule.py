@@ -34,6 +34,7 @@ from slicer.util import VTKObservationMixin
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import safe_file_name
+from SCPMNoduleLib.models import read_manifest
 from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle,
                             check_input_volume, detector_requirements, reattach_sidecar, restore_review, series_uid,
                             volume_node_from_image, write_markups_json, write_review_csv, write_table_csv)
@@ -308,8 +309,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelNames() -> list[str]:
         """The models of the extension's ``Models.json`` (read without PyTorch), ``demo`` if it lists none."""
-        from SCPMNoduleLib.models import read_manifest
-
         return [model["name"] for model in read_manifest()["models"]] or ["demo"]
 
     @staticmethod
