@@ -18,8 +18,10 @@ are treated alike):
 2. **Air inside the body**: HU below ``air_hu`` inside the filled body; 3-D connected components.
 3. **Airways off**: an opening with a ball of radius ``opening_fraction·L`` (13 mm for an adult:
    wider than the trachea and main bronchi, narrower than a lung) keeps the lungs' thick cores; each
-   core is grown back over the air within the same radius, so airways stay only where they enter
-   the lung, and left and right lungs that touch at a thin junction come apart.
+   core is grown back over the air within twice that radius, and without limit further than
+   ``midline_fraction·L`` from the body's mid-sagittal plane (a lung's apex and recesses are thin
+   too), so airways stay only where they enter the lung, and left and right lungs that touch at a
+   thin junction come apart.
 4. **Lung or gas**: the cores of each air component are grouped by side (patient left or right of
    the body's centre); such a group is a lung when its volume is at least ``min_lung_fraction·L³``
    (adult lungs: 0.06-0.2 L³ each; bowel gas and lung bases in an abdominal scan: under 0.013 L³)
@@ -42,7 +44,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-__all__ = ["RIGHT", "LEFT", "Grid", "CoarseGrid", "LungFinderConfig", "AirGroup", "LungFinding",
+__all__ = ["LEFT", "RIGHT", "AirGroup", "CoarseGrid", "Grid", "LungFinderConfig", "LungFinding",
            "find_lungs"]
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ class LungFinderConfig:
         body_hu: tissue above this.
         pure_air_hu: a block below this holds gas, not lung parenchyma.
         opening_fraction: radius of the opening that cuts the airways off, over ``L``.
+        midline_fraction: the mediastinum (trachea, main bronchi) lies within this times ``L``
+            of the body's centre (patient's left-right); outside it, thin air joins its lung
+            wherever it is (apex, costophrenic recesses).
         min_lung_fraction: smallest lung, as a volume over ``L³``.
         max_pure_air_fraction: largest share of a lung's blocks below ``pure_air_hu``.
         min_blocks_across: when ``L`` spans fewer blocks than this, the finder runs again with
@@ -96,6 +101,7 @@ class LungFinderConfig:
     body_hu: float = -500.0
     pure_air_hu: float = -950.0
     opening_fraction: float = 0.05
+    midline_fraction: float = 0.15
     min_lung_fraction: float = 0.02
     max_pure_air_fraction: float = 0.5
     min_blocks_across: int = 24
@@ -293,12 +299,13 @@ def _world_box(grid: Grid, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndar
     return world.min(axis=0), world.max(axis=0)
 
 
-def _thick_air(air_labels: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _thick_air(air_labels: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float,
+               lateral: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Step 3: ``(parts, depth, component_of_part)``: each core of the air deeper than
-    ``radius_mm``, labelled 1..n and grown back over its own air component within ``radius_mm``
-    (nearest core wins: the opening, and thin air within
-    ``radius_mm`` of it); the depth map of the air; and each part's air component (index 0 unused)."""
+    ``radius_mm``, labelled 1..n and grown back over its own air component (nearest core wins)
+    within ``2·radius_mm`` (the opening, and thin air beside it), or anywhere ``lateral`` (outside
+    the mediastinum: a lung's apex and recesses); the depth map of the air; and each part's air
+    component (index 0 unused)."""
     air = air_labels > 0
     depth = ndimage.distance_transform_edt(air, sampling=spacing_zyx).astype(np.float32)
     cores, count = ndimage.label(depth > radius_mm)
@@ -310,7 +317,7 @@ def _thick_air(air_labels: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float
     distance, nearest = ndimage.distance_transform_edt(cores == 0, sampling=spacing_zyx,
                                                        return_indices=True)
     parts = cores[tuple(nearest)]
-    parts[(distance > 2 * radius_mm) | (component_of_part[parts] != air_labels)] = 0
+    parts[((distance > 2 * radius_mm) & ~lateral) | (component_of_part[parts] != air_labels)] = 0
     return parts, depth, component_of_part
 
 
@@ -360,7 +367,7 @@ def _find_at(image: sitk.Image, grid: Grid, block: int, config: LungFinderConfig
         return _find_at(image, grid, block // 2, config)
     block_ml = float(np.prod(coarse.spacing_xyz_mm)) / 1000.0
     min_ml = config.min_lung_fraction * (size_mm / 10.0) ** 3
-    air_labels, _ = ndimage.label(body & (hu < config.air_hu))
+    air_labels, _ = ndimage.label(body & (hu < config.air_hu), np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(air_labels.ravel()) * block_ml
     sizes[0] = 0.0
     if sizes.max(initial=0.0) < min_ml:
@@ -380,11 +387,17 @@ def _find_at(image: sitk.Image, grid: Grid, block: int, config: LungFinderConfig
         return coarse.index_to_world(np.asarray(index_zyx) + low)
 
     radius_mm = config.opening_fraction * size_mm
-    parts, depth, component_of_part = _thick_air(air_labels[crop], spacing_zyx, radius_mm)
+    body_centre_x = float(coarse.index_to_world(np.mean(np.argwhere(body), axis=0))[0])
+    steps_x = coarse.direction[0] * coarse.spacing_xyz_mm  # world x per index step (x, y, z)
+    shape = tuple(s.stop - s.start for s in crop)
+    x_mm = float(to_world(np.zeros(3))[0]) + sum(
+        (steps_x[2 - axis] * np.arange(n)).reshape([n if a == axis else 1 for a in range(3)])
+        for axis, n in enumerate(shape))
+    lateral = np.abs(x_mm - body_centre_x) >= config.midline_fraction * size_mm
+    parts, depth, component_of_part = _thick_air(air_labels[crop], spacing_zyx, radius_mm, lateral)
     if len(component_of_part) == 1:
         return _no_lungs(coarse, block, grid, size_mm,
                          f"no air inside the body thicker than {2 * radius_mm:.0f} mm")
-    body_centre_x = float(coarse.index_to_world(np.mean(np.argwhere(body), axis=0))[0])
     group_map, groups = _measure_groups(hu[crop], parts, depth, component_of_part, to_world,
                                         body_centre_x, size_mm, block_ml, inside[crop], config)
     lung_groups = [g for g, group in enumerate(groups, start=1) if group.is_lung]
