@@ -14,7 +14,8 @@ are treated alike):
 
 1. **Body**: tissue = HU above ``body_hu``; eroded once, its largest connected component (the
    scanner table and blankets hang on by thin bridges that the erosion cuts), grown back within the
-   tissue, and its holes filled in each axial plane.
+   tissue (geodesically), and its holes filled in the axial, coronal and sagittal planes (a chest
+   wall thinner than a block can read as air and open a lung in some planes of one family).
 2. **Air inside the body**: HU below ``air_hu`` inside the filled body; 3-D connected components.
 3. **Airways off**: an opening with a ball of radius ``opening_fraction·L`` (13 mm for an adult:
    wider than the trachea and main bronchi, narrower than a lung) keeps the lungs' thick cores; each
