@@ -1,0 +1,86 @@
+"""Time the lung finder (``SCPMNoduleLib.lungs.find_lungs``) against the old coarse lung mask.
+
+On the five real volumes of ``../shared/realct`` (when present; the derivatives in
+``Testing/data/realct`` otherwise) and on ``--phantoms`` full-size phantoms generated in memory
+(seeds 1000, 1001, ...), prints per scan the seconds of each finder (best of ``--repeats``), the
+lungs found and their volume, then the median and worst seconds per scan. Both run on the network's
+1 mm grid with blocks of 4 voxels, as ``prepare_scan`` calls them.
+
+    python benchmarks/lung_finder.py [--phantoms 20] [--repeats 3] [--realct ../shared/realct]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import SimpleITK as sitk  # noqa: E402
+
+from SCPMNoduleLib.io import read_scan  # noqa: E402
+from SCPMNoduleLib.lungs import find_lungs  # noqa: E402
+from SCPMNoduleLib.phantom import generate_phantom, phantom_config  # noqa: E402
+from SCPMNoduleLib.preprocess import PreprocessConfig, lung_mask, resampled_geometry  # noqa: E402
+
+REAL = ["lung-pet-ct-dx-A0001/ct_5mm_L.nii.gz", "lung-pet-ct-dx-A0001/ct_5mm_B.nii.gz",
+        "lung-pet-ct-dx-A0002/ct_8mm_B70f.nii.gz", "lung-pet-ct-dx-A0002/ct_8mm_B40f.nii.gz",
+        "totalsegmentator-example/abdomen_3mm.nii.gz", "totalsegmentator-example/ct_dicom"]
+DERIVATIVES = Path(__file__).resolve().parent.parent / "Testing" / "data" / "realct"
+
+
+def _best(function, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def _scans(realct: Path, phantoms: int):
+    if realct.is_dir():
+        for name in REAL:
+            yield name, read_scan(realct / name)
+    else:
+        for path in sorted(DERIVATIVES.glob("*.nii.gz")):
+            yield f"{path.name} (derivative)", read_scan(path)
+    for i in range(phantoms):
+        yield f"phantom full seed {1000 + i}", generate_phantom(1000 + i, phantom_config("full")).image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phantoms", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--realct", type=Path, default=Path("../shared/realct"))
+    args = parser.parse_args()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(2)
+    config = PreprocessConfig()
+    new_s, old_s = {"real": [], "phantom": []}, {"real": [], "phantom": []}
+    for name, image in _scans(args.realct, args.phantoms):
+        kind = "phantom" if name.startswith("phantom") else "real"
+        geometry = resampled_geometry(image, config.spacing_xyz_mm)
+        seconds, found = _best(functools.partial(find_lungs, image, geometry, config.mask_block), args.repeats)
+        old, mask = _best(functools.partial(lung_mask, image, geometry, config), args.repeats)
+        new_s[kind].append(seconds)
+        old_s[kind].append(old)
+        what = (f"{found.n_lungs} lungs, {found.volume_ml:.0f} mL" if found.found
+                else f"no lungs ({found.reason})")
+        print(f"{name:48s} new {seconds:6.3f} s  old {old:6.3f} s ({'a mask' if mask is not None else 'none'})"
+              f"  {what}", flush=True)
+    for kind in ("real", "phantom"):
+        if new_s[kind]:
+            print(f"{kind:7s}: new finder median {statistics.median(new_s[kind]):.3f} s, worst "
+                  f"{max(new_s[kind]):.3f} s; old mask median {statistics.median(old_s[kind]):.3f} s, "
+                  f"worst {max(old_s[kind]):.3f} s ({len(new_s[kind])} scans)")
+
+
+if __name__ == "__main__":
+    main()
