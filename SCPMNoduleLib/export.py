@@ -12,7 +12,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from .errors import UserInputError
@@ -84,17 +83,9 @@ def read_detections_json(path: str | os.PathLike) -> list[Detection]:
         raise UserInputError(f"{path}: a detection lacks center_xyz_mm, diameter_mm or probability.") from None
 
 
-def detections_to_findings(seriesuid: str, detections: Sequence[Detection]) -> Findings:
-    """Detections of one scan as LUNA16 candidate rows (column-wise)."""
-    centers = np.array([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
-    return Findings.from_columns([seriesuid] * len(detections), centers,
-                                 [d.diameter_mm for d in detections],
-                                 [d.probability for d in detections])
-
-
 def write_candidates_csv(path: str | os.PathLike, seriesuid: str, detections: Sequence[Detection]) -> None:
     """LUNA16 candidates ``seriesuid,coordX,coordY,coordZ,probability,diameter_mm``."""
-    write_candidates(path, detections_to_findings(seriesuid, detections))
+    write_candidates(path, Findings.from_detections(seriesuid, detections))
 
 
 def markup_label(rank: int) -> str:

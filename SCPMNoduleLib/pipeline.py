@@ -19,15 +19,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import UserInputError
-from .export import (
-    describe_scan,
-    detections_to_findings,
-    write_candidates_csv,
-    write_detections_json,
-    write_markups_json,
-)
 from .detection import Detection
+from .errors import UserInputError
+from .export import describe_scan, write_candidates_csv, write_detections_json, write_markups_json
 from .inference import DetectionCancelled, Detector
 from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
 from .preprocess import ScanGeometry
@@ -168,10 +162,8 @@ def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detec
     with atomic_write(out_dir / SUMMARY_NAME, encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
     if "csv" in formats:
-        tables = [detections_to_findings(r.scan, r.detections) for r in results if r.ok]
-        write_candidates(out_dir / BATCH_CANDIDATES_NAME, Findings(
-            *(np.concatenate([getattr(t, column) for t in tables])
-              for column in ("seriesuids", "centers_xyz_mm", "diameters_mm", "probabilities"))))
+        write_candidates(out_dir / BATCH_CANDIDATES_NAME, Findings.concat(
+            [Findings.from_detections(r.scan, r.detections) for r in results if r.ok]))
 
 
 @dataclass

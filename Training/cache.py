@@ -60,6 +60,11 @@ class SourceScan:
 class CachedScan:
     """One cached scan, as the training data and validation use it.
 
+    Its spheres come twice, for two users: as voxel arrays of the stored crop
+    (``centers_zyx_vox``, ``radii_vox``), which the patch sampler and the centre-points matching
+    take as they are, and as world-mm :class:`~SCPMNoduleLib.io.Findings` rows (``annotations``,
+    ``excluded``), which the FROC evaluation of held-out scans takes.
+
     Attributes:
         seriesuid: LUNA16 series uid.
         fold: the subset number (fold ``k`` validates on subset ``k``).
