@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import UserInputError
 from .detection import Detection
+from .documents import read_document
+from .errors import UserInputError
 from .io import Findings, atomic_write, write_candidates
 
 REPORT_FORMAT = "scpm-nodule-detections"
@@ -64,17 +64,7 @@ def write_detections_json(
 
 def read_detections_json(path: str | os.PathLike) -> list[Detection]:
     """Read the detections of a report written by :func:`write_detections_json`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: file not found.")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserInputError(f"{path}: the file is not valid JSON.") from None
-    if not isinstance(document, dict) or document.get("format") != REPORT_FORMAT:
-        raise UserInputError(f"{path}: the file is not a {REPORT_FORMAT} report.")
-    if document.get("version") != REPORT_VERSION:
-        raise UserInputError(f"{path}: report version {document.get('version')} is not {REPORT_VERSION}.")
+    document = read_document(path, REPORT_FORMAT, REPORT_VERSION, f"a {REPORT_FORMAT} report")
     try:
         return [Detection(tuple(float(v) for v in d["center_xyz_mm"]), float(d["diameter_mm"]),
                           float(d["probability"]), int(d.get("level", 0)))

@@ -62,6 +62,17 @@ def test_bad_values_are_refused_with_their_name(override, message):
         load_config(None, [override])
 
 
+def test_config_files_are_read_with_one_sentence_per_problem(tmp_path):
+    with pytest.raises(UserInputError, match=r"run.json: file not found\.$"):
+        load_config(tmp_path / "run.json")
+    (tmp_path / "run.json").write_text("{'optim': 1}", encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"run.json: the file is not valid JSON \(Expecting property name"):
+        load_config(tmp_path / "run.json")
+    (tmp_path / "run.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"run.json: expected a JSON object\.$"):
+        load_config(tmp_path / "run.json")
+
+
 def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, capsys):
     status = main(["fit", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert status == 2

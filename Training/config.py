@@ -13,9 +13,9 @@ import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
+from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.losses import LossConfig
@@ -245,13 +245,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     """
     merged = TrainConfig().to_dict()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"{path}: config file not found.")
-        try:
-            _merge(merged, json.loads(path.read_text(encoding="utf-8")), str(path))
-        except json.JSONDecodeError as error:
-            raise UserInputError(f"{path}: not valid JSON ({error}).")
+        _merge(merged, read_json(path), str(path))
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
