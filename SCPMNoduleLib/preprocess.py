@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import UserInputError
+from .config_dict import dataclass_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,9 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; lists from JSON become tuples; unknown keys are refused."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UserInputError(f"pre-processing config: unknown settings {', '.join(unknown)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        """Inverse of :meth:`to_dict` (:func:`~SCPMNoduleLib.config_dict.dataclass_from_dict`: lists
+        from JSON become tuples; unknown keys and values of the wrong type are refused)."""
+        return dataclass_from_dict(cls, values, "pre-processing config")
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """``(clip(hu) - hu_min) / (hu_max - hu_min)`` as float32, any shape."""

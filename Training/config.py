@@ -7,14 +7,12 @@ beside the checkpoints is the config actually used, overrides included.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import types
-import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from SCPMNoduleLib.config_dict import dataclass_from_dict
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
@@ -150,7 +148,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        config = _build(cls, data, "config")
+        """Inverse of :meth:`to_dict` (:func:`~SCPMNoduleLib.config_dict.dataclass_from_dict`), validated."""
+        config = dataclass_from_dict(cls, data, "config")
         config.validate()
         return config
 
@@ -195,46 +194,6 @@ class TrainConfig:
             return float(lr)
         end, next_lr = schedule[i + 1]
         return float(lr + (epoch - start) / (end - start) * (next_lr - lr))
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a JSON-like dict, recursively; lists become tuples."""
-    if not isinstance(data, dict):
-        raise UserInputError(f"{where}: expected an object, got {type(data).__name__}.")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}.")
-    values = {}
-    for name, value in data.items():
-        values[name] = _convert(hints[name], value, f"{where}.{name}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise UserInputError(f"{where}: {error}.")
-
-
-_SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if origin is tuple and isinstance(value, (list, tuple)):
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], item, where) for item in value)
-        return tuple(_convert(arg, item, where) for arg, item in zip(args, value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in _SCALAR_NAMES and type(value) is not hint:
-        article = "an" if hint is int else "a"
-        raise UserInputError(f"{where}: {value!r} is not {article} {_SCALAR_NAMES[hint]}.")
-    return value
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
