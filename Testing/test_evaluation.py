@@ -13,7 +13,9 @@ from SCPMNoduleLib.evaluation import (
     EvaluationConfig,
     bootstrap_resamples,
     evaluate_froc,
+    luna16_hit,
     plot_froc,
+    squared_distance_mm2,
 )
 from SCPMNoduleLib.io import Findings, write_annotations, write_candidates, write_seriesuids
 
@@ -57,6 +59,18 @@ def test_candidate_exactly_on_the_radius_misses_and_counts_as_fp():
     result = evaluate_froc(annotations, Findings.empty(), ["a"], inside, NO_BOOTSTRAP)
     assert result.counts.n_detected == 1 and result.counts.n_false_positives == 1
     assert result.nodules.probabilities[0] == 0.8
+
+
+def test_hit_rule_is_strictly_inside_the_sphere_and_broadcasts():
+    # Nodule at the origin, diameter 10 mm (r^2 = 25); points at 4.9, 5 and (3, 4, 0) mm = 5 mm.
+    points = np.array([[4.9, 0.0, 0.0], [5.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    squared = squared_distance_mm2(points, np.zeros(3))
+    np.testing.assert_array_equal(squared, [4.9 * 4.9, 25.0, 25.0])
+    np.testing.assert_array_equal(luna16_hit(squared, 10.0), [True, False, False])
+    # (points, spheres) matrix: the second sphere (diameter 12 mm at x = 1) holds all three.
+    matrix = luna16_hit(squared_distance_mm2(points[:, None], np.array([[0, 0, 0], [1, 0, 0]])[None]),
+                        np.array([10.0, 12.0])[None])
+    np.testing.assert_array_equal(matrix, [[True, True], [False, True], [False, True]])
 
 
 def test_negative_diameter_means_10_mm():
@@ -476,3 +490,4 @@ def test_plot_without_bootstrap_writes_a_png(tmp_path):
     plot_froc({"plain": result}, tmp_path / "froc.png")
     assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["froc.png"]
+
