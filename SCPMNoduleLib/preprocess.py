@@ -150,11 +150,6 @@ def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0)
     )
 
 
-def resample(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> sitk.Image:
-    """Linear resampling to ``spacing_xyz_mm`` in the image's own axes (:func:`resampled_geometry`)."""
-    return resample_onto(image, resampled_geometry(image, spacing_xyz_mm))
-
-
 @dataclass(frozen=True)
 class LungMask:
     """A coarse lung mask over the resampled grid.

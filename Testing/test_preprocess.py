@@ -1,5 +1,7 @@
 """Pre-processing: index <-> world maps, resampling in the image's own axes, HU window, lung mask."""
 
+from dataclasses import replace
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -9,7 +11,8 @@ from SCPMNoduleLib.preprocess import (
     _lung_mask_of_blocks,
     lung_mask,
     prepare_scan,
-    resample,
+    resample_onto,
+    resampled_geometry,
 )
 
 
@@ -47,7 +50,7 @@ def test_resampling_keeps_the_world_map_exactly_for_a_linear_ramp():
     ramp = (geometry.index_to_world(grid) @ gradient).astype(np.float32)
     image = _image((12, 20, 18), (0.7, 0.7, 2.5), (10.0, -5.0, 40.0), direction, ramp)
 
-    out = resample(image, (1.0, 1.0, 1.0))
+    out = resample_onto(image, resampled_geometry(image, (1.0, 1.0, 1.0)))
     assert out.GetSpacing() == (1.0, 1.0, 1.0)
     np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin())
     np.testing.assert_allclose(out.GetDirection(), image.GetDirection())
@@ -149,7 +152,7 @@ def test_the_crop_is_exactly_the_whole_resampled_grid_cropped():
     config = PreprocessConfig(mask_dilation_mm=3.0)
     prepared = prepare_scan(image, config, align=4)
     assert np.any(prepared.crop_start_zyx > 0)
-    whole = config.normalize(sitk.GetArrayFromImage(resample(image, config.spacing_xyz_mm)))
+    whole = prepare_scan(image, replace(config, lung_mask=False)).image
     (z, y, x), (d, h, w) = prepared.crop_start_zyx, prepared.image.shape
     np.testing.assert_array_equal(prepared.image, whole[z:z + d, y:y + h, x:x + w])
     assert prepared.geometry.shape_zyx == whole.shape
