@@ -15,6 +15,12 @@ Every refusal is a :class:`~SCPMNoduleLib.errors.UserInputError` whose sentence 
 key's path (``config.optim.epochs: 5.5 is not an integer.``); a dataclass whose constructor
 refuses the values with ``TypeError`` or ``ValueError`` is reported under its path the same way,
 and one that raises ``UserInputError`` itself keeps its own sentence.
+
+The rule for config dataclasses: each checks its own values when it is made (``__post_init__``)
+and refuses a bad one with ``UserInputError``, never ``ValueError``, because configs are filled
+from what users give (JSON files, command-line overrides, checkpoints, the Slicer panel) and
+``UserInputError`` is what every entry point reports as one sentence. :func:`invalid_setting`
+writes that sentence, ``MatchingConfig.top_k: 0 is not at least 1.``
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, TypeVar
 
 from .errors import UserInputError
 
-__all__ = ["dataclass_from_dict"]
+__all__ = ["dataclass_from_dict", "invalid_setting"]
 
 T = TypeVar("T")
 
@@ -83,3 +89,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         raise UserInputError(f"{where}: {value!r} is not {article} {_SCALAR_NAMES[hint]}.")
     return value
 
+
+def invalid_setting(config: Any, name: str, expected: str) -> UserInputError:
+    """The error for field ``name`` of dataclass ``config``: ``"<Class>.<name>: <value> <expected>."``.
+
+    ``expected`` says what the value fails, e.g. ``"is not at least 1"``; the caller raises it.
+    """
+    return UserInputError(f"{type(config).__name__}.{name}: {getattr(config, name)!r} {expected}.")

@@ -51,6 +51,7 @@ from typing import Any, Union
 import numpy as np
 import scipy.sparse
 
+from .config_dict import invalid_setting
 from .errors import UserInputError
 from .io import (
     ANNOTATION_COLUMNS,
@@ -98,6 +99,27 @@ class EvaluationConfig:
     bootstrap_chunk: int = 250
     size_edges_mm: tuple[float, float] = (6.0, 10.0)
     size_fp_rates: tuple[float, ...] = (1.0, 4.0)
+
+    def __post_init__(self) -> None:
+        """Refuse numbers the evaluation cannot use (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        for name in ("fp_rates", "size_fp_rates"):
+            rates = getattr(self, name)
+            if len(rates) == 0 or not all(math.isfinite(r) and r > 0 for r in rates):
+                raise invalid_setting(self, name, "is not a non-empty list of positive FP rates")
+        if self.max_candidates_per_scan is not None and not self.max_candidates_per_scan >= 1:
+            raise invalid_setting(self, "max_candidates_per_scan", "is not at least 1 (or None)")
+        if not (math.isfinite(self.default_diameter_mm) and self.default_diameter_mm > 0):
+            raise invalid_setting(self, "default_diameter_mm", "is not a positive diameter")
+        if not self.n_bootstraps >= 0:
+            raise invalid_setting(self, "n_bootstraps", "is negative")
+        if not 0.0 < self.confidence < 1.0:
+            raise invalid_setting(self, "confidence", "is not in (0, 1)")
+        for name in ("band_points", "bootstrap_chunk"):
+            if not getattr(self, name) >= 1:
+                raise invalid_setting(self, name, "is not at least 1")
+        edges = self.size_edges_mm
+        if len(edges) != 2 or not edges[0] <= edges[1]:
+            raise invalid_setting(self, "size_edges_mm", "is not two increasing diameters")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .config_dict import dataclass_from_dict
+from .config_dict import dataclass_from_dict, invalid_setting
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ class PreprocessConfig:
     lung_min_volume_ml: float = 5.0
     mask_block: int = 4
     mask_dilation_mm: float = 10.0
+
+    def __post_init__(self) -> None:
+        """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        spacing = self.spacing_xyz_mm
+        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise invalid_setting(self, "spacing_xyz_mm", "is not three positive spacings")
+        if not self.hu_min < self.hu_max:
+            raise invalid_setting(self, "hu_max", f"is not above hu_min ({self.hu_min!r})")
+        if self.mask_block < 1:
+            raise invalid_setting(self, "mask_block", "is not at least 1")
+        for name in ("lung_min_volume_ml", "mask_dilation_mm"):
+            if not getattr(self, name) >= 0:
+                raise invalid_setting(self, name, "is negative")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import pytest
 
-from SCPMNoduleLib.config_dict import dataclass_from_dict
+from SCPMNoduleLib.config_dict import dataclass_from_dict, invalid_setting
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
@@ -20,7 +20,7 @@ class Inner:
 
     def __post_init__(self) -> None:
         if self.size < 1:
-            raise UserInputError(f"Inner.size: {self.size!r} is not at least 1.")
+            raise invalid_setting(self, "size", "is not at least 1")
         if self.scale > 100:
             raise ValueError("scale is too large.")
 

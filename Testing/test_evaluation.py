@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from SCPMNoduleLib.cli import main
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import (
     FP_RATES,
     EvaluationConfig,
@@ -491,3 +492,21 @@ def test_plot_without_bootstrap_writes_a_png(tmp_path):
     assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["froc.png"]
 
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"fp_rates": ()}, "EvaluationConfig.fp_rates: () is not a non-empty list of positive FP rates."),
+    ({"fp_rates": (0.125, 0.0)}, "EvaluationConfig.fp_rates: (0.125, 0.0) is not a non-empty list of positive FP rates."),
+    ({"size_fp_rates": (-1.0,)}, "EvaluationConfig.size_fp_rates: (-1.0,) is not a non-empty list of positive FP rates."),
+    ({"max_candidates_per_scan": 0}, "EvaluationConfig.max_candidates_per_scan: 0 is not at least 1 (or None)."),
+    ({"default_diameter_mm": 0.0}, "EvaluationConfig.default_diameter_mm: 0.0 is not a positive diameter."),
+    ({"n_bootstraps": -1}, "EvaluationConfig.n_bootstraps: -1 is negative."),
+    ({"confidence": 1.0}, "EvaluationConfig.confidence: 1.0 is not in (0, 1)."),
+    ({"band_points": 0}, "EvaluationConfig.band_points: 0 is not at least 1."),
+    ({"bootstrap_chunk": 0}, "EvaluationConfig.bootstrap_chunk: 0 is not at least 1."),
+    ({"size_edges_mm": (10.0, 6.0)}, "EvaluationConfig.size_edges_mm: (10.0, 6.0) is not two increasing diameters."),
+])
+def test_config_refuses_numbers_the_evaluation_cannot_use(settings, sentence):
+    with pytest.raises(UserInputError) as raised:
+        EvaluationConfig(**settings)
+    assert str(raised.value) == sentence
+    assert EvaluationConfig(max_candidates_per_scan=None, n_bootstraps=0).max_candidates_per_scan is None

@@ -3,8 +3,10 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import (
     PreprocessConfig,
     ScanGeometry,
@@ -73,6 +75,22 @@ def test_config_round_trips_through_json_lists():
     config = PreprocessConfig(spacing_xyz_mm=(1.0, 1.0, 1.5), lung_mask=False)
     as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
     assert PreprocessConfig.from_dict(as_json) == config
+
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"spacing_xyz_mm": (1.0, 0.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 0.0, 1.0) is not three positive spacings."),
+    ({"spacing_xyz_mm": (1.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 1.0) is not three positive spacings."),
+    ({"hu_min": 600.0}, "PreprocessConfig.hu_max: 600.0 is not above hu_min (600.0)."),
+    ({"mask_block": 0}, "PreprocessConfig.mask_block: 0 is not at least 1."),
+    ({"lung_min_volume_ml": -1.0}, "PreprocessConfig.lung_min_volume_ml: -1.0 is negative."),
+    ({"mask_dilation_mm": float("nan")}, "PreprocessConfig.mask_dilation_mm: nan is negative."),
+])
+def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence):
+    with pytest.raises(UserInputError) as raised:
+        PreprocessConfig(**settings)
+    assert str(raised.value) == sentence
+    with pytest.raises(UserInputError, match=r"^PreprocessConfig.mask_block: 0 is not at least 1\.$"):
+        PreprocessConfig.from_dict({"mask_block": 0})
 
 
 def chest_phantom(shape_zyx=(48, 64, 64)) -> tuple[np.ndarray, np.ndarray]:

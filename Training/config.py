@@ -143,18 +143,25 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     channels_last: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict` (:func:`~SCPMNoduleLib.config_dict.dataclass_from_dict`), validated."""
-        config = dataclass_from_dict(cls, data, "config")
-        config.validate()
-        return config
+        return dataclass_from_dict(cls, data, "config")
 
     def validate(self) -> None:
-        """Raise :class:`UserInputError` for values no training run can use."""
+        """Raise :class:`UserInputError` for values no training run can use.
+
+        Runs when the config is made; call it again after changing a field (the config is
+        mutable). The sentences name the settings by their keys in the JSON file and the
+        overrides (``config optim.ema_decay: ...``); the library's configs inside check their own
+        values (``MatchingConfig.top_k: ...``).
+        """
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise UserInputError(f"config amp: {self.amp!r} is not one of auto, off, bf16, fp16.")
         schedule = self.optim.lr_schedule
