@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected nodule.
+    """One detected nodule, as the detector returns it for one scan (a list, best first).
+
+    A row object rather than a :class:`~SCPMNoduleLib.io.Findings` table: a scan's result is
+    read one nodule at a time (reports, markups, the Slicer review), it carries the head
+    ``level``, and it needs no series uid. ``Findings.from_detections`` makes table rows of it.
 
     Attributes:
         center_xyz_mm: world position, LPS millimetres (ITK / LUNA16 convention).

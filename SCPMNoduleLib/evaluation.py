@@ -51,6 +51,7 @@ from typing import Any, Union
 import numpy as np
 import scipy.sparse
 
+from .config_dict import invalid_setting
 from .errors import UserInputError
 from .io import (
     ANNOTATION_COLUMNS,
@@ -99,6 +100,27 @@ class EvaluationConfig:
     bootstrap_chunk: int = 250
     size_edges_mm: tuple[float, float] = (6.0, 10.0)
     size_fp_rates: tuple[float, ...] = (1.0, 4.0)
+
+    def __post_init__(self) -> None:
+        """Refuse numbers the evaluation cannot use (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        for name in ("fp_rates", "size_fp_rates"):
+            rates = getattr(self, name)
+            if len(rates) == 0 or not all(math.isfinite(r) and r > 0 for r in rates):
+                raise invalid_setting(self, name, "is not a non-empty list of positive FP rates")
+        if self.max_candidates_per_scan is not None and not self.max_candidates_per_scan >= 1:
+            raise invalid_setting(self, "max_candidates_per_scan", "is not at least 1 (or None)")
+        if not (math.isfinite(self.default_diameter_mm) and self.default_diameter_mm > 0):
+            raise invalid_setting(self, "default_diameter_mm", "is not a positive diameter")
+        if not self.n_bootstraps >= 0:
+            raise invalid_setting(self, "n_bootstraps", "is negative")
+        if not 0.0 < self.confidence < 1.0:
+            raise invalid_setting(self, "confidence", "is not in (0, 1)")
+        for name in ("band_points", "bootstrap_chunk"):
+            if not getattr(self, name) >= 1:
+                raise invalid_setting(self, name, "is not at least 1")
+        edges = self.size_edges_mm
+        if len(edges) != 2 or not edges[0] <= edges[1]:
+            raise invalid_setting(self, "size_edges_mm", "is not two increasing diameters")
 
 
 @dataclass(frozen=True)
@@ -332,10 +354,18 @@ def _pairs_in_same_scan(scan_a: np.ndarray, scan_b: np.ndarray,
     return i, j
 
 
-def _squared_distance(a_xyz: np.ndarray, b_xyz: np.ndarray) -> np.ndarray:
-    """``dx^2 + dy^2 + dz^2`` summed in that order, as the official script does."""
-    d = a_xyz - b_xyz
-    return d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1] + d[:, 2] * d[:, 2]
+def squared_distance_mm2(a_xyz: np.ndarray, b_xyz: np.ndarray) -> np.ndarray:
+    """``(...)`` squared distances of ``(..., 3)`` points (broadcast): ``dx^2 + dy^2 + dz^2`` summed
+    in that order, as the official script does."""
+    d = np.asarray(a_xyz, np.float64) - np.asarray(b_xyz, np.float64)
+    return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2]
+
+
+def luna16_hit(squared_distance: np.ndarray, diameters_mm: np.ndarray) -> np.ndarray:
+    """LUNA16's hit rule, elementwise (broadcast): a point at squared distance ``|c - n|^2``
+    (:func:`squared_distance_mm2`) from the centre of a sphere of diameter ``d`` hits it when
+    ``|c - n|^2 < (d / 2)^2``, strictly (a point exactly on the sphere misses)."""
+    return squared_distance < (np.asarray(diameters_mm, np.float64) / 2.0) ** 2.0
 
 
 @dataclass(frozen=True)
@@ -555,16 +585,16 @@ def _nearest_candidate(finding: np.ndarray, candidate: np.ndarray, squared_mm2: 
 def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, excluded_scan: np.ndarray,
            candidates: Findings, candidate_scan: np.ndarray, n_scans: int,
            default_diameter_mm: float) -> _Matches:
-    """Hits ``|c - n|^2 < (d / 2)^2`` over every (finding, candidate) pair of the same scan."""
+    """Hits (:func:`luna16_hit`) over every (finding, candidate) pair of the same scan."""
     n_nodules = len(nodules)
     finding_scan = np.concatenate([nodule_scan, excluded_scan])
     finding_xyz = np.concatenate([nodules.centers_xyz_mm, excluded.centers_xyz_mm])
     diameters = np.concatenate([nodules.diameters_mm, excluded.diameters_mm])
     diameters = np.where(diameters < 0.0, default_diameter_mm, diameters)
     f, c = _pairs_in_same_scan(finding_scan, candidate_scan, n_scans)
-    squared = _squared_distance(finding_xyz[f], candidates.centers_xyz_mm[c])
+    squared = squared_distance_mm2(finding_xyz[f], candidates.centers_xyz_mm[c])
     nearest = _nearest_candidate(f, c, squared, candidates.probabilities, n_nodules)
-    hit = squared < (diameters[f] / 2.0) ** 2.0
+    hit = luna16_hit(squared, diameters[f])
     f, c = f[hit], c[hit]
     included = f < n_nodules  # the included nodules come first
     best = np.full(n_nodules, -np.inf)

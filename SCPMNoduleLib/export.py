@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from .errors import UserInputError
 from .detection import Detection
+from .documents import read_document
+from .errors import UserInputError
 from .io import Findings, atomic_write, write_candidates
 
 REPORT_FORMAT = "scpm-nodule-detections"
@@ -65,17 +64,7 @@ def write_detections_json(
 
 def read_detections_json(path: str | os.PathLike) -> list[Detection]:
     """Read the detections of a report written by :func:`write_detections_json`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: file not found.")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserInputError(f"{path}: the file is not valid JSON.") from None
-    if not isinstance(document, dict) or document.get("format") != REPORT_FORMAT:
-        raise UserInputError(f"{path}: the file is not a {REPORT_FORMAT} report.")
-    if document.get("version") != REPORT_VERSION:
-        raise UserInputError(f"{path}: report version {document.get('version')} is not {REPORT_VERSION}.")
+    document = read_document(path, REPORT_FORMAT, REPORT_VERSION, f"a {REPORT_FORMAT} report")
     try:
         return [Detection(tuple(float(v) for v in d["center_xyz_mm"]), float(d["diameter_mm"]),
                           float(d["probability"]), int(d.get("level", 0)))
@@ -84,17 +73,9 @@ def read_detections_json(path: str | os.PathLike) -> list[Detection]:
         raise UserInputError(f"{path}: a detection lacks center_xyz_mm, diameter_mm or probability.") from None
 
 
-def detections_to_findings(seriesuid: str, detections: Sequence[Detection]) -> Findings:
-    """Detections of one scan as LUNA16 candidate rows (column-wise)."""
-    centers = np.array([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
-    return Findings.from_columns([seriesuid] * len(detections), centers,
-                                 [d.diameter_mm for d in detections],
-                                 [d.probability for d in detections])
-
-
 def write_candidates_csv(path: str | os.PathLike, seriesuid: str, detections: Sequence[Detection]) -> None:
     """LUNA16 candidates ``seriesuid,coordX,coordY,coordZ,probability,diameter_mm``."""
-    write_candidates(path, detections_to_findings(seriesuid, detections))
+    write_candidates(path, Findings.from_detections(seriesuid, detections))
 
 
 def markup_label(rank: int) -> str:

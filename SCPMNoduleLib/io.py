@@ -31,6 +31,7 @@ from typing import TypeVar
 import numpy as np
 import SimpleITK as sitk
 
+from .detection import Detection
 from .errors import UserInputError
 
 T = TypeVar("T")
@@ -46,7 +47,12 @@ CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
 
 @dataclass(frozen=True)
 class Findings:
-    """Rows of a LUNA16 table, column-wise.
+    """Rows of a LUNA16 table, column-wise: spheres of many scans, each row with its scan's uid.
+
+    This is the shape for spheres in world millimetres across scans (candidates, annotations,
+    excluded findings): the evaluation and the CSV files work on whole columns. One scan's
+    detector output is a list of :class:`~SCPMNoduleLib.detection.Detection` instead;
+    :meth:`from_detections` turns it into rows, :meth:`concat` joins tables.
 
     Attributes:
         seriesuids: ``(N,)`` str array.
@@ -76,6 +82,23 @@ class Findings:
 
         return cls(np.asarray(seriesuids, dtype=str).reshape(n), centers, column(diameters_mm),
                    column(probabilities))
+
+    @classmethod
+    def from_detections(cls, seriesuid: str, detections: Sequence[Detection]) -> Findings:
+        """One scan's detections as candidate rows (world mm, diameter, probability), in order."""
+        centers = np.array([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
+        return cls.from_columns([seriesuid] * len(detections), centers,
+                                [d.diameter_mm for d in detections],
+                                [d.probability for d in detections])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Findings]) -> Findings:
+        """The rows of ``parts``, table after table (no table: :meth:`empty`)."""
+        parts = [part for part in parts if len(part)]
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(part, column) for part in parts])
+                     for column in ("seriesuids", "centers_xyz_mm", "diameters_mm", "probabilities")))
 
     @classmethod
     def empty(cls) -> Findings:

@@ -39,6 +39,7 @@ appearance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from SCPMNoduleLib.coder import encode_spheres, grid_points_zyx_vox
+from SCPMNoduleLib.config_dict import invalid_setting
 from SCPMNoduleLib.quasirandom import unit_ball_samples
 
 
@@ -68,6 +70,18 @@ class MatchingConfig:
     ignore_radius_factor: float = 1.0
     min_visible_fraction: float = 0.5
     visibility_samples: int = 4096
+
+    def __post_init__(self) -> None:
+        """Refuse values the rules cannot use (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        for name in ("top_k", "visibility_samples"):
+            if not getattr(self, name) >= 1:
+                raise invalid_setting(self, name, "is not at least 1")
+        if not self.ignore_dilation >= 0:
+            raise invalid_setting(self, "ignore_dilation", "is negative")
+        if not (math.isfinite(self.ignore_radius_factor) and self.ignore_radius_factor >= 0):
+            raise invalid_setting(self, "ignore_radius_factor", "is not a non-negative number")
+        if not 0.0 <= self.min_visible_fraction <= 1.0:
+            raise invalid_setting(self, "min_visible_fraction", "is not in [0, 1]")
 
 
 @dataclass

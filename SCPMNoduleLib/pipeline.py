@@ -19,15 +19,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import UserInputError
-from .export import (
-    describe_scan,
-    detections_to_findings,
-    write_candidates_csv,
-    write_detections_json,
-    write_markups_json,
-)
 from .detection import Detection
+from .errors import UserInputError
+from .evaluation import luna16_hit, squared_distance_mm2
+from .export import describe_scan, write_candidates_csv, write_detections_json, write_markups_json
 from .inference import DetectionCancelled, Detector
 from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
 from .plotting import save_detection_slices
@@ -171,10 +166,8 @@ def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detec
     with atomic_write(out_dir / SUMMARY_NAME, encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
     if "csv" in formats:
-        tables = [detections_to_findings(r.scan, r.detections) for r in results if r.ok]
-        write_candidates(out_dir / BATCH_CANDIDATES_NAME, Findings(
-            *(np.concatenate([getattr(t, column) for t in tables])
-              for column in ("seriesuids", "centers_xyz_mm", "diameters_mm", "probabilities"))))
+        write_candidates(out_dir / BATCH_CANDIDATES_NAME, Findings.concat(
+            [Findings.from_detections(r.scan, r.detections) for r in results if r.ok]))
 
 
 @dataclass
@@ -192,13 +185,13 @@ class DemoResult:
 
 def match_to_truth(detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
                    truth_diameters_mm: np.ndarray) -> np.ndarray:
-    """For each detection the nearest true nodule whose sphere holds its centre (LUNA16's hit
-    rule, squared distance strictly below the squared radius), else -1."""
+    """For each detection the nearest true nodule whose sphere holds its centre
+    (:func:`~SCPMNoduleLib.evaluation.luna16_hit`), else -1."""
     centers = np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
     if truth_xyz_mm.size == 0:
         return np.full(len(centers), -1)
-    distance2 = ((centers[:, None, :] - truth_xyz_mm[None, :, :]) ** 2).sum(-1)
-    inside = distance2 < (truth_diameters_mm[None, :] / 2) ** 2
+    distance2 = squared_distance_mm2(centers[:, None, :], truth_xyz_mm[None, :, :])
+    inside = luna16_hit(distance2, truth_diameters_mm[None, :])
     return np.where(inside.any(axis=1), np.where(inside, distance2, np.inf).argmin(axis=1), -1)
 
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import UserInputError
+from .config_dict import dataclass_from_dict, invalid_setting
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,27 @@ class PreprocessConfig:
     mask_block: int = 4
     mask_dilation_mm: float = 10.0
 
+    def __post_init__(self) -> None:
+        """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        spacing = self.spacing_xyz_mm
+        if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
+            raise invalid_setting(self, "spacing_xyz_mm", "is not three positive spacings")
+        if not self.hu_min < self.hu_max:
+            raise invalid_setting(self, "hu_max", f"is not above hu_min ({self.hu_min!r})")
+        if self.mask_block < 1:
+            raise invalid_setting(self, "mask_block", "is not at least 1")
+        for name in ("lung_min_volume_ml", "mask_dilation_mm"):
+            if not getattr(self, name) >= 0:
+                raise invalid_setting(self, name, "is negative")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; lists from JSON become tuples; unknown keys are refused."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise UserInputError(f"pre-processing config: unknown settings {', '.join(unknown)}.")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        """Inverse of :meth:`to_dict` (:func:`~SCPMNoduleLib.config_dict.dataclass_from_dict`: lists
+        from JSON become tuples; unknown keys and values of the wrong type are refused)."""
+        return dataclass_from_dict(cls, values, "pre-processing config")
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """``(clip(hu) - hu_min) / (hu_max - hu_min)`` as float32, any shape."""
@@ -151,11 +161,6 @@ def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0)
         [float(v) for v in origin], [float(v) for v in geometry.spacing_xyz_mm],
         [float(v) for v in geometry.direction.ravel()], 0.0, sitk.sitkFloat32,
     )
-
-
-def resample(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> sitk.Image:
-    """Linear resampling to ``spacing_xyz_mm`` in the image's own axes (:func:`resampled_geometry`)."""
-    return resample_onto(image, resampled_geometry(image, spacing_xyz_mm))
 
 
 @dataclass(frozen=True)

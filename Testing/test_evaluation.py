@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from SCPMNoduleLib.cli import main
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import (
     FP_RATES,
     EvaluationConfig,
     bootstrap_resamples,
     evaluate_froc,
+    luna16_hit,
+    squared_distance_mm2,
 )
 from SCPMNoduleLib.io import Findings, write_annotations, write_candidates, write_seriesuids
 from SCPMNoduleLib.plotting import plot_froc
@@ -57,6 +60,18 @@ def test_candidate_exactly_on_the_radius_misses_and_counts_as_fp():
     result = evaluate_froc(annotations, Findings.empty(), ["a"], inside, NO_BOOTSTRAP)
     assert result.counts.n_detected == 1 and result.counts.n_false_positives == 1
     assert result.nodules.probabilities[0] == 0.8
+
+
+def test_hit_rule_is_strictly_inside_the_sphere_and_broadcasts():
+    # Nodule at the origin, diameter 10 mm (r^2 = 25); points at 4.9, 5 and (3, 4, 0) mm = 5 mm.
+    points = np.array([[4.9, 0.0, 0.0], [5.0, 0.0, 0.0], [3.0, 4.0, 0.0]])
+    squared = squared_distance_mm2(points, np.zeros(3))
+    np.testing.assert_array_equal(squared, [4.9 * 4.9, 25.0, 25.0])
+    np.testing.assert_array_equal(luna16_hit(squared, 10.0), [True, False, False])
+    # (points, spheres) matrix: the second sphere (diameter 12 mm at x = 1) holds all three.
+    matrix = luna16_hit(squared_distance_mm2(points[:, None], np.array([[0, 0, 0], [1, 0, 0]])[None]),
+                        np.array([10.0, 12.0])[None])
+    np.testing.assert_array_equal(matrix, [[True, True], [False, True], [False, True]])
 
 
 def test_negative_diameter_means_10_mm():
@@ -476,3 +491,22 @@ def test_plot_without_bootstrap_writes_a_png(tmp_path):
     plot_froc({"plain": result}, tmp_path / "froc.png")
     assert (tmp_path / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["froc.png"]
+
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"fp_rates": ()}, "EvaluationConfig.fp_rates: () is not a non-empty list of positive FP rates."),
+    ({"fp_rates": (0.125, 0.0)}, "EvaluationConfig.fp_rates: (0.125, 0.0) is not a non-empty list of positive FP rates."),
+    ({"size_fp_rates": (-1.0,)}, "EvaluationConfig.size_fp_rates: (-1.0,) is not a non-empty list of positive FP rates."),
+    ({"max_candidates_per_scan": 0}, "EvaluationConfig.max_candidates_per_scan: 0 is not at least 1 (or None)."),
+    ({"default_diameter_mm": 0.0}, "EvaluationConfig.default_diameter_mm: 0.0 is not a positive diameter."),
+    ({"n_bootstraps": -1}, "EvaluationConfig.n_bootstraps: -1 is negative."),
+    ({"confidence": 1.0}, "EvaluationConfig.confidence: 1.0 is not in (0, 1)."),
+    ({"band_points": 0}, "EvaluationConfig.band_points: 0 is not at least 1."),
+    ({"bootstrap_chunk": 0}, "EvaluationConfig.bootstrap_chunk: 0 is not at least 1."),
+    ({"size_edges_mm": (10.0, 6.0)}, "EvaluationConfig.size_edges_mm: (10.0, 6.0) is not two increasing diameters."),
+])
+def test_config_refuses_numbers_the_evaluation_cannot_use(settings, sentence):
+    with pytest.raises(UserInputError) as raised:
+        EvaluationConfig(**settings)
+    assert str(raised.value) == sentence
+    assert EvaluationConfig(max_candidates_per_scan=None, n_bootstraps=0).max_candidates_per_scan is None

@@ -106,3 +106,24 @@ def test_atomic_write_respects_the_umask_like_open(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "out.csv").stat().st_mode) == 0o644
+
+
+def test_detections_become_rows_and_tables_concatenate_in_order():
+    from SCPMNoduleLib.detection import Detection
+
+    detections = [Detection((1.0, 2.0, 3.0), 6.5, 0.9, 1), Detection((-4.0, 5.0, -6.0), 3.25, 0.25)]
+    first = Findings.from_detections("1.2.3", detections)
+    assert list(first.seriesuids) == ["1.2.3", "1.2.3"]
+    np.testing.assert_array_equal(first.centers_xyz_mm, [[1.0, 2.0, 3.0], [-4.0, 5.0, -6.0]])
+    np.testing.assert_array_equal(first.diameters_mm, [6.5, 3.25])
+    np.testing.assert_array_equal(first.probabilities, [0.9, 0.25])
+    none = Findings.from_detections("1.2.4", [])
+    assert len(none) == 0 and none.centers_xyz_mm.shape == (0, 3)
+    second = Findings.from_detections("1.2.40", detections[1:])
+    joined = Findings.concat([first, none, second])
+    assert list(joined.seriesuids) == ["1.2.3", "1.2.3", "1.2.40"]
+    np.testing.assert_array_equal(joined.centers_xyz_mm, [[1.0, 2.0, 3.0], [-4.0, 5.0, -6.0], [-4.0, 5.0, -6.0]])
+    np.testing.assert_array_equal(joined.probabilities, [0.9, 0.25, 0.25])
+    empty = Findings.concat([])
+    assert len(empty) == 0 and empty.centers_xyz_mm.shape == (0, 3)
+    assert len(Findings.concat([none, none])) == 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.matching import MatchingConfig, match_centre_points, sphere_fraction_inside_patch
 
 PATCH = (64, 64, 64)
@@ -250,3 +251,20 @@ def test_ignored_findings_without_radii_are_refused():
 def test_patch_not_a_multiple_of_the_stride_is_refused():
     with pytest.raises(ValueError, match="multiple of stride"):
         match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], (60, 64, 64), (8,))
+
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"top_k": 0}, "MatchingConfig.top_k: 0 is not at least 1."),
+    ({"visibility_samples": 0}, "MatchingConfig.visibility_samples: 0 is not at least 1."),
+    ({"ignore_dilation": -1}, "MatchingConfig.ignore_dilation: -1 is negative."),
+    ({"ignore_radius_factor": -0.5}, "MatchingConfig.ignore_radius_factor: -0.5 is not a non-negative number."),
+    ({"ignore_radius_factor": float("nan")}, "MatchingConfig.ignore_radius_factor: nan is not a non-negative number."),
+    ({"min_visible_fraction": 1.5}, "MatchingConfig.min_visible_fraction: 1.5 is not in [0, 1]."),
+])
+def test_config_refuses_values_the_rules_cannot_use(settings, sentence):
+    with pytest.raises(UserInputError) as raised:
+        MatchingConfig(**settings)
+    assert str(raised.value) == sentence
+    edge = MatchingConfig(top_k=1, ignore_dilation=0, ignore_radius_factor=0.0, min_visible_fraction=0.0)
+    assert edge.top_k == 1 and MatchingConfig(min_visible_fraction=1.0).min_visible_fraction == 1.0
+

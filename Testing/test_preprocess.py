@@ -1,15 +1,20 @@
 """Pre-processing: index <-> world maps, resampling in the image's own axes, HU window, lung mask."""
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import (
     PreprocessConfig,
     ScanGeometry,
     _lung_mask_of_blocks,
     lung_mask,
     prepare_scan,
-    resample,
+    resample_onto,
+    resampled_geometry,
 )
 
 
@@ -47,7 +52,7 @@ def test_resampling_keeps_the_world_map_exactly_for_a_linear_ramp():
     ramp = (geometry.index_to_world(grid) @ gradient).astype(np.float32)
     image = _image((12, 20, 18), (0.7, 0.7, 2.5), (10.0, -5.0, 40.0), direction, ramp)
 
-    out = resample(image, (1.0, 1.0, 1.0))
+    out = resample_onto(image, resampled_geometry(image, (1.0, 1.0, 1.0)))
     assert out.GetSpacing() == (1.0, 1.0, 1.0)
     np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin())
     np.testing.assert_allclose(out.GetDirection(), image.GetDirection())
@@ -70,6 +75,22 @@ def test_config_round_trips_through_json_lists():
     config = PreprocessConfig(spacing_xyz_mm=(1.0, 1.0, 1.5), lung_mask=False)
     as_json = {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}
     assert PreprocessConfig.from_dict(as_json) == config
+
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"spacing_xyz_mm": (1.0, 0.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 0.0, 1.0) is not three positive spacings."),
+    ({"spacing_xyz_mm": (1.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 1.0) is not three positive spacings."),
+    ({"hu_min": 600.0}, "PreprocessConfig.hu_max: 600.0 is not above hu_min (600.0)."),
+    ({"mask_block": 0}, "PreprocessConfig.mask_block: 0 is not at least 1."),
+    ({"lung_min_volume_ml": -1.0}, "PreprocessConfig.lung_min_volume_ml: -1.0 is negative."),
+    ({"mask_dilation_mm": float("nan")}, "PreprocessConfig.mask_dilation_mm: nan is negative."),
+])
+def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence):
+    with pytest.raises(UserInputError) as raised:
+        PreprocessConfig(**settings)
+    assert str(raised.value) == sentence
+    with pytest.raises(UserInputError, match=r"^PreprocessConfig.mask_block: 0 is not at least 1\.$"):
+        PreprocessConfig.from_dict({"mask_block": 0})
 
 
 def chest_phantom(shape_zyx=(48, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +170,7 @@ def test_the_crop_is_exactly_the_whole_resampled_grid_cropped():
     config = PreprocessConfig(mask_dilation_mm=3.0)
     prepared = prepare_scan(image, config, align=4)
     assert np.any(prepared.crop_start_zyx > 0)
-    whole = config.normalize(sitk.GetArrayFromImage(resample(image, config.spacing_xyz_mm)))
+    whole = prepare_scan(image, replace(config, lung_mask=False)).image
     (z, y, x), (d, h, w) = prepared.crop_start_zyx, prepared.image.shape
     np.testing.assert_array_equal(prepared.image, whole[z:z + d, y:y + h, x:x + w])
     assert prepared.geometry.shape_zyx == whole.shape

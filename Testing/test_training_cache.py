@@ -64,3 +64,27 @@ def test_cache_refuses_a_folder_without_luna16_subsets(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(UserInputError, match="subset"):
         build_cache(tmp_path / "data", tmp_path / "cache", progress=False)
+
+
+def test_cache_files_of_another_version_or_damaged_name_the_file_and_the_remedy(cached):
+    tmp_path, _, _ = cached
+    cache = tmp_path / "cache"
+    metadata_path = sorted((cache / "scans").glob("*.json"))[0]
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    metadata_path.write_text(json.dumps({**metadata, "version": 0}), encoding="utf-8")
+    with pytest.raises(UserInputError) as raised:
+        load_cache(cache, checksum=False)
+    assert str(raised.value).startswith(
+        f"{metadata_path}: scpm-train-cache version 0 is not the version 1 this program reads; "
+        "run scpm-train preprocess --data ")
+    metadata_path.write_text("{", encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"the file is not valid JSON \(.*\); run scpm-train preprocess"):
+        load_cache(cache, checksum=False)
+    assert build_cache(tmp_path / "data", cache, progress=False)["built"] == 1
+
+    info = json.loads((cache / "cache.json").read_text(encoding="utf-8"))
+    (cache / "cache.json").write_text(json.dumps({**info, "format": "other"}), encoding="utf-8")
+    with pytest.raises(UserInputError) as raised:
+        load_cache(cache)
+    assert str(raised.value) == (f"{cache / 'cache.json'}: the file is not a scpm-train cache description (its "
+                                 "format is 'other', not 'scpm-train-cache'); run scpm-train preprocess again.")

@@ -62,6 +62,29 @@ def test_bad_values_are_refused_with_their_name(override, message):
         load_config(None, [override])
 
 
+def test_settings_of_the_library_configs_are_checked_by_their_own_rules():
+    with pytest.raises(UserInputError, match=r"^MatchingConfig.top_k: 0 is not at least 1\.$"):
+        load_config(None, ["matching.top_k=0"])
+    with pytest.raises(UserInputError, match=r"^config.model: Invalid SCPMNetConfig: head_levels"):
+        load_config(None, ["model.head_levels=9"])
+
+
+def test_config_files_are_read_with_one_sentence_per_problem(tmp_path):
+    with pytest.raises(UserInputError, match=r"run.json: file not found\.$"):
+        load_config(tmp_path / "run.json")
+    (tmp_path / "run.json").write_text("{'optim': 1}", encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"run.json: the file is not valid JSON \(Expecting property name"):
+        load_config(tmp_path / "run.json")
+    (tmp_path / "run.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(UserInputError, match=r"run.json: expected a JSON object\.$"):
+        load_config(tmp_path / "run.json")
+
+
+def test_a_config_is_checked_when_it_is_made():
+    with pytest.raises(UserInputError, match="config amp: 'fast' is not one of"):
+        TrainConfig(amp="fast")
+
+
 def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, capsys):
     status = main(["fit", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert status == 2

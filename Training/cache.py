@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from SCPMNoduleLib.documents import DocumentError, read_document
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, map_in_processes, read_annotations, read_scan,
                               scan_name, sha256_of)
@@ -45,6 +46,7 @@ CACHE_FORMAT = "scpm-train-cache"
 CACHE_VERSION = 1
 STORAGE_DTYPE = np.float16
 _SUBSET = re.compile(r"^subset(\d+)$")
+_SCAN_METADATA = "a scpm-train cached scan's metadata"
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,11 @@ class SourceScan:
 @dataclass(frozen=True)
 class CachedScan:
     """One cached scan, as the training data and validation use it.
+
+    Its spheres come twice, for two users: as voxel arrays of the stored crop
+    (``centers_zyx_vox``, ``radii_vox``), which the patch sampler and the centre-points matching
+    take as they are, and as world-mm :class:`~SCPMNoduleLib.io.Findings` rows (``annotations``,
+    ``excluded``), which the FROC evaluation of held-out scans takes.
 
     Attributes:
         seriesuid: LUNA16 series uid.
@@ -193,11 +200,9 @@ def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: 
     if not metadata_path.is_file():
         return "not cached"
     try:
-        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        return f"unreadable metadata ({error})"
-    if metadata.get("format") != CACHE_FORMAT or metadata.get("version") != CACHE_VERSION:
-        return "cache format of another version"
+        metadata = read_document(metadata_path, CACHE_FORMAT, CACHE_VERSION, _SCAN_METADATA)
+    except DocumentError as error:
+        return error.reason
     if preprocess is not None and metadata.get("preprocess") != preprocess:
         return "cached with another pre-processing config"
     for key in ("image", "lung_mask"):
@@ -283,10 +288,10 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(cache_dir) / "cache.json"
     if not path.is_file():
         raise UserInputError(f"{cache_dir}: not a training cache (no cache.json); run scpm-train preprocess.")
-    info = json.loads(path.read_text(encoding="utf-8"))
-    if info.get("format") != CACHE_FORMAT or info.get("version") != CACHE_VERSION:
-        raise UserInputError(f"{path}: a cache of another format or version; run scpm-train preprocess again.")
-    return info
+    try:
+        return read_document(path, CACHE_FORMAT, CACHE_VERSION, "a scpm-train cache description")
+    except DocumentError as error:
+        raise UserInputError(f"{path}: {error.reason}; run scpm-train preprocess again.") from None
 
 
 def _sphere_centers(records: list[dict[str, Any]]) -> np.ndarray:
@@ -327,7 +332,7 @@ def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
                 f"{path}: {problem}; run scpm-train preprocess --data {info['data_dir']} --cache {cache_dir} "
                 "to rebuild it."
             )
-        metadata = json.loads(path.read_text(encoding="utf-8"))
+        metadata = read_document(path, CACHE_FORMAT, CACHE_VERSION, _SCAN_METADATA)
         nodules, excluded = metadata["nodules"], metadata["excluded"]
         uid = metadata["seriesuid"]
         scans.append(CachedScan(

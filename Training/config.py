@@ -7,15 +7,13 @@ beside the checkpoints is the config actually used, overrides included.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import types
-import typing
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
+from SCPMNoduleLib.config_dict import dataclass_from_dict
+from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.losses import LossConfig
@@ -145,17 +143,25 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     channels_last: bool = True
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        config = _build(cls, data, "config")
-        config.validate()
-        return config
+        """Inverse of :meth:`to_dict` (:func:`~SCPMNoduleLib.config_dict.dataclass_from_dict`), validated."""
+        return dataclass_from_dict(cls, data, "config")
 
     def validate(self) -> None:
-        """Raise :class:`UserInputError` for values no training run can use."""
+        """Raise :class:`UserInputError` for values no training run can use.
+
+        Runs when the config is made; call it again after changing a field (the config is
+        mutable). The sentences name the settings by their keys in the JSON file and the
+        overrides (``config optim.ema_decay: ...``); the library's configs inside check their own
+        values (``MatchingConfig.top_k: ...``).
+        """
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise UserInputError(f"config amp: {self.amp!r} is not one of auto, off, bf16, fp16.")
         schedule = self.optim.lr_schedule
@@ -197,46 +203,6 @@ class TrainConfig:
         return float(lr + (epoch - start) / (end - start) * (next_lr - lr))
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a JSON-like dict, recursively; lists become tuples."""
-    if not isinstance(data, dict):
-        raise UserInputError(f"{where}: expected an object, got {type(data).__name__}.")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserInputError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}.")
-    values = {}
-    for name, value in data.items():
-        values[name] = _convert(hints[name], value, f"{where}.{name}")
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as error:
-        raise UserInputError(f"{where}: {error}.")
-
-
-_SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if origin is tuple and isinstance(value, (list, tuple)):
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], item, where) for item in value)
-        return tuple(_convert(arg, item, where) for arg, item in zip(args, value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint in _SCALAR_NAMES and type(value) is not hint:
-        article = "an" if hint is int else "a"
-        raise UserInputError(f"{where}: {value!r} is not {article} {_SCALAR_NAMES[hint]}.")
-    return value
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
     """The defaults, updated by a JSON file (any subset of keys), then by ``key.sub=value`` overrides.
 
@@ -245,13 +211,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     """
     merged = TrainConfig().to_dict()
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise UserInputError(f"{path}: config file not found.")
-        try:
-            _merge(merged, json.loads(path.read_text(encoding="utf-8")), str(path))
-        except json.JSONDecodeError as error:
-            raise UserInputError(f"{path}: not valid JSON ({error}).")
+        _merge(merged, read_json(path), str(path))
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
