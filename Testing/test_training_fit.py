@@ -16,7 +16,8 @@ from Training.cache import build_cache, load_cache
 from Training.config import load_config
 from Training.data import EpochSampler, MatchingCollate, PatchDataset
 from Training.export import export_model
-from Training.trainer import Trainer, load_state, model_from_state
+from Training.state import load_state, model_from_state
+from Training.trainer import Trainer
 
 TINY = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",

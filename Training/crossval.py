@@ -20,7 +20,8 @@ from SCPMNoduleLib.io import write_candidates
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig
 from .detect import concat_findings, detect_sharded
-from .trainer import Trainer, load_state, model_from_state
+from .state import load_state, model_from_state
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 

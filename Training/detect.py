@@ -97,7 +97,7 @@ def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequen
 
 def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
     """The network and pre-processing of a training state (``best.pt``) or of a detector checkpoint."""
-    from .trainer import load_state, model_from_state
+    from .state import load_state, model_from_state
 
     try:
         is_detector = torch.load(path, map_location="cpu", weights_only=True).get("format") == CHECKPOINT_FORMAT

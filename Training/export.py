@@ -21,7 +21,7 @@ from SCPMNoduleLib.io import atomic_write, sha256_of
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
-from .trainer import load_state, model_from_state
+from .state import load_state, model_from_state
 
 
 def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:

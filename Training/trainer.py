@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +38,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from SCPMNoduleLib import __version__
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import InferenceConfig
@@ -54,11 +51,10 @@ from .cache import CachedScan, load_cache, read_cache_info
 from .config import TrainConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
 from .detect import concat_findings, detect_sharded
+from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
 log = logging.getLogger(__name__)
 
-STATE_FORMAT = "scpm-train-state"
-STATE_VERSION = 1
 LOG_COLUMNS = ("epoch", "step", "lr", "total", *LOSS_TERMS, "samples_per_s", "data_wait_share")
 VALIDATION_COLUMNS = ("epoch", "cpm", "sens_1_8", "sens_1_4", "sens_1_2", "sens_1", "sens_2", "sens_4", "sens_8")
 
@@ -116,71 +112,6 @@ def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[Cac
     if not train:
         raise UserInputError(f"--fold {fold}: every cached scan is in subset {fold}; nothing is left to train on.")
     return train, [scan for scan in scans if scan.fold == fold]
-
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy = state["numpy"]
-    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["gauss"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """A training state written by :class:`Trainer` (weights-only unpickling: tensors and plain data)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: training checkpoint not found.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserInputError(f"{path}: not a scpm-train training checkpoint.")
-    if state.get("version") != STATE_VERSION:
-        raise UserInputError(f"{path}: training checkpoint version {state.get('version')}, expected {STATE_VERSION}.")
-    return state
-
-
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """``model.load_state_dict(weights)``, a mismatch reported as bad input naming ``where``."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError:
-        raise UserInputError(f"{where}: the checkpoint's weights do not fit its network config "
-                             "(saved by another version of the network code?).") from None
-
-
-def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:
-    """The network a training state deploys (CPU, train mode): its weights' moving average when the
-    run kept one (``optim.ema_decay > 0``), its last weights otherwise."""
-    model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
-    average = state.get("weight_average")
-    load_weights(model, average["weights"] if average is not None else state["model"], where)
-    return model
-
-
-def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 over every parameter's bytes in ``named_parameters`` order (identical weights <=> equal)."""
-    digest = hashlib.sha256()
-    for name, parameter in model.named_parameters():
-        digest.update(name.encode())
-        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _append_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
@@ -314,14 +245,14 @@ class Trainer:
     # ------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimiser, scaler, RNGs, counters, config."""
+        """Everything needed to continue exactly: weights, optimiser, scaler, RNGs, counters, config
+        (what :func:`~Training.state.save_state` writes under the format's header)."""
         return {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__,
             "epoch": self.epoch, "step": self.step, "fold": self.fold,
             "best_cpm": self.best_cpm, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "weight_average": self.average.state_dict() if self.average is not None else None,
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "config": self.config.to_dict(), "preprocess": self.preprocess.to_dict(),
             "train_seriesuids": [scan.seriesuid for scan in self.train_scans],
         }
@@ -342,13 +273,12 @@ class Trainer:
             self.average.load_state_dict(state["weight_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_cpm, self.best_epoch = float(state["best_cpm"]), int(state["best_epoch"])
 
     def _save(self, name: str) -> None:
-        with atomic_write(self.out_dir / name, "wb") as handle:
-            torch.save(self.state_dict(), handle)
+        save_state(self.out_dir / name, self.state_dict())
 
     # ------------------------------------------------------------------------------ loop
 
