@@ -20,10 +20,6 @@ from SCPMNoduleLib.cli import run_command
 from SCPMNoduleLib.errors import UserInputError
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def _load_config(args: argparse.Namespace):
     from .config import load_config
 
@@ -58,10 +54,11 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 def _run_cv(args: argparse.Namespace) -> int:
     from .crossval import cross_validate
+    from .distributed import process_rank
 
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     result = cross_validate(_load_config(args), args.cache, args.out, folds, args.device)
-    if _rank() == 0:
+    if process_rank() == 0:
         rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
         print(f"cross-validation CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}/report")
     return 0
@@ -147,18 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .distributed import process_rank, shutdown_distributed
+
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    prefix = "" if _rank() == 0 else f"[rank {_rank()}] "
-    logging.basicConfig(level=level if _rank() == 0 else logging.WARNING,
+    rank = process_rank()
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return run_command("scpm-train", args, interrupted="interrupted; continue with --resume")
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from SCPMNoduleLib.io import write_candidates
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig
 from .detect import concat_findings, detect_sharded
+from .distributed import process_rank
 from .state import load_state, model_from_state
 from .trainer import Trainer
 
@@ -41,7 +42,7 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
         The FROC of the pooled held-out candidates (on rank 0; other DDP processes get it too).
     """
     out_dir = Path(out_dir)
-    scans = load_cache(cache_dir, checksum=int(os.environ.get("RANK", "0")) == 0)
+    scans = load_cache(cache_dir, checksum=process_rank() == 0)
     folds = sorted({scan.fold for scan in scans}) if folds is None else list(folds)
     held_out = [scan for scan in scans if scan.fold in folds]
     tables = []

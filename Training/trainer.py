@@ -27,7 +27,6 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,51 +50,13 @@ from .cache import CachedScan, load_cache, read_cache_info
 from .config import TrainConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
 from .detect import concat_findings, detect_sharded
+from .distributed import init_distributed
 from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("epoch", "step", "lr", "total", *LOSS_TERMS, "samples_per_s", "data_wait_share")
 VALIDATION_COLUMNS = ("epoch", "cpm", "sens_1_8", "sens_1_4", "sens_1_2", "sens_1", "sens_2", "sens_4", "sens_8")
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """Where this process sits in a (possibly single-process) run."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str = "auto") -> Distributed:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``) and pick the device.
-
-    Args:
-        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserInputError(f"--device {device!r}: expected auto, cpu or cuda.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA device is available.")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if world_size > 1 else 0
-    return Distributed(rank, world_size, local_rank, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
 
 
 def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[CachedScan], list[CachedScan]]:
