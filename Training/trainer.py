@@ -21,7 +21,6 @@ as an uninterrupted run would (bit for bit on CPU).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import os
@@ -40,7 +39,7 @@ from torch.utils.data import DataLoader
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import InferenceConfig
-from SCPMNoduleLib.io import Findings, atomic_write
+from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
@@ -51,12 +50,11 @@ from .config import TrainConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
 from .detect import concat_findings, detect_sharded
 from .distributed import init_distributed
+from .run_log import LOG_COLUMNS, RunLog
 from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("epoch", "step", "lr", "total", *LOSS_TERMS, "samples_per_s", "data_wait_share")
-VALIDATION_COLUMNS = ("epoch", "cpm", "sens_1_8", "sens_1_4", "sens_1_2", "sens_1", "sens_2", "sens_4", "sens_8")
 
 
 def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[CachedScan], list[CachedScan]]:
@@ -73,28 +71,6 @@ def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[Cac
     if not train:
         raise UserInputError(f"--fold {fold}: every cached scan is in subset {fold}; nothing is left to train on.")
     return train, [scan for scan in scans if scan.fold == fold]
-
-
-def _append_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _drop_rows_from_epoch(path: Path, epoch: int) -> None:
-    """Remove rows of epochs ``>= epoch`` (left by an interrupted run) before resuming at ``epoch``."""
-    if not path.is_file():
-        return
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns, rows = reader.fieldnames or [], [row for row in reader if int(row["epoch"]) < epoch]
-    with atomic_write(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -191,7 +167,7 @@ class Trainer:
         self.step = 0
         self.best_cpm = -1.0
         self.best_epoch = -1
-        self.tensorboard = None
+        self.run_log = RunLog(self.out_dir)
 
     def _autocast_dtype(self) -> torch.dtype | None:
         amp, cuda = self.config.amp, self.device.type == "cuda"
@@ -258,9 +234,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.json")
-            _drop_rows_from_epoch(self.out_dir / "train_log.csv", self.epoch)
-            _drop_rows_from_epoch(self.out_dir / "validation.csv", self.epoch + 1)
-            self.tensorboard = _open_tensorboard(self.out_dir / "tensorboard")
+            self.run_log.open(self.epoch)
         log.info("training on %d scans (%d patches/epoch), validating on %d; %d process(es), device %s",
                  len(self.train_scans), len(self.loader.dataset), len(self.val_scans), self.dist.world_size,
                  self.device)
@@ -280,8 +254,7 @@ class Trainer:
                     if improved:
                         self._save("best.pt")
         finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            self.run_log.close()
         return {"epochs": self.epoch, "steps": self.step, "best_cpm": self.best_cpm, "best_epoch": self.best_epoch}
 
     @property
@@ -361,10 +334,7 @@ class Trainer:
         log.info("epoch %d step %d lr %.2e loss %.4f (%s) %.1f samples/s, data wait %.0f%%", epoch, self.step, lr,
                  row["total"], " ".join(f"{name} {row[name]:.4f}" for name in LOSS_TERMS), row["samples_per_s"],
                  100 * row["data_wait_share"])
-        _append_rows(self.out_dir / "train_log.csv", LOG_COLUMNS, [row])
-        if self.tensorboard is not None:
-            for name in LOG_COLUMNS[2:]:
-                self.tensorboard.add_scalar(f"train/{name}", row[name], self.step)
+        self.run_log.train_row(row)
 
     # ------------------------------------------------------------------------------ validation
 
@@ -395,21 +365,8 @@ class Trainer:
         result = evaluate_froc(annotations, excluded, uids, candidates, config)
         write_evaluation({f"epoch {self.epoch}": result}, self.out_dir / "validation" / f"epoch_{self.epoch:03d}",
                          inputs={"fold": str(self.fold), "epoch": str(self.epoch)})
-        row = {"epoch": self.epoch, "cpm": result.cpm, **dict(zip(VALIDATION_COLUMNS[2:], result.sensitivities))}
-        _append_rows(self.out_dir / "validation.csv", VALIDATION_COLUMNS, [row])
+        self.run_log.validation_row(self.epoch, self.step, result)
         log.info("validation epoch %d: CPM %.3f, sensitivities %s", self.epoch, result.cpm,
                  " ".join(f"{value:.3f}" for value in result.sensitivities))
-        if self.tensorboard is not None:
-            self.tensorboard.add_scalar("validation/cpm", result.cpm, self.step)
         return result
-
-
-def _open_tensorboard(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.info("tensorboard is not installed; logging to the console and CSV only")
-        return None
-    return SummaryWriter(str(path))
-
 
