@@ -18,12 +18,25 @@ from SCPMNoduleLib.evaluation import FROCResult
 from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.losses import LOSS_TERMS
 
-__all__ = ["LOG_COLUMNS", "VALIDATION_COLUMNS", "RunLog", "append_rows", "drop_rows_from_epoch"]
+__all__ = ["LOG_COLUMNS", "RunLog", "append_rows", "drop_rows_from_epoch", "validation_columns"]
 
 log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("epoch", "step", "lr", "total", *LOSS_TERMS, "samples_per_s", "data_wait_share")
-VALIDATION_COLUMNS = ("epoch", "cpm", "sens_1_8", "sens_1_4", "sens_1_2", "sens_1", "sens_2", "sens_4", "sens_8")
+
+
+def validation_columns(fp_rates: Sequence[float]) -> tuple[str, ...]:
+    """``validation.csv``'s columns: epoch, CPM and the sensitivity at each of ``fp_rates``.
+
+    A rate below 1 that is the inverse of a whole number ``n`` is named ``sens_1_<n>``, any other
+    ``sens_<rate>``: LUNA16's 1/8 ... 8 FPs per scan give ``sens_1_8`` ... ``sens_8``.
+    """
+    names = []
+    for rate in fp_rates:
+        inverse = 1.0 / rate
+        whole = rate < 1 and abs(inverse - round(inverse)) < 1e-9
+        names.append(f"sens_1_{round(inverse)}" if whole else f"sens_{rate:g}")
+    return ("epoch", "cpm", *names)
 
 
 def append_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
@@ -88,8 +101,10 @@ class RunLog:
                 self.tensorboard.add_scalar(f"train/{name}", row[name], row["step"])
 
     def validation_row(self, epoch: int, step: int, result: FROCResult) -> None:
-        """One validation: its CPM and sensitivities in ``validation.csv``, ``validation/cpm`` at ``step``."""
-        row = {"epoch": epoch, "cpm": result.cpm, **dict(zip(VALIDATION_COLUMNS[2:], result.sensitivities))}
-        append_rows(self.out_dir / "validation.csv", VALIDATION_COLUMNS, [row])
+        """One validation: its CPM and its sensitivity at each of the evaluation's FP rates
+        (:func:`validation_columns`) in ``validation.csv``, ``validation/cpm`` at ``step``."""
+        columns = validation_columns(result.fp_rates)
+        row = {"epoch": epoch, "cpm": result.cpm, **dict(zip(columns[2:], result.sensitivities, strict=True))}
+        append_rows(self.out_dir / "validation.csv", columns, [row])
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("validation/cpm", result.cpm, step)
