@@ -61,7 +61,8 @@ def init_distributed(device: str = "auto") -> Distributed:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0
-    return Distributed(rank, world_size, local_rank, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
+    return Distributed(rank, world_size, local_rank,
+                       torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
 
 
 def shutdown_distributed() -> None:

@@ -46,15 +46,16 @@ from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info
-from .config import TrainConfig, save_config
+from .config import TrainConfig, ValidationConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
 from .detect import concat_findings, detect_sharded
-from .distributed import init_distributed
+from .distributed import Distributed, init_distributed
 from .run_log import LOG_COLUMNS, RunLog
 from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
-log = logging.getLogger(__name__)
+__all__ = ["Trainer", "build_loader", "build_model", "load_scans", "make_optimizer", "split_folds"]
 
+log = logging.getLogger(__name__)
 
 
 def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[CachedScan], list[CachedScan]]:
@@ -83,6 +84,73 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                            weight_decay=optim.weight_decay, nesterov=optim.nesterov)
 
 
+def load_scans(cache_dir: str | os.PathLike, fold: int | None, validation: ValidationConfig,
+               checksum: bool) -> tuple[PreprocessConfig, list[CachedScan], list[CachedScan]]:
+    """The cache's pre-processing, training scans and held-out scans of ``fold`` (:func:`split_folds`).
+
+    At most ``validation.max_scans`` scans are held out (when positive); validation reads them from
+    their original files, which must therefore still exist when it runs (``every_epochs > 0``).
+    """
+    preprocess = PreprocessConfig.from_dict(read_cache_info(cache_dir)["preprocess"])
+    train, held_out = split_folds(load_cache(cache_dir, checksum=checksum), fold)
+    if validation.max_scans > 0:
+        held_out = held_out[: validation.max_scans]
+    missing = [scan.source for scan in held_out if not scan.source.is_file()]
+    if missing and validation.every_epochs > 0:
+        raise UserInputError(f"{missing[0]}: validation reads the original held-out scans, but this one is gone.")
+    return preprocess, train, held_out
+
+
+def build_model(config: TrainConfig, dist: Distributed,
+                memory_format: torch.memory_format) -> tuple[SCPMNet, nn.Module]:
+    """The network, initialised from ``config.seed``, on this process's device; and what a step calls
+    (the network itself, or its DDP wrapper when several processes train)."""
+    torch.manual_seed(config.seed)
+    model = SCPMNet(config.model)
+    if config.data.patch_size % model.size_divisor:
+        raise UserInputError(
+            f"config data.patch_size {config.data.patch_size}: must be a multiple of {model.size_divisor}."
+        )
+    if config.sync_batchnorm and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dist.device, memory_format=memory_format)
+    network: nn.Module = model
+    if dist.enabled:
+        network = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    return model, network
+
+
+def build_loader(scans: Sequence[CachedScan], preprocess: PreprocessConfig, config: TrainConfig,
+                 strides: Sequence[int], dist: Distributed) -> tuple[DataLoader, EpochSampler]:
+    """This process's batches of every epoch and their sampler (:meth:`EpochSampler.set_epoch`).
+
+    Each of the ``W`` processes gets ``optim.batch_size / W`` patches per step, drawn from its shard
+    of the epoch's ``data.crops_per_scan * len(scans)`` samples; incomplete batches are dropped.
+    """
+    batch_size, world_size = config.optim.batch_size, dist.world_size
+    if batch_size % world_size:
+        raise UserInputError(f"config optim.batch_size {batch_size}: must be divisible by the {world_size} processes.")
+    fill = float(preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
+    dataset = PatchDataset(scans, config.data, config.augment, config.seed, fill)
+    sampler = EpochSampler(dataset, world_size, dist.rank, seed=config.seed)
+    workers = config.data.num_workers
+    loader = DataLoader(
+        dataset, batch_size=batch_size // world_size, sampler=sampler, drop_last=True,
+        collate_fn=MatchingCollate(strides, config.data.patch_size, config.matching),
+        num_workers=workers, persistent_workers=workers > 0,
+        prefetch_factor=config.data.prefetch_factor if workers > 0 else None,
+        pin_memory=dist.device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise UserInputError(
+            f"{len(dataset)} training patches per epoch over {world_size} process(es) do not fill "
+            f"one batch of {batch_size // world_size}; lower optim.batch_size or raise data.crops_per_scan."
+        )
+    return loader, sampler
+
+
 class Trainer:
     """Trains one fold from a cache into ``out_dir`` (see the module docstring).
 
@@ -108,61 +176,18 @@ class Trainer:
         self.dist = init_distributed(device)
         self.device = self.dist.device
         self.debug_hash_dir = Path(debug_hash_dir) if debug_hash_dir is not None else None
-        self.preprocess = PreprocessConfig.from_dict(read_cache_info(cache_dir)["preprocess"])
-        scans = load_cache(cache_dir, checksum=self.dist.is_main and verify_checksums)
-        self.train_scans, self.val_scans = split_folds(scans, fold)
-        if config.validation.max_scans > 0:
-            self.val_scans = self.val_scans[: config.validation.max_scans]
-        missing = [scan.source for scan in self.val_scans if not scan.source.is_file()]
-        if missing and config.validation.every_epochs > 0:
-            raise UserInputError(f"{missing[0]}: validation reads the original held-out scans, but this one is gone.")
-
-        torch.manual_seed(config.seed)
-        model = SCPMNet(config.model)
-        if config.data.patch_size % model.size_divisor:
-            raise UserInputError(
-                f"config data.patch_size {config.data.patch_size}: must be a multiple of {model.size_divisor}."
-            )
-        if config.sync_batchnorm and self.dist.enabled:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.preprocess, self.train_scans, self.val_scans = load_scans(
+            cache_dir, fold, config.validation, checksum=self.dist.is_main and verify_checksums)
         self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
-        self.network: nn.Module = self.model
-        if self.dist.enabled:
-            device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.model, device_ids=device_ids)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
-
-        optim = config.optim
+        self.model, self.network = build_model(config, self.dist, self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
-        self.average = WeightAverage(self.model, optim.ema_decay) if optim.ema_decay > 0 else None
+        self.average = WeightAverage(self.model, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
         self.inference_config = InferenceConfig(score_threshold=config.validation.score_threshold)
-
-        if optim.batch_size % self.dist.world_size:
-            raise UserInputError(
-                f"config optim.batch_size {optim.batch_size}: must be divisible by the {self.dist.world_size} processes."
-            )
-        self.batch_per_process = optim.batch_size // self.dist.world_size
-        fill = float(self.preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
-        dataset = PatchDataset(self.train_scans, config.data, config.augment, config.seed, fill)
-        self.sampler = EpochSampler(dataset, self.dist.world_size, self.dist.rank, seed=config.seed)
-        workers = config.data.num_workers
-        self.loader = DataLoader(
-            dataset, batch_size=self.batch_per_process, sampler=self.sampler, drop_last=True,
-            collate_fn=MatchingCollate(self.model.strides, config.data.patch_size, config.matching),
-            num_workers=workers, persistent_workers=workers > 0,
-            prefetch_factor=config.data.prefetch_factor if workers > 0 else None,
-            pin_memory=self.device.type == "cuda",
-        )
-        if len(self.loader) == 0:
-            raise UserInputError(
-                f"{len(dataset)} training patches per epoch over {self.dist.world_size} process(es) do not fill "
-                f"one batch of {self.batch_per_process}; lower optim.batch_size or raise data.crops_per_scan."
-            )
+        self.loader, self.sampler = build_loader(self.train_scans, self.preprocess, config, self.model.strides,
+                                                 self.dist)
         self.epoch = 0
         self.step = 0
         self.best_cpm = -1.0
