@@ -197,7 +197,7 @@ def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tm
 @pytest.mark.slow
 def test_evaluate_folder_scores_the_checkpoints_detections_against_the_folders_annotations(cache, tmp_path):
     from SCPMNoduleLib.io import read_annotations, read_candidates
-    from Training.detect import evaluate_folder
+    from Training.heldout import evaluate_folder
 
     Trainer(_config("optim.epochs=1"), cache, tmp_path / "run", device="cpu").fit()
     data = cache.parent / "data"  # no annotations_excluded.csv: nothing is excluded

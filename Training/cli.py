@@ -65,7 +65,7 @@ def _run_cv(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .detect import evaluate_folder
+    from .heldout import evaluate_folder
 
     result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps,
                              args.mirror)

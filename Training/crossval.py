@@ -19,8 +19,8 @@ from SCPMNoduleLib.io import write_candidates
 
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig
-from .detect import concat_findings, detect_sharded
 from .distributed import process_rank
+from .heldout import concat_findings, detect_sharded
 from .state import load_state, model_from_state
 from .trainer import Trainer
 

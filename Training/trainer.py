@@ -48,8 +48,8 @@ from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info
 from .config import TrainConfig, ValidationConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
-from .detect import concat_findings, detect_sharded
 from .distributed import Distributed, init_distributed
+from .heldout import concat_findings, detect_sharded
 from .run_log import LOG_COLUMNS, RunLog
 from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 

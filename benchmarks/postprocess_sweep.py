@@ -25,7 +25,7 @@ from SCPMNoduleLib.evaluation import EvaluationConfig, evaluate_froc
 from SCPMNoduleLib.inference import Detector, InferenceConfig, resolve_model
 from SCPMNoduleLib.io import read_scan
 from Training.cache import find_luna16_scans
-from Training.detect import concat_findings, findings_of, load_model, read_excluded
+from Training.heldout import concat_findings, findings_of, load_model, read_excluded
 
 
 def main() -> None:
