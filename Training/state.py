@@ -26,7 +26,7 @@ from SCPMNoduleLib.model import SCPMNet
 from .config import TrainConfig
 
 __all__ = [
-    "STATE_FORMAT", "STATE_VERSION", "load_state", "load_weights", "model_from_state",
+    "STATE_FORMAT", "STATE_VERSION", "file_format", "load_state", "load_weights", "model_from_state",
     "parameter_digest", "restore_rng_state", "rng_state", "save_state",
 ]
 
@@ -63,6 +63,19 @@ def save_state(path: str | os.PathLike, fields: dict[str, Any]) -> None:
     state = {"format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__, **fields}
     with atomic_write(Path(path), "wb") as handle:
         torch.save(state, handle)
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` field of a dict saved with ``torch.save`` (a training state or a detector
+    checkpoint), or ``None`` for anything else (missing, damaged, foreign).
+
+    Only the pickled structure is read: the tensors are memory-mapped, not loaded.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises several types for missing, truncated or foreign files
+        return None
+    return saved.get("format") if isinstance(saved, dict) else None
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
