@@ -175,6 +175,14 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
     assert detector.trained
 
 
+def test_cross_validation_of_no_fold_is_refused_in_one_sentence(cache, tmp_path):
+    from Training.crossval import cross_validate
+
+    with pytest.raises(UserInputError, match=r"no fold to cross-validate: .* subsets \[0\]\.$"):
+        cross_validate(_config(), cache, tmp_path / "cv", folds=[], device="cpu")
+    assert not (tmp_path / "cv").exists()
+
+
 @pytest.mark.slow
 def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tmp_path):
     from Training.crossval import cross_validate
