@@ -7,7 +7,7 @@ import pytest
 
 from training_helpers import write_tiny_luna16
 from Training.cache import build_cache
-from Training.trainer import load_state
+from Training.state import load_state
 
 OVERRIDES = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",

@@ -17,7 +17,8 @@ from Training.cache import build_cache, load_cache
 from Training.config import load_config
 from Training.data import EpochSampler, MatchingCollate, PatchDataset
 from Training.export import export_model
-from Training.trainer import Trainer, load_state, model_from_state
+from Training.state import load_state, model_from_state
+from Training.trainer import Trainer
 
 TINY = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
@@ -175,6 +176,14 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
     assert detector.trained
 
 
+def test_cross_validation_of_no_fold_is_refused_in_one_sentence(cache, tmp_path):
+    from Training.crossval import cross_validate
+
+    with pytest.raises(UserInputError, match=r"no fold to cross-validate: .* subsets \[0\]\.$"):
+        cross_validate(_config(), cache, tmp_path / "cv", folds=[], device="cpu")
+    assert not (tmp_path / "cv").exists()
+
+
 @pytest.mark.slow
 def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tmp_path):
     from Training.crossval import cross_validate
@@ -197,7 +206,7 @@ def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tm
 @pytest.mark.slow
 def test_evaluate_folder_scores_the_checkpoints_detections_against_the_folders_annotations(cache, tmp_path):
     from SCPMNoduleLib.io import read_annotations, read_candidates
-    from Training.detect import evaluate_folder
+    from Training.heldout import evaluate_folder
 
     Trainer(_config("optim.epochs=1"), cache, tmp_path / "run", device="cpu").fit()
     data = cache.parent / "data"  # no annotations_excluded.csv: nothing is excluded

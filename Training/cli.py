@@ -1,4 +1,4 @@
-"""The ``scpm-train`` command line: preprocess, fit, cv, evaluate, export.
+"""The ``scpm-train`` command line: preprocess, fit, cv, evaluate, tune, export.
 
 Multi-process training is the same command under torchrun:
 ``torchrun --nproc_per_node N -m Training.cli fit --cache DIR --fold K --out DIR``.
@@ -18,10 +18,6 @@ from pathlib import Path
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import run_command
 from SCPMNoduleLib.errors import UserInputError
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def _load_config(args: argparse.Namespace):
@@ -58,22 +54,34 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 def _run_cv(args: argparse.Namespace) -> int:
     from .crossval import cross_validate
+    from .distributed import process_rank
 
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     result = cross_validate(_load_config(args), args.cache, args.out, folds, args.device)
-    if _rank() == 0:
+    if process_rank() == 0:
         rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
         print(f"cross-validation CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}/report")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .detect import evaluate_folder
+    from .heldout import evaluate_folder
 
     result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps,
                              args.mirror)
     rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
     print(f"CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}")
+    return 0
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from .tune import format_sweep, sweep_postprocessing
+
+    results = sweep_postprocessing(args.checkpoint, args.data, distance_ratios=args.distance_ratios,
+                                   iou_thresholds=args.iou_thresholds, top_ns=args.top_n,
+                                   score_threshold=args.threshold, device=args.device)
+    print(f"{args.checkpoint} on {results[0][1].counts.n_scans} scan(s) of {args.data}")
+    print(format_sweep(results))
     return 0
 
 
@@ -133,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test-time mirroring along every combination of these axes (e.g. zyx)")
     evaluate.set_defaults(run=_run_evaluate)
 
+    tune = commands.add_parser(
+        "tune", help="CPM of a checkpoint under several NMS and top-n settings (network run once per scan)",
+        description="Run the network once on every scan of a LUNA16-layout folder, decode the same maps with "
+                    "every combination of the settings below, and print each combination's CPM and "
+                    "sensitivities. This is how the detector's post-processing defaults are tuned: use scans "
+                    "that neither training nor the reported test uses (scpm-nodule phantom --seed 500 "
+                    "--scans 10 --size full).")
+    tune.add_argument("--checkpoint", default="demo", help="a detector checkpoint, a training state or a model name")
+    tune.add_argument("--data", required=True, help="LUNA16-layout folder of tuning scans with annotations.csv")
+    tune.add_argument("--distance-ratios", type=float, nargs="+", metavar="R",
+                      help="NMS distance ratios to try (default: 1/3, 0.4 and 0.5)")
+    tune.add_argument("--iou-thresholds", type=float, nargs="+", metavar="T",
+                      help="NMS SIoU thresholds to try (default: 0.1)")
+    tune.add_argument("--top-n", type=int, nargs="+", metavar="N",
+                      help="candidates per head level to try (default: the detector's)")
+    tune.add_argument("--threshold", type=float, default=0.01,
+                      help="detector probability threshold, as in evaluate (the FROC needs the low scores)")
+    tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    tune.set_defaults(run=_run_tune)
+
     export = commands.add_parser("export", help="write a detector checkpoint and its Models.json entry")
     export.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
     export.add_argument("--out", required=True, help="detector checkpoint to write, e.g. Resources/demo.pt")
@@ -147,18 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .distributed import process_rank, shutdown_distributed
+
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    prefix = "" if _rank() == 0 else f"[rank {_rank()}] "
-    logging.basicConfig(level=level if _rank() == 0 else logging.WARNING,
+    rank = process_rank()
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return run_command("scpm-train", args, interrupted="interrupted; continue with --resume")
     finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -14,13 +14,18 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.io import write_candidates
 
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig
-from .detect import concat_findings, detect_sharded
-from .trainer import Trainer, load_state, model_from_state
+from .distributed import process_rank
+from .heldout import concat_findings, detect_sharded
+from .state import load_state, model_from_state
+from .trainer import Trainer
+
+__all__ = ["cross_validate"]
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +38,18 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
         config: the training config shared by all folds.
         cache_dir: the cache of all subsets.
         out_dir: ``fold<k>/`` per fold and ``report/`` (FROC curve, summary, plot, missed nodules).
-        folds: the folds to run (default: every subset in the cache).
+        folds: the folds to run (default: every subset in the cache); not empty.
         device: ``auto``, ``cuda`` or ``cpu``.
 
     Returns:
         The FROC of the pooled held-out candidates (on rank 0; other DDP processes get it too).
     """
     out_dir = Path(out_dir)
-    scans = load_cache(cache_dir, checksum=int(os.environ.get("RANK", "0")) == 0)
-    folds = sorted({scan.fold for scan in scans}) if folds is None else list(folds)
+    scans = load_cache(cache_dir, checksum=process_rank() == 0)
+    subsets = sorted({scan.fold for scan in scans})
+    folds = subsets if folds is None else list(folds)
+    if not folds:
+        raise UserInputError(f"no fold to cross-validate: name at least one of the cache's subsets {subsets}.")
     held_out = [scan for scan in scans if scan.fold in folds]
     tables = []
     for fold in folds:

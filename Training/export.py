@@ -22,7 +22,7 @@ from SCPMNoduleLib.models import manifest_entry, update_manifest
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
-from .trainer import load_state, model_from_state
+from .state import load_state, model_from_state
 
 
 def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:

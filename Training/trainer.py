@@ -21,15 +21,11 @@ as an uninterrupted run would (bit for bit on CPU).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import logging
 import os
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,66 +36,26 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from SCPMNoduleLib import __version__
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import InferenceConfig
-from SCPMNoduleLib.io import Findings, atomic_write
+from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info
-from .config import TrainConfig, save_config
+from .config import TrainConfig, ValidationConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
-from .detect import concat_findings, detect_sharded
+from .distributed import Distributed, init_distributed
+from .heldout import concat_findings, detect_sharded
+from .run_log import LOG_COLUMNS, RunLog
+from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
+
+__all__ = ["Trainer", "build_loader", "build_model", "load_scans", "make_optimizer", "split_folds"]
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = "scpm-train-state"
-STATE_VERSION = 1
-LOG_COLUMNS = ("epoch", "step", "lr", "total", *LOSS_TERMS, "samples_per_s", "data_wait_share")
-VALIDATION_COLUMNS = ("epoch", "cpm", "sens_1_8", "sens_1_4", "sens_1_2", "sens_1", "sens_2", "sens_4", "sens_8")
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """Where this process sits in a (possibly single-process) run."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device: str = "auto") -> Distributed:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE > 1``) and pick the device.
-
-    Args:
-        device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
-    """
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserInputError(f"--device {device!r}: expected auto, cpu or cuda.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA device is available.")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if world_size > 1 else 0
-    return Distributed(rank, world_size, local_rank, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
 
 
 def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[CachedScan], list[CachedScan]]:
@@ -118,93 +74,6 @@ def split_folds(scans: Sequence[CachedScan], fold: int | None) -> tuple[list[Cac
     return train, [scan for scan in scans if scan.fold == fold]
 
 
-def _rng_state() -> dict[str, Any]:
-    name, keys, position, has_gauss, gauss = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy = state["numpy"]
-    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["gauss"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def load_state(path: str | os.PathLike) -> dict[str, Any]:
-    """A training state written by :class:`Trainer` (weights-only unpickling: tensors and plain data)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: training checkpoint not found.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserInputError(f"{path}: not a scpm-train training checkpoint.")
-    if state.get("version") != STATE_VERSION:
-        raise UserInputError(f"{path}: training checkpoint version {state.get('version')}, expected {STATE_VERSION}.")
-    return state
-
-
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
-    """``model.load_state_dict(weights)``, a mismatch reported as bad input naming ``where``."""
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError:
-        raise UserInputError(f"{where}: the checkpoint's weights do not fit its network config "
-                             "(saved by another version of the network code?).") from None
-
-
-def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:
-    """The network a training state deploys (CPU, train mode): its weights' moving average when the
-    run kept one (``optim.ema_decay > 0``), its last weights otherwise."""
-    model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
-    average = state.get("weight_average")
-    load_weights(model, average["weights"] if average is not None else state["model"], where)
-    return model
-
-
-def parameter_digest(model: nn.Module) -> str:
-    """SHA-256 over every parameter's bytes in ``named_parameters`` order (identical weights <=> equal)."""
-    digest = hashlib.sha256()
-    for name, parameter in model.named_parameters():
-        digest.update(name.encode())
-        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _append_rows(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-def _drop_rows_from_epoch(path: Path, epoch: int) -> None:
-    """Remove rows of epochs ``>= epoch`` (left by an interrupted run) before resuming at ``epoch``."""
-    if not path.is_file():
-        return
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns, rows = reader.fieldnames or [], [row for row in reader if int(row["epoch"]) < epoch]
-    with atomic_write(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the paper's) or AdamW, at the schedule's first learning rate."""
     optim = config.optim
@@ -213,6 +82,73 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
                                  weight_decay=optim.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=config.lr_at(0), momentum=optim.momentum,
                            weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+
+
+def load_scans(cache_dir: str | os.PathLike, fold: int | None, validation: ValidationConfig,
+               checksum: bool) -> tuple[PreprocessConfig, list[CachedScan], list[CachedScan]]:
+    """The cache's pre-processing, training scans and held-out scans of ``fold`` (:func:`split_folds`).
+
+    At most ``validation.max_scans`` scans are held out (when positive); validation reads them from
+    their original files, which must therefore still exist when it runs (``every_epochs > 0``).
+    """
+    preprocess = PreprocessConfig.from_dict(read_cache_info(cache_dir)["preprocess"])
+    train, held_out = split_folds(load_cache(cache_dir, checksum=checksum), fold)
+    if validation.max_scans > 0:
+        held_out = held_out[: validation.max_scans]
+    missing = [scan.source for scan in held_out if not scan.source.is_file()]
+    if missing and validation.every_epochs > 0:
+        raise UserInputError(f"{missing[0]}: validation reads the original held-out scans, but this one is gone.")
+    return preprocess, train, held_out
+
+
+def build_model(config: TrainConfig, dist: Distributed,
+                memory_format: torch.memory_format) -> tuple[SCPMNet, nn.Module]:
+    """The network, initialised from ``config.seed``, on this process's device; and what a step calls
+    (the network itself, or its DDP wrapper when several processes train)."""
+    torch.manual_seed(config.seed)
+    model = SCPMNet(config.model)
+    if config.data.patch_size % model.size_divisor:
+        raise UserInputError(
+            f"config data.patch_size {config.data.patch_size}: must be a multiple of {model.size_divisor}."
+        )
+    if config.sync_batchnorm and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dist.device, memory_format=memory_format)
+    network: nn.Module = model
+    if dist.enabled:
+        network = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    if dist.device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    return model, network
+
+
+def build_loader(scans: Sequence[CachedScan], preprocess: PreprocessConfig, config: TrainConfig,
+                 strides: Sequence[int], dist: Distributed) -> tuple[DataLoader, EpochSampler]:
+    """This process's batches of every epoch and their sampler (:meth:`EpochSampler.set_epoch`).
+
+    Each of the ``W`` processes gets ``optim.batch_size / W`` patches per step, drawn from its shard
+    of the epoch's ``data.crops_per_scan * len(scans)`` samples; incomplete batches are dropped.
+    """
+    batch_size, world_size = config.optim.batch_size, dist.world_size
+    if batch_size % world_size:
+        raise UserInputError(f"config optim.batch_size {batch_size}: must be divisible by the {world_size} processes.")
+    fill = float(preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
+    dataset = PatchDataset(scans, config.data, config.augment, config.seed, fill)
+    sampler = EpochSampler(dataset, world_size, dist.rank, seed=config.seed)
+    workers = config.data.num_workers
+    loader = DataLoader(
+        dataset, batch_size=batch_size // world_size, sampler=sampler, drop_last=True,
+        collate_fn=MatchingCollate(strides, config.data.patch_size, config.matching),
+        num_workers=workers, persistent_workers=workers > 0,
+        prefetch_factor=config.data.prefetch_factor if workers > 0 else None,
+        pin_memory=dist.device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise UserInputError(
+            f"{len(dataset)} training patches per epoch over {world_size} process(es) do not fill "
+            f"one batch of {batch_size // world_size}; lower optim.batch_size or raise data.crops_per_scan."
+        )
+    return loader, sampler
 
 
 class Trainer:
@@ -240,66 +176,23 @@ class Trainer:
         self.dist = init_distributed(device)
         self.device = self.dist.device
         self.debug_hash_dir = Path(debug_hash_dir) if debug_hash_dir is not None else None
-        self.preprocess = PreprocessConfig.from_dict(read_cache_info(cache_dir)["preprocess"])
-        scans = load_cache(cache_dir, checksum=self.dist.is_main and verify_checksums)
-        self.train_scans, self.val_scans = split_folds(scans, fold)
-        if config.validation.max_scans > 0:
-            self.val_scans = self.val_scans[: config.validation.max_scans]
-        missing = [scan.source for scan in self.val_scans if not scan.source.is_file()]
-        if missing and config.validation.every_epochs > 0:
-            raise UserInputError(f"{missing[0]}: validation reads the original held-out scans, but this one is gone.")
-
-        torch.manual_seed(config.seed)
-        model = SCPMNet(config.model)
-        if config.data.patch_size % model.size_divisor:
-            raise UserInputError(
-                f"config data.patch_size {config.data.patch_size}: must be a multiple of {model.size_divisor}."
-            )
-        if config.sync_batchnorm and self.dist.enabled:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.preprocess, self.train_scans, self.val_scans = load_scans(
+            cache_dir, fold, config.validation, checksum=self.dist.is_main and verify_checksums)
         self.memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
-        self.network: nn.Module = self.model
-        if self.dist.enabled:
-            device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
-            self.network = DistributedDataParallel(self.model, device_ids=device_ids)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = config.cudnn_benchmark
-
-        optim = config.optim
+        self.model, self.network = build_model(config, self.dist, self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
-        self.average = WeightAverage(self.model, optim.ema_decay) if optim.ema_decay > 0 else None
+        self.average = WeightAverage(self.model, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
         self.autocast_dtype = self._autocast_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
         self.inference_config = InferenceConfig(score_threshold=config.validation.score_threshold)
-
-        if optim.batch_size % self.dist.world_size:
-            raise UserInputError(
-                f"config optim.batch_size {optim.batch_size}: must be divisible by the {self.dist.world_size} processes."
-            )
-        self.batch_per_process = optim.batch_size // self.dist.world_size
-        fill = float(self.preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
-        dataset = PatchDataset(self.train_scans, config.data, config.augment, config.seed, fill)
-        self.sampler = EpochSampler(dataset, self.dist.world_size, self.dist.rank, seed=config.seed)
-        workers = config.data.num_workers
-        self.loader = DataLoader(
-            dataset, batch_size=self.batch_per_process, sampler=self.sampler, drop_last=True,
-            collate_fn=MatchingCollate(self.model.strides, config.data.patch_size, config.matching),
-            num_workers=workers, persistent_workers=workers > 0,
-            prefetch_factor=config.data.prefetch_factor if workers > 0 else None,
-            pin_memory=self.device.type == "cuda",
-        )
-        if len(self.loader) == 0:
-            raise UserInputError(
-                f"{len(dataset)} training patches per epoch over {self.dist.world_size} process(es) do not fill "
-                f"one batch of {self.batch_per_process}; lower optim.batch_size or raise data.crops_per_scan."
-            )
+        self.loader, self.sampler = build_loader(self.train_scans, self.preprocess, config, self.model.strides,
+                                                 self.dist)
         self.epoch = 0
         self.step = 0
         self.best_cpm = -1.0
         self.best_epoch = -1
-        self.tensorboard = None
+        self.run_log = RunLog(self.out_dir)
 
     def _autocast_dtype(self) -> torch.dtype | None:
         amp, cuda = self.config.amp, self.device.type == "cuda"
@@ -314,14 +207,14 @@ class Trainer:
     # ------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: weights, optimiser, scaler, RNGs, counters, config."""
+        """Everything needed to continue exactly: weights, optimiser, scaler, RNGs, counters, config
+        (what :func:`~Training.state.save_state` writes under the format's header)."""
         return {
-            "format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__,
             "epoch": self.epoch, "step": self.step, "fold": self.fold,
             "best_cpm": self.best_cpm, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "weight_average": self.average.state_dict() if self.average is not None else None,
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "config": self.config.to_dict(), "preprocess": self.preprocess.to_dict(),
             "train_seriesuids": [scan.seriesuid for scan in self.train_scans],
         }
@@ -342,13 +235,12 @@ class Trainer:
             self.average.load_state_dict(state["weight_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        restore_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_cpm, self.best_epoch = float(state["best_cpm"]), int(state["best_epoch"])
 
     def _save(self, name: str) -> None:
-        with atomic_write(self.out_dir / name, "wb") as handle:
-            torch.save(self.state_dict(), handle)
+        save_state(self.out_dir / name, self.state_dict())
 
     # ------------------------------------------------------------------------------ loop
 
@@ -367,9 +259,7 @@ class Trainer:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.json")
-            _drop_rows_from_epoch(self.out_dir / "train_log.csv", self.epoch)
-            _drop_rows_from_epoch(self.out_dir / "validation.csv", self.epoch + 1)
-            self.tensorboard = _open_tensorboard(self.out_dir / "tensorboard")
+            self.run_log.open(self.epoch)
         log.info("training on %d scans (%d patches/epoch), validating on %d; %d process(es), device %s",
                  len(self.train_scans), len(self.loader.dataset), len(self.val_scans), self.dist.world_size,
                  self.device)
@@ -389,8 +279,7 @@ class Trainer:
                     if improved:
                         self._save("best.pt")
         finally:
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+            self.run_log.close()
         return {"epochs": self.epoch, "steps": self.step, "best_cpm": self.best_cpm, "best_epoch": self.best_epoch}
 
     @property
@@ -470,10 +359,7 @@ class Trainer:
         log.info("epoch %d step %d lr %.2e loss %.4f (%s) %.1f samples/s, data wait %.0f%%", epoch, self.step, lr,
                  row["total"], " ".join(f"{name} {row[name]:.4f}" for name in LOSS_TERMS), row["samples_per_s"],
                  100 * row["data_wait_share"])
-        _append_rows(self.out_dir / "train_log.csv", LOG_COLUMNS, [row])
-        if self.tensorboard is not None:
-            for name in LOG_COLUMNS[2:]:
-                self.tensorboard.add_scalar(f"train/{name}", row[name], self.step)
+        self.run_log.train_row(row)
 
     # ------------------------------------------------------------------------------ validation
 
@@ -504,21 +390,8 @@ class Trainer:
         result = evaluate_froc(annotations, excluded, uids, candidates, config)
         write_evaluation({f"epoch {self.epoch}": result}, self.out_dir / "validation" / f"epoch_{self.epoch:03d}",
                          inputs={"fold": str(self.fold), "epoch": str(self.epoch)})
-        row = {"epoch": self.epoch, "cpm": result.cpm, **dict(zip(VALIDATION_COLUMNS[2:], result.sensitivities))}
-        _append_rows(self.out_dir / "validation.csv", VALIDATION_COLUMNS, [row])
+        self.run_log.validation_row(self.epoch, self.step, result)
         log.info("validation epoch %d: CPM %.3f, sensitivities %s", self.epoch, result.cpm,
                  " ".join(f"{value:.3f}" for value in result.sensitivities))
-        if self.tensorboard is not None:
-            self.tensorboard.add_scalar("validation/cpm", result.cpm, self.step)
         return result
-
-
-def _open_tensorboard(path: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.info("tensorboard is not installed; logging to the console and CSV only")
-        return None
-    return SummaryWriter(str(path))
-
 

@@ -29,6 +29,10 @@ from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .cache import find_luna16_scans
+from .state import file_format, load_state, model_from_state
+
+__all__ = ["Scan", "concat_findings", "detect_scans", "detect_sharded", "evaluate_folder", "findings_of", "load_model",
+           "read_excluded"]
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +102,7 @@ def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequen
 
 def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
     """The network and pre-processing of a training state (``best.pt``) or of a detector checkpoint."""
-    from .trainer import load_state, model_from_state
-
-    try:
-        is_detector = torch.load(path, map_location="cpu", weights_only=True).get("format") == CHECKPOINT_FORMAT
-    except Exception:  # damaged, foreign or missing: load_state names the problem
-        is_detector = False
-    if is_detector:
+    if file_format(path) == CHECKPOINT_FORMAT:  # anything else: load_state names the problem
         model, preprocess, _ = load_checkpoint(path)
         return model, preprocess
     state = load_state(path)

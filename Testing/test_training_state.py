@@ -1,0 +1,60 @@
+"""The training state file: header, format sniffing, and the network held-out evaluation loads."""
+
+import pytest
+import torch
+
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, save_checkpoint
+from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.preprocess import PreprocessConfig
+from Training.config import load_config
+from Training.heldout import load_model
+from Training.state import STATE_FORMAT, STATE_VERSION, file_format, load_state, save_state
+
+TINY = ["model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
+        "model.head_channels=8", "model.se_reduction=2", "model.se_context=16"]
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    """A training state and a detector checkpoint of the same tiny network."""
+    config = load_config(None, TINY)
+    model = SCPMNet(config.model)
+    preprocess = PreprocessConfig()
+    state_path, checkpoint_path = tmp_path / "last.pt", tmp_path / "detector.pt"
+    save_state(state_path, {"config": config.to_dict(), "model": model.state_dict(), "weight_average": None,
+                            "preprocess": preprocess.to_dict()})
+    save_checkpoint(checkpoint_path, model, preprocess)
+    return model, state_path, checkpoint_path
+
+
+def test_a_state_is_written_under_the_format_header(saved):
+    _, state_path, _ = saved
+    state = load_state(state_path)
+    assert list(state)[:3] == ["format", "version", "library_version"]
+    assert (state["format"], state["version"]) == (STATE_FORMAT, STATE_VERSION)
+
+
+def test_file_format_names_states_and_checkpoints_and_nothing_else(saved, tmp_path):
+    _, state_path, checkpoint_path = saved
+    assert file_format(state_path) == STATE_FORMAT
+    assert file_format(checkpoint_path) == CHECKPOINT_FORMAT
+    (tmp_path / "notes.pt").write_text("not a torch file", encoding="utf-8")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    assert file_format(tmp_path / "notes.pt") is None
+    assert file_format(tmp_path / "list.pt") is None
+    assert file_format(tmp_path / "absent.pt") is None
+
+
+def test_held_out_evaluation_loads_the_same_network_from_a_state_or_a_checkpoint(saved, tmp_path):
+    model, state_path, checkpoint_path = saved
+    for path in (state_path, checkpoint_path):
+        loaded, preprocess = load_model(path)
+        assert preprocess == PreprocessConfig()
+        for (name, expected), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+            assert torch.equal(expected, got), name
+    (tmp_path / "notes.pt").write_text("not a torch file", encoding="utf-8")
+    with pytest.raises(UserInputError, match="not a readable training checkpoint"):
+        load_model(tmp_path / "notes.pt")
+    with pytest.raises(UserInputError, match="not found"):
+        load_model(tmp_path / "absent.pt")

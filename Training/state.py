@@ -1,0 +1,121 @@
+"""The training state file (``last.pt``, ``best.pt``): its format, writing, reading, and the network it deploys.
+
+A training state is one ``torch.save`` dict, read back with ``weights_only=True`` (tensors and
+plain data, no code): ``format``/``version``/``library_version``, then what
+:meth:`Training.trainer.Trainer.state_dict` holds (weights, their moving average, optimiser,
+gradient scaler, RNG states, epoch, step, best CPM, config, pre-processing, training scans).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from SCPMNoduleLib import __version__
+from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.io import atomic_write
+from SCPMNoduleLib.model import SCPMNet
+
+from .config import TrainConfig
+
+__all__ = [
+    "STATE_FORMAT", "STATE_VERSION", "file_format", "load_state", "load_weights", "model_from_state",
+    "parameter_digest", "restore_rng_state", "rng_state", "save_state",
+]
+
+STATE_FORMAT = "scpm-train-state"
+STATE_VERSION = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch, CUDA, NumPy (legacy global) and Python RNG states, as tensors and plain data."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set every RNG back to what :func:`rng_state` returned (CUDA's only where a device is present)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_state(path: str | os.PathLike, fields: dict[str, Any]) -> None:
+    """Write ``fields`` under this format's header (format, version, library version), atomically."""
+    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__, **fields}
+    with atomic_write(Path(path), "wb") as handle:
+        torch.save(state, handle)
+
+
+def file_format(path: str | os.PathLike) -> str | None:
+    """The ``format`` field of a dict saved with ``torch.save`` (a training state or a detector
+    checkpoint), or ``None`` for anything else (missing, damaged, foreign).
+
+    Only the pickled structure is read: the tensors are memory-mapped, not loaded.
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # torch raises several types for missing, truncated or foreign files
+        return None
+    return saved.get("format") if isinstance(saved, dict) else None
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """A training state written by :func:`save_state` (weights-only unpickling: tensors and plain data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: training checkpoint not found.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserInputError(f"{path}: not a scpm-train training checkpoint.")
+    if state.get("version") != STATE_VERSION:
+        raise UserInputError(f"{path}: training checkpoint version {state.get('version')}, expected {STATE_VERSION}.")
+    return state
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """``model.load_state_dict(weights)``, a mismatch reported as bad input naming ``where``."""
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError:
+        raise UserInputError(f"{where}: the checkpoint's weights do not fit its network config "
+                             "(saved by another version of the network code?).") from None
+
+
+def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:
+    """The network a training state deploys (CPU, train mode): its weights' moving average when the
+    run kept one (``optim.ema_decay > 0``), its last weights otherwise."""
+    model = SCPMNet(TrainConfig.from_dict(state["config"]).model)
+    average = state.get("weight_average")
+    load_weights(model, average["weights"] if average is not None else state["model"], where)
+    return model
+
+
+def parameter_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter's bytes in ``named_parameters`` order (identical weights <=> equal)."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
