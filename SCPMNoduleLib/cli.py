@@ -158,6 +158,9 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror", default="", metavar="AXES",
                         help="test-time augmentation: also run on the scan mirrored along every combination "
                              "of these axes and average (e.g. zyx: 8 passes; default: none)")
+    parser.add_argument("--no-lung-mask", dest="lung_mask", action="store_false",
+                        help="run on the whole volume: no lung finding, no crop, no refusal of scans without "
+                             "lungs (research on crops; recorded in the JSON report)")
 
 
 def _detector(args: argparse.Namespace):
@@ -175,6 +178,7 @@ def _detector(args: argparse.Namespace):
             raise UserInputError(f"--max-detections {args.max_detections}: must be at least 1.")
         changes["max_detections"] = args.max_detections
     changes["mirror_axes"] = args.mirror
+    changes["lung_mask"] = args.lung_mask
     detector = Detector.from_checkpoint(args.model, device=args.device,
                                         config=replace(InferenceConfig(), **changes))
     if not detector.trained:
@@ -211,11 +215,13 @@ class _Reporter:
         self.close()
         if self.mode == "jsonl":
             event = ({"event": "done", "scan": result.scan, "outputs": result.outputs,
-                      "detections": len(result.detections), "seconds": round(result.seconds, 3)}
+                      "detections": len(result.detections), "seconds": round(result.seconds, 3),
+                      "lung_volume_ml": result.lungs["lung_volume_ml"] if result.lungs else None}
                      if result.ok else {"event": "error", "scan": result.scan, "message": result.error})
             print(json.dumps(event), flush=True)
         elif result.ok:
-            print(f"{result.scan}: {len(result.detections)} detections in {result.seconds:.1f} s")
+            lungs = f"; lungs {result.lungs['lung_volume_ml']:.0f} mL" if result.lungs else "; lungs not looked for"
+            print(f"{result.scan}: {len(result.detections)} detections in {result.seconds:.1f} s{lungs}")
         else:
             print(f"{result.scan}: error: {result.error}", file=sys.stderr)
 

@@ -14,8 +14,9 @@ Pipeline of :meth:`Detector.detect`:
    divides ``q``, so a chunk is ``[c_i / s, c_{i+1} / s)`` in grid points); the coordinate
    maps get the tile's place in the whole resampled scan;
 4. the maps are decoded (:func:`~SCPMNoduleLib.coder.decode_detections`: top-n per level,
-   sphere at grid point + offset with the predicted radius, levels merged), candidates outside
-   the lung mask dropped, SIoU-based NMS (:func:`~SCPMNoduleLib.geometry.sphere_nms`), at most
+   sphere at grid point + offset with the predicted radius, levels merged), candidates whose
+   centre lies outside the scan's own voxels (the padding is not the patient) or outside the
+   lungs dropped, SIoU-based NMS (:func:`~SCPMNoduleLib.geometry.sphere_nms`), at most
    ``max_detections`` kept, and centres mapped to world LPS mm, radii to diameters in mm.
 
 Tiles, their margin and mirrored passes are :mod:`~SCPMNoduleLib.tiling`'s; devices, precision and
@@ -32,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from .errors import UserInputError
 from .geometry import sphere_nms
 from .model import SCPMNet, fuse_batch_norm
 from .models import resolve_model
+from .lungs import LungFinding
 from .preprocess import PreparedScan, PreprocessConfig, prepare_scan
 from .runtime import PRECISIONS, autocast, autocast_dtype, is_out_of_memory, precision_name, resolve_device
 from .tiling import Tile, average_mirrored_maps, plan_tiles
@@ -96,6 +98,10 @@ class InferenceConfig:
             ``""`` (default) runs it once. On the 10 tuning phantoms demo 1.2.0 scored CPM 0.754
             without and 0.743 with ``"zyx"``, which took 3.6 instead of 0.7 minutes on 2 CPU cores:
             an option for models that gain from it, not a default.
+        lung_mask: look for the lungs (crop to them, drop candidates outside them, refuse a scan
+            without them: :class:`~SCPMNoduleLib.preprocess.NoLungsError`), as the checkpoint's
+            pre-processing says; ``False`` runs on the whole volume whatever it says (research on
+            crops and non-chest scans: an explicit choice, recorded in the JSON report).
     """
 
     score_threshold: float = 0.1
@@ -111,6 +117,7 @@ class InferenceConfig:
     channels_last: bool = True
     fuse_batch_norm: bool = True
     mirror_axes: str = ""
+    lung_mask: bool = True
 
     def __post_init__(self) -> None:
         if set(self.mirror_axes) - set("zyx") or len(set(self.mirror_axes)) != len(self.mirror_axes):
@@ -136,6 +143,7 @@ class DetectionResult:
         precision: the autocast type it ran in: ``fp32``, ``bf16`` or ``fp16``.
         tile_voxels: voxels of each tile it ran on (below the plan for ``max_tile_voxels``
             when memory ran out and the tiles were halved).
+        lungs: what the lung finder found (volume, box), ``None`` when it did not run.
     """
 
     detections: tuple[Detection, ...]
@@ -143,6 +151,7 @@ class DetectionResult:
     device: str
     precision: str
     tile_voxels: int
+    lungs: LungFinding | None = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +231,8 @@ class Detector:
         timings_s["decode"] = time.perf_counter() - start
         report(1.0, "decode")
         precision = precision_name(autocast_dtype(forward.device, self.config.precision))
-        return DetectionResult(tuple(detections), timings_s, str(forward.device), precision, forward.tile_voxels)
+        return DetectionResult(tuple(detections), timings_s, str(forward.device), precision, forward.tile_voxels,
+                               prepared.lungs)
 
     def predict_maps(self, image: sitk.Image, progress: Progress | None = None,
                      cancel: threading.Event | None = None) -> tuple[list[dict[str, Tensor]], PreparedScan]:
@@ -241,7 +251,8 @@ class Detector:
         """Prepare and run the network on a scan, adding the ``resample`` and ``forward`` seconds to ``timings_s``."""
         start = time.perf_counter()
         report(0.0, "resample")
-        prepared = prepare_scan(image, self.preprocess, align=self.model.size_divisor)
+        preprocess = self.preprocess if self.config.lung_mask else replace(self.preprocess, lung_mask=False)
+        prepared = prepare_scan(image, preprocess, align=self.model.size_divisor)
         timings_s["resample"] = time.perf_counter() - start
         start = time.perf_counter()
         forward = self._forward_tiled(prepared, report, cancel)
@@ -336,9 +347,7 @@ class Detector:
         decoded = decode_detections(maps, self.model.strides, top_n=config.top_n,
                                     score_threshold=config.score_threshold)[0]
         centers = decoded.centers_zyx_vox.double().cpu().numpy() + prepared.crop_start_zyx
-        keep = np.ones(len(centers), dtype=bool)
-        if prepared.mask is not None:
-            keep = prepared.mask.contains(centers)
+        keep = prepared.keep(centers)
         spacing_zyx = prepared.geometry.spacing_xyz_mm[::-1]
         voxel_mm = float(np.prod(spacing_zyx) ** (1.0 / 3.0))
         centers_mm = torch.from_numpy(centers[keep] * spacing_zyx)

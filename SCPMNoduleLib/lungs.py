@@ -39,44 +39,19 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-__all__ = ["LEFT", "RIGHT", "AirGroup", "CoarseGrid", "Grid", "LungFinderConfig", "LungFinding",
-           "find_lungs"]
+from .scan_geometry import ScanGeometry
+
+__all__ = ["LEFT", "RIGHT", "AirGroup", "LungFinderConfig", "LungFinding", "find_lungs"]
 
 log = logging.getLogger(__name__)
 
 RIGHT, LEFT = 1, 2
 """Values of the right and left lung in :attr:`LungFinding.labels`."""
-
-
-class Grid(Protocol):
-    """A voxel grid in world space, ``world_xyz = origin + direction · diag(spacing) · index_xyz``
-    (``preprocess.ScanGeometry`` is one)."""
-
-    shape_zyx: tuple[int, int, int]
-    origin_xyz_mm: np.ndarray
-    spacing_xyz_mm: np.ndarray
-    direction: np.ndarray
-
-
-@dataclass(frozen=True, eq=False)
-class CoarseGrid:
-    """The grid of the blocks: attributes as :class:`Grid`."""
-
-    shape_zyx: tuple[int, int, int]
-    origin_xyz_mm: np.ndarray
-    spacing_xyz_mm: np.ndarray
-    direction: np.ndarray
-
-    def index_to_world(self, index_zyx: np.ndarray) -> np.ndarray:
-        """``(..., 3)`` indices (z, y, x) -> ``(..., 3)`` world LPS mm (x, y, z)."""
-        index_xyz = np.asarray(index_zyx, dtype=np.float64)[..., ::-1]
-        return self.origin_xyz_mm + index_xyz @ (self.direction * self.spacing_xyz_mm[None, :]).T
 
 
 @dataclass(frozen=True)
@@ -158,7 +133,7 @@ class LungFinding:
 
     labels: np.ndarray
     region: np.ndarray
-    coarse: CoarseGrid
+    coarse: ScanGeometry
     block: int
     volume_ml: float
     volumes_ml: tuple[float, float]
@@ -185,23 +160,7 @@ class LungFinding:
         return inside & self.region[clipped[:, 0], clipped[:, 1], clipped[:, 2]]
 
 
-def _image_grid(image: sitk.Image) -> CoarseGrid:
-    return CoarseGrid(tuple(int(n) for n in reversed(image.GetSize())),
-                      np.asarray(image.GetOrigin(), dtype=np.float64),
-                      np.asarray(image.GetSpacing(), dtype=np.float64),
-                      np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
-
-
-def _coarse_grid(grid: Grid, block: int) -> CoarseGrid:
-    fine = CoarseGrid(tuple(grid.shape_zyx), np.asarray(grid.origin_xyz_mm, dtype=np.float64),
-                      np.asarray(grid.spacing_xyz_mm, dtype=np.float64),
-                      np.asarray(grid.direction, dtype=np.float64).reshape(3, 3))
-    return CoarseGrid(tuple(-(-n // block) for n in fine.shape_zyx),
-                      fine.index_to_world(np.full(3, (block - 1) / 2)), fine.spacing_xyz_mm * block,
-                      fine.direction)
-
-
-def _sample(image: sitk.Image, coarse: CoarseGrid) -> tuple[np.ndarray, np.ndarray]:
+def _sample(image: sitk.Image, coarse: ScanGeometry) -> tuple[np.ndarray, np.ndarray]:
     """The CT averaged over about one block and sampled at the blocks' centres (float32 HU,
     nearest value beyond the image), and which blocks' centres lie inside the image."""
     spacing = np.asarray(image.GetSpacing())
@@ -211,7 +170,7 @@ def _sample(image: sitk.Image, coarse: CoarseGrid) -> tuple[np.ndarray, np.ndarr
         shrunk, [int(n) for n in coarse.shape_zyx[::-1]], sitk.Transform(), sitk.sitkLinear,
         [float(v) for v in coarse.origin_xyz_mm], [float(v) for v in coarse.spacing_xyz_mm],
         [float(v) for v in coarse.direction.ravel()], -1024.0, sitk.sitkFloat32, True)
-    image_grid = _image_grid(image)
+    image_grid = ScanGeometry.from_image(image)
     corner = coarse.index_to_world(np.zeros(3))
     steps = coarse.direction * coarse.spacing_xyz_mm[None, :]
     to_image = np.linalg.inv(image_grid.direction * image_grid.spacing_xyz_mm[None, :])
@@ -282,22 +241,14 @@ def _body_size_mm(body: np.ndarray, axial: int, spacing_zyx: np.ndarray) -> floa
     return float(math.sqrt(np.median(areas))) if areas.size else 0.0
 
 
-def _no_lungs(coarse: CoarseGrid, block: int, grid: Grid, size_mm: float, reason: str,
+def _no_lungs(coarse: ScanGeometry, block: int, grid: ScanGeometry, size_mm: float, reason: str,
               groups: tuple[AirGroup, ...] = ()) -> LungFinding:
     empty = np.zeros(coarse.shape_zyx, dtype=np.uint8)
     start = np.zeros(3, dtype=np.int64)
     stop = np.asarray(grid.shape_zyx, dtype=np.int64)
-    low, high = _world_box(grid, start, stop)
+    low, high = grid.world_box(start, stop)
     return LungFinding(empty, empty.astype(bool), coarse, block, 0.0, (0.0, 0.0), 0, start, stop,
                        low, high, size_mm, groups, reason)
-
-
-def _world_box(grid: Grid, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    corners = np.array([[(start, stop - 1)[k][a] for a, k in enumerate(bits)]
-                        for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
-    matrix = np.asarray(grid.direction, dtype=np.float64).reshape(3, 3) * np.asarray(grid.spacing_xyz_mm)
-    world = np.asarray(grid.origin_xyz_mm, dtype=np.float64) + corners[:, ::-1] @ matrix.T
-    return world.min(axis=0), world.max(axis=0)
 
 
 def _thick_air(air_labels: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float,
@@ -351,8 +302,8 @@ def _measure_groups(hu: np.ndarray, parts: np.ndarray, depth: np.ndarray,
     return group_map, groups
 
 
-def _find_at(image: sitk.Image, grid: Grid, block: int, config: LungFinderConfig) -> LungFinding:
-    coarse = _coarse_grid(grid, block)
+def _find_at(image: sitk.Image, grid: ScanGeometry, block: int, config: LungFinderConfig) -> LungFinding:
+    coarse = grid.coarsened(block)
     hu, inside = _sample(image, coarse)
     spacing_zyx = coarse.spacing_xyz_mm[::-1]
     axial = _axial_axis(coarse.direction)
@@ -423,12 +374,12 @@ def _find_at(image: sitk.Image, grid: Grid, block: int, config: LungFinderConfig
     where = np.argwhere(region)
     start = where.min(axis=0) * block
     stop = np.minimum((where.max(axis=0) + 1) * block, grid.shape_zyx)
-    box_low, box_high = _world_box(grid, start, stop)
+    box_low, box_high = grid.world_box(start, stop)
     return LungFinding(labels, region, coarse, block, sum(volumes), volumes,
                        sum(v > 0 for v in volumes), start, stop, box_low, box_high, size_mm, tuple(groups))
 
 
-def find_lungs(image: sitk.Image, grid: Grid | None = None, block: int = 4,
+def find_lungs(image: sitk.Image, grid: ScanGeometry | None = None, block: int = 4,
                config: LungFinderConfig | None = None) -> LungFinding:
     """The lungs of a CT in HU (module docstring), on blocks of ``block`` voxels of ``grid``.
 
@@ -445,7 +396,7 @@ def find_lungs(image: sitk.Image, grid: Grid | None = None, block: int = 4,
         body is lung-sized and lung-like.
     """
     config = config or LungFinderConfig()
-    finding = _find_at(image, grid if grid is not None else _image_grid(image), max(1, int(block)), config)
+    finding = _find_at(image, grid if grid is not None else ScanGeometry.from_image(image), max(1, int(block)), config)
     if finding.found:
         log.info("lungs: %d found, %.0f mL (right %.0f, left %.0f)", finding.n_lungs,
                  finding.volume_ml, *finding.volumes_ml)

@@ -25,7 +25,9 @@ from .evaluation import luna16_hit, squared_distance_mm2
 from .export import describe_scan, write_candidates_csv, write_detections_json, write_markups_json
 from .inference import DetectionCancelled, Detector
 from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
+from .lungs import LungFinding
 from .plotting import save_detection_slices
+from .preprocess import NoLungsError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ FORMATS = ("csv", "json", "mrk")
 OUTPUT_SUFFIXES = {"csv": ".candidates.csv", "json": ".json", "mrk": ".mrk.json"}
 SUMMARY_NAME = "detect_summary.json"
 BATCH_CANDIDATES_NAME = "candidates.csv"
+ADULT_LUNG_VOLUME_ML = (1000, 10000)
+"""Both lungs of an adult, from a small woman's residual volume to a tall man's total capacity:
+a volume outside it is logged as a warning (a child, a crop, or lungs found wrong)."""
 
 ScanProgress = Callable[[str, float, str], None]
 
@@ -53,6 +58,8 @@ class ScanResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     device: str | None = None
     """Where the network ran (the CPU when memory ran out on the detector's GPU)."""
+    lungs: dict | None = None
+    """:func:`lung_summary` of the scan, ``None`` when the lungs were not looked for."""
     error: str | None = None
     bad_input: bool = False
 
@@ -70,16 +77,25 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return formats
 
 
+def lung_summary(lungs: LungFinding) -> dict:
+    """What the reports say of the lungs: ``lung_volume_ml`` (both, from the finder's blocks), each
+    lung's volume, and the bounding box of the region the detector looked in, in world LPS mm."""
+    return {"lung_volume_ml": round(lungs.volume_ml, 1),
+            "lung_volumes_ml": {"right": round(lungs.volumes_ml[0], 1), "left": round(lungs.volumes_ml[1], 1)},
+            "lung_box_xyz_mm": {"min": [round(float(v), 2) for v in lungs.box_min_xyz_mm],
+                                "max": [round(float(v), 2) for v in lungs.box_max_xyz_mm]}}
+
+
 def _write_outputs(out_dir: Path, name: str, detections: list[Detection], image: sitk.Image,
                    path: Path, model: dict, formats: Sequence[str],
-                   timings: dict[str, float]) -> dict[str, str]:
+                   timings: dict[str, float], lungs: dict | None) -> dict[str, str]:
     """Write one scan's files; on failure remove the ones already written and re-raise."""
     outputs = {fmt: str(out_dir / f"{name}{OUTPUT_SUFFIXES[fmt]}") for fmt in formats}
     try:
         if "csv" in outputs:
             write_candidates_csv(outputs["csv"], name, detections)
         if "json" in outputs:
-            write_detections_json(outputs["json"], detections, scan=describe_scan(image, path),
+            write_detections_json(outputs["json"], detections, scan={**describe_scan(image, path), **(lungs or {})},
                                   model=model, timings=timings)
         if "mrk" in outputs:
             write_markups_json(outputs["mrk"], detections, name=f"{name} nodules")
@@ -110,13 +126,21 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
         result.timings_s["read"] = time.perf_counter() - start
         detection = detector.detect(image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
         result.detections, result.device = list(detection.detections), detection.device
+        result.lungs = lung_summary(detection.lungs) if detection.lungs is not None else None
+        low, high = ADULT_LUNG_VOLUME_ML
+        if detection.lungs is not None and not low <= detection.lungs.volume_ml <= high:
+            log.warning("%s: lung volume %.0f mL is outside the adult range (%d-%d mL); check the lungs found",
+                        path, detection.lungs.volume_ml, *ADULT_LUNG_VOLUME_ML)
         result.timings_s.update(detection.timings_s)
         report(name, 0.95, "write")
         write_start = time.perf_counter()
         result.outputs = _write_outputs(out_dir, name, result.detections, image, path,
-                                        _model_summary(detector, detection.device), formats, result.timings_s)
+                                        _model_summary(detector, detection.device), formats, result.timings_s,
+                                        result.lungs)
         result.timings_s["write"] = time.perf_counter() - write_start
         report(name, 1.0, "write")
+    except NoLungsError as error:  # the one input error found after reading, so without the file's name
+        result.error, result.bad_input = f"{path}: {error}", True
     except UserInputError as error:
         result.error, result.bad_input = str(error), True
     except (DetectionCancelled, KeyboardInterrupt):
@@ -161,7 +185,7 @@ def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detec
                        formats: Sequence[str]) -> None:
     summary = {"model": _model_summary(detector, str(detector.device)), "scans": [
         {"scan": r.scan, "path": r.path, "ok": r.ok, "detections": len(r.detections), "device": r.device,
-         "seconds": r.seconds, "timings_s": r.timings_s, "outputs": r.outputs, "error": r.error}
+         "lungs": r.lungs, "seconds": r.seconds, "timings_s": r.timings_s, "outputs": r.outputs, "error": r.error}
         for r in results]}
     with atomic_write(out_dir / SUMMARY_NAME, encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from .detection import Detection
 from .io import atomic_write
-from .preprocess import ScanGeometry
+from .scan_geometry import ScanGeometry
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

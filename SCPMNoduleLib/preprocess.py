@@ -6,17 +6,17 @@ world point stay one affine map,
 
     world_xyz_mm = o + D · diag(s) · i_xyz,
 
-with ``s`` the new spacing. :class:`ScanGeometry` holds that map and is the one place that
-converts between voxel indices ``(z, y, x)`` and world LPS millimetres ``(x, y, z)``.
+with ``s`` the new spacing (:class:`~SCPMNoduleLib.scan_geometry.ScanGeometry` holds that map).
 
 Intensities are clipped to the window ``[hu_min, hu_max]`` and scaled to ``[0, 1]``:
 ``v = (clip(hu, hu_min, hu_max) - hu_min) / (hu_max - hu_min)``.
 
-The optional lung mask is computed on a coarse grid (one sample at the centre of each block of
-``mask_block`` voxels): air (below ``lung_threshold_hu``) in connected components that do not
-touch the in-plane border (the air around the body does) and are large enough, holes filled
-slice by slice, dilated by ``mask_dilation_mm``. Its bounding box is the only part resampled at
-full resolution and the volume the network sees; candidates outside the mask are dropped.
+The lungs are found on a coarse grid of blocks of ``mask_block`` voxels
+(:func:`~SCPMNoduleLib.lungs.find_lungs`: body, air inside it, airways and bowel gas rejected) and
+grown by ``mask_dilation_mm``; that region's bounding box is the only part resampled at full
+resolution and the volume the network sees, and candidates outside the region are dropped. A scan
+in which no lungs are found is refused (:class:`NoLungsError`) unless the mask is switched off
+(``lung_mask=False``: the whole volume, for research on crops).
 """
 
 from __future__ import annotations
@@ -24,16 +24,23 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .config_dict import dataclass_from_dict, invalid_setting
+from .errors import UserInputError
+from .lungs import LungFinderConfig, LungFinding, find_lungs
+from .scan_geometry import ScanGeometry
 
 log = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 1
+
+RETIRED_SETTINGS = frozenset({"lung_min_volume_ml"})
+"""Settings that checkpoints written before the lung finder carry and that no longer mean anything
+(the finder sizes lungs by the body, :class:`~SCPMNoduleLib.lungs.LungFinderConfig`): read and dropped."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,11 @@ class PreprocessConfig:
         version: bumped whenever the meaning of the numbers below changes.
         spacing_xyz_mm: voxel spacing of the network's input.
         hu_min, hu_max: the HU window; values are clipped to it and scaled to [0, 1].
-        lung_mask: crop to the lungs' bounding box and drop candidates outside the lungs.
-        lung_threshold_hu: air threshold of the lung mask.
-        lung_min_volume_ml: smallest air component kept as lung.
-        mask_block: the mask is computed on blocks of this many voxels per side.
-        mask_dilation_mm: the mask grows by this much so juxtapleural nodules stay inside.
+        lung_mask: find the lungs, crop to them, drop candidates outside them and refuse a scan
+            without lungs; ``False`` runs on the whole volume.
+        lung_threshold_hu: air (lung) threshold of the lung finder.
+        mask_block: the lungs are found on blocks of this many voxels per side.
+        mask_dilation_mm: the lungs grow by this much so juxtapleural nodules stay inside.
     """
 
     version: int = PREPROCESS_VERSION
@@ -57,7 +64,6 @@ class PreprocessConfig:
     hu_max: float = 600.0
     lung_mask: bool = True
     lung_threshold_hu: float = -400.0
-    lung_min_volume_ml: float = 5.0
     mask_block: int = 4
     mask_dilation_mm: float = 10.0
 
@@ -70,18 +76,23 @@ class PreprocessConfig:
             raise invalid_setting(self, "hu_max", f"is not above hu_min ({self.hu_min!r})")
         if self.mask_block < 1:
             raise invalid_setting(self, "mask_block", "is not at least 1")
-        for name in ("lung_min_volume_ml", "mask_dilation_mm"):
-            if not getattr(self, name) >= 0:
-                raise invalid_setting(self, name, "is negative")
+        if not self.mask_dilation_mm >= 0:
+            raise invalid_setting(self, "mask_dilation_mm", "is negative")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> PreprocessConfig:
+    def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
         """Inverse of :meth:`to_dict` (:func:`~SCPMNoduleLib.config_dict.dataclass_from_dict`: lists
-        from JSON become tuples; unknown keys and values of the wrong type are refused)."""
-        return dataclass_from_dict(cls, values, "pre-processing config")
+        from JSON become tuples; unknown keys and values of the wrong type are refused), less the
+        :data:`RETIRED_SETTINGS`."""
+        current = {key: value for key, value in values.items() if key not in RETIRED_SETTINGS}
+        return dataclass_from_dict(cls, current, "pre-processing config")
+
+    def lung_finder(self) -> LungFinderConfig:
+        """The lung finder's settings that this config sets (the others keep their defaults)."""
+        return LungFinderConfig(air_hu=self.lung_threshold_hu, margin_mm=self.mask_dilation_mm)
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """``(clip(hu) - hu_min) / (hu_max - hu_min)`` as float32, any shape."""
@@ -90,46 +101,6 @@ class PreprocessConfig:
         out -= np.float32(self.hu_min)
         out *= scale
         return out
-
-
-@dataclass(frozen=True)
-class ScanGeometry:
-    """A voxel grid in world space: ``world_xyz = origin + direction · diag(spacing) · index_xyz``.
-
-    Attributes:
-        shape_zyx: grid size.
-        origin_xyz_mm: world position of voxel (0, 0, 0), LPS mm.
-        spacing_xyz_mm: voxel size.
-        direction: ``(3, 3)`` direction cosines (columns = the x, y, z index axes in world LPS).
-    """
-
-    shape_zyx: tuple[int, int, int]
-    origin_xyz_mm: np.ndarray
-    spacing_xyz_mm: np.ndarray
-    direction: np.ndarray
-
-    @classmethod
-    def from_image(cls, image: sitk.Image) -> ScanGeometry:
-        return cls(tuple(int(n) for n in reversed(image.GetSize())),
-                   np.asarray(image.GetOrigin(), dtype=np.float64),
-                   np.asarray(image.GetSpacing(), dtype=np.float64),
-                   np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
-
-    @property
-    def index_to_world_matrix(self) -> np.ndarray:
-        """``(3, 3)`` matrix ``D · diag(s)`` acting on index_xyz."""
-        return self.direction * self.spacing_xyz_mm[None, :]
-
-    def index_to_world(self, index_zyx: np.ndarray) -> np.ndarray:
-        """``(..., 3)`` voxel indices (z, y, x), fractional allowed -> ``(..., 3)`` world LPS mm (x, y, z)."""
-        index_xyz = np.asarray(index_zyx, dtype=np.float64)[..., ::-1]
-        return self.origin_xyz_mm + index_xyz @ self.index_to_world_matrix.T
-
-    def world_to_index(self, world_xyz_mm: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`index_to_world`: ``(..., 3)`` world mm -> ``(..., 3)`` fractional index (z, y, x)."""
-        offset = np.asarray(world_xyz_mm, dtype=np.float64) - self.origin_xyz_mm
-        index_xyz = np.linalg.solve(self.index_to_world_matrix, offset.reshape(-1, 3).T).T
-        return index_xyz[:, ::-1].reshape(offset.shape)
 
 
 def resampled_geometry(image: sitk.Image, spacing_xyz_mm: tuple[float, float, float]) -> ScanGeometry:
@@ -163,83 +134,16 @@ def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0)
     )
 
 
-@dataclass(frozen=True)
-class LungMask:
-    """A coarse lung mask over the resampled grid.
+class NoLungsError(UserInputError):
+    """No lung-sized, lung-like air in a scan: it is not a chest CT (or not a whole one).
 
-    Attributes:
-        mask: ``(D/b, H/b, W/b)`` bool, one value per block of ``block`` voxels per side.
-        block: block size in resampled voxels.
+    ``reason`` says what was measured; the message is a sentence without the file's name, which
+    the caller that knows it puts in front (``"<file>: no lungs found ..."``).
     """
 
-    mask: np.ndarray
-    block: int
-
-    def bounding_box(self, shape_zyx: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(start_zyx, stop_zyx)`` in resampled voxels of the mask's true blocks, inside ``shape_zyx``."""
-        where = np.argwhere(self.mask)
-        start = where.min(axis=0) * self.block
-        stop = np.minimum((where.max(axis=0) + 1) * self.block, shape_zyx)
-        return start, stop
-
-    def contains(self, points_zyx_vox: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` resampled-voxel points -> ``(N,)`` bool: inside the mask (points off the grid: False)."""
-        blocks = np.floor(np.asarray(points_zyx_vox, dtype=np.float64).reshape(-1, 3) / self.block)
-        blocks = blocks.astype(np.int64)
-        inside = np.all((blocks >= 0) & (blocks < self.mask.shape), axis=1)
-        clipped = np.clip(blocks, 0, np.asarray(self.mask.shape) - 1)
-        return inside & self.mask[clipped[:, 0], clipped[:, 1], clipped[:, 2]]
-
-
-def lung_mask(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfig) -> LungMask | None:
-    """The coarse lung mask of a CT (HU) over the resampled grid ``geometry``, or ``None``
-    when no lung-sized air is found.
-
-    The CT is sampled once per block of ``mask_block`` grid voxels (at the block's centre,
-    without resampling the whole grid); then, as whole-array operations: air = value below
-    ``lung_threshold_hu``; connected components (6-connectivity); drop those touching the
-    y or x border (the air around the body) or smaller than ``lung_min_volume_ml``; fill holes
-    within each axial slice; dilate by ``mask_dilation_mm``. A chest wall thinner than a block
-    can fall between the samples, joining the lungs to the outside air; when nothing is found,
-    the mask is tried once more with blocks half the size.
-    """
-    blocks = [config.mask_block] + ([config.mask_block // 2] if config.mask_block > 1 else [])
-    for block in blocks:
-        mask = _lung_mask_of_blocks(image, geometry, config, block)
-        if mask is not None:
-            if block != config.mask_block:
-                log.info("lung mask found with %d-voxel blocks (none with %d)", block, config.mask_block)
-            return mask
-    return None
-
-
-def _lung_mask_of_blocks(image: sitk.Image, geometry: ScanGeometry, config: PreprocessConfig,
-                         block: int) -> LungMask | None:
-    """:func:`lung_mask` at one block size, or ``None`` when that finds no lung-sized air."""
-    coarse_grid = ScanGeometry(
-        tuple(-(-n // block) for n in geometry.shape_zyx),
-        geometry.index_to_world(np.full(3, (block - 1) / 2)), geometry.spacing_xyz_mm * block,
-        geometry.direction)
-    coarse = sitk.GetArrayFromImage(resample_onto(image, coarse_grid)) < config.lung_threshold_hu
-    labels, count = ndimage.label(coarse)
-    if count == 0:
-        return None
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    border = np.unique(np.concatenate([labels[:, [0, -1], :].ravel(), labels[:, :, [0, -1]].ravel()]))
-    block_ml = float(np.prod(coarse_grid.spacing_xyz_mm)) / 1000.0
-    keep = sizes * block_ml >= config.lung_min_volume_ml
-    keep[border] = False
-    keep[0] = False
-    mask = keep[labels]
-    if not mask.any():
-        return None
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    mask = ndimage.binary_fill_holes(mask, structure=in_plane)
-    iterations = math.ceil(config.mask_dilation_mm / float(coarse_grid.spacing_xyz_mm.min()))
-    if iterations > 0:
-        mask = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 3), iterations)
-    return LungMask(mask, block)
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"no lungs found — is this a chest CT? ({reason}; --no-lung-mask runs on the whole volume)")
 
 
 @dataclass(frozen=True)
@@ -250,19 +154,35 @@ class PreparedScan:
         image: ``(D, H, W)`` float32 normalised intensities of the crop.
         geometry: the whole resampled grid (crop offsets are relative to it).
         crop_start_zyx: index of ``image[0, 0, 0]`` in the whole resampled grid.
-        mask: the lung mask, or ``None`` when disabled or no lungs were found.
+        lungs: what the lung finder found (its region is the mask), or ``None`` when disabled.
+        source: the scan's own grid, as stored.
     """
 
     image: np.ndarray
     geometry: ScanGeometry
     crop_start_zyx: np.ndarray
-    mask: LungMask | None
+    lungs: LungFinding | None
+    source: ScanGeometry
+
+    def inside_scan(self, points_zyx_vox: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` points in voxels of :attr:`geometry` -> ``(N,)`` bool: within the scan's own
+        voxels (index ``-0.5 .. n - 0.5`` of :attr:`source` on every axis); the padding around a
+        crop or a small scan is not the patient."""
+        points = np.asarray(points_zyx_vox, dtype=np.float64).reshape(-1, 3)
+        index = self.source.world_to_index(self.geometry.index_to_world(points)).reshape(-1, 3)
+        return np.all((index >= -0.5) & (index <= np.asarray(self.source.shape_zyx) - 0.5), axis=1)
+
+    def keep(self, points_zyx_vox: np.ndarray) -> np.ndarray:
+        """``(N, 3)`` points in voxels of :attr:`geometry` -> ``(N,)`` bool: inside the scan and,
+        when the lungs were looked for, inside their region."""
+        inside = self.inside_scan(points_zyx_vox)
+        return inside & self.lungs.contains(points_zyx_vox) if self.lungs is not None else inside
 
 
 def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) -> PreparedScan:
-    """Resample, window and (optionally) crop a CT (in HU) for the network.
+    """Resample, window and crop a CT (in HU) to its lungs for the network.
 
-    Only the crop is resampled at full resolution (the lung mask samples the CT once per
+    Only the crop is resampled at full resolution (the lung finder samples the CT once per
     block), so the cost follows the lungs' size, not the scan's.
 
     Args:
@@ -270,16 +190,20 @@ def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) ->
         config: the checkpoint's pre-processing.
         align: the crop's start is rounded down to a multiple of this (the network's total
             stride), so the crop's grid points fall where the whole scan's would.
+
+    Raises:
+        NoLungsError: ``config.lung_mask`` is on and the scan holds no lungs.
     """
     geometry = resampled_geometry(image, config.spacing_xyz_mm)
-    mask = lung_mask(image, geometry, config) if config.lung_mask else None
+    lungs = None
     start = np.zeros(3, dtype=np.int64)
     stop = np.asarray(geometry.shape_zyx, dtype=np.int64)
-    if config.lung_mask and mask is None:
-        log.warning("no lungs found in the scan; running on the whole volume")
-    if mask is not None:
-        start, stop = mask.bounding_box(geometry.shape_zyx)
-        start = start // align * align
+    if config.lung_mask:
+        lungs = find_lungs(image, geometry, config.mask_block, config.lung_finder())
+        if not lungs.found:
+            raise NoLungsError(lungs.reason)
+        start, stop = lungs.box_start_zyx // align * align, lungs.box_stop_zyx
         log.info("lung crop %s of %s voxels", tuple(int(n) for n in stop - start), geometry.shape_zyx)
     crop = resample_onto(image, geometry, start, tuple(int(n) for n in stop - start))
-    return PreparedScan(config.normalize(sitk.GetArrayViewFromImage(crop)), geometry, start, mask)
+    return PreparedScan(config.normalize(sitk.GetArrayViewFromImage(crop)), geometry, start, lungs,
+                        ScanGeometry.from_image(image))

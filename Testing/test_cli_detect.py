@@ -21,9 +21,22 @@ SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.jso
 FAST = ["--threshold", "0", "--max-detections", "5", "--device", "cpu"]
 
 
+REAL_CT = Path(__file__).parent / "data" / "realct"
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
+    """A tiny network whose pre-processing looks for no lungs, for the noise scans below."""
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(lung_mask=False), {"trained": True})
+    return path
+
+
+@pytest.fixture(scope="module")
+def chest_checkpoint(tmp_path_factory):
+    """The same network with the default pre-processing, which finds the lungs."""
+    path = tmp_path_factory.mktemp("model") / "tiny_lungs.pt"
     torch.manual_seed(0)
     save_checkpoint(path, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(), {"trained": True})
     return path
@@ -158,3 +171,36 @@ def test_demo_runs_on_a_small_phantom_and_says_what_its_weights_are(tmp_path, ca
                  "demo_phantom.candidates.csv", "demo_detections.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert (tmp_path / "demo_detections.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scans_without_lungs_are_refused_and_the_chest_ct_of_the_batch_goes_on(tmp_path, chest_checkpoint, capsys):
+    out = tmp_path / "out"
+    scans = [REAL_CT / "abdomen_6mm.nii.gz", REAL_CT / "pelvis_dicom_2mm.nii.gz", REAL_CT / "A0002_8mm_B70f.nii.gz"]
+    code = main(["detect", *map(str, scans), "--out", str(out), "--model", str(chest_checkpoint),
+                 "--progress", "none", *FAST])
+    captured = capsys.readouterr()
+    assert code == 2
+    for refused in scans[:2]:
+        assert f"{refused}: no lungs found — is this a chest CT?" in captured.err
+        assert not list(out.glob(f"{refused.name.split('.')[0]}*"))
+    chest = json.loads((out / "A0002_8mm_B70f.json").read_text(encoding="utf-8"))
+    assert 2000 < chest["scan"]["lung_volume_ml"] < 9000
+    box = chest["scan"]["lung_box_xyz_mm"]
+    assert all(low < high for low, high in zip(box["min"], box["max"]))
+    line = next(line for line in captured.out.splitlines() if line.startswith("A0002_8mm_B70f:"))
+    assert f"lungs {chest['scan']['lung_volume_ml']:.0f} mL" in line
+    summary = json.loads((out / "detect_summary.json").read_text(encoding="utf-8"))
+    assert [scan["ok"] for scan in summary["scans"]] == [False, False, True]
+    assert summary["scans"][2]["lungs"]["lung_volume_ml"] == chest["scan"]["lung_volume_ml"]
+
+
+def test_no_lung_mask_runs_on_the_whole_volume_and_the_report_says_so(tmp_path, chest_checkpoint, capsys):
+    out = tmp_path / "out"
+    code = main(["detect", str(REAL_CT / "abdomen_6mm.nii.gz"), "--out", str(out), "--model", str(chest_checkpoint),
+                 "--progress", "none", "--no-lung-mask", *FAST])
+    assert code == 0
+    report = json.loads((out / "abdomen_6mm.json").read_text(encoding="utf-8"))
+    assert report["model"]["inference"]["lung_mask"] is False
+    assert "lung_volume_ml" not in report["scan"]
+    assert "lungs not looked for" in capsys.readouterr().out
+

@@ -18,7 +18,8 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import DetectionCancelled, Detector, InferenceConfig
 from SCPMNoduleLib.io import sha256_of
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
-from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry
+from SCPMNoduleLib.preprocess import PreprocessConfig
+from SCPMNoduleLib.scan_geometry import ScanGeometry
 from SCPMNoduleLib.tiling import plan_tiles
 
 NO_MASK = PreprocessConfig(lung_mask=False)
@@ -396,3 +397,34 @@ def test_auto_precision_on_the_cpu_is_fp32():
     auto = Detector(model, NO_MASK, config).detect(scan)
     fp32 = Detector(model, NO_MASK, replace(config, precision="fp32")).detect(scan)
     assert auto.detections == fp32.detections and auto.precision == fp32.precision == "fp32"
+
+
+def _inside_voxels(image: sitk.Image, detections) -> np.ndarray:
+    """Whether each detection's centre lies within the scan's own voxels (index -0.5 .. n - 0.5)."""
+    geometry = ScanGeometry.from_image(image)
+    index = geometry.world_to_index(np.array([d.center_xyz_mm for d in detections]).reshape(-1, 3))
+    return np.all((index >= -0.5) & (index <= np.asarray(geometry.shape_zyx) - 0.5), axis=1)
+
+
+@pytest.mark.parametrize("shape_zyx, spacing_xyz, direction", [
+    ((2, 2, 2), (1.0, 1.0, 1.0), np.eye(3)),                       # smaller than a tile: almost all padding
+    ((5, 5, 5), (0.7, 0.7, 2.5), np.eye(3)),
+    ((40, 40, 40), (1.0, 1.0, 1.0), _rotation(20)),                 # a crop, oblique
+    ((3, 120, 110), (0.6, 0.6, 9.0), np.diag([-1.0, -1.0, 1.0])),  # extremely anisotropic, flipped
+])
+def test_no_detection_outside_the_scan(shape_zyx, spacing_xyz, direction):
+    """A random network with no score threshold fires everywhere, the padding included: every
+    detection it reports must still lie inside the scan's own voxels."""
+    values = np.random.default_rng(0).normal(-300.0, 400.0, shape_zyx).astype(np.float32)
+    image = sitk.GetImageFromArray(values)
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin((30.0, -60.0, 200.0))
+    image.SetDirection(tuple(float(v) for v in np.asarray(direction).ravel()))
+    torch.manual_seed(1)
+    model = SCPMNet(SCPMNetConfig.tiny())
+    config = InferenceConfig(score_threshold=0.0, max_detections=100, top_n=5000)
+    found = Detector(model, NO_MASK, config).detect(image).detections
+    assert _inside_voxels(image, found).all()
+    # without the filter, 100 of 100 detections lie outside the 2^3 and 5^3 scans and 73 of 100 outside the
+    # 40^3 one; the scans that hold a stride-4 grid point still report detections
+    assert len(found) > 0 or min(shape_zyx) < 4

@@ -8,14 +8,13 @@ import SimpleITK as sitk
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import (
+    NoLungsError,
     PreprocessConfig,
-    ScanGeometry,
-    _lung_mask_of_blocks,
-    lung_mask,
     prepare_scan,
     resample_onto,
     resampled_geometry,
 )
+from SCPMNoduleLib.scan_geometry import ScanGeometry
 
 
 def _rotation(angle_deg: float) -> np.ndarray:
@@ -82,7 +81,6 @@ def test_config_round_trips_through_json_lists():
     ({"spacing_xyz_mm": (1.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 1.0) is not three positive spacings."),
     ({"hu_min": 600.0}, "PreprocessConfig.hu_max: 600.0 is not above hu_min (600.0)."),
     ({"mask_block": 0}, "PreprocessConfig.mask_block: 0 is not at least 1."),
-    ({"lung_min_volume_ml": -1.0}, "PreprocessConfig.lung_min_volume_ml: -1.0 is negative."),
     ({"mask_dilation_mm": float("nan")}, "PreprocessConfig.mask_dilation_mm: nan is negative."),
 ])
 def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence):
@@ -113,40 +111,44 @@ def _unit_image(hu):
     return _image(hu.shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3), hu)
 
 
-def test_lung_mask_covers_the_lungs_and_their_nodules_but_not_the_air_outside():
+def test_the_lungs_cover_their_nodules_but_not_the_air_outside():
     hu, nodule = chest_phantom()
-    image = _unit_image(hu)
-    mask = lung_mask(image, ScanGeometry.from_image(image), PreprocessConfig(mask_dilation_mm=4.0))
-    lungs = np.argwhere(hu == -850.0)
-    assert mask.contains(lungs).all()
-    assert mask.contains(nodule[None]).all()
-    assert not mask.contains(np.array([[24, 2, 2], [24, 62, 32], [2, 32, 32]])).any()
-    start, stop = mask.bounding_box(hu.shape)
-    assert np.all(start <= lungs.min(0)) and np.all(stop > lungs.max(0))
-    # the box is the lungs' extent grown by at most one block plus the dilation (4 + 4 voxels)
-    assert np.all(lungs.min(0) - start <= 8) and np.all(stop - lungs.max(0) <= 9)
+    lungs = prepare_scan(_unit_image(hu), PreprocessConfig(mask_dilation_mm=4.0)).lungs
+    inside = np.argwhere(hu == -850.0)
+    assert lungs is not None and lungs.n_lungs == 2
+    assert lungs.contains(inside).all()
+    assert lungs.contains(nodule[None]).all()
+    assert not lungs.contains(np.array([[24, 2, 2], [24, 62, 32], [2, 32, 32]])).any()
+    start, stop = lungs.box_start_zyx, lungs.box_stop_zyx
+    assert np.all(start <= inside.min(0)) and np.all(stop > inside.max(0))
+    # the box is the lungs' extent grown by at most one block plus the margin (4 + 4 voxels)
+    assert np.all(inside.min(0) - start <= 8) and np.all(stop - inside.max(0) <= 9)
 
 
-def test_a_chest_wall_between_the_block_samples_is_found_with_half_blocks():
-    """Lungs (-900 HU) in a box body whose side walls are 3 voxels thick (x = 3..5, 58..60): the
-    4-voxel blocks sample x = 1.5 (air) and 5.5 (half wall, half lung: -430 HU), so at that
-    resolution the lungs run into the outside air; 2-voxel blocks sample x = 4.5 (wall)."""
+def test_a_chest_wall_thinner_than_a_block_still_closes_the_lungs():
+    """Lungs (-900 HU) in a box body whose side walls are 3 voxels thick (x = 3..5, 58..60): blocks of
+    4 voxels average wall, lung and outside air, yet the lungs must not run into the outside air."""
     hu = np.full((48, 64, 64), -1000.0, np.float32)
     hu[:, 4:60, 3:61] = 40.0
     hu[8:40, 12:52, 6:28] = -900.0
     hu[8:40, 12:52, 36:58] = -900.0
-    image = _unit_image(hu)
-    geometry, config = ScanGeometry.from_image(image), PreprocessConfig(mask_dilation_mm=2.0)
-    assert _lung_mask_of_blocks(image, geometry, config, 4) is None
-    mask = lung_mask(image, geometry, config)
-    assert mask is not None and mask.block == 2
-    assert mask.contains(np.argwhere(hu == -900.0)).all()
-    assert not mask.contains(np.array([[24, 32, 1], [24, 32, 62], [24, 1, 32]])).any()
+    lungs = prepare_scan(_unit_image(hu), PreprocessConfig(mask_dilation_mm=2.0)).lungs
+    assert lungs is not None and lungs.n_lungs == 2
+    assert lungs.contains(np.argwhere(hu == -900.0)).all()
+    assert not lungs.contains(np.array([[24, 32, 1], [24, 32, 62], [24, 1, 32]])).any()
 
 
-def test_lung_mask_is_none_without_lungs():
+def test_a_scan_without_lungs_is_refused_unless_the_mask_is_off():
     image = _unit_image(np.full((32, 32, 32), 40.0, np.float32))
-    assert lung_mask(image, ScanGeometry.from_image(image), PreprocessConfig()) is None
+    with pytest.raises(NoLungsError, match="^no lungs found — is this a chest CT"):
+        prepare_scan(image, PreprocessConfig())
+    whole = prepare_scan(image, PreprocessConfig(lung_mask=False))
+    assert whole.lungs is None and whole.image.shape == (32, 32, 32)
+
+
+def test_old_checkpoints_retired_setting_is_read_and_dropped():
+    values = {**PreprocessConfig().to_dict(), "lung_min_volume_ml": 5.0}
+    assert PreprocessConfig.from_dict(values) == PreprocessConfig()
 
 
 def test_prepare_scan_crops_to_the_lungs_with_an_aligned_start():
@@ -161,7 +163,7 @@ def test_prepare_scan_crops_to_the_lungs_with_an_aligned_start():
                                                           start[2]:start[2] + w])
     assert prepared.image.size < 0.8 * hu.size
     whole = prepare_scan(image, PreprocessConfig(lung_mask=False))
-    assert whole.image.shape == hu.shape and whole.mask is None
+    assert whole.image.shape == hu.shape and whole.lungs is None
 
 
 def test_the_crop_is_exactly_the_whole_resampled_grid_cropped():

@@ -38,7 +38,8 @@ from SCPMNoduleLib.documents import DocumentError, read_document
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, map_in_processes, read_annotations, read_scan,
                               scan_name, sha256_of)
-from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry, prepare_scan
+from SCPMNoduleLib.preprocess import PreprocessConfig, prepare_scan
+from SCPMNoduleLib.scan_geometry import ScanGeometry
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +168,9 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
     start = np.asarray(prepared.crop_start_zyx, dtype=np.int64)
     image_record = _save_array(scans_dir / f"{scan.seriesuid}.npy", prepared.image.astype(STORAGE_DTYPE))
     mask_record = None
-    if prepared.mask is not None:
-        mask_record = _save_array(scans_dir / f"{scan.seriesuid}.lungs.npy", prepared.mask.mask)
-        mask_record["block"] = prepared.mask.block
+    if prepared.lungs is not None:
+        mask_record = _save_array(scans_dir / f"{scan.seriesuid}.lungs.npy", prepared.lungs.region)
+        mask_record["block"] = prepared.lungs.block
     nodules, excluded = (
         _spheres_in_crop(*spheres.get(kind, (np.zeros((0, 3)), np.zeros(0))), prepared.geometry, start)
         for kind in ("annotations", "excluded")
