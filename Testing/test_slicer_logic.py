@@ -590,7 +590,7 @@ def test_a_failing_run_reports_its_error_and_adds_nothing(mrml):
                            "'message': 'x.nrrd: the scan is smaller than a patch.'})); sys.exit(2)"]
     run.start()
     run.wait(30)
-    with pytest.raises(UserInputError, match=r"failed \(x.nrrd: the scan is smaller than a patch.\)"):
+    with pytest.raises(UserInputError, match=r"^x.nrrd: the scan is smaller than a patch.$"):
         run.finish()
     assert mrml.scene.GetNumberOfNodes() == count
     assert not run.temp_dir.exists()
@@ -637,6 +637,19 @@ def test_background_run_of_the_real_command_line_puts_its_detections_in_the_scen
     assert_consistent(review)
     assert logic.read_sidecar(tmp_path / "review.json") == review.nodules()
     assert not run.temp_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_volume_without_lungs_gets_the_detectors_sentence_with_its_own_name(mrml):
+    image = sitk.ReadImage(str(Path(__file__).parent / "data" / "realct" / "abdomen_6mm.nii.gz"))
+    volume = logic.volume_node_from_image(mrml.scene, image, "Abdomen")
+    count = mrml.scene.GetNumberOfNodes()
+    run = logic.DetectionRun(volume, logic.DetectionSettings(device="cpu"))
+    run.start()
+    run.wait(120)
+    with pytest.raises(UserInputError, match=r"^Abdomen: no lungs found — is this a chest CT\? \("):
+        run.finish()
+    assert mrml.scene.GetNumberOfNodes() == count and not run.temp_dir.exists()
 
 
 @pytest.mark.slow

@@ -245,8 +245,9 @@ class DetectionRun:
         self._result_path: str | None = None
         self._error: str | None = None
         self.temp_dir = Path(tempfile.mkdtemp(prefix="SCPMNodule-"))
+        input_path = self.temp_dir / f"{safe_file_name(volume_node.GetName(), fallback='volume')}.nrrd"
+        self.input_path = input_path
         try:
-            input_path = self.temp_dir / f"{safe_file_name(volume_node.GetName(), fallback='volume')}.nrrd"
             write_volume(volume_node, input_path)
         except BaseException:
             self.cleanup()
@@ -291,8 +292,9 @@ class DetectionRun:
             returncode = self.process.returncode
             if returncode != 0 or self._result_path is None:
                 reason = self._error or (self.process.stderr_tail.splitlines() or ["no message"])[-1]
-                prefix = "" if returncode == EXIT_BAD_INPUT else f"exit status {returncode}: "
-                raise UserInputError(f"The detection failed ({prefix}{reason}).")
+                if returncode == EXIT_BAD_INPUT:  # the detector's own sentence, about the volume, not its temporary copy
+                    raise UserInputError(reason.replace(str(self.input_path), self.volume_node.GetName()))
+                raise UserInputError(f"The detection failed (exit status {returncode}: {reason}).")
             detections = read_detections_json(self._result_path)
             log.info("%d nodules detected in %s", len(detections), self.volume_node.GetName())
             review = NoduleReview.create(self.volume_node, detections, self.style)
