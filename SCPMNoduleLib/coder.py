@@ -23,6 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+__all__ = [
+    "DecodedSpheres",
+    "decode_detections",
+    "decode_spheres",
+    "encode_spheres",
+    "grid_points_zyx_vox",
+    "grid_positions_vox",
+]
+
 
 def grid_positions_vox(
     length: int,

@@ -46,6 +46,8 @@ from SCPMNoduleLib.config_dict import invalid_setting
 from SCPMNoduleLib.geometry import SIOU_PP_MODES, siou_pp_loss
 from SCPMNoduleLib.matching import LevelTargets
 
+__all__ = ["LOSS_TERMS", "LossConfig", "SCPMLoss", "hard_negative_mask", "refocal_point_loss"]
+
 LOSS_TERMS = ("classification", "radius", "offset", "siou")
 
 

@@ -49,8 +49,12 @@ from .coder import grid_positions_vox
 from .config_dict import invalid_setting
 
 __all__ = [
+    "DetectionHead",
+    "DilatedFusion",
+    "ResidualBlock",
     "SCPMNet",
     "SCPMNetConfig",
+    "SqueezeExcitation",
     "coordinate_map",
     "fast_bfloat16_available",
     "fuse_batch_norm",
