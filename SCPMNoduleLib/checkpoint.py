@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .config_dict import dataclass_from_dict
+from .documents import check_document
 from .errors import UserInputError
 from .io import atomic_write
 from .model import SCPMNet, SCPMNetConfig
@@ -56,16 +58,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig,
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types for a damaged or foreign file
-        raise UserInputError(f"{path}: the file is not a readable checkpoint (damaged, or not saved by torch).") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserInputError(f"{path}: the file is not an SCPM-Net checkpoint of this program.")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise UserInputError(f"{path}: checkpoint version {checkpoint.get('version')} is not the "
-                             f"version {CHECKPOINT_VERSION} this program reads.")
+        raise UserInputError(f"{path}: the file is not a readable checkpoint (damaged, or not saved by "
+                             "torch).") from None
+    check_document(checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, str(path),
+                   "an SCPM-Net checkpoint of this program")
     try:
-        config = SCPMNetConfig(**checkpoint["model_config"])
-    except (KeyError, TypeError, ValueError):
-        raise UserInputError(f"{path}: the checkpoint's architecture is not one this program's SCPM-Net can build.") from None
+        config = dataclass_from_dict(SCPMNetConfig, checkpoint.get("model_config"), "model_config")
+    except UserInputError as error:
+        raise UserInputError(f"{path}: the checkpoint's architecture is not one this program's SCPM-Net can "
+                             f"build ({str(error).rstrip('.')}).") from None
     preprocess_values = checkpoint.get("preprocess_config", {})
     if not isinstance(preprocess_values, dict) or preprocess_values.get("version") != PREPROCESS_VERSION:
         raise UserInputError(f"{path}: the checkpoint's pre-processing version is not {PREPROCESS_VERSION}.")

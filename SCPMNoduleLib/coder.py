@@ -17,11 +17,20 @@ only place that knows the convention; matching, losses and inference go through 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
+
+__all__ = [
+    "DecodedSpheres",
+    "decode_detections",
+    "decode_spheres",
+    "encode_spheres",
+    "grid_points_zyx_vox",
+    "grid_positions_vox",
+]
 
 
 def grid_positions_vox(
@@ -96,6 +105,13 @@ def decode_spheres(
 @dataclass
 class DecodedSpheres:
     """Candidate spheres of one patch, highest score first (no NMS applied).
+
+    Why a shape of its own rather than :class:`~SCPMNoduleLib.detection.Detection` rows: these
+    are torch tensors on the maps' device, in the input voxels (zyx) of the maps decoded, before
+    suppression and before conversion to world millimetres, so that decoding stays batched and
+    vectorised where the maps are. The detector then drops centres outside the lung mask, runs
+    :func:`~SCPMNoduleLib.geometry.sphere_nms` in mm and turns only the survivors into
+    world-space ``Detection`` rows.
 
     Attributes:
         centers_zyx_vox: ``(N, 3)`` centres in the patch's input voxels.

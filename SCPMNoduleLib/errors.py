@@ -5,6 +5,8 @@ sentence that names the file or value and says what is wrong; the command line p
 sentence and exits with :data:`EXIT_BAD_INPUT`, the Slicer module shows it in a message box.
 """
 
+__all__ = ["EXIT_BAD_INPUT", "UserInputError"]
+
 EXIT_BAD_INPUT = 2
 """The command line's exit status for bad input (1 is a crash); the Slicer module reads it."""
 

@@ -1,4 +1,4 @@
-"""LUNA16's FROC evaluation, vectorised, with bootstrap bands, a per-size breakdown and a plot.
+"""LUNA16's FROC evaluation: inputs, hit matching, per-size breakdown, results and their files.
 
 This reproduces the challenge's own script (``noduleCADEvaluationLUNA16.py``) rule for rule:
 
@@ -14,21 +14,8 @@ This reproduces the challenge's own script (``noduleCADEvaluationLUNA16.py``) ru
   hitting two included nodules counts for both; one hitting an included nodule and an excluded
   finding is a TP. Every candidate that hits any finding (included or excluded) leaves the FP
   list, so extra hits on a nodule and hits on excluded findings are neither TP nor FP.
-* The curve is scikit-learn's ``roc_curve`` over the TP and FP entries (one point per distinct
-  probability; a point whose two neighbours lie equal steps away on one straight line is dropped,
-  as ``drop_intermediate`` does; ``(0, 0)`` at threshold ``inf`` in front):
-  ``fps = (FP(t) / F) * F / S`` and ``sensitivity = (TP(t) / T) * T / N`` with ``F``, ``T`` the
-  totals, evaluated in that order so the floats are the official script's bit for bit.
-* The sensitivities at 1/8 ... 8 FPs per scan are ``np.interp`` of that curve (where several
-  points share an FP rate the last, highest one counts); CPM is their mean.
-* Bootstrap: scans are resampled with replacement; resample ``b`` gives scan ``s`` a weight
-  ``w[b, s]`` (how often it was drawn), so with entries sorted by probability the curve of
-  resample ``b`` is ``FP_b(t) = sum_e w[b, scan(e)] [e is FP, p_e >= t]`` and likewise ``TP_b``
-  and ``N_b``: one sparse product ``W @ A`` (``A``: scans x thresholds) for many resamples at once,
-  after merging runs of thresholds that hold only FPs or only TPs (straight stretches of every
-  resample's curve, so ``np.interp`` reads the same values off the merged curve).
-  Bands use the official script's order statistics: the ``floor(a B)``-th and ``floor((1 - a) B)``-th
-  of the ``B`` sorted values, ``a = (1 - confidence) / 2``.
+* The TP and FP entries become the curve, the sensitivities at 1/8 ... 8 FPs per scan (CPM is
+  their mean) and the bootstrap bands over scans in :mod:`SCPMNoduleLib.froc`.
 
 Degenerate inputs the official script turns into NaN or a crash give numbers here: no candidate at
 all or no TP gives sensitivity 0; a resample without a nodule gives sensitivity 0. Where it would
@@ -46,13 +33,13 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
-import scipy.sparse
 
 from .config_dict import invalid_setting
 from .errors import UserInputError
+from .froc import BootstrapBands, FROCCurve, FROCEntries, bootstrap_bands, froc_curve
 from .io import (
     ANNOTATION_COLUMNS,
     CANDIDATE_COLUMNS,
@@ -65,11 +52,26 @@ from .io import (
 )
 from .plotting import fp_rate_label, plot_froc
 
+__all__ = [
+    "FP_RATES",
+    "EvaluationConfig",
+    "FROCCounts",
+    "FROCResult",
+    "SizeClass",
+    "TableLike",
+    "evaluate_froc",
+    "evaluate_runs",
+    "format_results",
+    "luna16_hit",
+    "squared_distance_mm2",
+    "write_evaluation",
+]
+
 log = logging.getLogger(__name__)
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
-TableLike = Union[str, os.PathLike, Findings, Any]
+TableLike = str | os.PathLike | Findings | Any
 """A LUNA16 table: a CSV path, a :class:`Findings`, or a pandas-like DataFrame in LUNA16 columns."""
 
 
@@ -121,53 +123,6 @@ class EvaluationConfig:
         edges = self.size_edges_mm
         if len(edges) != 2 or not edges[0] <= edges[1]:
             raise invalid_setting(self, "size_edges_mm", "is not two increasing diameters")
-
-
-@dataclass(frozen=True)
-class FROCCurve:
-    """The FROC curve, one point per kept probability threshold, ``(0, 0)`` first.
-
-    Attributes:
-        fps_per_scan: ``(P,)`` non-decreasing.
-        sensitivity: ``(P,)`` non-decreasing, in [0, 1].
-        thresholds: ``(P,)`` decreasing; ``inf`` for the first point.
-    """
-
-    fps_per_scan: np.ndarray
-    sensitivity: np.ndarray
-    thresholds: np.ndarray
-
-    def at(self, fp_rates: Sequence[float]) -> np.ndarray:
-        """Sensitivity at ``fp_rates`` by linear interpolation (``np.interp``, as LUNA16)."""
-        return np.interp(np.asarray(fp_rates, np.float64), self.fps_per_scan, self.sensitivity)
-
-
-@dataclass(frozen=True)
-class BootstrapBands:
-    """Bootstrap over scans.
-
-    Attributes:
-        n_resamples, seed, confidence: how it was drawn.
-        sensitivities: ``(B, R)`` each resample's sensitivity at the R ``fp_rates``.
-        mean, lower, upper: ``(R,)`` mean and band at the ``fp_rates``.
-        cpm_mean, cpm_lower, cpm_upper: the same for the CPM of each resample.
-        grid_fps_per_scan: ``(Q,)`` log-spaced FP rates; ``grid_mean/lower/upper`` ``(Q,)`` there.
-    """
-
-    n_resamples: int
-    seed: int
-    confidence: float
-    sensitivities: np.ndarray
-    mean: np.ndarray
-    lower: np.ndarray
-    upper: np.ndarray
-    cpm_mean: float
-    cpm_lower: float
-    cpm_upper: float
-    grid_fps_per_scan: np.ndarray
-    grid_mean: np.ndarray
-    grid_lower: np.ndarray
-    grid_upper: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -279,7 +234,7 @@ def _findings_from_frame(frame: Any, columns: Sequence[str], name: str) -> Findi
         extra = {c: np.asarray(frame[c], np.float64) for c in ("diameter_mm", "probability")
                  if c in list(frame.columns)}
     except (TypeError, ValueError) as error:
-        raise UserInputError(f"{name}: a coordinate, diameter or probability is not a number ({error}).")
+        raise UserInputError(f"{name}: a coordinate, diameter or probability is not a number ({error}).") from None
     uids = np.asarray(frame["seriesuid"]).astype(str)
     return Findings.from_columns(uids, centers.reshape(len(uids), 3), extra.get("diameter_mm"),
                                  extra.get("probability"))
@@ -304,12 +259,12 @@ def _as_findings(table: TableLike, candidates: bool, name: str) -> Findings:
 
 def _as_seriesuids(seriesuids: str | os.PathLike | Iterable[str] | Any) -> np.ndarray:
     if isinstance(seriesuids, (str, os.PathLike)):
-        name, uids = str(seriesuids), read_seriesuids(seriesuids)
+        name, listed = str(seriesuids), read_seriesuids(seriesuids)
     elif hasattr(seriesuids, "columns"):
-        name, uids = "series table", list(np.asarray(seriesuids[list(seriesuids.columns)[0]]))
+        name, listed = "series table", list(np.asarray(seriesuids[list(seriesuids.columns)[0]]))
     else:
-        name, uids = "series list", list(seriesuids)
-    uids = np.asarray([str(uid).strip() for uid in uids], dtype=str)
+        name, listed = "series list", list(seriesuids)
+    uids = np.asarray([str(uid).strip() for uid in listed], dtype=str)
     if len(uids) == 0:
         raise UserInputError(f"{name}: the series list names no scan.")
     unique, counts = np.unique(uids, return_counts=True)
@@ -366,161 +321,6 @@ def luna16_hit(squared_distance: np.ndarray, diameters_mm: np.ndarray) -> np.nda
     (:func:`squared_distance_mm2`) from the centre of a sphere of diameter ``d`` hits it when
     ``|c - n|^2 < (d / 2)^2``, strictly (a point exactly on the sphere misses)."""
     return squared_distance < (np.asarray(diameters_mm, np.float64) / 2.0) ** 2.0
-
-
-@dataclass(frozen=True)
-class _Entries:
-    """The FROC list: one entry per detected nodule (TP) and per false-positive candidate."""
-
-    scan: np.ndarray
-    probability: np.ndarray
-    is_tp: np.ndarray
-
-    def select(self, mask: np.ndarray) -> _Entries:
-        return _Entries(self.scan[mask], self.probability[mask], self.is_tp[mask])
-
-
-# ----------------------------------------------------------------------------------- the curve
-
-
-def _descending_thresholds(probability: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order by decreasing probability and each sorted entry's threshold index (0 = highest)."""
-    order = np.argsort(probability, kind="mergesort")[::-1]
-    sorted_p = probability[order]
-    group = np.concatenate([[0], np.cumsum(np.diff(sorted_p) != 0)]) if len(order) else order
-    return order, group
-
-
-def _froc_curve(entries: _Entries, n_nodules: int, n_scans: int) -> FROCCurve:
-    """scikit-learn's ``roc_curve`` (with ``drop_intermediate``) rescaled to FPs/scan, as LUNA16."""
-    order, group = _descending_thresholds(entries.probability)
-    if len(order) == 0:
-        return FROCCurve(np.zeros(1), np.zeros(1), np.full(1, np.inf))
-    last_of_group = np.flatnonzero(np.diff(np.append(group, group[-1] + 1)))
-    tps = np.cumsum(entries.is_tp[order].astype(np.float64))[last_of_group]
-    fps = (last_of_group + 1) - tps
-    thresholds = entries.probability[order][last_of_group]
-    if len(fps) > 2:
-        keep = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
-        tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
-    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-    n_fp, n_tp = fps[-1], tps[-1]
-    fps_per_scan = fps / n_fp * n_fp / n_scans if n_fp > 0 else np.zeros_like(fps)
-    sensitivity = tps / n_tp * n_tp / n_nodules if n_tp > 0 else np.zeros_like(tps)
-    return FROCCurve(fps_per_scan, sensitivity, np.r_[np.inf, thresholds])
-
-
-# ----------------------------------------------------------------------------------- bootstrap
-
-
-def bootstrap_resamples(n_scans: int, n_resamples: int, seed: int) -> np.ndarray:
-    """``(B, S)`` scan indices drawn with replacement; row ``b`` is resample ``b``."""
-    return np.random.default_rng(seed).integers(0, n_scans, size=(n_resamples, n_scans))
-
-
-def _interp_rows(cum_fp: np.ndarray, sensitivity: np.ndarray, fp_counts: np.ndarray) -> np.ndarray:
-    """``np.interp`` of each row's curve at FP counts, for all rows at once.
-
-    Args:
-        cum_fp: ``(B, P)`` int, non-decreasing along each row, ``cum_fp[:, 0] == 0``.
-        sensitivity: ``(B, P)``.
-        fp_counts: ``(Q,)`` FP counts (FPs per scan times S) to read the curves at.
-
-    Returns:
-        ``(B, Q)``. As ``np.interp``: with ``j`` the last point where ``cum_fp <= k``,
-        ``y_j + (k - x_j) (y_{j+1} - y_j) / (x_{j+1} - x_j)``, and ``y_{P-1}`` past the end.
-        ``j`` comes from one ``searchsorted`` over the rows laid end to end, each shifted by
-        ``row * stride`` so that the concatenation stays sorted.
-    """
-    n_rows, n_points = cum_fp.shape
-    whole = np.floor(fp_counts).astype(np.int64)
-    stride = int(max(cum_fp[:, -1].max(), whole.max())) + 1
-    shift = np.arange(n_rows, dtype=np.int64)[:, None] * stride
-    found = np.searchsorted((cum_fp + shift).ravel(), (whole[None, :] + shift).ravel(), side="right")
-    j = found.reshape(n_rows, -1) - 1 - np.arange(n_rows)[:, None] * n_points
-    j_next = np.minimum(j + 1, n_points - 1)
-    x0, x1 = np.take_along_axis(cum_fp, j, 1), np.take_along_axis(cum_fp, j_next, 1)
-    y0, y1 = np.take_along_axis(sensitivity, j, 1), np.take_along_axis(sensitivity, j_next, 1)
-    inside = j_next > j
-    slope = np.divide(y1 - y0, x1 - x0, out=np.zeros_like(y0), where=inside)
-    return y0 + slope * (fp_counts[None, :] - x0)
-
-
-def _merge_straight_runs(group: np.ndarray, is_tp: np.ndarray) -> np.ndarray:
-    """Renumber sorted entries' thresholds so that runs of FP-only or of TP-only thresholds merge.
-
-    A run of thresholds holding only FPs is a horizontal stretch of every resample's curve, one of
-    only TPs a vertical one; dropping the points inside such a run leaves ``np.interp`` unchanged
-    (on a vertical stretch it reads the top point, which stays). Thresholds holding both stay apart.
-    LUNA16's curves have about two such runs per nodule instead of a point per candidate.
-    """
-    if len(group) == 0:
-        return group
-    n_groups = int(group[-1]) + 1
-    has_tp = np.bincount(group, weights=is_tp, minlength=n_groups) > 0
-    has_fp = np.bincount(group, weights=~is_tp, minlength=n_groups) > 0
-    kind = np.where(has_tp & has_fp, 0, np.where(has_tp, 1, 2))
-    starts = np.r_[True, (kind[1:] != kind[:-1]) | (kind[1:] == 0)]
-    return (np.cumsum(starts) - 1)[group]
-
-
-def _bootstrap_sensitivities(entries: _Entries, nodules_per_scan: np.ndarray, fp_rates: np.ndarray,
-                             config: EvaluationConfig) -> np.ndarray:
-    """``(B, Q)`` sensitivity of each resample at ``fp_rates`` (see the module's docstring)."""
-    n_scans = len(nodules_per_scan)
-    order, group = _descending_thresholds(entries.probability)
-    group = _merge_straight_runs(group, entries.is_tp[order])
-    n_groups = int(group[-1]) + 1 if len(group) else 0
-    group_of_entry = np.empty_like(group)
-    group_of_entry[order] = group
-
-    def thresholds_by_scan(mask: np.ndarray) -> scipy.sparse.csr_matrix:
-        """``(G, S)``: entries of each threshold group and scan selected by ``mask``."""
-        ones = np.ones(int(mask.sum()), np.int64)
-        return scipy.sparse.csr_matrix((ones, (group_of_entry[mask], entries.scan[mask])),
-                                       shape=(n_groups, n_scans))
-
-    tp_matrix, fp_matrix = thresholds_by_scan(entries.is_tp), thresholds_by_scan(~entries.is_tp)
-    resamples = bootstrap_resamples(n_scans, config.n_bootstraps, config.seed)
-    out = np.empty((config.n_bootstraps, len(fp_rates)))
-    for start in range(0, config.n_bootstraps, config.bootstrap_chunk):
-        drawn = resamples[start:start + config.bootstrap_chunk]
-        rows = len(drawn)
-        weights = np.bincount((drawn + np.arange(rows)[:, None] * n_scans).ravel(),
-                              minlength=rows * n_scans).reshape(rows, n_scans)
-
-        def cumulative(matrix: scipy.sparse.csr_matrix) -> np.ndarray:
-            counts = np.asarray(matrix @ weights.T).T
-            return np.concatenate([np.zeros((rows, 1), np.int64), np.cumsum(counts, axis=1)], axis=1)
-
-        cum_tp, cum_fp = cumulative(tp_matrix), cumulative(fp_matrix)
-        n_nodules = (weights @ nodules_per_scan).astype(np.float64)[:, None]
-        sensitivity = np.divide(cum_tp, n_nodules, out=np.zeros(cum_tp.shape), where=n_nodules > 0)
-        out[start:start + rows] = _interp_rows(cum_fp, sensitivity, fp_rates * n_scans)
-    return out
-
-
-def _order_statistic_band(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, lower and upper along axis 0, with the official script's order statistics."""
-    ranked = np.sort(values, axis=0)
-    n = len(ranked)
-    tail = (1.0 - confidence) / 2.0
-    low, high = int(math.floor(tail * n)), min(int(math.floor((1.0 - tail) * n)), n - 1)
-    return ranked.mean(axis=0), ranked[low], ranked[high]
-
-
-def _bootstrap_bands(entries: _Entries, nodules_per_scan: np.ndarray,
-                     config: EvaluationConfig) -> BootstrapBands:
-    rates = np.asarray(config.fp_rates, np.float64)
-    grid = np.geomspace(rates.min(), rates.max(), config.band_points)
-    sens = _bootstrap_sensitivities(entries, nodules_per_scan, np.concatenate([rates, grid]), config)
-    at_rates, on_grid = sens[:, :len(rates)], sens[:, len(rates):]
-    mean, lower, upper = _order_statistic_band(at_rates, config.confidence)
-    cpm_mean, cpm_lower, cpm_upper = _order_statistic_band(at_rates.mean(axis=1), config.confidence)
-    grid_mean, grid_lower, grid_upper = _order_statistic_band(on_grid, config.confidence)
-    return BootstrapBands(config.n_bootstraps, config.seed, config.confidence, at_rates, mean, lower,
-                          upper, float(cpm_mean), float(cpm_lower), float(cpm_upper), grid, grid_mean,
-                          grid_lower, grid_upper)
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -605,7 +405,7 @@ def _match(nodules: Findings, nodule_scan: np.ndarray, excluded: Findings, exclu
     return _Matches(best, np.bincount(f[included], minlength=n_nodules), on_included, on_any, *nearest)
 
 
-def _size_breakdown(entries: _Entries, size_of_entry: np.ndarray, size_of_nodule: np.ndarray,
+def _size_breakdown(entries: FROCEntries, size_of_entry: np.ndarray, size_of_nodule: np.ndarray,
                     nodule_hit: np.ndarray, n_scans: int, config: EvaluationConfig) -> tuple[SizeClass, ...]:
     """Per size class: the class's TP entries with every FP entry, over the class's nodules."""
     classes = []
@@ -614,7 +414,7 @@ def _size_breakdown(entries: _Entries, size_of_entry: np.ndarray, size_of_nodule
         n_in_class = int(in_class.sum())
         if n_in_class:
             in_curve = ~entries.is_tp | (size_of_entry == index)
-            curve = _froc_curve(entries.select(in_curve), n_in_class, n_scans)
+            curve = froc_curve(entries.select(in_curve), n_in_class, n_scans)
             sensitivities = curve.at(config.size_fp_rates)
         else:
             sensitivities = np.full(len(config.size_fp_rates), np.nan)
@@ -669,12 +469,12 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
     nodule_hit = matches.n_hits > 0
     false_positive = ~matches.on_any
     n_detected, n_false_positives = int(nodule_hit.sum()), int(false_positive.sum())
-    entries = _Entries(
+    entries = FROCEntries(
         scan=np.concatenate([nodule_scan[nodule_hit], candidate_scan[false_positive]]),
         probability=np.concatenate([matches.best[nodule_hit], found.probabilities[false_positive]]),
         is_tp=np.r_[np.ones(n_detected, bool), np.zeros(n_false_positives, bool)],
     )
-    curve = _froc_curve(entries, len(nodules), n_scans)
+    curve = froc_curve(entries, len(nodules), n_scans)
     sensitivities = curve.at(config.fp_rates)
 
     diameters = np.where(nodules.diameters_mm < 0.0, config.default_diameter_mm, nodules.diameters_mm)
@@ -683,7 +483,10 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
     by_size = _size_breakdown(entries, size_of_entry, size_of_nodule, nodule_hit, n_scans, config)
     bootstrap = None
     if config.n_bootstraps > 0:
-        bootstrap = _bootstrap_bands(entries, np.bincount(nodule_scan, minlength=n_scans), config)
+        bootstrap = bootstrap_bands(entries, np.bincount(nodule_scan, minlength=n_scans), config.fp_rates,
+                                    n_resamples=config.n_bootstraps, seed=config.seed,
+                                    confidence=config.confidence, band_points=config.band_points,
+                                    chunk=config.bootstrap_chunk)
 
     counts = FROCCounts(
         n_scans=n_scans, n_nodules=len(nodules), n_detected=n_detected, n_excluded_findings=len(excluded),

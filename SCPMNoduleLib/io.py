@@ -34,6 +34,27 @@ import SimpleITK as sitk
 from .detection import Detection
 from .errors import UserInputError
 
+__all__ = [
+    "ANNOTATION_COLUMNS",
+    "CANDIDATE_COLUMNS",
+    "SCAN_SUFFIXES",
+    "Findings",
+    "atomic_write",
+    "check_scan",
+    "list_scans",
+    "map_in_processes",
+    "read_annotations",
+    "read_candidates",
+    "read_scan",
+    "read_seriesuids",
+    "safe_file_name",
+    "scan_name",
+    "sha256_of",
+    "write_annotations",
+    "write_candidates",
+    "write_seriesuids",
+]
+
 T = TypeVar("T")
 R = TypeVar("R")
 

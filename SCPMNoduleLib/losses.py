@@ -34,15 +34,19 @@ the levels. Everything is computed in float32 (float64 stays float64) outside au
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from SCPMNoduleLib.config_dict import invalid_setting
 from SCPMNoduleLib.geometry import SIOU_PP_MODES, siou_pp_loss
 from SCPMNoduleLib.matching import LevelTargets
+
+__all__ = ["LOSS_TERMS", "LossConfig", "SCPMLoss", "hard_negative_mask", "refocal_point_loss"]
 
 LOSS_TERMS = ("classification", "radius", "offset", "siou")
 
@@ -74,10 +78,19 @@ class LossConfig:
     siou_mode: str = "continuous"
 
     def __post_init__(self) -> None:
+        """Refuse values the loss cannot use (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
         if self.siou_mode not in SIOU_PP_MODES:
-            raise ValueError(f"siou_mode must be one of {SIOU_PP_MODES}, not {self.siou_mode!r}")
-        if not 0.0 <= self.alpha <= 1.0 or self.gamma < 0 or self.radius_beta <= 0:
-            raise ValueError("LossConfig needs alpha in [0, 1], gamma >= 0 and radius_beta > 0")
+            raise invalid_setting(self, "siou_mode", f"is not one of {', '.join(SIOU_PP_MODES)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise invalid_setting(self, "alpha", "is not in [0, 1]")
+        for name in ("gamma", "refocal_weight", "siou_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise invalid_setting(self, name, "is not a non-negative number")
+        for name in ("ohem_ratio", "ohem_negatives_without_positives"):
+            if not getattr(self, name) >= 0:
+                raise invalid_setting(self, name, "is negative")
+        if not (math.isfinite(self.radius_beta) and self.radius_beta > 0):
+            raise invalid_setting(self, "radius_beta", "is not a positive number")
 
 
 def _at_least_float32(x: Tensor) -> Tensor:

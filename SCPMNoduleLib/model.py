@@ -46,10 +46,15 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .coder import grid_positions_vox
+from .config_dict import invalid_setting
 
 __all__ = [
+    "DetectionHead",
+    "DilatedFusion",
+    "ResidualBlock",
     "SCPMNet",
     "SCPMNetConfig",
+    "SqueezeExcitation",
     "coordinate_map",
     "fast_bfloat16_available",
     "fuse_batch_norm",
@@ -108,24 +113,25 @@ class SCPMNetConfig:
     head_init_std: float = 0.01
 
     def __post_init__(self) -> None:
+        """Tuples from lists; refuse a topology the network cannot build
+        (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
         for name in (*_TUPLE_FIELDS, "dilations"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         stages, levels = len(self.encoder_channels), len(self.decoder_blocks)
-        problems = []
         if len(self.encoder_blocks) != stages:
-            problems.append("encoder_blocks must have one entry per encoder stage")
+            raise invalid_setting(self, "encoder_blocks", f"does not have one entry per encoder stage ({stages})")
         if not 1 <= levels < stages:
-            problems.append("decoder_blocks must have between 1 and len(encoder_channels)-1 entries")
+            raise invalid_setting(self, "decoder_blocks", f"does not have between 1 and {stages - 1} entries "
+                                  "(fewer than the encoder's stages)")
         if not 1 <= self.head_levels <= levels:
-            problems.append("head_levels must be between 1 and len(decoder_blocks)")
-        if min((*self.encoder_blocks, *self.decoder_blocks), default=0) < 1:
-            problems.append("every stage and decoder level needs at least one residual block")
+            raise invalid_setting(self, "head_levels", f"is not between 1 and {levels} (the decoder's levels)")
+        for name in ("encoder_blocks", "decoder_blocks"):
+            if min(getattr(self, name)) < 1:
+                raise invalid_setting(self, name, "gives a stage or level no residual block")
         if not 0.0 < self.prior_probability < 1.0:
-            problems.append("prior_probability must lie strictly between 0 and 1")
+            raise invalid_setting(self, "prior_probability", "is not strictly between 0 and 1")
         if self.se_context < 0:
-            problems.append("se_context must be >= 0 (0 = global squeeze)")
-        if problems:
-            raise ValueError(f"Invalid SCPMNetConfig: {'; '.join(problems)}.")
+            raise invalid_setting(self, "se_context", "is negative (0 is the global squeeze)")
 
     @classmethod
     def tiny(cls) -> SCPMNetConfig:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .documents import read_document
 from .errors import UserInputError
 from .io import atomic_write, sha256_of
 
@@ -50,15 +51,7 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
     path = Path(path) if path is not None else next((p for p in MANIFEST_CANDIDATES if p.is_file()), None)
     if path is None:
         return {**_empty_manifest(), "path": None}
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise UserInputError(f"{path}: the model manifest is missing or not valid JSON.") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise UserInputError(f"{path}: not a {MANIFEST_FORMAT} manifest.")
-    if manifest.get("version") != MANIFEST_VERSION:
-        raise UserInputError(f"{path}: manifest version {manifest.get('version')} is not the "
-                             f"version {MANIFEST_VERSION} this program reads.")
+    manifest = read_document(path, MANIFEST_FORMAT, MANIFEST_VERSION, "a model manifest")
     manifest["path"] = str(path)
     return manifest
 

@@ -134,7 +134,7 @@ def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], tr
 
 
 class FROCCurveLike(Protocol):
-    """What :func:`plot_froc` reads of a FROC curve (``evaluation.FROCCurve``)."""
+    """What :func:`plot_froc` reads of a FROC curve (``froc.FROCCurve``)."""
 
     def at(self, fp_rates: Sequence[float]) -> np.ndarray:
         """Sensitivity at ``fp_rates``."""
@@ -142,7 +142,7 @@ class FROCCurveLike(Protocol):
 
 
 class FROCBand(Protocol):
-    """What :func:`plot_froc` reads of a bootstrap band (``evaluation.BootstrapBands``)."""
+    """What :func:`plot_froc` reads of a bootstrap band (``froc.BootstrapBands``)."""
 
     @property
     def n_resamples(self) -> int: ...

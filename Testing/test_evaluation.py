@@ -12,11 +12,11 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import (
     FP_RATES,
     EvaluationConfig,
-    bootstrap_resamples,
     evaluate_froc,
     luna16_hit,
     squared_distance_mm2,
 )
+from SCPMNoduleLib.froc import bootstrap_resamples
 from SCPMNoduleLib.io import Findings, write_annotations, write_candidates, write_seriesuids
 from SCPMNoduleLib.plotting import plot_froc
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.losses import LossConfig, SCPMLoss, hard_negative_mask, refocal_point_loss
 from SCPMNoduleLib.matching import LevelTargets
 
@@ -223,3 +224,17 @@ def test_gradcheck_of_the_loss_with_respect_to_the_maps():
 
     inputs = tuple(t.clone().requires_grad_(True) for t in (logits, radius, offset))
     assert torch.autograd.gradcheck(total, inputs)
+
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"siou_mode": "exact"}, "LossConfig.siou_mode: 'exact' is not one of continuous, paper."),
+    ({"alpha": 1.5}, "LossConfig.alpha: 1.5 is not in [0, 1]."),
+    ({"gamma": -1.0}, "LossConfig.gamma: -1.0 is not a non-negative number."),
+    ({"siou_weight": float("nan")}, "LossConfig.siou_weight: nan is not a non-negative number."),
+    ({"ohem_ratio": -2}, "LossConfig.ohem_ratio: -2 is negative."),
+    ({"radius_beta": 0.0}, "LossConfig.radius_beta: 0.0 is not a positive number."),
+])
+def test_a_bad_setting_is_refused_with_one_sentence(settings, sentence):
+    with pytest.raises(UserInputError) as caught:
+        LossConfig(**settings)
+    assert str(caught.value) == sentence

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import (
     SCPMNet,
     SCPMNetConfig,
@@ -174,14 +175,20 @@ def test_config_json_round_trip(config):
     assert isinstance(restored.encoder_channels, tuple)
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [{"head_levels": 3}, {"encoder_blocks": (1, 1)}, {"prior_probability": 1.0},
-     {"decoder_blocks": (1, 1, 1, 1)}, {"se_context": -1}],
-)
-def test_invalid_config_is_rejected(changes):
-    with pytest.raises(ValueError, match="Invalid SCPMNetConfig"):
+@pytest.mark.parametrize("changes, sentence", [
+    ({"head_levels": 3}, "SCPMNetConfig.head_levels: 3 is not between 1 and 2 (the decoder's levels)."),
+    ({"encoder_blocks": (1, 1)},
+     "SCPMNetConfig.encoder_blocks: (1, 1) does not have one entry per encoder stage (4)."),
+    ({"prior_probability": 1.0}, "SCPMNetConfig.prior_probability: 1.0 is not strictly between 0 and 1."),
+    ({"decoder_blocks": (1, 1, 1, 1)}, "SCPMNetConfig.decoder_blocks: (1, 1, 1, 1) does not have between 1 and 3 "
+                                       "entries (fewer than the encoder's stages)."),
+    ({"decoder_blocks": (1, 0)}, "SCPMNetConfig.decoder_blocks: (1, 0) gives a stage or level no residual block."),
+    ({"se_context": -1}, "SCPMNetConfig.se_context: -1 is negative (0 is the global squeeze)."),
+])
+def test_invalid_config_is_refused_with_one_sentence(changes, sentence):
+    with pytest.raises(UserInputError) as caught:
         tiny(**changes)
+    assert str(caught.value) == sentence
 
 
 @pytest.mark.parametrize("prior", [0.01, 0.1])

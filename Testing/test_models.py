@@ -71,9 +71,11 @@ def test_an_entry_for_a_checkpoint_outside_the_manifests_folder_is_refused(tmp_p
 
 
 @pytest.mark.parametrize("document, message", [
-    ({"format": "other", "version": 1, "models": []}, "not a scpm-nodule-models manifest"),
-    ({"format": "scpm-nodule-models", "version": 2, "models": []}, "manifest version 2"),
-    ([], "not a scpm-nodule-models manifest"),
+    ({"format": "other", "version": 1, "models": []},
+     r"Models.json: the file is not a model manifest \(its format is 'other', not 'scpm-nodule-models'\)"),
+    ({"format": "scpm-nodule-models", "version": 2, "models": []},
+     "Models.json: scpm-nodule-models version 2 is not the version 1 this program reads"),
+    ([], r"Models.json: the file is not a model manifest \(it holds an array"),
 ])
 def test_foreign_manifests_are_refused(tmp_path, document, message):
     (tmp_path / "Models.json").write_text(json.dumps(document), encoding="utf-8")

@@ -19,7 +19,7 @@ from SCPMNoduleLib.io import read_annotations, read_seriesuids
 from SCPMNoduleLib.phantom.findings import power_law
 from SCPMNoduleLib.phantom.generator import draw_anatomy
 from SCPMNoduleLib.phantom.raster import Tubes, draw_sphere, draw_tubes
-from SCPMNoduleLib.phantom.scanner import noise_gain
+from SCPMNoduleLib.phantom.scanner import annotation_table, noise_gain
 from SCPMNoduleLib.quasirandom import unit_ball_samples
 
 UID = re.compile(r"^1\.3\.6\.1\.4\.1\.14519\.5\.2\.1\.6279\.6001\.[1-9]\d{29}$")
@@ -255,3 +255,15 @@ def test_importing_the_generator_does_not_import_torch():
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_annotation_table_holds_the_nodules_in_world_mm_in_order():
+    nodules = [phantom.Nodule((1.5, -2.0, 3.0), (0.0, 0.0, 0.0), 6.5, "solid", "isolated", "smooth", True),
+               phantom.Nodule((-4.0, 5.0, -6.25), (1.0, 2.0, 3.0), 2.0, "calcified", "juxtapleural", "smooth",
+                              False)]
+    table = annotation_table("1.2.3", nodules)
+    assert list(table.seriesuids) == ["1.2.3", "1.2.3"]
+    np.testing.assert_array_equal(table.centers_xyz_mm, [[1.5, -2.0, 3.0], [-4.0, 5.0, -6.25]])
+    np.testing.assert_array_equal(table.diameters_mm, [6.5, 2.0])
+    assert np.isnan(table.probabilities).all(), "the truth has no probability"
+    assert len(annotation_table("1.2.3", [])) == 0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from SCPMNoduleLib.errors import UserInputError
 from Training.augment import AugmentConfig, extract_patch, random_transform, transform_spheres
 
 SHAPE = (60, 70, 80)
@@ -91,3 +92,25 @@ def test_no_augmentation_is_the_plain_crop():
     centers, radii = transform_spheres(CENTERS, RADII, np.array([17.5, 27.5, 37.5]), matrix, scale, patch)
     np.testing.assert_allclose(centers, CENTERS - [10, 20, 30])
     np.testing.assert_allclose(radii, RADII)
+
+
+@pytest.mark.parametrize("settings, sentence", [
+    ({"flip_probability": 1.5}, "AugmentConfig.flip_probability: 1.5 is not a probability in [0, 1]."),
+    ({"affine_probability": -0.1}, "AugmentConfig.affine_probability: -0.1 is not a probability in [0, 1]."),
+    ({"max_rotation_deg": -5.0}, "AugmentConfig.max_rotation_deg: -5.0 is not a non-negative angle."),
+    ({"scale_range": (1.25, 0.8)},
+     "AugmentConfig.scale_range: (1.25, 0.8) is not two positive, increasing scale factors."),
+    ({"scale_range": (0.0, 1.0)},
+     "AugmentConfig.scale_range: (0.0, 1.0) is not two positive, increasing scale factors."),
+    ({"interpolation_order": 7}, "AugmentConfig.interpolation_order: 7 is not a spline order from 0 to 5."),
+])
+def test_a_bad_setting_is_refused_with_one_sentence(settings, sentence):
+    with pytest.raises(UserInputError) as caught:
+        AugmentConfig(**settings)
+    assert str(caught.value) == sentence
+
+
+def test_the_defaults_and_the_extremes_are_accepted():
+    AugmentConfig()
+    AugmentConfig(flip_probability=0.0, swap_probability=1.0, affine_probability=1.0, max_rotation_deg=0.0,
+                  scale_range=(1.0, 1.0), interpolation_order=0)

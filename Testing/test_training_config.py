@@ -65,7 +65,7 @@ def test_bad_values_are_refused_with_their_name(override, message):
 def test_settings_of_the_library_configs_are_checked_by_their_own_rules():
     with pytest.raises(UserInputError, match=r"^MatchingConfig.top_k: 0 is not at least 1\.$"):
         load_config(None, ["matching.top_k=0"])
-    with pytest.raises(UserInputError, match=r"^config.model: Invalid SCPMNetConfig: head_levels"):
+    with pytest.raises(UserInputError, match=r"^SCPMNetConfig.head_levels: 9 is not between 1 and 2 "):
         load_config(None, ["model.head_levels=9"])
 
 

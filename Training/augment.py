@@ -18,10 +18,13 @@ the patch is an exact integer crop followed by ``numpy`` flips and a transpose (
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from SCPMNoduleLib.config_dict import invalid_setting
 
 
 @dataclass
@@ -45,6 +48,19 @@ class AugmentConfig:
     max_rotation_deg: float = 15.0
     scale_range: tuple[float, float] = (0.8, 1.25)
     interpolation_order: int = 1
+
+    def __post_init__(self) -> None:
+        """Refuse values the sampler cannot use (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        for name in ("flip_probability", "swap_probability", "affine_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise invalid_setting(self, name, "is not a probability in [0, 1]")
+        if not (math.isfinite(self.max_rotation_deg) and self.max_rotation_deg >= 0):
+            raise invalid_setting(self, "max_rotation_deg", "is not a non-negative angle")
+        scales = self.scale_range
+        if not (len(scales) == 2 and math.isfinite(scales[1]) and 0 < scales[0] <= scales[1]):
+            raise invalid_setting(self, "scale_range", "is not two positive, increasing scale factors")
+        if not 0 <= self.interpolation_order <= 5:
+            raise invalid_setting(self, "interpolation_order", "is not a spline order from 0 to 5")
 
 
 def _rotation_zyx(angles_rad: np.ndarray) -> np.ndarray:

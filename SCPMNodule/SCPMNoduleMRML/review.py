@@ -99,7 +99,13 @@ class ReviewStyle:
 
 @dataclass(frozen=True)
 class Nodule:
-    """One row of a review, as plain values."""
+    """One row of a review, as plain values.
+
+    Why a shape of its own rather than a :class:`~SCPMNoduleLib.detection.Detection`: the centre is
+    in Slicer's RAS frame, as the markups and models in the scene hold it, and the row carries
+    the reader's review status and label; it is read back from the point list, which is the
+    record. :attr:`center_xyz_mm` gives the LPS position that files use.
+    """
 
     label: str
     center_ras_mm: tuple[float, float, float]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+from SCPMNoduleLib.documents import read_document
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
@@ -82,19 +82,13 @@ def _write_recorded_sidecar(review: NoduleReview) -> None:
 
 
 def read_sidecar(path: str | os.PathLike) -> list[Nodule]:
-    """The nodules recorded in a sidecar file."""
-    path = Path(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: file not found.")
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path}: not a JSON file ({error}).")
-    if not isinstance(content, dict) or content.get("format") != SIDECAR_FORMAT:
-        raise UserInputError(f"{path}: not an SCPMNodule review file.")
-    if content.get("version") != SIDECAR_VERSION:
-        raise UserInputError(f"{path}: review file version {content.get('version')} is not "
-                             f"{SIDECAR_VERSION}.")
+    """The nodules recorded in a sidecar file, in Slicer's RAS frame.
+
+    Raises:
+        UserInputError: the file is missing, not a review file of this version
+            (:func:`~SCPMNoduleLib.documents.read_document`), or holds a malformed nodule entry.
+    """
+    content = read_document(path, SIDECAR_FORMAT, SIDECAR_VERSION, "an SCPMNodule review file")
     try:
         nodules = [
             Nodule(str(n["id"]), tuple(float(v) for v in lps_to_ras(n["center_xyz_mm"])),
@@ -104,7 +98,7 @@ def read_sidecar(path: str | os.PathLike) -> list[Nodule]:
     except UserInputError as error:
         raise UserInputError(f"{path}: {error}") from None
     except (KeyError, TypeError, ValueError) as error:
-        raise UserInputError(f"{path}: a nodule entry is incomplete or malformed ({error!r}).")
+        raise UserInputError(f"{path}: a nodule entry is incomplete or malformed ({error!r}).") from None
     return nodules
 
 

@@ -34,7 +34,14 @@ range hold something else: a vessel, an airway or a finding (a thin vessel's spl
 
 @dataclass
 class Finding:
-    """A nodule being drawn, in the patient frame (mm, zyx)."""
+    """A nodule or excluded finding while the phantom is drawn.
+
+    Why a shape of its own: it is the drawing state, in the patient frame (``center_mm`` zyx mm,
+    ``p = index_zyx * spacing_zyx``, before the stored image's origin, flips and rotation exist)
+    and with the radius the rasteriser draws; placement checks earlier findings against it.
+    :func:`~.scanner.store` turns each into a world-space :class:`~.scanner.Nodule` once the
+    stored geometry is drawn.
+    """
 
     center_mm: np.ndarray
     radius: float

@@ -168,7 +168,7 @@ def _capsule_cover(tubes: Tubes, spacing: np.ndarray, shape, big_radius_mm: floa
                         np.ceil((np.maximum(tubes.a[i], tubes.b[i]) + r_max[i] + margin) / spacing))
         if np.any(hi < lo):
             continue
-        grid = np.stack(np.meshgrid(*(np.arange(l, h + 1, dtype=np.int64) for l, h in zip(lo, hi)),
+        grid = np.stack(np.meshgrid(*(np.arange(a, b + 1, dtype=np.int64) for a, b in zip(lo, hi)),
                                     indexing="ij"), -1).reshape(1, -1, 3)
         pa = (grid * spacing32 - tubes.a[i].astype(np.float32)).astype(np.float32)
         collect(grid[0] @ strides, _capsule_kernel(pa, tubes.b[i:i + 1] - tubes.a[i:i + 1], tubes.ra[i:i + 1],
@@ -251,8 +251,8 @@ def draw_sphere(volume: np.ndarray, spacing: np.ndarray, center_mm: np.ndarray, 
     if np.any(hi <= lo):
         return
     view = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    axes = [(np.arange(l, h, dtype=np.float32) * s - c).reshape([-1 if i == j else 1 for j in range(3)])
-            for i, (l, h, s, c) in enumerate(zip(lo, hi, spacing, center_mm))]
+    axes = [(np.arange(a, b, dtype=np.float32) * s - c).reshape([-1 if i == j else 1 for j in range(3)])
+            for i, (a, b, s, c) in enumerate(zip(lo, hi, spacing, center_mm))]
     dist = np.sqrt(axes[0] ** 2 + axes[1] ** 2 + axes[2] ** 2)
     inv = 1.0 / np.maximum(dist, 1e-6)
     surface = np.full(dist.shape, radius, np.float32)

@@ -17,16 +17,22 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..io import Findings
 from .anatomy import Geometry
 from .config import HU_MAX, HU_MIN, PhantomConfig
 from .findings import Finding
 
-__all__ = ["Nodule", "Phantom", "acquire", "noise_gain", "store"]
+__all__ = ["Nodule", "Phantom", "acquire", "annotation_table", "noise_gain", "store"]
 
 
 @dataclass(frozen=True)
 class Nodule:
-    """A nodule or excluded finding of a phantom.
+    """A nodule or excluded finding of a phantom: its ground truth.
+
+    Why a shape of its own rather than a :class:`~SCPMNoduleLib.io.Findings` row: besides the
+    sphere in world LPS mm (which :func:`annotation_table` turns into LUNA16 rows), it carries
+    the appearance fields no table has (kind, location, margin), the centre's continuous voxel
+    index in the stored array (for previews and tests), and no probability: it is the truth.
 
     Attributes:
         center_xyz_mm: world LPS position of the centre (the stored image's geometry).
@@ -45,6 +51,12 @@ class Nodule:
     location: str
     margin: str
     included: bool
+
+
+def annotation_table(seriesuid: str, nodules: Sequence[Nodule]) -> Findings:
+    """The LUNA16 annotation rows (world LPS mm, diameter; no probability) of one scan's nodules, in order."""
+    centers = np.array([n.center_xyz_mm for n in nodules], dtype=np.float64).reshape(-1, 3)
+    return Findings.from_columns([seriesuid] * len(nodules), centers, [n.diameter_mm for n in nodules])
 
 
 @dataclass

@@ -17,7 +17,7 @@ from ..io import Findings, map_in_processes, write_annotations, write_seriesuids
 from ..plotting import save_orthogonal_slices
 from .config import PhantomConfig, phantom_config
 from .generator import generate_phantom
-from .scanner import Nodule, Phantom
+from .scanner import Nodule, Phantom, annotation_table
 
 __all__ = ["UID_PREFIX", "series_uid", "write_luna16_dataset"]
 
@@ -100,19 +100,17 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
             if wanted:
                 (work / name).mkdir()
         written: dict[str, list[Nodule]] = {}
-        rows: dict[bool, list[tuple[str, tuple[float, float, float], float]]] = {True: [], False: []}
+        tables: dict[bool, list[Findings]] = {True: [], False: []}
         jobs = [(work, seed, i, subsets, config, lung_masks, preview) for i in range(n_scans)]
         with map_in_processes(_write_scan, jobs, workers) as results:  # in scan order, so the tables too
             for done, (uid, nodules) in enumerate(results, 1):
-                for nodule in nodules:
-                    rows[nodule.included].append((uid, nodule.center_xyz_mm, nodule.diameter_mm))
+                for included in (True, False):
+                    tables[included].append(annotation_table(uid, [n for n in nodules if n.included == included]))
                 written[uid] = nodules
                 if progress is not None:
                     progress(done, n_scans)
         for included, name in ((True, "annotations.csv"), (False, "annotations_excluded.csv")):
-            table = rows[included]
-            write_annotations(work / name, Findings.from_columns(
-                [r[0] for r in table], np.array([r[1] for r in table]).reshape(-1, 3), [r[2] for r in table]))
+            write_annotations(work / name, Findings.concat(tables[included]))
         write_seriesuids(work / "seriesuids.csv", list(written))
         if out_dir.exists():
             out_dir.rmdir()
