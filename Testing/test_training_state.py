@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, save_checkpoint
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.config import load_config

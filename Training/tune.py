@@ -19,8 +19,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc
-from SCPMNoduleLib.inference import Detector, InferenceConfig, resolve_model
+from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_scan
+from SCPMNoduleLib.models import resolve_model
 
 from .cache import find_luna16_scans
 from .heldout import concat_findings, findings_of, load_model, read_excluded
