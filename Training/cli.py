@@ -13,11 +13,9 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import run_command
-from SCPMNoduleLib.errors import UserInputError
 
 
 def _load_config(args: argparse.Namespace):
@@ -27,16 +25,14 @@ def _load_config(args: argparse.Namespace):
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
+    from SCPMNoduleLib.documents import read_json
     from SCPMNoduleLib.preprocess import PreprocessConfig
 
     from .cache import build_cache
 
     config = PreprocessConfig()
     if args.preprocess is not None:
-        try:
-            config = PreprocessConfig.from_dict(json.loads(Path(args.preprocess).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, TypeError) as error:
-            raise UserInputError(f"{args.preprocess}: not a pre-processing config JSON ({error}).")
+        config = PreprocessConfig.from_dict(read_json(args.preprocess))
     summary = build_cache(args.data, args.cache, config, workers=args.workers)
     print(f"{summary['scans']} scans: {summary['built']} cached, {summary['skipped']} already valid -> {args.cache}")
     return 0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.documents import check_document
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.model import SCPMNet
@@ -86,12 +87,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserInputError(f"{path}: not a scpm-train training checkpoint.")
-    if state.get("version") != STATE_VERSION:
-        raise UserInputError(f"{path}: training checkpoint version {state.get('version')}, expected {STATE_VERSION}.")
-    return state
+        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).") from None
+    return check_document(state, STATE_FORMAT, STATE_VERSION, str(path), "a scpm-train training checkpoint")
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:

@@ -49,7 +49,7 @@ from .cache import CachedScan, load_cache, read_cache_info
 from .config import TrainConfig, ValidationConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
 from .distributed import Distributed, init_distributed
-from .heldout import concat_findings, detect_sharded
+from .heldout import detect_sharded
 from .run_log import LOG_COLUMNS, RunLog
 from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
@@ -380,11 +380,11 @@ class Trainer:
         return float(cpm.item())
 
     def _evaluate(self, candidates: Findings) -> FROCResult | None:
-        annotations = concat_findings([scan.annotations for scan in self.val_scans])
+        annotations = Findings.concat([scan.annotations for scan in self.val_scans])
         if len(annotations) == 0:
             log.warning("the held-out scans hold no nodule; FROC is undefined, validation skipped")
             return None
-        excluded = concat_findings([scan.excluded for scan in self.val_scans])
+        excluded = Findings.concat([scan.excluded for scan in self.val_scans])
         uids = [scan.seriesuid for scan in self.val_scans]
         config = EvaluationConfig(n_bootstraps=self.config.validation.bootstraps, seed=self.config.seed)
         result = evaluate_froc(annotations, excluded, uids, candidates, config)
