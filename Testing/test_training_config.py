@@ -93,6 +93,17 @@ def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("folds", ["1,,2", "a,b", "1;2"])
+def test_cv_answers_folds_that_are_not_numbers_with_one_sentence_and_status_2(folds, tmp_path, capsys):
+    status = main(["cv", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "cv"), "--folds", folds,
+                   "--device", "cpu"])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"scpm-train cv: error: --folds {folds!r}: expected subset numbers separated by commas, "
+                     "e.g. 0,3,7.")
+    assert not (tmp_path / "cv").exists()
+
+
 @pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
 def test_optimizer_follows_the_config(name, kind):
     config = load_config(None, [f"optim.optimizer={name}", "optim.weight_decay=0.01",

@@ -181,6 +181,8 @@ def test_cross_validation_of_no_fold_is_refused_in_one_sentence(cache, tmp_path)
 
     with pytest.raises(UserInputError, match=r"no fold to cross-validate: .* subsets \[0\]\.$"):
         cross_validate(_config(), cache, tmp_path / "cv", folds=[], device="cpu")
+    with pytest.raises(UserInputError, match=r"folds \[0, 0\]: fold 0 is named twice"):
+        cross_validate(_config(), cache, tmp_path / "cv", folds=[0, 0], device="cpu")
     assert not (tmp_path / "cv").exists()
 
 

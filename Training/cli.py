@@ -16,12 +16,25 @@ from collections.abc import Sequence
 
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import run_command
+from SCPMNoduleLib.errors import UserInputError
 
 
 def _load_config(args: argparse.Namespace):
     from .config import load_config
 
     return load_config(args.config, args.set)
+
+
+def parse_folds(text: str) -> list[int]:
+    """``--folds 0,3,7``: the subset numbers, in order.
+
+    Raises:
+        UserInputError: an item that is not an integer (``1,,2``, ``a,b``), in one sentence.
+    """
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise UserInputError(f"--folds {text!r}: expected subset numbers separated by commas, e.g. 0,3,7.") from None
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
@@ -52,7 +65,7 @@ def _run_cv(args: argparse.Namespace) -> int:
     from .crossval import cross_validate
     from .distributed import process_rank
 
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folds = parse_folds(args.folds) if args.folds else None
     result = cross_validate(_load_config(args), args.cache, args.out, folds, args.device)
     if process_rank() == 0:
         rates = " ".join(f"{s:.3f}" for s in result.sensitivities)

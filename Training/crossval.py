@@ -50,6 +50,10 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
     folds = subsets if folds is None else list(folds)
     if not folds:
         raise UserInputError(f"no fold to cross-validate: name at least one of the cache's subsets {subsets}.")
+    repeated = sorted({fold for fold in folds if folds.count(fold) > 1})
+    if repeated:
+        raise UserInputError(f"folds {folds}: fold {repeated[0]} is named twice "
+                             "(its held-out scans would be counted twice).")
     held_out = [scan for scan in scans if scan.fold in folds]
     tables = []
     for fold in folds:
