@@ -7,6 +7,7 @@ import torch
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.runtime import autocast_dtype
 from Training.cli import main
 from Training.config import TrainConfig, load_config, save_config
 from Training.trainer import make_optimizer
@@ -83,6 +84,13 @@ def test_config_files_are_read_with_one_sentence_per_problem(tmp_path):
 def test_a_config_is_checked_when_it_is_made():
     with pytest.raises(UserInputError, match="config amp: 'fast' is not one of"):
         TrainConfig(amp="fast")
+
+
+@pytest.mark.parametrize("amp", ["fp32", "off"])
+def test_amp_takes_the_runtimes_precisions_and_off_for_configs_written_before(amp):
+    config = load_config(None, [f"amp={amp}"])
+    assert config.amp == amp
+    assert autocast_dtype(torch.device("cpu"), config.amp, training=True) is None
 
 
 def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, capsys):

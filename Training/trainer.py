@@ -43,6 +43,7 @@ from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
+from SCPMNoduleLib.runtime import autocast, autocast_dtype
 
 from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info
@@ -182,7 +183,7 @@ class Trainer:
         self.model, self.network = build_model(config, self.dist, self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
         self.average = WeightAverage(self.model, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
-        self.autocast_dtype = self._autocast_dtype()
+        self.autocast_dtype = autocast_dtype(self.device, config.amp, training=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
         self.inference_config = InferenceConfig(score_threshold=config.validation.score_threshold)
@@ -193,16 +194,6 @@ class Trainer:
         self.best_cpm = -1.0
         self.best_epoch = -1
         self.run_log = RunLog(self.out_dir)
-
-    def _autocast_dtype(self) -> torch.dtype | None:
-        amp, cuda = self.config.amp, self.device.type == "cuda"
-        if amp == "fp16" and not cuda:
-            raise UserInputError("config amp fp16: float16 training needs a CUDA device; use bf16 or off on CPU.")
-        if amp == "bf16":
-            return torch.bfloat16
-        if amp == "fp16" or (amp == "auto" and cuda):
-            return torch.float16
-        return None
 
     # ------------------------------------------------------------------------------ state
 
@@ -318,8 +309,7 @@ class Trainer:
         origin = batch["origin_zyx"].to(device, non_blocking=True)
         shape = batch["scan_shape_zyx"].to(device, non_blocking=True)
         targets = [target.to(device) for target in batch["targets"]]
-        with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(device, self.autocast_dtype):
             outputs = self.network(image, origin, shape)
         total, terms = self.loss(outputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
