@@ -49,6 +49,10 @@ class PreprocessConfig:
         lung_min_volume_ml: smallest air component kept as lung.
         mask_block: the mask is computed on blocks of this many voxels per side.
         mask_dilation_mm: the mask grows by this much so juxtapleural nodules stay inside.
+        pad_hu: the intensity around the scan, in HU (windowed like the scan): the detector pads
+            the network's input with it to a multiple of the size divisor, and training patches
+            that reach beyond the scan are filled with it. Checkpoints and caches made before it
+            was a field here hold no value for it and get this default, the one both used then.
     """
 
     version: int = PREPROCESS_VERSION
@@ -60,6 +64,7 @@ class PreprocessConfig:
     lung_min_volume_ml: float = 5.0
     mask_block: int = 4
     mask_dilation_mm: float = 10.0
+    pad_hu: float = -1200.0
 
     def __post_init__(self) -> None:
         """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""

@@ -1,5 +1,7 @@
 """The training state file: header, format sniffing, and the network held-out evaluation loads."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -68,3 +70,13 @@ def test_a_state_of_another_format_or_version_is_refused_in_one_sentence(saved, 
     with pytest.raises(UserInputError, match=rf"future.pt: {STATE_FORMAT} version {STATE_VERSION + 1} is not the "
                                              rf"version {STATE_VERSION} this program reads\.$"):
         load_state(tmp_path / "future.pt")
+
+
+def test_the_shipped_demo_checkpoint_loads_with_the_padding_it_was_trained_with():
+    """Resources/demo.pt predates ``PreprocessConfig.pad_hu`` (the detector's setting then): its
+    pre-processing holds no such key and gets the default, -1200 HU, which it was trained and tuned with."""
+    path = Path(__file__).resolve().parents[1] / "Resources" / "demo.pt"
+    assert "pad_hu" not in torch.load(path, map_location="cpu", weights_only=True)["preprocess_config"]
+    _, preprocess = load_model(path)
+    assert preprocess.pad_hu == -1200.0
+    assert preprocess == PreprocessConfig()

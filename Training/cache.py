@@ -191,6 +191,16 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
     return scan.seriesuid
 
 
+def _same_preprocessing(cached: Any, wanted: dict) -> bool:
+    """Whether two pre-processing config dicts describe one config; a key missing from either
+    counts as its default, so files written before a field was added to
+    :class:`PreprocessConfig` (``pad_hu``) stay valid. An unreadable dict describes none."""
+    try:
+        return PreprocessConfig.from_dict(cached) == PreprocessConfig.from_dict(wanted)
+    except UserInputError:
+        return False
+
+
 def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: bool = True) -> str | None:
     """Why the cached scan behind ``metadata_path`` cannot be used, or ``None`` when it can.
 
@@ -203,7 +213,7 @@ def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: 
         metadata = read_document(metadata_path, CACHE_FORMAT, CACHE_VERSION, _SCAN_METADATA)
     except DocumentError as error:
         return error.reason
-    if preprocess is not None and metadata.get("preprocess") != preprocess:
+    if preprocess is not None and not _same_preprocessing(metadata.get("preprocess"), preprocess):
         return "cached with another pre-processing config"
     for key in ("image", "lung_mask"):
         record = metadata.get(key)

@@ -51,8 +51,8 @@ class PatchDataset(Dataset):
         data: patch size and sampling shares.
         augment: spatial augmentation, or ``None`` for axis-aligned, unflipped patches.
         seed: base seed of every sample's generator.
-        fill: intensity outside the cached volume (network-input units; the detector pads with
-            the normalised ``InferenceConfig.pad_hu``).
+        fill: intensity outside the cached volume (network-input units: the normalised
+            ``PreprocessConfig.pad_hu``, which the detector pads with too).
     """
 
     def __init__(self, scans: Sequence[CachedScan], data: DataConfig, augment: AugmentConfig | None,

@@ -133,7 +133,7 @@ def build_loader(scans: Sequence[CachedScan], preprocess: PreprocessConfig, conf
     batch_size, world_size = config.optim.batch_size, dist.world_size
     if batch_size % world_size:
         raise UserInputError(f"config optim.batch_size {batch_size}: must be divisible by the {world_size} processes.")
-    fill = float(preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
+    fill = float(preprocess.normalize(np.float32(preprocess.pad_hu)))
     dataset = PatchDataset(scans, config.data, config.augment, config.seed, fill)
     sampler = EpochSampler(dataset, world_size, dist.rank, seed=config.seed)
     workers = config.data.num_workers
@@ -214,7 +214,7 @@ class Trainer:
         saved = TrainConfig.from_dict(state["config"])
         if saved.model != self.config.model:
             raise UserInputError(f"{where}: the checkpoint is of another network configuration than config model.")
-        if state["preprocess"] != self.preprocess.to_dict():
+        if PreprocessConfig.from_dict(state["preprocess"]) != self.preprocess:
             raise UserInputError(f"{where}: the checkpoint was trained with another pre-processing than this cache.")
         changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
         if changed:
