@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage
+from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import PreprocessConfig
-from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 from Training.cache import build_cache, load_cache
 
 

@@ -64,7 +64,8 @@ def test_held_out_evaluation_loads_the_same_network_from_a_state_or_a_checkpoint
 
 def test_a_state_of_another_format_or_version_is_refused_in_one_sentence(saved, tmp_path):
     _, _, checkpoint_path = saved
-    with pytest.raises(UserInputError, match=r"not a scpm-train training checkpoint \(its format is 'scpm-nodule-checkpoint'"):
+    with pytest.raises(UserInputError,
+                       match=r"not a scpm-train training checkpoint \(its format is 'scpm-nodule-checkpoint'"):
         load_state(checkpoint_path)
     torch.save({"format": STATE_FORMAT, "version": STATE_VERSION + 1}, tmp_path / "future.pt")
     with pytest.raises(UserInputError, match=rf"future.pt: {STATE_FORMAT} version {STATE_VERSION + 1} is not the "

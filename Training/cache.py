@@ -36,8 +36,16 @@ from tqdm import tqdm
 
 from SCPMNoduleLib.documents import DocumentError, read_document
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, map_in_processes, read_annotations, read_scan,
-                              scan_name, sha256_of)
+from SCPMNoduleLib.io import (
+    Findings,
+    atomic_write,
+    list_scans,
+    map_in_processes,
+    read_annotations,
+    read_scan,
+    scan_name,
+    sha256_of,
+)
 from SCPMNoduleLib.preprocess import PreprocessConfig, ScanGeometry, prepare_scan
 
 log = logging.getLogger(__name__)
@@ -111,9 +119,12 @@ def find_luna16_scans(data_dir: str | os.PathLike) -> list[SourceScan]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserInputError(f"{data_dir}: data folder not found.")
-    scans = []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir() and _SUBSET.match(p.name)):
-        fold = int(_SUBSET.match(folder.name).group(1))
+    scans: list[SourceScan] = []
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        subset = _SUBSET.match(folder.name)
+        if subset is None:
+            continue
+        fold = int(subset.group(1))
         scans.extend(SourceScan(scan_name(path), fold, path) for path in list_scans([folder]) if path.is_file())
     if not scans:
         raise UserInputError(f"{data_dir}: no scans in subset0..subset9 folders (LUNA16 layout expected).")
@@ -131,7 +142,13 @@ def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
-def _findings_by_uid(findings: Findings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+_Spheres = tuple[np.ndarray, np.ndarray]
+"""Centres ``(n, 3)`` (world x, y, z mm) and diameters ``(n,)`` (mm) of one scan's annotations
+(or of its excluded findings)."""
+_NO_SPHERES: _Spheres = (np.zeros((0, 3)), np.zeros(0))
+
+
+def _findings_by_uid(findings: Findings) -> dict[str, _Spheres]:
     groups: dict[str, list[int]] = defaultdict(list)
     for row, uid in enumerate(findings.seriesuids):
         groups[str(uid)].append(row)
@@ -158,7 +175,7 @@ def _geometry_record(geometry: ScanGeometry) -> dict[str, Any]:
             "direction": geometry.direction.reshape(-1).tolist()}
 
 
-def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
+def _cache_one(job: tuple[SourceScan, Path, dict[str, Any], dict[str, _Spheres]]) -> str:
     """Build one scan's cache files; returns its uid. Runs in a worker process."""
     scan, scans_dir, preprocess, spheres = job
     config = PreprocessConfig.from_dict(preprocess)
@@ -171,7 +188,7 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
         mask_record = _save_array(scans_dir / f"{scan.seriesuid}.lungs.npy", prepared.mask.mask)
         mask_record["block"] = prepared.mask.block
     nodules, excluded = (
-        _spheres_in_crop(*spheres.get(kind, (np.zeros((0, 3)), np.zeros(0))), prepared.geometry, start)
+        _spheres_in_crop(*spheres.get(kind, _NO_SPHERES), prepared.geometry, start)
         for kind in ("annotations", "excluded")
     )
     metadata = {
@@ -261,7 +278,7 @@ def build_cache(
         raise UserInputError(f"pre-processing spacing {tuple(spacing)}: training needs an isotropic spacing.")
     data_dir, cache_dir = Path(data_dir).resolve(), Path(cache_dir)
     scans = find_luna16_scans(data_dir)
-    spheres: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+    spheres: dict[str, dict[str, _Spheres]] = defaultdict(dict)
     for kind, name, required in (("annotations", "annotations.csv", True),
                                  ("excluded", "annotations_excluded.csv", False)):
         path = data_dir / name

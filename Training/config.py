@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from SCPMNoduleLib.config_dict import dataclass_from_dict
 from SCPMNoduleLib.documents import read_json

@@ -155,8 +155,8 @@ class EpochSampler(Sampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  shuffle: bool = True) -> None:
-        self.inner: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                        seed=seed, drop_last=False)
+        self.inner: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
+                                                                 shuffle=shuffle, seed=seed, drop_last=False)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 class Scan(Protocol):
     """What detection needs of a scan (a cached or a source scan): its uid and original file."""
 
-    seriesuid: str
-    source: Path
+    @property
+    def seriesuid(self) -> str: ...
+
+    @property
+    def source(self) -> Path: ...
 
 
 def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[Scan],

@@ -12,7 +12,7 @@ import hashlib
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,10 @@ STATE_VERSION = 1
 
 def rng_state() -> dict[str, Any]:
     """The torch, CUDA, NumPy (legacy global) and Python RNG states, as tensors and plain data."""
-    name, keys, position, has_gauss, gauss = np.random.get_state()
+    # legacy=True (the default) returns the MT19937 tuple; the stubs' return type also allows
+    # the dict of legacy=False
+    name, keys, position, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float],
+                                                  np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

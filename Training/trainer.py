@@ -25,9 +25,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,8 @@ def build_model(config: TrainConfig, dist: Distributed,
         )
     if config.sync_batchnorm and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(dist.device, memory_format=memory_format)
+    # Module.to takes memory_format (torch documents it) but its typed overloads leave it out
+    model = model.to(dist.device, memory_format=memory_format)  # type: ignore[call-overload]
     network: nn.Module = model
     if dist.enabled:
         network = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
@@ -216,7 +217,8 @@ class Trainer:
             raise UserInputError(f"{where}: the checkpoint is of another network configuration than config model.")
         if PreprocessConfig.from_dict(state["preprocess"]) != self.preprocess:
             raise UserInputError(f"{where}: the checkpoint was trained with another pre-processing than this cache.")
-        changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+        changed = [f.name for f in dataclasses.fields(TrainConfig)
+                   if getattr(saved, f.name) != getattr(self.config, f.name)]
         if changed:
             log.warning("resuming with a changed config (%s)", ", ".join(changed))
         load_weights(self.model, state["model"], where)
@@ -243,7 +245,8 @@ class Trainer:
         """
         last = self.out_dir / "last.pt"
         if last.is_file() and not resume:
-            raise UserInputError(f"{last}: a run already exists here; pass --resume to continue it or pick another --out.")
+            raise UserInputError(
+                f"{last}: a run already exists here; pass --resume to continue it or pick another --out.")
         if resume and last.is_file():
             self.load_state_dict(load_state(last), str(last))
             log.info("resumed from %s at epoch %d (step %d)", last, self.epoch, self.step)
@@ -252,8 +255,8 @@ class Trainer:
             save_config(self.config, self.out_dir / "config.json")
             self.run_log.open(self.epoch)
         log.info("training on %d scans (%d patches/epoch), validating on %d; %d process(es), device %s",
-                 len(self.train_scans), len(self.loader.dataset), len(self.val_scans), self.dist.world_size,
-                 self.device)
+                 len(self.train_scans), len(cast(Sized, self.loader.dataset)), len(self.val_scans),
+                 self.dist.world_size, self.device)
         every = self.config.validation.every_epochs
         try:
             for epoch in range(self.epoch, self.config.optim.epochs):
