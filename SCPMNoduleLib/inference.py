@@ -76,7 +76,7 @@ class InferenceConfig:
             nodule are ignored in training, so they may fire. On 10 tuning phantoms (seed 500,
             used for nothing else) with demo 1.1.0, the CPM was 0.669 at 1/3, 0.674 at 0.4 and
             0.680 at 0.5 (the SIoU threshold, 0.1 or 0.2, changed nothing;
-            ``benchmarks/postprocess_sweep.py`` reproduces these figures).
+            ``scpm-train tune`` reproduces these figures).
         max_tile_voxels: largest tile, in voxels (bounds the network's memory: the demo network
             peaks at about 80 bytes per voxel in fp32 on the CPU, so about 5 GB at 400^3).
         tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
