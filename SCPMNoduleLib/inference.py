@@ -78,14 +78,13 @@ class InferenceConfig:
             nodule are ignored in training, so they may fire. On 10 tuning phantoms (seed 500,
             used for nothing else) with demo 1.1.0, the CPM was 0.669 at 1/3, 0.674 at 0.4 and
             0.680 at 0.5 (the SIoU threshold, 0.1 or 0.2, changed nothing;
-            ``benchmarks/postprocess_sweep.py`` reproduces these figures).
+            ``scpm-train tune`` reproduces these figures).
         max_tile_voxels: largest tile, in voxels (bounds the network's memory: the demo network
             peaks at about 80 bytes per voxel in fp32 on the CPU, so about 5 GB at 400^3).
         tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
             rounded up to a multiple of the network's size divisor.
         min_side_vox: a crop shorter than this along an axis is padded to it (rounded up to the
             size divisor), so small scans get the context the network was trained with.
-        pad_hu: value of the padding around the scan, in HU (windowed like the scan).
         precision: ``auto`` (bf16, else fp16 autocast on CUDA; fp32 on the CPU, see
             :func:`~SCPMNoduleLib.runtime.autocast_dtype`), ``fp32``, ``bf16`` or ``fp16``
             (CUDA only; fp32 elsewhere).
@@ -112,7 +111,6 @@ class InferenceConfig:
     max_tile_voxels: int = 400**3
     tile_margin_vox: int = 128
     min_side_vox: int = 64
-    pad_hu: float = -1200.0
     precision: str = "auto"
     channels_last: bool = True
     fuse_batch_norm: bool = True
@@ -264,7 +262,7 @@ class Detector:
         volume = torch.from_numpy(prepared.image)
         smallest = math.ceil(self.config.min_side_vox / q) * q
         pad = [max(n + (-n) % q, smallest) - n for n in volume.shape]
-        pad_value = float(self.preprocess.normalize(np.float32(self.config.pad_hu)))
+        pad_value = float(self.preprocess.normalize(np.float32(self.preprocess.pad_hu)))
         volume = torch.nn.functional.pad(volume, (0, pad[2], 0, pad[1], 0, pad[0]), value=pad_value)
         return volume[None, None]
 

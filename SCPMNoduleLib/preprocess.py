@@ -56,6 +56,10 @@ class PreprocessConfig:
         lung_threshold_hu: air (lung) threshold of the lung finder.
         mask_block: the lungs are found on blocks of this many voxels per side.
         mask_dilation_mm: the lungs grow by this much so juxtapleural nodules stay inside.
+        pad_hu: the intensity around the scan, in HU (windowed like the scan): the detector pads
+            the network's input with it to a multiple of the size divisor, and training patches
+            that reach beyond the scan are filled with it. Checkpoints and caches made before it
+            was a field here hold no value for it and get this default, the one both used then.
     """
 
     version: int = PREPROCESS_VERSION
@@ -66,6 +70,7 @@ class PreprocessConfig:
     lung_threshold_hu: float = -400.0
     mask_block: int = 4
     mask_dilation_mm: float = 10.0
+    pad_hu: float = -1200.0
 
     def __post_init__(self) -> None:
         """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""

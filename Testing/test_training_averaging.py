@@ -21,7 +21,7 @@ def test_average_equals_the_closed_form_over_a_sequence_of_weights():
     assert decays[0] == 2 / 11 and decays[-1] == 0.8  # warm-up, then the constant decay
     history = [{k: v.double().clone() for k, v in network.state_dict().items()}]
     generator = torch.Generator().manual_seed(1)
-    for step in range(40):
+    for _ in range(40):
         with torch.no_grad():
             for parameter in network.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator))

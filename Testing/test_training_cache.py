@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage
+from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import PreprocessConfig
-from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 from Training.cache import build_cache, load_cache
 
 
@@ -58,6 +58,19 @@ def test_second_run_skips_valid_scans_and_rebuilds_corrupt_or_truncated_ones(cac
     assert summary == {"scans": 3, "built": 2, "skipped": 1}
     load_cache(tmp_path / "cache")
     np.testing.assert_array_equal(np.load(first), original)
+
+
+def test_a_cache_made_before_pad_hu_was_a_preprocessing_field_stays_valid(cached):
+    """Files that hold no ``pad_hu`` describe the default, so neither run rebuilds or refuses them."""
+    tmp_path, _, _ = cached
+    for path in [tmp_path / "cache" / "cache.json", *(tmp_path / "cache" / "scans").glob("*.json")]:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        del content["preprocess"]["pad_hu"]
+        path.write_text(json.dumps(content), encoding="utf-8")
+    assert len(load_cache(tmp_path / "cache")) == 3
+    assert build_cache(tmp_path / "data", tmp_path / "cache", progress=False) == {"scans": 3, "built": 0, "skipped": 3}
+    other = PreprocessConfig(pad_hu=-1000.0)
+    assert build_cache(tmp_path / "data", tmp_path / "cache", other, progress=False)["built"] == 3
 
 
 def test_cache_refuses_a_folder_without_luna16_subsets(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.runtime import autocast_dtype
 from Training.cli import main
 from Training.config import TrainConfig, load_config, save_config
 from Training.trainer import make_optimizer
@@ -85,12 +86,30 @@ def test_a_config_is_checked_when_it_is_made():
         TrainConfig(amp="fast")
 
 
+@pytest.mark.parametrize("amp", ["fp32", "off"])
+def test_amp_takes_the_runtimes_precisions_and_off_for_configs_written_before(amp):
+    config = load_config(None, [f"amp={amp}"])
+    assert config.amp == amp
+    assert autocast_dtype(torch.device("cpu"), config.amp, training=True) is None
+
+
 def test_cli_answers_a_missing_cache_with_one_sentence_and_status_2(tmp_path, capsys):
     status = main(["fit", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert status == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("scpm-train fit: error:") and "nothing" in error and error.count("\n") == 0
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("folds", ["1,,2", "a,b", "1;2"])
+def test_cv_answers_folds_that_are_not_numbers_with_one_sentence_and_status_2(folds, tmp_path, capsys):
+    status = main(["cv", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "cv"), "--folds", folds,
+                   "--device", "cpu"])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"scpm-train cv: error: --folds {folds!r}: expected subset numbers separated by commas, "
+                     "e.g. 0,3,7.")
+    assert not (tmp_path / "cv").exists()
 
 
 @pytest.mark.parametrize("name, kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])

@@ -4,8 +4,8 @@ import subprocess
 import sys
 
 import pytest
-
 from training_helpers import write_tiny_luna16
+
 from Training.cache import build_cache
 from Training.state import load_state
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from training_helpers import NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.checkpoint import load_checkpoint
 from SCPMNoduleLib.errors import UserInputError
@@ -12,7 +13,6 @@ from SCPMNoduleLib.inference import Detector
 from SCPMNoduleLib.io import write_annotations
 from SCPMNoduleLib.matching import MatchingConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
-from training_helpers import NODULE_HU, write_tiny_luna16
 from Training.cache import build_cache, load_cache
 from Training.config import load_config
 from Training.data import EpochSampler, MatchingCollate, PatchDataset
@@ -181,13 +181,15 @@ def test_cross_validation_of_no_fold_is_refused_in_one_sentence(cache, tmp_path)
 
     with pytest.raises(UserInputError, match=r"no fold to cross-validate: .* subsets \[0\]\.$"):
         cross_validate(_config(), cache, tmp_path / "cv", folds=[], device="cpu")
+    with pytest.raises(UserInputError, match=r"folds \[0, 0\]: fold 0 is named twice"):
+        cross_validate(_config(), cache, tmp_path / "cv", folds=[0, 0], device="cpu")
     assert not (tmp_path / "cv").exists()
 
 
 @pytest.mark.slow
 def test_cross_validation_pools_every_folds_held_out_candidates_into_one_froc(tmp_path):
-    from Training.crossval import cross_validate
     from SCPMNoduleLib.io import read_candidates
+    from Training.crossval import cross_validate
 
     findings = write_tiny_luna16(tmp_path / "data", n_scans=3, subsets=2)
     build_cache(tmp_path / "data", tmp_path / "cache", progress=False)

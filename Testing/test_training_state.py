@@ -1,10 +1,12 @@
 """The training state file: header, format sniffing, and the network held-out evaluation loads."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.inference import CHECKPOINT_FORMAT, save_checkpoint
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.config import load_config
@@ -58,3 +60,24 @@ def test_held_out_evaluation_loads_the_same_network_from_a_state_or_a_checkpoint
         load_model(tmp_path / "notes.pt")
     with pytest.raises(UserInputError, match="not found"):
         load_model(tmp_path / "absent.pt")
+
+
+def test_a_state_of_another_format_or_version_is_refused_in_one_sentence(saved, tmp_path):
+    _, _, checkpoint_path = saved
+    with pytest.raises(UserInputError,
+                       match=r"not a scpm-train training checkpoint \(its format is 'scpm-nodule-checkpoint'"):
+        load_state(checkpoint_path)
+    torch.save({"format": STATE_FORMAT, "version": STATE_VERSION + 1}, tmp_path / "future.pt")
+    with pytest.raises(UserInputError, match=rf"future.pt: {STATE_FORMAT} version {STATE_VERSION + 1} is not the "
+                                             rf"version {STATE_VERSION} this program reads\.$"):
+        load_state(tmp_path / "future.pt")
+
+
+def test_the_shipped_demo_checkpoint_loads_with_the_padding_it_was_trained_with():
+    """Resources/demo.pt predates ``PreprocessConfig.pad_hu`` (the detector's setting then): its
+    pre-processing holds no such key and gets the default, -1200 HU, which it was trained and tuned with."""
+    path = Path(__file__).resolve().parents[1] / "Resources" / "demo.pt"
+    assert "pad_hu" not in torch.load(path, map_location="cpu", weights_only=True)["preprocess_config"]
+    _, preprocess = load_model(path)
+    assert preprocess.pad_hu == -1200.0
+    assert preprocess == PreprocessConfig()

@@ -4,13 +4,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from training_helpers import write_tiny_luna16
 
+from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.evaluation import EvaluationConfig, evaluate_froc
-from SCPMNoduleLib.inference import InferenceConfig, save_checkpoint
+from SCPMNoduleLib.inference import InferenceConfig
 from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
-from training_helpers import write_tiny_luna16
 from Training.cache import find_luna16_scans
 from Training.cli import main
 from Training.config import load_config

@@ -8,13 +8,17 @@ and export use when ``optim.ema_decay > 0``.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
+__all__ = ["WeightAverage"]
 
-class WeightAverage:
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+class WeightAverage(Generic[ModelT]):
     """Exponential moving average of a network's weights and BatchNorm statistics.
 
     After optimiser step ``t`` (1-based), every floating-point entry ``θ`` of the network's state
@@ -28,14 +32,15 @@ class WeightAverage:
     Integer entries (BatchNorm's ``num_batches_tracked``) are copied, not averaged.
 
     Args:
-        model: the network being trained (not a DDP wrapper); copied, in its memory format.
+        model: the network being trained (not a DDP wrapper); copied, in its memory format
+            (:attr:`model`, of the same type).
         decay: ``decay`` above, in ``[0, 1)``.
     """
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    def __init__(self, model: ModelT, decay: float) -> None:
         self.decay = decay
         self.updates = 0
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model: ModelT = copy.deepcopy(model).eval().requires_grad_(False)
 
     def decay_at(self, update: int) -> float:
         """``d_t`` for update ``t`` (1-based)."""

@@ -36,9 +36,17 @@ from tqdm import tqdm
 
 from SCPMNoduleLib.documents import DocumentError, read_document
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import (Findings, atomic_write, list_scans, map_in_processes, read_annotations, read_scan,
-                              scan_name, sha256_of)
-from SCPMNoduleLib.preprocess import PreprocessConfig, prepare_scan
+from SCPMNoduleLib.io import (
+    Findings,
+    atomic_write,
+    list_scans,
+    map_in_processes,
+    read_annotations,
+    read_scan,
+    scan_name,
+    sha256_of,
+)
+from SCPMNoduleLib.preprocess import RETIRED_SETTINGS, PreprocessConfig, prepare_scan
 from SCPMNoduleLib.scan_geometry import ScanGeometry
 
 log = logging.getLogger(__name__)
@@ -112,9 +120,12 @@ def find_luna16_scans(data_dir: str | os.PathLike) -> list[SourceScan]:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserInputError(f"{data_dir}: data folder not found.")
-    scans = []
-    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir() and _SUBSET.match(p.name)):
-        fold = int(_SUBSET.match(folder.name).group(1))
+    scans: list[SourceScan] = []
+    for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        subset = _SUBSET.match(folder.name)
+        if subset is None:
+            continue
+        fold = int(subset.group(1))
         scans.extend(SourceScan(scan_name(path), fold, path) for path in list_scans([folder]) if path.is_file())
     if not scans:
         raise UserInputError(f"{data_dir}: no scans in subset0..subset9 folders (LUNA16 layout expected).")
@@ -132,7 +143,13 @@ def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
-def _findings_by_uid(findings: Findings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+_Spheres = tuple[np.ndarray, np.ndarray]
+"""Centres ``(n, 3)`` (world x, y, z mm) and diameters ``(n,)`` (mm) of one scan's annotations
+(or of its excluded findings)."""
+_NO_SPHERES: _Spheres = (np.zeros((0, 3)), np.zeros(0))
+
+
+def _findings_by_uid(findings: Findings) -> dict[str, _Spheres]:
     groups: dict[str, list[int]] = defaultdict(list)
     for row, uid in enumerate(findings.seriesuids):
         groups[str(uid)].append(row)
@@ -159,7 +176,7 @@ def _geometry_record(geometry: ScanGeometry) -> dict[str, Any]:
             "direction": geometry.direction.reshape(-1).tolist()}
 
 
-def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
+def _cache_one(job: tuple[SourceScan, Path, dict[str, Any], dict[str, _Spheres]]) -> str:
     """Build one scan's cache files; returns its uid. Runs in a worker process."""
     scan, scans_dir, preprocess, spheres = job
     config = PreprocessConfig.from_dict(preprocess)
@@ -172,7 +189,7 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
         mask_record = _save_array(scans_dir / f"{scan.seriesuid}.lungs.npy", prepared.lungs.region)
         mask_record["block"] = prepared.lungs.block
     nodules, excluded = (
-        _spheres_in_crop(*spheres.get(kind, (np.zeros((0, 3)), np.zeros(0))), prepared.geometry, start)
+        _spheres_in_crop(*spheres.get(kind, _NO_SPHERES), prepared.geometry, start)
         for kind in ("annotations", "excluded")
     )
     metadata = {
@@ -192,6 +209,20 @@ def _cache_one(job: tuple[SourceScan, Path, dict, dict]) -> str:
     return scan.seriesuid
 
 
+def _same_preprocessing(cached: Any, wanted: dict) -> bool:
+    """Whether two pre-processing config dicts describe one config; a key missing from either
+    counts as its default, so files written before a field was added to
+    :class:`PreprocessConfig` (``pad_hu``) stay valid. An unreadable dict describes none, and
+    neither does one holding a retired setting: its scans were cropped by the lung mask that the
+    lung finder replaced."""
+    if isinstance(cached, dict) and RETIRED_SETTINGS & set(cached):
+        return False
+    try:
+        return PreprocessConfig.from_dict(cached) == PreprocessConfig.from_dict(wanted)
+    except UserInputError:
+        return False
+
+
 def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: bool = True) -> str | None:
     """Why the cached scan behind ``metadata_path`` cannot be used, or ``None`` when it can.
 
@@ -204,7 +235,7 @@ def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: 
         metadata = read_document(metadata_path, CACHE_FORMAT, CACHE_VERSION, _SCAN_METADATA)
     except DocumentError as error:
         return error.reason
-    if preprocess is not None and metadata.get("preprocess") != preprocess:
+    if preprocess is not None and not _same_preprocessing(metadata.get("preprocess"), preprocess):
         return "cached with another pre-processing config"
     for key in ("image", "lung_mask"):
         record = metadata.get(key)
@@ -252,7 +283,7 @@ def build_cache(
         raise UserInputError(f"pre-processing spacing {tuple(spacing)}: training needs an isotropic spacing.")
     data_dir, cache_dir = Path(data_dir).resolve(), Path(cache_dir)
     scans = find_luna16_scans(data_dir)
-    spheres: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+    spheres: dict[str, dict[str, _Spheres]] = defaultdict(dict)
     for kind, name, required in (("annotations", "annotations.csv", True),
                                  ("excluded", "annotations_excluded.csv", False)):
         path = data_dir / name

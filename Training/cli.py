@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import run_command
@@ -26,17 +25,27 @@ def _load_config(args: argparse.Namespace):
     return load_config(args.config, args.set)
 
 
+def parse_folds(text: str) -> list[int]:
+    """``--folds 0,3,7``: the subset numbers, in order.
+
+    Raises:
+        UserInputError: an item that is not an integer (``1,,2``, ``a,b``), in one sentence.
+    """
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise UserInputError(f"--folds {text!r}: expected subset numbers separated by commas, e.g. 0,3,7.") from None
+
+
 def _run_preprocess(args: argparse.Namespace) -> int:
+    from SCPMNoduleLib.documents import read_json
     from SCPMNoduleLib.preprocess import PreprocessConfig
 
     from .cache import build_cache
 
     config = PreprocessConfig()
     if args.preprocess is not None:
-        try:
-            config = PreprocessConfig.from_dict(json.loads(Path(args.preprocess).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, TypeError) as error:
-            raise UserInputError(f"{args.preprocess}: not a pre-processing config JSON ({error}).")
+        config = PreprocessConfig.from_dict(read_json(args.preprocess))
     summary = build_cache(args.data, args.cache, config, workers=args.workers)
     print(f"{summary['scans']} scans: {summary['built']} cached, {summary['skipped']} already valid -> {args.cache}")
     return 0
@@ -56,7 +65,7 @@ def _run_cv(args: argparse.Namespace) -> int:
     from .crossval import cross_validate
     from .distributed import process_rank
 
-    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    folds = parse_folds(args.folds) if args.folds else None
     result = cross_validate(_load_config(args), args.cache, args.out, folds, args.device)
     if process_rank() == 0:
         rates = " ".join(f"{s:.3f}" for s in result.sensitivities)

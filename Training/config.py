@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from SCPMNoduleLib.config_dict import dataclass_from_dict
 from SCPMNoduleLib.documents import read_json
@@ -19,8 +20,14 @@ from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.losses import LossConfig
 from SCPMNoduleLib.matching import MatchingConfig
 from SCPMNoduleLib.model import SCPMNetConfig
+from SCPMNoduleLib.runtime import PRECISIONS
 
 from .augment import AugmentConfig
+
+AMP_SETTINGS = (*PRECISIONS, "off")
+"""The values of ``TrainConfig.amp``: the runtime's precisions, and ``off``, the training config's
+word for ``fp32`` before training and detection shared one vocabulary; configs written then say
+``off``, and :func:`~SCPMNoduleLib.runtime.autocast_dtype` reads it as ``fp32``."""
 
 
 @dataclass
@@ -119,8 +126,10 @@ class TrainConfig:
 
     Attributes:
         seed: seeds the weights' initialisation and every sample's crop and augmentation.
-        amp: mixed precision: ``auto`` (float16 autocast with gradient scaling on CUDA, float32 on
-            CPU), ``off``, ``bf16`` (bfloat16 autocast, any device) or ``fp16`` (CUDA only).
+        amp: mixed precision, in the detector's words (:data:`~SCPMNoduleLib.runtime.PRECISIONS`,
+            :func:`~SCPMNoduleLib.runtime.autocast_dtype` with ``training=True``): ``auto``
+            (float16 autocast with gradient scaling on CUDA, float32 on CPU), ``fp32`` (or ``off``),
+            ``bf16`` (bfloat16 autocast, any device) or ``fp16`` (CUDA only).
         sync_batchnorm: under DDP, compute BatchNorm statistics over all processes' batches.
         log_every_steps: log the training terms every this many optimiser steps.
         cudnn_benchmark: let cuDNN pick the fastest convolution algorithms (not bit-reproducible).
@@ -162,8 +171,8 @@ class TrainConfig:
         overrides (``config optim.ema_decay: ...``); the library's configs inside check their own
         values (``MatchingConfig.top_k: ...``).
         """
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            raise UserInputError(f"config amp: {self.amp!r} is not one of auto, off, bf16, fp16.")
+        if self.amp not in AMP_SETTINGS:
+            raise UserInputError(f"config amp: {self.amp!r} is not one of {', '.join(AMP_SETTINGS)}.")
         schedule = self.optim.lr_schedule
         if not schedule or schedule[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(schedule, schedule[1:])):
             raise UserInputError(

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
-from SCPMNoduleLib.io import write_candidates
+from SCPMNoduleLib.io import Findings, write_candidates
 
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig
 from .distributed import process_rank
-from .heldout import concat_findings, detect_sharded
+from .heldout import detect_sharded
 from .state import load_state, model_from_state
 from .trainer import Trainer
 
@@ -50,6 +50,10 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
     folds = subsets if folds is None else list(folds)
     if not folds:
         raise UserInputError(f"no fold to cross-validate: name at least one of the cache's subsets {subsets}.")
+    repeated = sorted({fold for fold in folds if folds.count(fold) > 1})
+    if repeated:
+        raise UserInputError(f"folds {folds}: fold {repeated[0]} is named twice "
+                             "(its held-out scans would be counted twice).")
     held_out = [scan for scan in scans if scan.fold in folds]
     tables = []
     for fold in folds:
@@ -65,9 +69,9 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
             write_candidates(fold_dir / "candidates.csv", found)
         log.info("fold %d: %d candidates on %d held-out scans (%s)", fold, len(found), len(test), best.name)
         tables.append(found)
-    candidates = concat_findings(tables)
-    annotations = concat_findings([scan.annotations for scan in held_out])
-    excluded = concat_findings([scan.excluded for scan in held_out])
+    candidates = Findings.concat(tables)
+    annotations = Findings.concat([scan.annotations for scan in held_out])
+    excluded = Findings.concat([scan.excluded for scan in held_out])
     uids = [scan.seriesuid for scan in held_out]
     result = evaluate_froc(annotations, excluded, uids, candidates,
                            EvaluationConfig(n_bootstraps=config.validation.bootstraps, seed=config.seed))

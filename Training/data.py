@@ -51,8 +51,8 @@ class PatchDataset(Dataset):
         data: patch size and sampling shares.
         augment: spatial augmentation, or ``None`` for axis-aligned, unflipped patches.
         seed: base seed of every sample's generator.
-        fill: intensity outside the cached volume (network-input units; the detector pads with
-            the normalised ``InferenceConfig.pad_hu``).
+        fill: intensity outside the cached volume (network-input units: the normalised
+            ``PreprocessConfig.pad_hu``, which the detector pads with too).
     """
 
     def __init__(self, scans: Sequence[CachedScan], data: DataConfig, augment: AugmentConfig | None,
@@ -155,8 +155,8 @@ class EpochSampler(Sampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  shuffle: bool = True) -> None:
-        self.inner: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                        seed=seed, drop_last=False)
+        self.inner: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
+                                                                 shuffle=shuffle, seed=seed, drop_last=False)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

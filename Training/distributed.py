@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.runtime import resolve_device
 
 __all__ = ["Distributed", "init_distributed", "process_rank", "shutdown_distributed"]
 
@@ -49,20 +49,17 @@ def init_distributed(device: str = "auto") -> Distributed:
     Args:
         device: ``auto`` (CUDA when available), ``cuda`` or ``cpu``.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserInputError(f"--device {device!r}: expected auto, cpu or cuda.")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("--device cuda: no CUDA device is available.")
+    resolved = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
+    use_cuda = resolved.type == "cuda"
+    if use_cuda:  # each process drives the GPU of its local rank
+        resolved = torch.device("cuda", local_rank)
+        torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if world_size > 1 else 0
-    return Distributed(rank, world_size, local_rank,
-                       torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"))
+    return Distributed(rank, world_size, local_rank, resolved)
 
 
 def shutdown_distributed() -> None:

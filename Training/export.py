@@ -32,7 +32,8 @@ def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
         runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
         label, run = next(iter(runs.items()))
     except (OSError, json.JSONDecodeError, KeyError, StopIteration, AttributeError):
-        raise UserInputError(f"{path}: not a froc_summary.json written by scpm-nodule evaluate or scpm-train.") from None
+        raise UserInputError(
+            f"{path}: not a froc_summary.json written by scpm-nodule evaluate or scpm-train.") from None
     metrics = {"evaluation": label, "cpm": run["cpm"], "fp_rates": run["fp_rates"],
                "sensitivities": run["sensitivities"], "n_scans": run["counts"]["n_scans"],
                "n_nodules": run["counts"]["n_nodules"]}

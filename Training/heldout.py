@@ -15,13 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
@@ -31,26 +29,19 @@ from SCPMNoduleLib.preprocess import PreprocessConfig
 from .cache import find_luna16_scans
 from .state import file_format, load_state, model_from_state
 
-__all__ = ["Scan", "concat_findings", "detect_scans", "detect_sharded", "evaluate_folder", "findings_of", "load_model",
-           "read_excluded"]
+__all__ = ["Scan", "detect_scans", "detect_sharded", "evaluate_folder", "load_model", "read_excluded"]
 
 log = logging.getLogger(__name__)
-
-
-def concat_findings(parts: Sequence[Findings]) -> Findings:
-    """Rows of several :class:`Findings` tables, in order."""
-    parts = [part for part in parts if len(part)]
-    if not parts:
-        return Findings.empty()
-    return Findings(*(np.concatenate([getattr(p, name) for p in parts])
-                      for name in ("seriesuids", "centers_xyz_mm", "diameters_mm", "probabilities")))
 
 
 class Scan(Protocol):
     """What detection needs of a scan (a cached or a source scan): its uid and original file."""
 
-    seriesuid: str
-    source: Path
+    @property
+    def seriesuid(self) -> str: ...
+
+    @property
+    def source(self) -> Path: ...
 
 
 def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence[Scan],
@@ -63,19 +54,9 @@ def detect_scans(model: nn.Module, preprocess: PreprocessConfig, scans: Sequence
     detector = Detector(copy.deepcopy(model), preprocess, config or InferenceConfig(), device)
     tables = []
     for scan in scans:
-        tables.append(findings_of(scan.seriesuid, detector.detect(read_scan(scan.source)).detections))
+        tables.append(Findings.from_detections(scan.seriesuid, detector.detect(read_scan(scan.source)).detections))
         log.debug("%s: %d detections", scan.seriesuid, len(tables[-1]))
-    return concat_findings(tables)
-
-
-def findings_of(seriesuid: str, detections: Sequence[Detection]) -> Findings:
-    """One scan's detections as LUNA16 candidate rows (world mm, diameter, probability)."""
-    return Findings.from_columns(
-        [seriesuid] * len(detections),
-        np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3),
-        [d.diameter_mm for d in detections],
-        [d.probability for d in detections],
-    )
+    return Findings.concat(tables)
 
 
 def read_excluded(data_dir: str | os.PathLike) -> Findings:
@@ -97,7 +78,7 @@ def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequen
         return found
     gathered: list[Findings | None] = [None] * world_size
     dist.all_gather_object(gathered, found)
-    return concat_findings(gathered)
+    return Findings.concat([part for part in gathered if part is not None])
 
 
 def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:

@@ -12,13 +12,14 @@ import hashlib
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.documents import check_document
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.model import SCPMNet
@@ -36,7 +37,10 @@ STATE_VERSION = 1
 
 def rng_state() -> dict[str, Any]:
     """The torch, CUDA, NumPy (legacy global) and Python RNG states, as tensors and plain data."""
-    name, keys, position, has_gauss, gauss = np.random.get_state()
+    # legacy=True (the default) returns the MT19937 tuple; the stubs' return type also allows
+    # the dict of legacy=False
+    name, keys, position, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float],
+                                                  np.random.get_state(legacy=True))
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -86,12 +90,8 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserInputError(f"{path}: not a scpm-train training checkpoint.")
-    if state.get("version") != STATE_VERSION:
-        raise UserInputError(f"{path}: training checkpoint version {state.get('version')}, expected {STATE_VERSION}.")
-    return state
+        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).") from None
+    return check_document(state, STATE_FORMAT, STATE_VERSION, str(path), "a scpm-train training checkpoint")
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:

@@ -25,9 +25,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,13 +43,14 @@ from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
+from SCPMNoduleLib.runtime import autocast, autocast_dtype
 
 from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info
 from .config import TrainConfig, ValidationConfig, save_config
 from .data import EpochSampler, MatchingCollate, PatchDataset
 from .distributed import Distributed, init_distributed
-from .heldout import concat_findings, detect_sharded
+from .heldout import detect_sharded
 from .run_log import LOG_COLUMNS, RunLog
 from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
@@ -113,7 +114,8 @@ def build_model(config: TrainConfig, dist: Distributed,
         )
     if config.sync_batchnorm and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(dist.device, memory_format=memory_format)
+    # Module.to takes memory_format (torch documents it) but its typed overloads leave it out
+    model = model.to(dist.device, memory_format=memory_format)  # type: ignore[call-overload]
     network: nn.Module = model
     if dist.enabled:
         network = DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
@@ -132,7 +134,7 @@ def build_loader(scans: Sequence[CachedScan], preprocess: PreprocessConfig, conf
     batch_size, world_size = config.optim.batch_size, dist.world_size
     if batch_size % world_size:
         raise UserInputError(f"config optim.batch_size {batch_size}: must be divisible by the {world_size} processes.")
-    fill = float(preprocess.normalize(np.float32(InferenceConfig().pad_hu)))
+    fill = float(preprocess.normalize(np.float32(preprocess.pad_hu)))
     dataset = PatchDataset(scans, config.data, config.augment, config.seed, fill)
     sampler = EpochSampler(dataset, world_size, dist.rank, seed=config.seed)
     workers = config.data.num_workers
@@ -182,7 +184,7 @@ class Trainer:
         self.model, self.network = build_model(config, self.dist, self.memory_format)
         self.optimizer = make_optimizer(self.model, config)
         self.average = WeightAverage(self.model, config.optim.ema_decay) if config.optim.ema_decay > 0 else None
-        self.autocast_dtype = self._autocast_dtype()
+        self.autocast_dtype = autocast_dtype(self.device, config.amp, training=True)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.loss = SCPMLoss(config.loss)
         self.inference_config = InferenceConfig(score_threshold=config.validation.score_threshold)
@@ -193,16 +195,6 @@ class Trainer:
         self.best_cpm = -1.0
         self.best_epoch = -1
         self.run_log = RunLog(self.out_dir)
-
-    def _autocast_dtype(self) -> torch.dtype | None:
-        amp, cuda = self.config.amp, self.device.type == "cuda"
-        if amp == "fp16" and not cuda:
-            raise UserInputError("config amp fp16: float16 training needs a CUDA device; use bf16 or off on CPU.")
-        if amp == "bf16":
-            return torch.bfloat16
-        if amp == "fp16" or (amp == "auto" and cuda):
-            return torch.float16
-        return None
 
     # ------------------------------------------------------------------------------ state
 
@@ -223,9 +215,10 @@ class Trainer:
         saved = TrainConfig.from_dict(state["config"])
         if saved.model != self.config.model:
             raise UserInputError(f"{where}: the checkpoint is of another network configuration than config model.")
-        if state["preprocess"] != self.preprocess.to_dict():
+        if PreprocessConfig.from_dict(state["preprocess"]) != self.preprocess:
             raise UserInputError(f"{where}: the checkpoint was trained with another pre-processing than this cache.")
-        changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+        changed = [f.name for f in dataclasses.fields(TrainConfig)
+                   if getattr(saved, f.name) != getattr(self.config, f.name)]
         if changed:
             log.warning("resuming with a changed config (%s)", ", ".join(changed))
         load_weights(self.model, state["model"], where)
@@ -252,7 +245,8 @@ class Trainer:
         """
         last = self.out_dir / "last.pt"
         if last.is_file() and not resume:
-            raise UserInputError(f"{last}: a run already exists here; pass --resume to continue it or pick another --out.")
+            raise UserInputError(
+                f"{last}: a run already exists here; pass --resume to continue it or pick another --out.")
         if resume and last.is_file():
             self.load_state_dict(load_state(last), str(last))
             log.info("resumed from %s at epoch %d (step %d)", last, self.epoch, self.step)
@@ -261,8 +255,8 @@ class Trainer:
             save_config(self.config, self.out_dir / "config.json")
             self.run_log.open(self.epoch)
         log.info("training on %d scans (%d patches/epoch), validating on %d; %d process(es), device %s",
-                 len(self.train_scans), len(self.loader.dataset), len(self.val_scans), self.dist.world_size,
-                 self.device)
+                 len(self.train_scans), len(cast(Sized, self.loader.dataset)), len(self.val_scans),
+                 self.dist.world_size, self.device)
         every = self.config.validation.every_epochs
         try:
             for epoch in range(self.epoch, self.config.optim.epochs):
@@ -318,8 +312,7 @@ class Trainer:
         origin = batch["origin_zyx"].to(device, non_blocking=True)
         shape = batch["scan_shape_zyx"].to(device, non_blocking=True)
         targets = [target.to(device) for target in batch["targets"]]
-        with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(device, self.autocast_dtype):
             outputs = self.network(image, origin, shape)
         total, terms = self.loss(outputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -380,11 +373,11 @@ class Trainer:
         return float(cpm.item())
 
     def _evaluate(self, candidates: Findings) -> FROCResult | None:
-        annotations = concat_findings([scan.annotations for scan in self.val_scans])
+        annotations = Findings.concat([scan.annotations for scan in self.val_scans])
         if len(annotations) == 0:
             log.warning("the held-out scans hold no nodule; FROC is undefined, validation skipped")
             return None
-        excluded = concat_findings([scan.excluded for scan in self.val_scans])
+        excluded = Findings.concat([scan.excluded for scan in self.val_scans])
         uids = [scan.seriesuid for scan in self.val_scans]
         config = EvaluationConfig(n_bootstraps=self.config.validation.bootstraps, seed=self.config.seed)
         result = evaluate_froc(annotations, excluded, uids, candidates, config)

@@ -19,11 +19,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc
-from SCPMNoduleLib.inference import Detector, InferenceConfig, resolve_model
+from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_scan
+from SCPMNoduleLib.models import resolve_model
 
 from .cache import find_luna16_scans
-from .heldout import concat_findings, findings_of, load_model, read_excluded
+from .heldout import load_model, read_excluded
 
 __all__ = ["DISTANCE_RATIOS", "IOU_THRESHOLDS", "format_sweep", "sweep_postprocessing"]
 
@@ -70,10 +71,10 @@ def sweep_postprocessing(checkpoint: str | os.PathLike, data_dir: str | os.PathL
     for scan in tqdm(scans, desc="scans", unit="scan", disable=not progress):
         maps, prepared = detector.predict_maps(read_scan(scan.source))
         for table, setting in zip(tables, settings):
-            table.append(findings_of(scan.seriesuid, detector.decode(maps, prepared, setting)))
+            table.append(Findings.from_detections(scan.seriesuid, detector.decode(maps, prepared, setting)))
     excluded = read_excluded(data_dir)
     uids = [scan.seriesuid for scan in scans]
-    return [(setting, evaluate_froc(data_dir / "annotations.csv", excluded, uids, concat_findings(table),
+    return [(setting, evaluate_froc(data_dir / "annotations.csv", excluded, uids, Findings.concat(table),
                                     EvaluationConfig(n_bootstraps=0)))
             for setting, table in zip(settings, tables)]
 
