@@ -73,6 +73,17 @@ def test_a_cache_made_before_pad_hu_was_a_preprocessing_field_stays_valid(cached
     assert build_cache(tmp_path / "data", tmp_path / "cache", other, progress=False)["built"] == 3
 
 
+def test_a_cache_cropped_by_the_retired_lung_mask_is_rebuilt(cached):
+    """Scans cached before the lung finder carry ``lung_min_volume_ml``: their crops came from the old
+    mask, so the next preprocess rebuilds them although the config reads as the same."""
+    tmp_path, _, _ = cached
+    for path in [tmp_path / "cache" / "cache.json", *(tmp_path / "cache" / "scans").glob("*.json")]:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        content["preprocess"]["lung_min_volume_ml"] = 5.0
+        path.write_text(json.dumps(content), encoding="utf-8")
+    assert build_cache(tmp_path / "data", tmp_path / "cache", progress=False)["built"] == 3
+
+
 def test_cache_refuses_a_folder_without_luna16_subsets(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(UserInputError, match="subset"):
