@@ -204,3 +204,16 @@ def test_no_lung_mask_runs_on_the_whole_volume_and_the_report_says_so(tmp_path, 
     assert "lung_volume_ml" not in report["scan"]
     assert "lungs not looked for" in capsys.readouterr().out
 
+
+
+def test_a_lung_volume_outside_the_adult_range_is_a_warning(tmp_path, chest_checkpoint, caplog):
+    from SCPMNoduleLib.phantom import make_phantom
+
+    scan = tmp_path / "miniature.mha"
+    sitk.WriteImage(make_phantom(7, "small")[0], str(scan))  # a miniature chest: lungs of about 0.1 L
+    with caplog.at_level("WARNING", logger="SCPMNoduleLib.pipeline"):
+        code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--model", str(chest_checkpoint),
+                     "--progress", "none", *FAST])
+    assert code == 0
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith(f"{scan}: lung volume ") and "outside the adult range (1000-10000 mL)" in warning
