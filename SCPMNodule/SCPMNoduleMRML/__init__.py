@@ -9,7 +9,8 @@ against the ``slicer-core`` package alike. The module's Widget and Logic classes
 from .exports import REVIEW_CSV_COLUMNS, write_markups_json, write_review_csv, write_table_csv
 from .process import (DetectionProcess, DetectionRun, DetectionSettings, ProgressEvent, detect_command,
                       detector_requirements, library_environment, parse_progress_line)
-from .review import TABLE_COLUMNS, Nodule, NoduleReview, ReviewStatus, ReviewStyle, nodule_color, probability_color
+from .nodules import TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, nodule_color, probability_color
+from .review import NoduleReview, remove_reviews
 from .sidecar import attach_sidecar, read_sidecar, reattach_sidecar, restore_review, sidecar_path, write_sidecar
 from .volumes import (check_input_volume, image_from_volume_node, lps_to_ras, ras_to_lps, series_uid,
                       volume_ijk_to_ras, volume_node_from_image, write_volume)

@@ -9,7 +9,8 @@ from pathlib import Path
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
-from .review import NoduleReview, ReviewStatus
+from .nodules import ReviewStatus
+from .review import NoduleReview
 from .volumes import series_uid
 
 REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status")

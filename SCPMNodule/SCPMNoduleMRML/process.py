@@ -41,7 +41,8 @@ from SCPMNoduleLib.errors import EXIT_BAD_INPUT, UserInputError
 from SCPMNoduleLib.export import read_detections_json
 from SCPMNoduleLib.io import safe_file_name
 
-from .review import NoduleReview, ReviewStyle
+from .nodules import ReviewStyle
+from .review import NoduleReview
 from .sidecar import attach_sidecar
 from .volumes import check_input_volume, write_volume
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
 
-from .review import Nodule, NoduleReview, ReviewStatus, ReviewStyle
+from .nodules import Nodule, ReviewStatus, ReviewStyle
+from .review import NoduleReview
 from .volumes import lps_to_ras, series_uid
 
 SIDECAR_FORMAT = "scpm-nodule-review"
