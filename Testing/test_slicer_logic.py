@@ -350,8 +350,9 @@ def test_saved_and_reloaded_scene_keeps_the_review(mrml, tmp_path, suffix):
 
 
 def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml, tmp_path):
+    """With no least interval between writes (see the debounce test for the default)."""
     sidecar = tmp_path / "review.json"
-    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar, 0)
     assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == ["pending"] * 3
     review.reject(2)
     assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][2]["status"] == "rejected"
@@ -363,7 +364,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
     assert content["seriesuid"] == "1.2.3.4" and len(content["nodules"]) == 4
 
     fresh = make_scene()
-    restored = logic.restore_review(chest_volume(fresh), sidecar)
+    restored = logic.restore_review(chest_volume(fresh), sidecar, min_interval_s=0)
     assert restored.nodules() == review.nodules()
     assert_consistent(restored)
     restored.accept(0)
@@ -372,7 +373,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
 
 def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar, 0)
     markups = review.markups_node
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
     for step in range(1, 4):
@@ -398,7 +399,7 @@ def test_on_persist_callbacks_see_each_change_and_a_review_needs_none(mrml):
 
 def test_a_reloaded_review_writes_its_sidecar_once_reattached(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar, 0)
     review.detach()
     save_scene(mrml.scene, tmp_path / "scene.mrml")
     written = sidecar.read_text(encoding="utf-8")
@@ -408,8 +409,8 @@ def test_a_reloaded_review_writes_its_sidecar_once_reattached(mrml, tmp_path):
     assert logic.sidecar_path(reloaded) == str(sidecar)
     reloaded.accept(0)
     assert sidecar.read_text(encoding="utf-8") == written, "found, not yet re-attached: nothing written"
-    logic.reattach_sidecar(reloaded)
-    logic.reattach_sidecar(reloaded)
+    logic.reattach_sidecar(reloaded, 0)
+    logic.reattach_sidecar(reloaded, 0)
     assert len(reloaded.on_persist) == 1
     assert sidecar.read_text(encoding="utf-8") == written, "re-attaching alone writes nothing"
     reloaded.reject(1)

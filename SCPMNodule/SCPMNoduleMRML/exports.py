@@ -13,14 +13,15 @@ from .nodules import ReviewStatus
 from .review import NoduleReview
 from .volumes import series_uid
 
-REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status")
+REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status", "note")
 
 
 def write_review_csv(path: str | os.PathLike, review: NoduleReview, include_rejected: bool = False) -> int:
-    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm,probability,status`` (world LPS mm).
+    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm,probability,status,note`` (world LPS mm).
 
-    LUNA16's annotation columns first, so LUNA16 tools read the file as annotations; rejected
-    nodules are left out unless ``include_rejected``. Returns the number of rows written.
+    LUNA16's annotation columns first, so LUNA16 tools read the file as annotations; then the
+    review status and the reader's note; rejected nodules are left out unless
+    ``include_rejected``. Returns the number of rows written.
     """
     uid = series_uid(review.volume_node)
     nodules = [n for n in review.nodules() if include_rejected or n.status != ReviewStatus.REJECTED]
@@ -29,7 +30,7 @@ def write_review_csv(path: str | os.PathLike, review: NoduleReview, include_reje
         writer.writerow(REVIEW_CSV_COLUMNS)
         for nodule in nodules:
             writer.writerow([uid, *map(repr, nodule.center_xyz_mm), repr(nodule.diameter_mm),
-                             repr(nodule.probability), nodule.status.value])
+                             repr(nodule.probability), nodule.status.value, nodule.note])
     return len(nodules)
 
 
@@ -50,7 +51,7 @@ def write_markups_json(path: str | os.PathLike, review: NoduleReview) -> None:
 
 
 def write_table_csv(path: str | os.PathLike, review: NoduleReview) -> None:
-    """Write the review table (ID, R, A, S, Diameter (mm), Probability, Status) as CSV."""
+    """Write the review table (ID, R, A, S, Diameter (mm), Probability, Status, Note) as CSV."""
     from slicer import vtkMRMLTableStorageNode
 
     _write_with_storage_node(vtkMRMLTableStorageNode(), review.table_node, Path(path), "nodule table")

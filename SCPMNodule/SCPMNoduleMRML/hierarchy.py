@@ -6,7 +6,7 @@ GUI (the tests, on slicer-core) does not do that, so missing items are made here
 
 from __future__ import annotations
 
-__all__ = ["FOLDER_ROLE", "file_beside", "place_in_folder", "remove_folder_of"]
+__all__ = ["FOLDER_ROLE", "file_beside", "place_in_folder", "remove_with_folder"]
 
 FOLDER_ROLE = "nodule-folder"
 """Value of the folder item's role attribute: marks the folders this module made (and may remove)."""
@@ -45,13 +45,18 @@ def file_beside(reference_node, node) -> None:
         _set_parent(hierarchy, node, hierarchy.GetItemParent(reference_item))
 
 
-def remove_folder_of(node, remove_nodes, role_attribute: str) -> None:
-    """Call ``remove_nodes()``, then remove the folder ``node`` was in if this module made it and
-    it is empty now."""
-    hierarchy = _hierarchy(node.GetScene())
-    item = hierarchy.GetItemByDataNode(node)
+def remove_with_folder(nodes, role_attribute: str) -> None:
+    """Remove ``nodes`` from their scene, with the folder the first one is in if this module made
+    it (its items go with it, as when the folder is deleted in the Data module)."""
+    nodes = [node for node in nodes if node is not None and node.GetScene() is not None]
+    if not nodes:
+        return
+    scene = nodes[0].GetScene()
+    hierarchy = _hierarchy(scene)
+    item = hierarchy.GetItemByDataNode(nodes[0])
     folder = hierarchy.GetItemParent(item) if item else 0
-    remove_nodes()
-    if folder and hierarchy.GetItemAttribute(folder, role_attribute) == FOLDER_ROLE \
-            and hierarchy.GetNumberOfItemChildren(folder) == 0:
-        hierarchy.RemoveItem(folder)
+    for node in nodes:
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+    if folder and hierarchy.GetItemAttribute(folder, role_attribute) == FOLDER_ROLE:
+        hierarchy.RemoveItem(folder, True, True)

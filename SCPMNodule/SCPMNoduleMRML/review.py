@@ -37,7 +37,7 @@ import vtk
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 
-from .hierarchy import file_beside, place_in_folder, remove_folder_of
+from .hierarchy import file_beside, place_in_folder, remove_with_folder
 from .nodules import (DIAMETER_COLUMN, ID_COLUMN, NOTE_COLUMN, PROBABILITY_COLUMN, RAS_COLUMNS, STATUS_COLUMN,
                       TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, column_array, describe, nodule_color,
                       sphere_polydata)
@@ -344,9 +344,7 @@ class NoduleReview:
     def remove(self) -> None:
         """Delete the review's nodes from the scene, and its subject hierarchy folder."""
         self.detach()
-        scene = self.scene
-        nodes = [node for node in (*self.sphere_nodes, self.table_node, self.markups_node) if node is not None]
-        remove_folder_of(self.markups_node, lambda: [scene.RemoveNode(node) for node in nodes], ROLE_ATTRIBUTE)
+        remove_with_folder((self.markups_node, self.table_node, *self.sphere_nodes), ROLE_ATTRIBUTE)
 
     def detach(self) -> None:
         """Stop observing the point list (the nodes stay in the scene)."""
