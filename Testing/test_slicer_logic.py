@@ -16,10 +16,8 @@ import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import vtk
-
 import slicer  # slicer-core, from the test extra: a missing install must fail, not skip
-
+import vtk
 from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
 from SCPMNoduleLib.detection import Detection  # noqa: E402
@@ -515,12 +513,13 @@ def test_safe_file_name_keeps_uids_and_replaces_what_a_file_system_may_refuse():
 def test_slicer_installs_the_packages_pyproject_declares():
     """Slicer installs from the module's requirements.txt (torch through the PyTorch extension),
     pip from pyproject.toml: the same packages and versions, but matplotlib, which only the
-    library's plots (phantom previews, FROC curves, the demo) import, lazily."""
+    library's plots (phantom previews, FROC curves, the demo) import, lazily, and tqdm, which only
+    the command line's progress bar imports, never the module's background run (JSON lines)."""
     requirements = logic.detector_requirements()
     block = re.search(r"(?ms)^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(encoding="utf-8"))
     declared = dict(re.fullmatch(r"([\w.-]+)(.*)", dependency).groups()
                     for dependency in re.findall(r'"([^"]+)"', block.group(1)))
-    assert declared.pop("matplotlib") == ">=3.6"
+    assert declared.pop("matplotlib") == ">=3.6" and declared.pop("tqdm") == ">=4.60"
     assert requirements == declared and requirements["torch"] == ">=2.1"
     assert all(importlib.util.find_spec(package) for package in requirements), "a package imports under another name"
 
