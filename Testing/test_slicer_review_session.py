@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import slicer
+from slicer_scene import make_scene
 from test_slicer_logic import DETECTIONS, assert_consistent, chest_volume, table_rows
 
-from slicer_scene import make_scene
 from SCPMNoduleLib.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
