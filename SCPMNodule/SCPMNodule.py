@@ -13,7 +13,6 @@ import importlib.util
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -24,46 +23,23 @@ import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
 # Only torch-free modules that need nothing beyond what Slicer ships (numpy, SimpleITK, VTK):
 # ensureDependencies installs the rest after this file has loaded (test_slicer_logic checks).
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import safe_file_name
 from SCPMNoduleLib.models import read_manifest
-from SCPMNoduleMRML import (
-    DetectionRun,
-    DetectionSettings,
-    NoduleReview,
-    ReviewStatus,
-    ReviewStyle,
-    apply_lung_window,
-    check_input_volume,
-    detector_requirements,
-    flush_sidecar,
-    reattach_sidecar,
-    remove_reviews,
-    restore_review,
-    series_uid,
-    volume_node_from_image,
-    write_markups_json,
-    write_review_csv,
-    write_table_csv,
-)
+from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle, apply_lung_window,
+                            check_input_volume, detector_requirements, export_review, flush_sidecar, reattach_sidecar,
+                            new_sidecar_path, remove_reviews, restore_review, volume_node_from_image)
 
 PROGRESS_INTERVAL_MS = 200
-RECOVERY_FLUSH_MS = 1100
-"""After the last edit, write a recovery-file edit still waiting (debounced, see SCPMNoduleMRML.sidecar)."""
+RECOVERY_FLUSH_MS = 1100  # after the last edit, write what the (debounced) recovery file still waits for
 SHORTCUTS = (("Alt+N", "next"), ("Alt+P", "previous"), ("Alt+A", "accept"), ("Alt+R", "reject"),
-             ("Alt+D", "delete"), ("Alt+Z", "undo"))
-"""Main-window shortcuts, active while the module is shown. Not Ctrl+Z: Slicer's own Edit > Undo."""
+             ("Alt+D", "delete"), ("Alt+Z", "undo"))  # while the module is shown; Ctrl+Z is Slicer's Edit > Undo
 DETECTION_DEFAULTS = DetectionSettings()
 REVIEW_DEFAULTS = ReviewStyle()
 
@@ -103,8 +79,7 @@ class SCPMNoduleParameterNode:
     hideRejected: bool = False
     includeRejectedInExport: bool = False
     addDiameter: Annotated[float, WithinRange(1.0, 60.0)] = REVIEW_DEFAULTS.default_diameter_mm
-    exportDirectory: Path
-    """Empty (``Path()``) until the module sets it to Slicer's default scene folder."""
+    exportDirectory: Path  # Path() until the module sets it to Slicer's default scene folder
 
 
 class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -123,8 +98,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.setInterval(PROGRESS_INTERVAL_MS)
         self._timer.connect("timeout()", self.onTimer)
         self._flushTimer = qt.QTimer()
-        self._flushTimer.setSingleShot(True)
-        self._flushTimer.setInterval(RECOVERY_FLUSH_MS)
+        self._flushTimer.singleShot, self._flushTimer.interval = True, RECOVERY_FLUSH_MS
         self._flushTimer.connect("timeout()", lambda: self.logic.flushRecovery())
 
     def setup(self) -> None:
@@ -196,11 +170,8 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         """Stop a running detection (its volume is going) and drop the review from the panel."""
         if self._run is not None:
-            self._timer.stop()
-            self._run.cancel()
-            self._run = None
+            self.onApplyButton()  # = Cancel
             self.ui.statusLabel.text = "The scene was closed; the detection was cancelled."
-            self.ui.progressBar.value = 0
         self._flushTimer.stop()
         self.logic.detachReview()
         self.updateReviewGui()
@@ -254,8 +225,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         current = self.ui.modelComboBox.currentText
         self.ui.modelComboBox.clear()
         self.ui.modelComboBox.addItems(self.logic.modelNames())
-        if current:
-            self.ui.modelComboBox.setCurrentText(current)
+        self.ui.modelComboBox.setCurrentText(current or self.ui.modelComboBox.currentText)
 
     def onModelChanged(self, text: str) -> None:
         if self._parameterNode and text:
@@ -289,10 +259,8 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def confirmReplacing(self, volume) -> bool:
         """Ask before a new review replaces the volume's review (whose recovery file is kept)."""
         existing = NoduleReview.find(slicer.mrmlScene, volume) if volume else None
-        if existing is None:
-            return True
-        reviewed, total = existing.reviewed_count()
-        return slicer.util.confirmOkCancelDisplay(
+        reviewed, total = existing.reviewed_count() if existing else (0, 0)
+        return existing is None or slicer.util.confirmOkCancelDisplay(
             f"'{volume.GetName()}' already has a review ({reviewed} of {total} nodules reviewed). Replace it? "
             "Its recovery file is kept (Recovery > Restore).")
 
@@ -340,10 +308,9 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.selectNodule(index, jump=False)
 
     def onCrosshairMoved(self, caller, event) -> None:
-        if self.logic.review is not None and self.logic.review.alive:
-            index = self.logic.review.nodule_at(caller.GetCrosshairRAS())
-            if index >= 0:
-                self.onNoduleGrabbed(index)
+        index = self.logic.review.nodule_at(caller.GetCrosshairRAS()) if self.logic.review else -1
+        if index >= 0:
+            self.onNoduleGrabbed(index)
 
     def onTableSelection(self) -> None:
         row = self.ui.nodulesTableView.currentIndex().row()
@@ -370,8 +337,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onUndo(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not undo."):
-            if self.logic.review is None or not self.logic.review.undo():
-                self.ui.statusLabel.text = "Nothing to undo."
+            self.ui.statusLabel.text = "" if self.logic.review and self.logic.review.undo() else "Nothing to undo."
 
     def onDiameterChanged(self, value: float) -> None:
         """Resize the selected nodule (not the size of a nodule to add: that has its own box)."""
@@ -391,15 +357,13 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onReviewChanged(self) -> None:
         self.updateReviewGui()
-        self._flushTimer.start()
+        self._flushTimer.start()  # restarted by each change: fires a while after the last
 
     def updateReviewGui(self) -> None:
-        """Show the current review: its table (set only when it is another table: setting it
-        rebuilds the view, which would happen on every mouse move of a drag), the reviewed count."""
-        review = self.logic.review
-        if review is not None and not review.alive:
+        """Show the review; its table only when it is another one (setting it rebuilds the view)."""
+        if self.logic.review is not None and not self.logic.review.alive:
             self.logic.detachReview()
-            review = None
+        review = self.logic.review
         table = review.table_node if review else None
         if table is not self._shownTable:
             self._shownTable = table
@@ -424,15 +388,14 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def observeCrosshair(self) -> None:
         crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
-        if crosshair is not None and not self.hasObserver(crosshair, vtk.vtkCommand.ModifiedEvent,
-                                                          self.onCrosshairMoved):
+        if crosshair and not self.hasObserver(crosshair, vtk.vtkCommand.ModifiedEvent, self.onCrosshairMoved):
             self.addObserver(crosshair, vtk.vtkCommand.ModifiedEvent, self.onCrosshairMoved)
 
     # ------------------------------------------------------------------ export / restore
     def onExport(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not export the nodules.", waitCursor=True):
-            paths = self.logic.export(self._parameterNode.exportDirectory,
-                                      self._parameterNode.includeRejectedInExport)
+            paths = export_review(self.logic.review, self._parameterNode.exportDirectory,
+                                  self._parameterNode.includeRejectedInExport)
             self.ui.statusLabel.text = "Exported " + ", ".join(Path(p).name for p in paths)
 
     def onRestore(self) -> None:
@@ -457,11 +420,8 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelNames() -> list[str]:
-        """The models of the extension's ``Models.json``, ``demo`` if it lists none or cannot be read.
-
-        Read with ``json`` (SCPMNoduleLib.models), never through PyTorch: this runs while the
-        panel is built, in Slicer's own process.
-        """
+        """The models of ``Models.json`` (read with json, never through PyTorch: this runs in Slicer's
+        process as the panel is built), ``demo`` if it lists none or cannot be read."""
         try:
             return [model["name"] for model in read_manifest()["models"]] or ["demo"]
         except (UserInputError, KeyError, TypeError) as error:
@@ -470,11 +430,8 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureDependencies() -> None:
-        """Install PyTorch through the PyTorch extension after asking; check the other packages.
-
-        What the detector needs, and which versions, is ``Resources/requirements.txt``: numpy,
-        scipy and SimpleITK come with Slicer, so an offline user with PyTorch is never asked.
-        """
+        """Install PyTorch through the PyTorch extension after asking (``Resources/requirements.txt``);
+        the rest comes with Slicer, so an offline user with PyTorch is never asked."""
         requirements = detector_requirements()
         torchVersion = requirements.pop("torch")
         if importlib.util.find_spec("torch") is None:
@@ -489,25 +446,13 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
                 if torch is None:
                     raise UserInputError("PyTorch is needed to detect nodules, and it was not installed "
                                          "(declined, or no internet connection).")
-        missing = [f"{package}{version}" for package, version in requirements.items()
-                   if importlib.util.find_spec(package) is None]
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                    f"The nodule detector needs these Python packages: {', '.join(missing)}. Install them now?"):
-                raise UserInputError(f"The packages {', '.join(missing)} are needed to detect nodules.")
-            try:
-                slicer.util.pip_install(missing)
-            except Exception as error:
-                raise UserInputError(f"Could not install {', '.join(missing)} ({error}); are you offline?")
+        missing = [package for package in requirements if importlib.util.find_spec(package) is None]
+        if missing:  # they come with Slicer: nothing to install, something is broken
+            raise UserInputError(f"Slicer's Python lacks {', '.join(missing)}, which Slicer ships; reinstall Slicer.")
 
     @staticmethod
     def sidecarDirectory() -> Path:
         return Path(slicer.app.temporaryPath) / "SCPMNodule" / "reviews"
-
-    def sidecarPath(self, volumeNode) -> str:
-        """A new crash-recovery file per detection run, so that a new run never overwrites an old review."""
-        name = safe_file_name(series_uid(volumeNode), fallback="volume")
-        return str(self.sidecarDirectory() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json")
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
@@ -519,7 +464,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
             raise UserInputError("PythonSlicer, Slicer's Python interpreter, was not found on Slicer's path; "
                                  "the detector cannot run. Reinstall Slicer.")
         run = DetectionRun(parameters.inputVolume, settings, python=python, style=self._style(parameters),
-                           sidecar_path=self.sidecarPath(parameters.inputVolume),
+                           sidecar_path=str(new_sidecar_path(self.sidecarDirectory(), parameters.inputVolume)),
                            base_environment=slicer.util.startupEnvironment())
         try:
             run.start()
@@ -587,19 +532,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         interaction.SetPlaceModePersistence(False)
         interaction.SetCurrentInteractionMode(interaction.Place)
 
-    def export(self, directory: Path, includeRejected: bool) -> list[str]:
-        """Write ``<seriesuid>_nodules.csv``, ``.mrk.json`` and ``_table.csv`` into ``directory``."""
-        if self.review is None:
-            raise UserInputError("There are no nodules to export; detect them first.")
-        if str(directory) in ("", ".") or not Path(directory).is_dir():
-            raise UserInputError(f"Export folder '{directory}' does not exist; choose one under Export.")
-        stem = Path(directory) / safe_file_name(series_uid(self.review.volume_node), fallback="volume")
-        paths = [f"{stem}_nodules.csv", f"{stem}_nodules.mrk.json", f"{stem}_table.csv"]
-        write_review_csv(paths[0], self.review, includeRejected)
-        write_markups_json(paths[1], self.review)
-        write_table_csv(paths[2], self.review)
-        return paths
-
     def restore(self, volumeNode, path: str, onChange, onSelect=None):
         """Rebuild a review of ``volumeNode`` from a crash-recovery file of its series; it
         replaces the volume's review."""
@@ -637,10 +569,8 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         self.assertEqual([round(v, 3) for v in review.center_ras_mm(0)], [-25.6, -25.6, 36.0])
         review.accept(0)
         review.add_nodule((-10.0, -10.0, 20.0), 5.0)
-        logic = SCPMNoduleLogic()
-        logic._setReview(review, None)
         with tempfile.TemporaryDirectory() as directory:
-            csvPath = logic.export(directory, includeRejected=False)[0]
+            csvPath = export_review(review, Path(directory), include_rejected=False)[0]
             with open(csvPath, newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
         self.assertEqual([r["status"] for r in rows], ["accepted", "added"])

@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import atomic_write
+from SCPMNoduleLib.io import atomic_write, safe_file_name
 
 from .nodules import ReviewStatus
 from .review import NoduleReview
 from .volumes import series_uid
+
+__all__ = ["REVIEW_CSV_COLUMNS", "export_review", "write_markups_json", "write_review_csv", "write_table_csv"]
 
 REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status", "note")
 
@@ -55,3 +57,17 @@ def write_table_csv(path: str | os.PathLike, review: NoduleReview) -> None:
     from slicer import vtkMRMLTableStorageNode
 
     _write_with_storage_node(vtkMRMLTableStorageNode(), review.table_node, Path(path), "nodule table")
+
+
+def export_review(review: NoduleReview | None, directory: str | os.PathLike, include_rejected: bool) -> list[str]:
+    """Write ``<seriesuid>_nodules.csv``, ``_nodules.mrk.json`` and ``_table.csv`` into ``directory``."""
+    if review is None:
+        raise UserInputError("There are no nodules to export; detect them first.")
+    if str(directory) in ("", ".") or not Path(directory).is_dir():
+        raise UserInputError(f"Export folder '{directory}' does not exist; choose one under Export.")
+    stem = Path(directory) / safe_file_name(series_uid(review.volume_node), fallback="volume")
+    paths = [f"{stem}_nodules.csv", f"{stem}_nodules.mrk.json", f"{stem}_table.csv"]
+    write_review_csv(paths[0], review, include_rejected)
+    write_markups_json(paths[1], review)
+    write_table_csv(paths[2], review)
+    return paths

@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import atomic_write
+from SCPMNoduleLib.io import atomic_write, safe_file_name
 
 from .nodules import Nodule, ReviewStatus, ReviewStyle
 from .review import NoduleReview
 from .volumes import lps_to_ras, series_uid
 
-__all__ = ["SIDECAR_INTERVAL_S", "SidecarWriter", "attach_sidecar", "flush_sidecar", "read_sidecar",
+__all__ = ["SIDECAR_INTERVAL_S", "SidecarWriter", "attach_sidecar", "flush_sidecar", "new_sidecar_path", "read_sidecar",
            "reattach_sidecar", "restore_review", "review_to_dict", "sidecar_path", "write_sidecar"]
 
 SIDECAR_FORMAT = "scpm-nodule-review"
@@ -110,6 +110,13 @@ class SidecarWriter:
         with atomic_write(path, encoding="utf-8") as handle:
             handle.write(text)
         self._last_text, self._last_time = text, self._clock()
+
+
+def new_sidecar_path(directory: str | os.PathLike, volume_node) -> Path:
+    """``<directory>/<seriesuid>-<YYYYmmdd-HHMMSS>.review.json``: a new file per detection run, so
+    that a new run never overwrites an old review."""
+    name = safe_file_name(series_uid(volume_node), fallback="volume")
+    return Path(directory) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json"
 
 
 def sidecar_path(review: NoduleReview) -> str | None:
