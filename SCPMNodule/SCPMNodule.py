@@ -10,11 +10,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
-import os
+import logging
 import shutil
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -33,13 +31,15 @@ from slicer.util import VTKObservationMixin
 # ensureDependencies installs the rest after this file has loaded (test_slicer_logic checks).
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import safe_file_name
 from SCPMNoduleLib.models import read_manifest
-from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle,
-                            check_input_volume, detector_requirements, reattach_sidecar, restore_review, series_uid,
-                            volume_node_from_image, write_markups_json, write_review_csv, write_table_csv)
+from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle, apply_lung_window,
+                            check_input_volume, detector_requirements, export_review, flush_sidecar, reattach_sidecar,
+                            new_sidecar_path, remove_reviews, restore_review, volume_node_from_image)
 
 PROGRESS_INTERVAL_MS = 200
+RECOVERY_FLUSH_MS = 1100  # after the last edit, write what the (debounced) recovery file still waits for
+SHORTCUTS = (("Alt+N", "next"), ("Alt+P", "previous"), ("Alt+A", "accept"), ("Alt+R", "reject"),
+             ("Alt+D", "delete"), ("Alt+Z", "undo"))  # while the module is shown; Ctrl+Z is Slicer's Edit > Undo
 DETECTION_DEFAULTS = DetectionSettings()
 REVIEW_DEFAULTS = ReviewStyle()
 
@@ -48,15 +48,16 @@ class SCPMNodule(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Lung Nodule Detection (SCPM-Net)"
-        self.parent.categories = ["Chest Imaging"]
+        self.parent.categories = ["Chest Imaging Platform"]
         self.parent.dependencies = ["Markups", "Models", "Tables"]
         self.parent.contributors = ["SCPM-Net for Slicer contributors"]
         self.parent.helpText = """
 Detects lung nodules in a chest CT with SCPM-Net (sphere representation, center-points matching)
 and lets you review them: step through the list, accept, reject, move, resize, add missed
 nodules, and export the corrected list (LUNA16-style CSV in world LPS mm, markups JSON, table
-CSV). The detector runs in a background process; Cancel stops it. Shortcuts while the module
-is shown: Alt+N next, Alt+P previous, Alt+A accept, Alt+R reject.
+CSV) into the export folder. The detector runs in a background process; Cancel stops it.
+Shortcuts while the module is shown: Alt+N next, Alt+P previous, Alt+A accept, Alt+R reject,
+Alt+D delete, Alt+Z undo the last review action.
 """
         self.parent.acknowledgementText = """
 SCPM-Net: Luo X, Song T, Wang G, Chen J, Chen Y, Li K, Metaxas DN, Zhang S. SCPM-Net: An
@@ -77,6 +78,8 @@ class SCPMNoduleParameterNode:
     sphereOpacity: Annotated[float, WithinRange(0.0, 1.0)] = REVIEW_DEFAULTS.sphere_opacity
     hideRejected: bool = False
     includeRejectedInExport: bool = False
+    addDiameter: Annotated[float, WithinRange(1.0, 60.0)] = REVIEW_DEFAULTS.default_diameter_mm
+    exportDirectory: Path  # Path() until the module sets it to Slicer's default scene folder
 
 
 class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -88,9 +91,15 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._current = -1
+        self._shownTable = None
+        self._updatingGui = False
+        self._shortcuts = []
         self._timer = qt.QTimer()
         self._timer.setInterval(PROGRESS_INTERVAL_MS)
         self._timer.connect("timeout()", self.onTimer)
+        self._flushTimer = qt.QTimer()
+        self._flushTimer.singleShot, self._flushTimer.interval = True, RECOVERY_FLUSH_MS
+        self._flushTimer.connect("timeout()", lambda: self.logic.flushRecovery())
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -100,49 +109,72 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = SCPMNoduleLogic()
 
-        self.ui.modelComboBox.addItems(self.logic.modelNames())
+        self.refreshModelList()
         self.ui.modelComboBox.connect("currentTextChanged(QString)", self.onModelChanged)
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointChosen)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.previousButton.connect("clicked(bool)", lambda: self.onStep(-1))
-        self.ui.nextButton.connect("clicked(bool)", lambda: self.onStep(1))
-        self.ui.acceptButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.ACCEPTED))
-        self.ui.rejectButton.connect("clicked(bool)", lambda: self.onSetStatus(ReviewStatus.REJECTED))
-        self.ui.diameterSpinBox.value = REVIEW_DEFAULTS.default_diameter_mm
-        self.ui.diameterSpinBox.connect("editingFinished()", self.onDiameterEdited)
+        actions = {"next": lambda: self.onStep(1), "previous": lambda: self.onStep(-1),
+                   "accept": lambda: self.onSetStatus(ReviewStatus.ACCEPTED),
+                   "reject": lambda: self.onSetStatus(ReviewStatus.REJECTED),
+                   "delete": self.onDelete, "undo": self.onUndo}
+        for name, button in (("next", self.ui.nextButton), ("previous", self.ui.previousButton),
+                             ("accept", self.ui.acceptButton), ("reject", self.ui.rejectButton),
+                             ("delete", self.ui.deleteButton), ("undo", self.ui.undoButton)):
+            button.connect("clicked(bool)", actions[name])
+        self.ui.diameterSpinBox.connect("valueChanged(double)", self.onDiameterChanged)
+        self.ui.noteLineEdit.connect("editingFinished()", self.onNoteEdited)
         self.ui.addNoduleButton.connect("clicked(bool)", self.onAddNodule)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.restoreButton.connect("clicked(bool)", self.onRestore)
         self.ui.nodulesTableView.connect("selectionChanged()", self.onTableSelection)
-        for button, keys in ((self.ui.nextButton, "Alt+N"), (self.ui.previousButton, "Alt+P"),
-                             (self.ui.acceptButton, "Alt+A"), (self.ui.rejectButton, "Alt+R")):
-            button.setShortcut(qt.QKeySequence(keys))
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is not None:  # none with --no-main-window (the self-test)
+            for keys, name in SHORTCUTS:
+                shortcut = qt.QShortcut(qt.QKeySequence(keys), mainWindow)
+                shortcut.setEnabled(False)
+                shortcut.connect("activated()", actions[name])
+                self._shortcuts.append(shortcut)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
         self.initializeParameterNode()
+        self.attachReview()  # also after a module reload, when the review is already in the scene
 
     def cleanup(self) -> None:
         self.removeObservers()
         self._timer.stop()
+        self._flushTimer.stop()
         if self._run is not None:
             self._run.cancel()
+        for shortcut in self._shortcuts:
+            shortcut.setParent(None)
+        self._shortcuts = []
         self.logic.detachReview()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        self.logic.attachReview(self.onReviewChanged)
-        self.updateReviewGui()
+        self.attachReview()
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(True)
 
     def exit(self) -> None:
+        for shortcut in self._shortcuts:
+            shortcut.setEnabled(False)
+        self.logic.flushRecovery()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        """Stop a running detection (its volume is going) and drop the review from the panel."""
+        if self._run is not None:
+            self.onApplyButton()  # = Cancel
+            self.ui.statusLabel.text = "The scene was closed; the detection was cancelled."
+        self._flushTimer.stop()
         self.logic.detachReview()
+        self.updateReviewGui()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -150,13 +182,19 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def onSceneImported(self, caller, event) -> None:
-        self.logic.attachReview(self.onReviewChanged)
+        self.attachReview()
+
+    def attachReview(self) -> None:
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        self.logic.attachReview(volume, self.onReviewChanged, self.onNoduleGrabbed)
         self.updateReviewGui()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if str(self._parameterNode.exportDirectory) in ("", "."):
+            self._parameterNode.exportDirectory = Path(slicer.app.defaultScenePath)
 
     def setParameterNode(self, inputParameterNode: SCPMNoduleParameterNode | None) -> None:
         if self._parameterNode:
@@ -178,7 +216,16 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.toolTip = ("Stop the detection" if running else
                                        "Detect nodules in the input volume" if self.ui.applyButton.enabled
                                        else "Select an input volume")
+        review = self.logic.review
+        if review is None or review.volume_node is not self._parameterNode.inputVolume:
+            self.attachReview()  # the review of the selected volume
         self.logic.setDisplay(self._parameterNode.sphereOpacity, self._parameterNode.hideRejected)
+
+    def refreshModelList(self) -> None:
+        current = self.ui.modelComboBox.currentText
+        self.ui.modelComboBox.clear()
+        self.ui.modelComboBox.addItems(self.logic.modelNames())
+        self.ui.modelComboBox.setCurrentText(current or self.ui.modelComboBox.currentText)
 
     def onModelChanged(self, text: str) -> None:
         if self._parameterNode and text:
@@ -199,12 +246,23 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onParameterNodeModified()
             return
         with slicer.util.tryWithErrorDisplay("Could not start the detection.", waitCursor=True):
+            if not self.confirmReplacing(self._parameterNode.inputVolume):
+                return
             self.logic.ensureDependencies()
+            self.refreshModelList()
             self._run = self.logic.startDetection(self._parameterNode)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Starting the detector..."
             self._timer.start()
         self.onParameterNodeModified()
+
+    def confirmReplacing(self, volume) -> bool:
+        """Ask before a new review replaces the volume's review (whose recovery file is kept)."""
+        existing = NoduleReview.find(slicer.mrmlScene, volume) if volume else None
+        reviewed, total = existing.reviewed_count() if existing else (0, 0)
+        return existing is None or slicer.util.confirmOkCancelDisplay(
+            f"'{volume.GetName()}' already has a review ({reviewed} of {total} nodules reviewed). Replace it? "
+            "Its recovery file is kept (Recovery > Restore).")
 
     def onTimer(self) -> None:
         run = self._run
@@ -217,28 +275,46 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._run = None
         self.onParameterNodeModified()
+        self.ui.statusLabel.text = "The detection failed."
         with slicer.util.tryWithErrorDisplay("The detection failed; see the log for details."):
-            review = self.logic.finishDetection(run, self.onReviewChanged)
+            review = self.logic.finishDetection(run, self.onReviewChanged, self.onNoduleGrabbed)
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = f"{len(review)} nodules found. Review them below."
-            self.updateReviewGui()
             self._current = -1
+            self.updateReviewGui()
             self.selectNodule(0)
 
     # ------------------------------------------------------------------ review
-    def selectNodule(self, index: int) -> None:
-        """Make nodule ``index`` the current one: select its row, jump the views, show its diameter."""
+    def selectNodule(self, index: int, jump: bool = True) -> None:
+        """Make nodule ``index`` the current one: select its row, show its size and note, jump the views."""
         review = self.logic.review
         if review is None or not 0 <= index < len(review):
             return
         self._current = index
-        self.ui.nodulesTableView.selectRow(index)
-        review.jump_to(index)
-        self.ui.diameterSpinBox.value = review.nodule(index).diameter_mm
+        self._updatingGui = True
+        try:
+            self.ui.nodulesTableView.selectRow(index)
+            nodule = review.nodule(index)
+            self.ui.diameterSpinBox.value = nodule.diameter_mm
+            self.ui.noteLineEdit.text = nodule.note
+        finally:
+            self._updatingGui = False
+        if jump:
+            review.jump_to(index)
+
+    def onNoduleGrabbed(self, index: int) -> None:
+        """A point grabbed in a view (or the crosshair placed in a sphere) selects its row."""
+        if index != self._current:
+            self.selectNodule(index, jump=False)
+
+    def onCrosshairMoved(self, caller, event) -> None:
+        index = self.logic.review.nodule_at(caller.GetCrosshairRAS()) if self.logic.review else -1
+        if index >= 0:
+            self.onNoduleGrabbed(index)
 
     def onTableSelection(self) -> None:
         row = self.ui.nodulesTableView.currentIndex().row()
-        if row >= 0 and row != self._current:
+        if row >= 0 and row != self._current and not self._updatingGui:
             self.selectNodule(row)
 
     def currentNodule(self) -> int:
@@ -255,44 +331,80 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.review.set_status(self.currentNodule(), status)
             self.onStep(1)
 
-    def onDiameterEdited(self) -> None:
-        if self.logic.review is not None and 0 <= self._current < len(self.logic.review):
+    def onDelete(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not delete the nodule."):
+            self.logic.review.delete(self.currentNodule())
+
+    def onUndo(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not undo."):
+            self.ui.statusLabel.text = "" if self.logic.review and self.logic.review.undo() else "Nothing to undo."
+
+    def onDiameterChanged(self, value: float) -> None:
+        """Resize the selected nodule (not the size of a nodule to add: that has its own box)."""
+        if not self._updatingGui and self.logic.review is not None and 0 <= self._current < len(self.logic.review):
             with slicer.util.tryWithErrorDisplay("Could not resize the nodule."):
-                self.logic.review.set_diameter(self._current, self.ui.diameterSpinBox.value)
+                self.logic.review.set_diameter(self._current, value)
+
+    def onNoteEdited(self) -> None:
+        if self.logic.review is not None and 0 <= self._current < len(self.logic.review):
+            with slicer.util.tryWithErrorDisplay("Could not save the note."):
+                self.logic.review.set_note(self._current, self.ui.noteLineEdit.text)
 
     def onAddNodule(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not add a nodule."):
-            self.logic.placeMissedNodule(self.ui.diameterSpinBox.value)
+            self.logic.placeMissedNodule(self._parameterNode.addDiameter)
             self.ui.statusLabel.text = "Click on the missed nodule in a slice view."
 
     def onReviewChanged(self) -> None:
         self.updateReviewGui()
+        self._flushTimer.start()  # restarted by each change: fires a while after the last
 
     def updateReviewGui(self) -> None:
-        """Show the current review's table (the model resets when the table changes: reselect)."""
+        """Show the review; its table only when it is another one (setting it rebuilds the view)."""
+        if self.logic.review is not None and not self.logic.review.alive:
+            self.logic.detachReview()
         review = self.logic.review
-        self.ui.nodulesTableView.setMRMLTableNode(review.table_node if review else None)
+        table = review.table_node if review else None
+        if table is not self._shownTable:
+            self._shownTable = table
+            self.ui.nodulesTableView.setMRMLTableNode(table)
+            self.observeCrosshair()
         if review is None or not 0 <= self._current < len(review):
             self._current = -1
         else:
-            self.ui.nodulesTableView.selectRow(self._current)
+            self._updatingGui = True
+            try:
+                self.ui.nodulesTableView.selectRow(self._current)
+                self.ui.diameterSpinBox.value = review.nodule(self._current).diameter_mm
+            finally:
+                self._updatingGui = False
+        reviewed, total = review.reviewed_count() if review else (0, 0)
+        self.ui.reviewedLabel.text = f"Reviewed {reviewed} of {total}" if review else ""
         for widget in (self.ui.previousButton, self.ui.nextButton, self.ui.acceptButton, self.ui.rejectButton,
-                       self.ui.diameterSpinBox, self.ui.addNoduleButton, self.ui.exportButton):
+                       self.ui.deleteButton, self.ui.diameterSpinBox, self.ui.noteLineEdit, self.ui.addNoduleButton,
+                       self.ui.exportButton):
             widget.enabled = review is not None
+        self.ui.undoButton.enabled = review is not None and review.can_undo
+
+    def observeCrosshair(self) -> None:
+        crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair and not self.hasObserver(crosshair, vtk.vtkCommand.ModifiedEvent, self.onCrosshairMoved):
+            self.addObserver(crosshair, vtk.vtkCommand.ModifiedEvent, self.onCrosshairMoved)
 
     # ------------------------------------------------------------------ export / restore
     def onExport(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not export the nodules.", waitCursor=True):
-            paths = self.logic.export(self.ui.exportDirectoryButton.directory,
-                                      self._parameterNode.includeRejectedInExport)
+            paths = export_review(self.logic.review, self._parameterNode.exportDirectory,
+                                  self._parameterNode.includeRejectedInExport)
             self.ui.statusLabel.text = "Exported " + ", ".join(Path(p).name for p in paths)
 
     def onRestore(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not restore the review.", waitCursor=True):
             path = qt.QFileDialog.getOpenFileName(self.parent, "Review file to restore",
                                                   str(self.logic.sidecarDirectory()), "Review (*.json)")
-            if path:
-                self.logic.restore(self._parameterNode.inputVolume, path, self.onReviewChanged)
+            if path and self.confirmReplacing(self._parameterNode.inputVolume):
+                self.logic.restore(self._parameterNode.inputVolume, path, self.onReviewChanged, self.onNoduleGrabbed)
+                self._current = -1
                 self.updateReviewGui()
 
 
@@ -308,15 +420,18 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelNames() -> list[str]:
-        """The models of the extension's ``Models.json`` (read without PyTorch), ``demo`` if it lists none."""
-        return [model["name"] for model in read_manifest()["models"]] or ["demo"]
+        """The models of ``Models.json`` (read with json, never through PyTorch: this runs in Slicer's
+        process as the panel is built), ``demo`` if it lists none or cannot be read."""
+        try:
+            return [model["name"] for model in read_manifest()["models"]] or ["demo"]
+        except (UserInputError, KeyError, TypeError) as error:
+            logging.warning("Model list unavailable, offering only the demo model: %s", error)
+            return ["demo"]
 
     @staticmethod
     def ensureDependencies() -> None:
-        """Install PyTorch through the PyTorch extension, and the other packages, after asking.
-
-        What to install, and which versions, is ``Resources/requirements.txt``.
-        """
+        """Install PyTorch through the PyTorch extension after asking (``Resources/requirements.txt``);
+        the rest comes with Slicer, so an offline user with PyTorch is never asked."""
         requirements = detector_requirements()
         torchVersion = requirements.pop("torch")
         if importlib.util.find_spec("torch") is None:
@@ -331,33 +446,25 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
                 if torch is None:
                     raise UserInputError("PyTorch is needed to detect nodules, and it was not installed "
                                          "(declined, or no internet connection).")
-        missing = [f"{package}{version}" for package, version in requirements.items()
-                   if importlib.util.find_spec(package) is None]
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                    f"The nodule detector needs these Python packages: {', '.join(missing)}. Install them now?"):
-                raise UserInputError(f"The packages {', '.join(missing)} are needed to detect nodules.")
-            try:
-                slicer.util.pip_install(missing)
-            except Exception as error:
-                raise UserInputError(f"Could not install {', '.join(missing)} ({error}); are you offline?")
+        missing = [package for package in requirements if importlib.util.find_spec(package) is None]
+        if missing:  # they come with Slicer: nothing to install, something is broken
+            raise UserInputError(f"Slicer's Python lacks {', '.join(missing)}, which Slicer ships; reinstall Slicer.")
 
     @staticmethod
     def sidecarDirectory() -> Path:
         return Path(slicer.app.temporaryPath) / "SCPMNodule" / "reviews"
-
-    def sidecarPath(self, volumeNode) -> str:
-        """A new crash-recovery file per detection run, so that a new run never overwrites an old review."""
-        name = safe_file_name(series_uid(volumeNode), fallback="volume")
-        return str(self.sidecarDirectory() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.review.json")
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
         check_input_volume(parameters.inputVolume)
         settings = DetectionSettings(model=parameters.model, device=parameters.device,
                                      threshold=parameters.threshold, max_detections=parameters.maxDetections)
-        run = DetectionRun(parameters.inputVolume, settings, python=shutil.which("PythonSlicer") or sys.executable,
-                           style=self._style(parameters), sidecar_path=self.sidecarPath(parameters.inputVolume),
+        python = shutil.which("PythonSlicer")
+        if python is None:  # never the running interpreter: in the GUI that is SlicerApp-real, not a Python
+            raise UserInputError("PythonSlicer, Slicer's Python interpreter, was not found on Slicer's path; "
+                                 "the detector cannot run. Reinstall Slicer.")
+        run = DetectionRun(parameters.inputVolume, settings, python=python, style=self._style(parameters),
+                           sidecar_path=str(new_sidecar_path(self.sidecarDirectory(), parameters.inputVolume)),
                            base_environment=slicer.util.startupEnvironment())
         try:
             run.start()
@@ -366,35 +473,46 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
             raise UserInputError(f"Could not start the detector ({error}).")
         return run
 
-    def finishDetection(self, run, onChange):
-        """Turn a finished run into the review shown in the module (replacing the previous one's observers)."""
+    def finishDetection(self, run, onChange, onSelect=None):
+        """Turn a finished run into the review shown in the module, replacing the volume's old
+        review (only now: a failed run keeps it), in the lung window."""
+        self.detachReview()
         review = run.finish()
-        self._setReview(review, onChange)
+        remove_reviews(run.volume_node, keep=review)
+        self._setReview(review, onChange, onSelect)
         slicer.util.setSliceViewerLayers(background=run.volume_node, fit=True)
+        apply_lung_window(run.volume_node, slicer.modules.volumes.logic())
         return review
 
     def _style(self, parameters: SCPMNoduleParameterNode):
         return ReviewStyle(sphere_opacity=parameters.sphereOpacity)
 
-    def _setReview(self, review, onChange) -> None:
+    def _setReview(self, review, onChange, onSelect=None) -> None:
         self.detachReview()
         review.on_change = onChange
+        review.on_select = onSelect
         self.review = review
 
-    def attachReview(self, onChange) -> None:
-        """Re-attach to the newest review in the scene (after loading a saved scene)."""
-        if self.review is not None and self.review.scene is slicer.mrmlScene \
-                and slicer.mrmlScene.IsNodePresent(self.review.markups_node):
+    def attachReview(self, volumeNode, onChange, onSelect=None) -> None:
+        """Attach to the review of ``volumeNode`` in the scene (after loading a saved scene, a
+        module reload, or choosing another volume); none if it has none."""
+        if self.review is not None and self.review.alive and self.review.volume_node is volumeNode:
             return
-        self.review = None
-        review = NoduleReview.find(slicer.mrmlScene, on_change=onChange)
+        self.detachReview()
+        review = NoduleReview.find(slicer.mrmlScene, volumeNode) if volumeNode is not None else None
         if review is not None:
-            self._setReview(reattach_sidecar(review), onChange)
+            self._setReview(reattach_sidecar(review), onChange, onSelect)
 
     def detachReview(self) -> None:
+        """Write what the recovery file still waits for, then stop observing the review."""
         if self.review is not None:
+            self.flushRecovery()
             self.review.detach()
             self.review = None
+
+    def flushRecovery(self) -> None:
+        if self.review is not None:
+            flush_sidecar(self.review)
 
     def setDisplay(self, opacity: float, hideRejected: bool) -> None:
         if self.review is None:
@@ -414,24 +532,14 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         interaction.SetPlaceModePersistence(False)
         interaction.SetCurrentInteractionMode(interaction.Place)
 
-    def export(self, directory: str, includeRejected: bool) -> list[str]:
-        """Write ``<seriesuid>_nodules.csv``, ``.mrk.json`` and ``_table.csv`` into ``directory``."""
-        if self.review is None:
-            raise UserInputError("There are no nodules to export; detect them first.")
-        if not directory or not os.path.isdir(directory):
-            raise UserInputError(f"Export folder '{directory}' does not exist.")
-        stem = Path(directory) / safe_file_name(series_uid(self.review.volume_node), fallback="volume")
-        paths = [f"{stem}_nodules.csv", f"{stem}_nodules.mrk.json", f"{stem}_table.csv"]
-        write_review_csv(paths[0], self.review, includeRejected)
-        write_markups_json(paths[1], self.review)
-        write_table_csv(paths[2], self.review)
-        return paths
-
-    def restore(self, volumeNode, path: str, onChange):
-        """Rebuild a review of ``volumeNode`` from a crash-recovery file."""
+    def restore(self, volumeNode, path: str, onChange, onSelect=None):
+        """Rebuild a review of ``volumeNode`` from a crash-recovery file of its series; it
+        replaces the volume's review."""
         check_input_volume(volumeNode)
+        self.detachReview()
         review = restore_review(volumeNode, path)
-        self._setReview(review, onChange)
+        remove_reviews(volumeNode, keep=review)
+        self._setReview(review, onChange, onSelect)
         return review
 
 
@@ -461,10 +569,8 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         self.assertEqual([round(v, 3) for v in review.center_ras_mm(0)], [-25.6, -25.6, 36.0])
         review.accept(0)
         review.add_nodule((-10.0, -10.0, 20.0), 5.0)
-        logic = SCPMNoduleLogic()
-        logic._setReview(review, None)
         with tempfile.TemporaryDirectory() as directory:
-            csvPath = logic.export(directory, includeRejected=False)[0]
+            csvPath = export_review(review, Path(directory), include_rejected=False)[0]
             with open(csvPath, newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
         self.assertEqual([r["status"] for r in rows], ["accepted", "added"])
@@ -472,14 +578,22 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Review and export passed")
 
     def test_DetectInBackground(self) -> None:
+        """Skipped where PyTorch is absent: a test never installs it (PyTorchUtils and
+        confirmOkCancelDisplay do not ask in testing mode)."""
+        if importlib.util.find_spec("torch") is None:
+            self.delayDisplay("Background detection skipped: PyTorch is not installed")
+            return
         logic = SCPMNoduleLogic()
-        logic.ensureDependencies()
         parameters = logic.getParameterNode()
         parameters.inputVolume = self._volume()
         parameters.threshold = 0.0
         parameters.maxDetections = 5
         run = logic.startDetection(parameters)
-        run.wait(600)
+        try:
+            run.wait(600)
+        finally:
+            if not run.finished:
+                run.cancel()
         review = logic.finishDetection(run, None)
         self.assertLessEqual(len(review), 5)
         self.assertEqual(review.table_node.GetNumberOfRows(), len(review))

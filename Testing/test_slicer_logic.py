@@ -16,10 +16,8 @@ import jsonschema
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import vtk
-
 import slicer  # slicer-core, from the test extra: a missing install must fail, not skip
-
+import vtk
 from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
 from SCPMNoduleLib.detection import Detection  # noqa: E402
@@ -350,8 +348,9 @@ def test_saved_and_reloaded_scene_keeps_the_review(mrml, tmp_path, suffix):
 
 
 def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml, tmp_path):
+    """With no least interval between writes (see the debounce test for the default)."""
     sidecar = tmp_path / "review.json"
-    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar, 0)
     assert [n["status"] for n in json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]] == ["pending"] * 3
     review.reject(2)
     assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][2]["status"] == "rejected"
@@ -363,7 +362,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
     assert content["seriesuid"] == "1.2.3.4" and len(content["nodules"]) == 4
 
     fresh = make_scene()
-    restored = logic.restore_review(chest_volume(fresh), sidecar)
+    restored = logic.restore_review(chest_volume(fresh), sidecar, min_interval_s=0)
     assert restored.nodules() == review.nodules()
     assert_consistent(restored)
     restored.accept(0)
@@ -372,7 +371,7 @@ def test_sidecar_is_rewritten_on_every_change_and_restores_a_crashed_review(mrml
 
 def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar, 0)
     markups = review.markups_node
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
     for step in range(1, 4):
@@ -398,7 +397,7 @@ def test_on_persist_callbacks_see_each_change_and_a_review_needs_none(mrml):
 
 def test_a_reloaded_review_writes_its_sidecar_once_reattached(mrml, tmp_path):
     sidecar = tmp_path / "review.json"
-    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar)
+    review = logic.attach_sidecar(logic.NoduleReview.create(chest_volume(mrml), DETECTIONS), sidecar, 0)
     review.detach()
     save_scene(mrml.scene, tmp_path / "scene.mrml")
     written = sidecar.read_text(encoding="utf-8")
@@ -408,8 +407,8 @@ def test_a_reloaded_review_writes_its_sidecar_once_reattached(mrml, tmp_path):
     assert logic.sidecar_path(reloaded) == str(sidecar)
     reloaded.accept(0)
     assert sidecar.read_text(encoding="utf-8") == written, "found, not yet re-attached: nothing written"
-    logic.reattach_sidecar(reloaded)
-    logic.reattach_sidecar(reloaded)
+    logic.reattach_sidecar(reloaded, 0)
+    logic.reattach_sidecar(reloaded, 0)
     assert len(reloaded.on_persist) == 1
     assert sidecar.read_text(encoding="utf-8") == written, "re-attaching alone writes nothing"
     reloaded.reject(1)
@@ -514,12 +513,13 @@ def test_safe_file_name_keeps_uids_and_replaces_what_a_file_system_may_refuse():
 def test_slicer_installs_the_packages_pyproject_declares():
     """Slicer installs from the module's requirements.txt (torch through the PyTorch extension),
     pip from pyproject.toml: the same packages and versions, but matplotlib, which only the
-    library's plots (phantom previews, FROC curves, the demo) import, lazily."""
+    library's plots (phantom previews, FROC curves, the demo) import, lazily, and tqdm, which only
+    the command line's progress bar imports, never the module's background run (JSON lines)."""
     requirements = logic.detector_requirements()
     block = re.search(r"(?ms)^dependencies = \[(.*?)^\]", (REPO / "pyproject.toml").read_text(encoding="utf-8"))
     declared = dict(re.fullmatch(r"([\w.-]+)(.*)", dependency).groups()
                     for dependency in re.findall(r'"([^"]+)"', block.group(1)))
-    assert declared.pop("matplotlib") == ">=3.6"
+    assert declared.pop("matplotlib") == ">=3.6" and declared.pop("tqdm") == ">=4.60"
     assert requirements == declared and requirements["torch"] == ">=2.1"
     assert all(importlib.util.find_spec(package) for package in requirements), "a package imports under another name"
 

@@ -6,20 +6,23 @@ against the ``slicer-core`` package alike. The module's Widget and Logic classes
 (``SCPMNodule.py``) only wire widgets to it.
 """
 
-from .exports import REVIEW_CSV_COLUMNS, write_markups_json, write_review_csv, write_table_csv
-from .process import (DetectionProcess, DetectionRun, DetectionSettings, ProgressEvent, detect_command,
-                      detector_requirements, library_environment, parse_progress_line)
-from .review import TABLE_COLUMNS, Nodule, NoduleReview, ReviewStatus, ReviewStyle, nodule_color, probability_color
-from .sidecar import attach_sidecar, read_sidecar, reattach_sidecar, restore_review, sidecar_path, write_sidecar
-from .volumes import (check_input_volume, image_from_volume_node, lps_to_ras, ras_to_lps, series_uid,
-                      volume_ijk_to_ras, volume_node_from_image, write_volume)
+from .exports import REVIEW_CSV_COLUMNS, export_review, write_markups_json, write_review_csv, write_table_csv
+from .nodules import TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, nodule_color, probability_color
+from .process import (DetectionProcess, DetectionRun, DetectionSettings, ProgressEvent, child_process_options,
+                      detect_command, detector_requirements, library_environment, parse_progress_line)
+from .review import NoduleReview, remove_reviews
+from .sidecar import (SidecarWriter, attach_sidecar, flush_sidecar, new_sidecar_path, read_sidecar, reattach_sidecar,
+                      restore_review, sidecar_path, write_sidecar)
+from .volumes import (apply_lung_window, check_input_volume, image_from_volume_node, lps_to_ras, ras_to_lps,
+                      series_uid, volume_ijk_to_ras, volume_node_from_image, write_volume)
 
 __all__ = [
     "REVIEW_CSV_COLUMNS", "TABLE_COLUMNS",
     "DetectionProcess", "DetectionRun", "DetectionSettings", "Nodule", "NoduleReview", "ProgressEvent",
-    "ReviewStatus", "ReviewStyle", "attach_sidecar", "check_input_volume", "detect_command",
-    "detector_requirements", "image_from_volume_node", "library_environment", "lps_to_ras", "nodule_color",
-    "parse_progress_line", "probability_color", "ras_to_lps", "read_sidecar", "reattach_sidecar",
+    "ReviewStatus", "ReviewStyle", "SidecarWriter", "apply_lung_window", "attach_sidecar", "check_input_volume",
+    "child_process_options", "detect_command", "detector_requirements", "export_review", "flush_sidecar",
+    "image_from_volume_node", "library_environment", "lps_to_ras", "new_sidecar_path", "nodule_color",
+    "parse_progress_line", "probability_color", "ras_to_lps", "read_sidecar", "reattach_sidecar", "remove_reviews",
     "restore_review", "series_uid", "sidecar_path", "volume_ijk_to_ras", "volume_node_from_image",
     "write_markups_json", "write_review_csv", "write_sidecar", "write_table_csv", "write_volume",
 ]

@@ -41,7 +41,8 @@ from SCPMNoduleLib.errors import EXIT_BAD_INPUT, UserInputError
 from SCPMNoduleLib.export import read_detections_json
 from SCPMNoduleLib.io import safe_file_name
 
-from .review import NoduleReview, ReviewStyle
+from .nodules import ReviewStyle
+from .review import NoduleReview
 from .sidecar import attach_sidecar
 from .volumes import check_input_volume, write_volume
 
@@ -116,6 +117,20 @@ def library_environment(base: dict | None = None) -> dict:
     return env
 
 
+def child_process_options(windows: bool | None = None) -> dict:
+    """``Popen`` keyword arguments for the detector (and ``taskkill``): the child in its own
+    process group or session, so that Cancel kills its whole tree, and on Windows with its
+    console window hidden (``STARTF_USESHOWWINDOW`` with ``SW_HIDE``, as Slicer's
+    ``launchConsoleProcess`` does; ``CREATE_NO_WINDOW`` so that no console is even made).
+    ``windows`` defaults to ``os.name == "nt"``."""
+    if not (os.name == "nt" if windows is None else windows):
+        return {"start_new_session": True}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    info.wShowWindow = 0  # SW_HIDE
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW, "startupinfo": info}
+
+
 def parse_progress_line(line: str) -> ProgressEvent:
     """Parse one stdout line; a line that is not a JSON event becomes a ``log`` event."""
     text = line.strip()
@@ -148,11 +163,9 @@ class DetectionProcess:
 
     def start(self) -> None:
         log.info("Starting: %s", subprocess.list2cmdline(self.command))
-        kwargs = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-                  else {"start_new_session": True})
         self._process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", env=self.env, **kwargs)
+            text=True, encoding="utf-8", errors="replace", env=self.env, **child_process_options())
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True),
             threading.Thread(target=self._read_stderr, daemon=True),
@@ -216,7 +229,7 @@ class DetectionProcess:
             return
         if os.name == "nt":
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)],
-                           capture_output=True, check=False)
+                           capture_output=True, check=False, **child_process_options())
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
@@ -284,11 +297,19 @@ class DetectionRun:
         self.process.wait(timeout)
 
     def finish(self) -> NoduleReview:
-        """Build the review from the report; always removes the temporary files."""
+        """Build the review from the report; always removes the temporary files.
+
+        Refused, with nothing added, when the volume left its scene meanwhile (removed, or the
+        scene closed): the detections would have nowhere to go.
+        """
         try:
             self.poll()
             if self.process.cancelled:
                 raise UserInputError("The detection was cancelled; the scene was left as it was.")
+            scene = self.volume_node.GetScene()
+            if scene is None or not scene.IsNodePresent(self.volume_node):
+                raise UserInputError(f"'{self.volume_node.GetName()}' left the scene (closed or removed) before its "
+                                     "detection finished; nothing was added.")
             returncode = self.process.returncode
             if returncode != 0 or self._result_path is None:
                 reason = self._error or (self.process.stderr_tail.splitlines() or ["no message"])[-1]

@@ -8,7 +8,8 @@ hierarchy:
   are unselected, so Slicer draws them in the list's (grey) color instead of the selected red;
 * one sphere model per nodule (node references ``SCPMNodule.Sphere`` of the point list, in point
   order), colored by probability while pending, by status once reviewed;
-* a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status.
+* a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status, the
+  reader's note.
 
 The table is the record of the review (diameter, probability, status); the point list is the
 record of the positions. Both are saved with the scene, so a saved and reloaded scene keeps the
@@ -17,15 +18,18 @@ code) moves its sphere and updates its row through an observer on the point list
 point adds an ``added`` nodule; removing one removes its sphere and row. After every change
 the review calls its :attr:`NoduleReview.on_persist` callbacks (while a point is dragged in a
 view, once, when it is dropped); the crash-recovery file (:mod:`.sidecar`) subscribes there.
+
+Every edit of the review (status, note, resize, move, add, delete) can be undone, last first
+(:meth:`NoduleReview.undo`); the history holds the table as it was before each edit, a run of
+resizes (or note edits) of one nodule counting as one edit. Display choices (opacity, hiding
+rejected nodules) are not edits: they are neither undone nor written to the recovery file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import numpy as np
 import vtk
@@ -33,7 +37,13 @@ import vtk
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 
-from .volumes import lps_to_ras, ras_to_lps
+from .hierarchy import file_beside, place_in_folder, remove_with_folder
+from .nodules import (DIAMETER_COLUMN, ID_COLUMN, NOTE_COLUMN, PROBABILITY_COLUMN, RAS_COLUMNS, STATUS_COLUMN,
+                      TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, column_array, describe, nodule_color,
+                      sphere_polydata)
+from .volumes import lps_to_ras
+
+__all__ = ["NoduleReview", "remove_reviews"]
 
 ROLE_ATTRIBUTE = "SCPMNodule.Role"
 HIDE_REJECTED_ATTRIBUTE = "SCPMNodule.HideRejected"
@@ -41,122 +51,24 @@ OPACITY_ATTRIBUTE = "SCPMNodule.Opacity"
 SPHERE_REFERENCE = "SCPMNodule.Sphere"
 TABLE_REFERENCE = "SCPMNodule.Table"
 VOLUME_REFERENCE = "SCPMNodule.Volume"
-
-
-
-class ReviewStatus(str, Enum):
-    """Where a nodule stands in the review; the value is the text the table, sidecar and CSV hold.
-
-    A ``str`` mixin rather than :class:`enum.StrEnum`, which needs Python 3.11: Slicer 5.8 ships
-    Python 3.9 (newer Slicer 3.12) and the package supports 3.10. A member equals, hashes and
-    serialises (``json``, ``csv``, VTK string arrays) as its value, and ``__str__``/``format``
-    give the value on every Python version, so files written before the enum keep the same text.
-    """
-
-    PENDING = "pending"
-    ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    ADDED = "added"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @classmethod
-    def parse(cls, text: str) -> ReviewStatus:
-        """The status named ``text``; :class:`UserInputError` if there is none."""
-        try:
-            return cls(text)
-        except ValueError:
-            raise UserInputError(f"Status '{text}' is not one of {', '.join(s.value for s in cls)}.") from None
-
-
-ID_COLUMN, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN = (
-    "ID", "Diameter (mm)", "Probability", "Status")
-RAS_COLUMNS = ("R", "A", "S")
-TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN)
-
-
-@dataclass(frozen=True)
-class ReviewStyle:
-    """How nodules look. Colors are RGB in [0, 1].
-
-    A pending nodule's color runs from ``low_probability_color`` (p = 0) to
-    ``high_probability_color`` (p = 1) linearly in p; reviewed nodules take their status color.
-    """
-
-    sphere_opacity: float = 0.5
-    sphere_resolution: int = 24
-    low_probability_color: tuple[float, float, float] = (1.0, 1.0, 0.0)
-    high_probability_color: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    accepted_color: tuple[float, float, float] = (0.1, 0.8, 0.2)
-    rejected_color: tuple[float, float, float] = (0.55, 0.55, 0.55)
-    added_color: tuple[float, float, float] = (0.2, 0.5, 1.0)
-    added_probability: float = 1.0
-    """Probability recorded for a nodule the reader added: a reader's finding is taken as certain."""
-    default_diameter_mm: float = 6.0
-    """Diameter given to a point placed in a view before the reader sets its size."""
-
-
-@dataclass(frozen=True)
-class Nodule:
-    """One row of a review, as plain values.
-
-    Why a shape of its own rather than a :class:`~SCPMNoduleLib.detection.Detection`: the centre is
-    in Slicer's RAS frame, as the markups and models in the scene hold it, and the row carries
-    the reader's review status and label; it is read back from the point list, which is the
-    record. :attr:`center_xyz_mm` gives the LPS position that files use.
-    """
-
-    label: str
-    center_ras_mm: tuple[float, float, float]
-    diameter_mm: float
-    probability: float
-    status: ReviewStatus
-
-    @property
-    def center_xyz_mm(self) -> tuple[float, float, float]:
-        """World LPS position in mm (ITK / LUNA16)."""
-        return tuple(float(v) for v in ras_to_lps(np.asarray(self.center_ras_mm)))
-
-
-def probability_color(probability: float, style: ReviewStyle) -> tuple[float, float, float]:
-    """``low + p · (high - low)``, p clipped to [0, 1]."""
-    p = min(max(float(probability), 0.0), 1.0)
-    low, high = np.asarray(style.low_probability_color), np.asarray(style.high_probability_color)
-    return tuple(float(v) for v in low + p * (high - low))
-
-
-def nodule_color(probability: float, status: ReviewStatus, style: ReviewStyle) -> tuple[float, float, float]:
-    """The sphere color of a nodule: by probability while pending, by status afterwards."""
-    return {ReviewStatus.ACCEPTED: style.accepted_color, ReviewStatus.REJECTED: style.rejected_color,
-            ReviewStatus.ADDED: style.added_color}.get(status) or probability_color(probability, style)
-
-
-def describe(probability: float, diameter_mm: float, status: ReviewStatus) -> str:
-    """The control point's description, e.g. ``p=0.93, d=6.2 mm, pending``."""
-    return f"p={probability:.2f}, d={diameter_mm:.1f} mm, {status}"
-
-
-def _sphere_polydata(center_ras_mm: Sequence[float], diameter_mm: float, resolution: int):
-    source = vtk.vtkSphereSource()
-    source.SetCenter(*map(float, center_ras_mm))
-    source.SetRadius(float(diameter_mm) / 2.0)
-    source.SetThetaResolution(resolution)
-    source.SetPhiResolution(resolution)
-    source.Update()
-    return source.GetOutput()
+MOVING_POINT_ATTRIBUTE = "Markups.MovingMarkupIndex"
+"""Slicer's markups widget sets it to the index of the point grabbed in a view, then invokes
+``PointStartInteractionEvent`` (which carries no index)."""
+UNDO_DEPTH = 100  # edits that undo() can take back
 
 
 class NoduleReview:
     """The nodules of one volume in a scene: create, edit, and keep the three records in step.
 
     Build one with :meth:`create` (from detections) or :meth:`find` (re-attach after a scene was
-    loaded); edit it with :meth:`set_status`, :meth:`set_diameter`, :meth:`move` and
-    :meth:`add_nodule`, or by moving points in the views; call :meth:`detach` when done.
+    loaded); edit it with :meth:`set_status`, :meth:`set_note`, :meth:`set_diameter`,
+    :meth:`move`, :meth:`add_nodule` and :meth:`delete`, or by moving, placing and deleting
+    points in the views; :meth:`undo` takes the last edit back; call :meth:`detach` when done.
     ``on_change`` (if given) is called with no arguments after every change, also while a point
     is dragged (for the GUI). :attr:`on_persist` is the list of callbacks called with the review
-    after every change it has made to the scene, a drag counting once, at the drop: whoever
-    keeps a copy of the review (the crash-recovery file) appends itself there.
+    after every edit, a drag counting once, at the drop: whoever keeps a copy of the review (the
+    crash-recovery file) appends itself there. ``on_select`` (if given) is called with the
+    index of a point the reader grabs in a view.
     """
 
     def __init__(self, markups_node, style: ReviewStyle | None = None,
@@ -167,8 +79,13 @@ class NoduleReview:
         self.style = style or ReviewStyle()
         self.on_change = on_change
         self.on_persist: list[Callable[[NoduleReview], None]] = []
+        self.on_select: Callable[[int], None] | None = None
         self._observer_tags: list[int] = []
         self._dragging = False
+        self._drag_snapshot: list[Nodule] | None = None
+        self._history: list[tuple[Hashable, list[Nodule]]] = []
+        self._grouped = False
+        self._add_missing_columns()
         self._observe()
 
     # ------------------------------------------------------------------ building
@@ -202,9 +119,7 @@ class NoduleReview:
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
         table.SetAttribute(ROLE_ATTRIBUTE, "nodule-table")
         for column in TABLE_COLUMNS:
-            array = vtk.vtkStringArray() if column in (ID_COLUMN, STATUS_COLUMN) else vtk.vtkDoubleArray()
-            array.SetName(column)
-            table.AddColumn(array)
+            table.AddColumn(column_array(column, 0))
         table.SetUseColumnTitleAsColumnHeader(True)
         table.SetLocked(True)
         markups.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
@@ -215,7 +130,8 @@ class NoduleReview:
                 review._append_row(nodule)
                 review._append_sphere(index)
                 review._show_status(index)
-        review._place_in_hierarchy(volume_node)
+        place_in_folder(volume_node, (markups, table, *review.sphere_nodes), f"{markups.GetName()} (SCPM-Net)",
+                        ROLE_ATTRIBUTE)
         transform_id = volume_node.GetTransformNodeID()
         for node in (markups, *review.sphere_nodes):
             node.SetAndObserveTransformNodeID(transform_id)
@@ -226,38 +142,19 @@ class NoduleReview:
     def find(cls, scene, volume_node=None, style: ReviewStyle | None = None,
              on_change: Callable[[], None] | None = None) -> NoduleReview | None:
         """Re-attach to the newest review in ``scene`` (of ``volume_node``, if given), or None."""
-        found = None
-        for markups in _nodes_by_class(scene, "vtkMRMLMarkupsFiducialNode"):
-            if markups.GetAttribute(ROLE_ATTRIBUTE) != "nodules":
-                continue
-            if volume_node is not None and markups.GetNodeReferenceID(VOLUME_REFERENCE) != volume_node.GetID():
-                continue
-            found = markups
-        return None if found is None else cls(found, style, on_change)
-
-    def _place_in_hierarchy(self, volume_node) -> None:
-        """Put the review in a folder under the volume's parent (its study, when loaded from DICOM).
-
-        In Slicer every node gets a subject hierarchy item when it is added; a scene without
-        Slicer's GUI does not do that, so missing items are made here.
-        """
-        from slicer import vtkMRMLSubjectHierarchyNode
-
-        hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volume_node.GetScene())
-        volume_item = hierarchy.GetItemByDataNode(volume_node)
-        parent = hierarchy.GetItemParent(volume_item) if volume_item else hierarchy.GetSceneItemID()
-        folder = hierarchy.CreateFolderItem(parent, f"{self.markups_node.GetName()} (SCPM-Net)")
-        for node in (self.markups_node, self.table_node, *self.sphere_nodes):
-            item = hierarchy.GetItemByDataNode(node)
-            if item:
-                hierarchy.SetItemParent(item, folder)
-            else:
-                hierarchy.CreateItem(folder, node)
+        found = _review_point_lists(scene, volume_node)
+        return cls(found[-1], style, on_change) if found else None
 
     # ------------------------------------------------------------------ records
     @property
     def scene(self):
         return self.markups_node.GetScene()
+
+    @property
+    def alive(self) -> bool:
+        """The review's point list is still in a scene (not removed, the scene not closed)."""
+        scene = self.scene
+        return scene is not None and bool(scene.IsNodePresent(self.markups_node)) and self.table_node is not None
 
     @property
     def table_node(self):
@@ -286,14 +183,33 @@ class NoduleReview:
 
     def nodule(self, index: int) -> Nodule:
         self._check_index(index)
+        return self._row(index, self.center_ras_mm(index))
+
+    def _row(self, index: int, center_ras_mm: Sequence[float]) -> Nodule:
         return Nodule(
-            self._column(ID_COLUMN).GetValue(index), self.center_ras_mm(index),
+            self._column(ID_COLUMN).GetValue(index), tuple(center_ras_mm),
             self._column(DIAMETER_COLUMN).GetValue(index), self._column(PROBABILITY_COLUMN).GetValue(index),
-            ReviewStatus.parse(self._column(STATUS_COLUMN).GetValue(index)),
+            ReviewStatus.parse(self._column(STATUS_COLUMN).GetValue(index)), self._column(NOTE_COLUMN).GetValue(index),
         )
 
     def nodules(self) -> list[Nodule]:
         return [self.nodule(i) for i in range(len(self))]
+
+    def reviewed_count(self) -> tuple[int, int]:
+        """``(n, m)``: ``n`` of the ``m`` nodules are no longer pending (accepted, rejected or added)."""
+        statuses = [n.status for n in self.nodules()]
+        return sum(status != ReviewStatus.PENDING for status in statuses), len(statuses)
+
+    def nodule_at(self, world_ras_mm: Sequence[float]) -> int:
+        """The shown nodule whose sphere holds the world point (the nearest centre), or -1."""
+        best, best_distance = -1, math.inf
+        for index, nodule in enumerate(self.nodules()):
+            if self.hide_rejected and nodule.status == ReviewStatus.REJECTED:
+                continue
+            distance = float(np.linalg.norm(np.subtract(self._world_center(index), world_ras_mm)))
+            if distance <= nodule.diameter_mm / 2.0 and distance < best_distance:
+                best, best_distance = index, distance
+        return best
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < len(self):
@@ -304,9 +220,22 @@ class NoduleReview:
         """Mark nodule ``index`` pending, accepted, rejected or added (a member or its text)."""
         self._check_index(index)
         status = ReviewStatus.parse(status)
+        self._record()
         self._column(STATUS_COLUMN).SetValue(index, status.value)
         self._table_modified()
         self._show_status(index)
+        self._changed()
+
+    def set_note(self, index: int, note: str) -> None:
+        """Record the reader's note on nodule ``index`` (one line; exported with the nodule)."""
+        self._check_index(index)
+        note = " ".join(str(note).split())
+        if note == self._column(NOTE_COLUMN).GetValue(index):
+            return
+        self._record(("note", index))
+        self._column(NOTE_COLUMN).SetValue(index, note)
+        self._table_modified()
+        self._describe(index)
         self._changed()
 
     def accept(self, index: int) -> None:
@@ -320,6 +249,9 @@ class NoduleReview:
         self._check_index(index)
         if not (math.isfinite(diameter_mm) and diameter_mm > 0):
             raise UserInputError(f"Diameter {diameter_mm} mm is not a positive number of millimetres.")
+        if float(diameter_mm) == self._column(DIAMETER_COLUMN).GetValue(index):
+            return
+        self._record(("diameter", index))
         self._column(DIAMETER_COLUMN).SetValue(index, float(diameter_mm))
         self._table_modified()
         self._update_geometry(index)
@@ -334,15 +266,34 @@ class NoduleReview:
         """Add a nodule the detector missed; returns its index. Its status is ``added``."""
         if not (math.isfinite(diameter_mm) and diameter_mm > 0):
             raise UserInputError(f"Diameter {diameter_mm} mm is not a positive number of millimetres.")
-        index = self.markups_node.AddControlPoint(vtk.vtkVector3d(*map(float, center_ras_mm)), "")
-        self.set_diameter(index, diameter_mm)
+        with self._one_edit():
+            index = self.markups_node.AddControlPoint(vtk.vtkVector3d(*map(float, center_ras_mm)), "")
+            self.set_diameter(index, diameter_mm)
         return index
+
+    def delete(self, index: int) -> None:
+        """Delete nodule ``index`` (its point; the point-list observer removes its sphere and row)."""
+        self._check_index(index)
+        self.markups_node.RemoveNthControlPoint(index)
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history)
+
+    def undo(self) -> bool:
+        """Take back the last edit; False when there is none."""
+        if not self._history:
+            return False
+        _, nodules = self._history.pop()
+        self._rebuild(nodules)
+        self._changed()
+        return True
 
     def set_opacity(self, opacity: float) -> None:
         self.markups_node.SetAttribute(OPACITY_ATTRIBUTE, repr(float(opacity)))
         for sphere in self.sphere_nodes:
             sphere.GetDisplayNode().SetOpacity(float(opacity))
-        self._changed()
+        self._displayed()
 
     @property
     def opacity(self) -> float:
@@ -352,7 +303,7 @@ class NoduleReview:
         self.markups_node.SetAttribute(HIDE_REJECTED_ATTRIBUTE, "true" if hide else "false")
         for index in range(len(self)):
             self._show_status(index)
-        self._changed()
+        self._displayed()
 
     @property
     def hide_rejected(self) -> bool:
@@ -371,12 +322,15 @@ class NoduleReview:
         return -1
 
     def jump_to(self, index: int) -> None:
-        """Center every slice view on nodule ``index`` and point every 3D camera at it."""
+        """Center every slice view on nodule ``index``, place the crosshair there and point every
+        3D camera at it."""
         from slicer import vtkMRMLSliceNode
 
         self._check_index(index)
         r, a, s = self._world_center(index)
         vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s, vtkMRMLSliceNode.CenteredJumpSlice)
+        for crosshair in _nodes_by_class(self.scene, "vtkMRMLCrosshairNode"):
+            crosshair.SetCrosshairRAS(r, a, s)
         for camera in _nodes_by_class(self.scene, "vtkMRMLCameraNode"):
             shift = np.array([r, a, s]) - np.array(camera.GetFocalPoint())
             camera.SetPosition(*(np.array(camera.GetPosition()) + shift))
@@ -388,11 +342,9 @@ class NoduleReview:
         return tuple(world)
 
     def remove(self) -> None:
-        """Delete the review's nodes from the scene."""
+        """Delete the review's nodes from the scene, and its subject hierarchy folder."""
         self.detach()
-        scene = self.scene
-        for node in (*self.sphere_nodes, self.table_node, self.markups_node):
-            scene.RemoveNode(node)
+        remove_with_folder((self.markups_node, self.table_node, *self.sphere_nodes), ROLE_ATTRIBUTE)
 
     def detach(self) -> None:
         """Stop observing the point list (the nodes stay in the scene)."""
@@ -410,6 +362,7 @@ class NoduleReview:
         self._column(DIAMETER_COLUMN).SetValue(row, nodule.diameter_mm)
         self._column(PROBABILITY_COLUMN).SetValue(row, nodule.probability)
         self._column(STATUS_COLUMN).SetValue(row, ReviewStatus.parse(nodule.status).value)
+        self._column(NOTE_COLUMN).SetValue(row, nodule.note)
         self._table_modified()
 
     def _append_sphere(self, index: int) -> None:
@@ -424,27 +377,12 @@ class NoduleReview:
         sphere.SetAndObserveTransformNodeID(self.markups_node.GetTransformNodeID())
         self.markups_node.AddNodeReferenceID(SPHERE_REFERENCE, sphere.GetID())
         self._update_geometry(index)
-        self._file_beside_markups(sphere)
-
-    def _file_beside_markups(self, node) -> None:
-        """Give ``node`` the point list's subject hierarchy parent (once the review has one)."""
-        from slicer import vtkMRMLSubjectHierarchyNode
-
-        hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-        markups_item = hierarchy.GetItemByDataNode(self.markups_node)
-        if not markups_item:
-            return
-        parent = hierarchy.GetItemParent(markups_item)
-        item = hierarchy.GetItemByDataNode(node)
-        if item:
-            hierarchy.SetItemParent(item, parent)
-        else:
-            hierarchy.CreateItem(parent, node)
+        file_beside(self.markups_node, sphere)
 
     def _update_geometry(self, index: int) -> None:
         nodule = self.nodule(index)
         self.sphere_nodes[index].SetAndObservePolyData(
-            _sphere_polydata(nodule.center_ras_mm, nodule.diameter_mm, self.style.sphere_resolution))
+            sphere_polydata(nodule.center_ras_mm, nodule.diameter_mm, self.style.sphere_resolution))
         for name, value in zip(RAS_COLUMNS, nodule.center_ras_mm):
             self._column(name).SetValue(index, float(value))
         self._table_modified()
@@ -453,7 +391,7 @@ class NoduleReview:
     def _describe(self, index: int) -> None:
         nodule = self.nodule(index)
         self.markups_node.SetNthControlPointDescription(
-            index, describe(nodule.probability, nodule.diameter_mm, nodule.status))
+            index, describe(nodule.probability, nodule.diameter_mm, nodule.status, nodule.note))
 
     def _show_status(self, index: int) -> None:
         nodule = self.nodule(index)
@@ -475,8 +413,60 @@ class NoduleReview:
         if not self._dragging:
             for callback in list(self.on_persist):
                 callback(self)
+        self._displayed()
+
+    def _displayed(self) -> None:
+        """Tell the listener (only: a display choice is not an edit to persist)."""
         if self.on_change is not None:
             self.on_change()
+
+    def _add_missing_columns(self) -> None:
+        """Add the columns a table saved by an older version lacks (the note), empty."""
+        table = self.table_node.GetTable() if self.table_node is not None else None
+        if table is None:
+            return
+        for column in TABLE_COLUMNS:
+            if table.GetColumnByName(column) is None:
+                table.AddColumn(column_array(column, table.GetNumberOfRows()))
+
+    # ------------------------------------------------------------------ undo
+    def _snapshot(self) -> list[Nodule]:
+        """The review as its table records it (positions from the R, A, S columns, which lag the
+        point list while a point is being moved: this is the state before the move)."""
+        return [self._row(i, [self._column(name).GetValue(i) for name in RAS_COLUMNS]) for i in range(len(self))]
+
+    def _record(self, key: Hashable | None = None) -> None:
+        """Push the state before an edit; an edit with the same ``key`` as the last one joins it."""
+        if self._grouped:
+            return
+        if key is not None and self._history and self._history[-1][0] == key:
+            return
+        self._history.append((key, self._snapshot()))
+        del self._history[:-UNDO_DEPTH]
+
+    @contextlib.contextmanager
+    def _one_edit(self) -> Iterator[None]:
+        """A context whose changes undo as one edit."""
+        self._record()
+        self._grouped = True
+        try:
+            yield
+        finally:
+            self._grouped = False
+
+    def _rebuild(self, nodules: Sequence[Nodule]) -> None:
+        """Make the point list, spheres and table hold exactly ``nodules``."""
+        with self._quiet():
+            self.markups_node.RemoveAllControlPoints()
+            for sphere in self.sphere_nodes:
+                self.scene.RemoveNode(sphere)
+            self.markups_node.RemoveNodeReferenceIDs(SPHERE_REFERENCE)
+            self.table_node.GetTable().SetNumberOfRows(0)
+            for nodule in nodules:
+                index = self.markups_node.AddControlPoint(vtk.vtkVector3d(*nodule.center_ras_mm), nodule.label)
+                self._append_row(nodule)
+                self._append_sphere(index)
+                self._show_status(index)
 
     # ------------------------------------------------------------------ observers
     def _observe(self) -> None:
@@ -506,21 +496,35 @@ class NoduleReview:
         if np.allclose(self.center_ras_mm(index),
                        [self._column(name).GetValue(index) for name in RAS_COLUMNS], rtol=0, atol=1e-9):
             return
+        if not self._dragging:
+            self._record()
+        elif self._drag_snapshot is not None:  # the first move of a drag: the edit starts here
+            self._history.append((None, self._drag_snapshot))
+            self._drag_snapshot = None
         self._update_geometry(index)
         self._changed()
 
     def _on_drag_start(self, caller, event) -> None:
         self._dragging = True
+        self._drag_snapshot = self._snapshot()
+        grabbed = caller.GetAttribute(MOVING_POINT_ATTRIBUTE)
+        if self.on_select is not None and grabbed and grabbed.lstrip("-").isdigit() \
+                and 0 <= int(grabbed) < len(self):
+            self.on_select(int(grabbed))
 
     def _on_drag_end(self, caller, event) -> None:
         self._dragging = False
-        self._changed()
+        moved = self._drag_snapshot is None
+        self._drag_snapshot = None
+        if moved:
+            self._changed()
 
     @vtk.calldata_type(vtk.VTK_INT)
     def _on_point_defined(self, caller, event, index) -> None:
         if index != self.table_node.GetNumberOfRows() or index != len(self.sphere_nodes):
             return
-        label = f"N{index + 1}"
+        self._record()
+        label = self._next_label()
         self.markups_node.SetNthControlPointLabel(index, label)
         self._append_row(Nodule(label, self.center_ras_mm(index), self.style.default_diameter_mm,
                                 self.style.added_probability, ReviewStatus.ADDED))
@@ -528,15 +532,67 @@ class NoduleReview:
         self._show_status(index)
         self._changed()
 
+    def _next_label(self) -> str:
+        """``N<k>``, one past the highest number in use (so a label is never given twice)."""
+        numbers = [int(label[1:]) for label in (self._column(ID_COLUMN).GetValue(i) for i in range(len(self)))
+                   if label[:1] == "N" and label[1:].isdigit()]
+        return f"N{max(numbers, default=0) + 1}"
+
     @vtk.calldata_type(vtk.VTK_INT)
-    def _on_point_removed(self, caller, event, index) -> None:
+    def _on_point_removed(self, caller, event, index=None) -> None:
+        """One point removed (``index``), or, without an index (Slicer's "delete all control
+        points"), any number: then the rows whose point is gone are found by label."""
+        if index is None:
+            self._resynchronise()
+            return
         if not 0 <= index < self.table_node.GetNumberOfRows():
             return
+        self._record()
+        self._remove_row(index)
+        self._changed()
+
+    def _remove_row(self, index: int) -> None:
         self.table_node.RemoveRow(index)
         sphere = self.sphere_nodes[index]
         self.markups_node.RemoveNthNodeReferenceID(SPHERE_REFERENCE, index)
         self.scene.RemoveNode(sphere)
+
+    def _resynchronise(self) -> None:
+        """Drop the rows and spheres of points that are gone, matching rows to points in order by label."""
+        labels = [self.markups_node.GetNthControlPointLabel(i)
+                  for i in range(self.markups_node.GetNumberOfControlPoints())]
+        keep, point = [], 0
+        for row in range(self.table_node.GetNumberOfRows()):
+            if point < len(labels) and self._column(ID_COLUMN).GetValue(row) == labels[point]:
+                keep.append(row)
+                point += 1
+        doomed = [row for row in range(self.table_node.GetNumberOfRows()) if row not in keep]
+        if not doomed:
+            return
+        self._record()
+        for row in reversed(doomed):
+            self._remove_row(row)
         self._changed()
+
+
+def remove_reviews(volume_node, keep: NoduleReview | None = None) -> int:
+    """Remove every review of ``volume_node`` from its scene but ``keep``; returns how many.
+
+    One review per volume: a new detection (or a restored review) replaces the old one, whose
+    points would otherwise stay in the views, draggable but untracked, labelled N1, N2... twice.
+    """
+    doomed = [markups for markups in _review_point_lists(volume_node.GetScene(), volume_node)
+              if keep is None or markups is not keep.markups_node]
+    for markups in doomed:
+        NoduleReview(markups).remove()
+    return len(doomed)
+
+
+def _review_point_lists(scene, volume_node=None) -> list:
+    """The point lists of the reviews in ``scene`` (of ``volume_node`` if given), oldest first."""
+    return [markups for markups in _nodes_by_class(scene, "vtkMRMLMarkupsFiducialNode")
+            if markups.GetAttribute(ROLE_ATTRIBUTE) == "nodules"
+            and (volume_node is None or markups.GetNodeReferenceID(VOLUME_REFERENCE) == volume_node.GetID())]
 
 
 def _nodes_by_class(scene, class_name: str) -> list:

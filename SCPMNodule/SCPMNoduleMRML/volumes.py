@@ -141,3 +141,15 @@ __all__ = [
     "LPS_TO_RAS", "check_input_volume", "image_from_volume_node", "lps_to_ras", "ras_to_lps", "series_uid",
     "volume_ijk_to_ras", "volume_node_from_image", "write_volume",
 ]
+
+
+LUNG_PRESET = "CT_LUNG"
+"""Slicer's built-in CT-Lung window/level preset (window 1400 HU, level -500 HU)."""
+
+
+def apply_lung_window(volume_node, volumes_logic) -> bool:
+    """Show ``volume_node`` in Slicer's lung window through the Volumes module's logic
+    (``vtkSlicerVolumesLogic.ApplyVolumeDisplayPreset``); False if the preset is not there."""
+    if volume_node.GetDisplayNode() is None:
+        volume_node.CreateDefaultDisplayNodes()
+    return bool(volumes_logic.ApplyVolumeDisplayPreset(volume_node.GetDisplayNode(), LUNG_PRESET))
