@@ -46,9 +46,9 @@ from .coder import decode_detections
 from .detection import Detection
 from .errors import UserInputError
 from .geometry import sphere_nms
+from .lungs import LungFinding
 from .model import SCPMNet, fuse_batch_norm
 from .models import resolve_model
-from .lungs import LungFinding
 from .preprocess import PreparedScan, PreprocessConfig, prepare_scan
 from .runtime import PRECISIONS, autocast, autocast_dtype, is_out_of_memory, precision_name, resolve_device
 from .tiling import Tile, average_mirrored_maps, plan_tiles

@@ -224,7 +224,7 @@ def _float_column(path: Path, header: list[str], rows: list[list[str]], name: st
     try:
         values = np.array([float(row[index]) for row in rows], dtype=np.float64)
     except ValueError as error:
-        raise UserInputError(f"{path}: column {name} holds a value that is not a number ({error}).")
+        raise UserInputError(f"{path}: column {name} holds a value that is not a number ({error}).") from None
     if not np.all(np.isfinite(values)):
         raise UserInputError(f"{path}: column {name} holds NaN or infinite values.")
     return values

@@ -111,7 +111,8 @@ def test_nms_leaves_one_detection_per_nodule_and_the_cap_applies():
     cell = sitk.GetArrayFromImage(blob_scan((14, 14, 14), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3),
                                             [[6.7, 6.7, 6.7]], sigma_mm=1.5))
     scan = sitk.GetImageFromArray(np.tile(cell, (5, 5, 6)))
-    found_all = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_detections=1000, top_n=10000)).detect(scan).detections
+    detector = Detector(BrightCentroid(), NO_MASK, InferenceConfig(max_detections=1000, top_n=10000))
+    found_all = detector.detect(scan).detections
     assert len(found_all) == 150
     distance = np.linalg.norm(np.asarray([d.center_xyz_mm for d in found_all])[:, None] - centers_xyz[None], axis=-1)
     assert np.all(distance.min(axis=1) < 0.5)

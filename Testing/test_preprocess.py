@@ -77,7 +77,8 @@ def test_config_round_trips_through_json_lists():
 
 
 @pytest.mark.parametrize("settings, sentence", [
-    ({"spacing_xyz_mm": (1.0, 0.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 0.0, 1.0) is not three positive spacings."),
+    ({"spacing_xyz_mm": (1.0, 0.0, 1.0)},
+     "PreprocessConfig.spacing_xyz_mm: (1.0, 0.0, 1.0) is not three positive spacings."),
     ({"spacing_xyz_mm": (1.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 1.0) is not three positive spacings."),
     ({"hu_min": 600.0}, "PreprocessConfig.hu_max: 600.0 is not above hu_min (600.0)."),
     ({"mask_block": 0}, "PreprocessConfig.mask_block: 0 is not at least 1."),

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage
-from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import build_cache, load_cache
+
+from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 
 
 @pytest.fixture

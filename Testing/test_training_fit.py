@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from training_helpers import NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.checkpoint import load_checkpoint
 from SCPMNoduleLib.errors import UserInputError
@@ -19,6 +18,8 @@ from Training.data import EpochSampler, MatchingCollate, PatchDataset
 from Training.export import export_model
 from Training.state import load_state, model_from_state
 from Training.trainer import Trainer
+
+from training_helpers import NODULE_HU, write_tiny_luna16
 
 TINY = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",

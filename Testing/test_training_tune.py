@@ -4,7 +4,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from training_helpers import write_tiny_luna16
 
 from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.evaluation import EvaluationConfig, evaluate_froc
@@ -17,6 +16,8 @@ from Training.cli import main
 from Training.config import load_config
 from Training.heldout import detect_scans, load_model
 from Training.tune import sweep_postprocessing
+
+from training_helpers import write_tiny_luna16
 
 TINY = ["model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
         "model.head_channels=8", "model.se_reduction=2", "model.se_context=16"]

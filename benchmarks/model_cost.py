@@ -109,7 +109,7 @@ def tile_consistency(
         a, b = (origin + margin) // stride, margin // stride
         n = core // stride
 
-        def core_of(t: torch.Tensor, start: int) -> torch.Tensor:
+        def core_of(t: torch.Tensor, start: int, n: int = n) -> torch.Tensor:
             return t[..., start : start + n, start : start + n, start : start + n]
 
         differences.append(
