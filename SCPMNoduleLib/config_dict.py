@@ -28,13 +28,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UserInputError
 
 __all__ = ["dataclass_from_dict", "invalid_setting"]
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 _SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
 
@@ -68,7 +71,7 @@ def dataclass_from_dict(cls: type[T], data: Any, where: str) -> T:
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
     """``value`` as the type ``hint`` asks (see the module docstring), or a refusal naming ``where``."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, where)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):

@@ -257,11 +257,16 @@ def _as_findings(table: TableLike, candidates: bool, name: str) -> Findings:
     return findings
 
 
+def _first_column(frame: Any) -> list:
+    """The first column of a pandas-like DataFrame (``.columns``, ``frame[col]``), as a list."""
+    return list(np.asarray(frame[list(frame.columns)[0]]))
+
+
 def _as_seriesuids(seriesuids: str | os.PathLike | Iterable[str] | Any) -> np.ndarray:
     if isinstance(seriesuids, (str, os.PathLike)):
         name, listed = str(seriesuids), read_seriesuids(seriesuids)
     elif hasattr(seriesuids, "columns"):
-        name, listed = "series table", list(np.asarray(seriesuids[list(seriesuids.columns)[0]]))
+        name, listed = "series table", _first_column(seriesuids)
     else:
         name, listed = "series list", list(seriesuids)
     uids = np.asarray([str(uid).strip() for uid in listed], dtype=str)

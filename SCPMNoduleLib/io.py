@@ -90,15 +90,15 @@ class Findings:
     @classmethod
     def from_columns(
         cls,
-        seriesuids: Sequence[str],
+        seriesuids: np.ndarray | Sequence[str],
         centers_xyz_mm: np.ndarray | Sequence[Sequence[float]],
-        diameters_mm: Sequence[float] | None = None,
-        probabilities: Sequence[float] | None = None,
+        diameters_mm: np.ndarray | Sequence[float] | None = None,
+        probabilities: np.ndarray | Sequence[float] | None = None,
     ) -> Findings:
         n = len(seriesuids)
         centers = np.asarray(centers_xyz_mm, dtype=np.float64).reshape(n, 3)
 
-        def column(values: Sequence[float] | None) -> np.ndarray:
+        def column(values: np.ndarray | Sequence[float] | None) -> np.ndarray:
             return np.full(n, np.nan) if values is None else np.asarray(values, np.float64).reshape(n)
 
         return cls(np.asarray(seriesuids, dtype=str).reshape(n), centers, column(diameters_mm),

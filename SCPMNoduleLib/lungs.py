@@ -45,6 +45,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .scan_geometry import ScanGeometry
+from .triples import float_triple
 
 __all__ = ["LEFT", "RIGHT", "AirGroup", "LungFinderConfig", "LungFinding", "find_lungs"]
 
@@ -197,7 +198,7 @@ def _axial_axis(direction: np.ndarray) -> int:
 
 def _in_plane(normal: int) -> np.ndarray:
     structure = np.zeros((3, 3, 3), dtype=bool)
-    index = [slice(None)] * 3
+    index: list[slice | int] = [slice(None)] * 3
     index[normal] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
     return structure
@@ -298,7 +299,7 @@ def _measure_groups(hu: np.ndarray, parts: np.ndarray, depth: np.ndarray,
         centre = to_world(np.mean(np.argwhere(where), axis=0))
         is_lung = fraction >= config.min_lung_fraction and pure <= config.max_pure_air_fraction
         groups.append(AirGroup(int(side), volume, fraction, pure, float(np.median(values)),
-                               float(depth[where].max()), tuple(float(v) for v in centre), is_lung))
+                               float(depth[where].max()), float_triple(centre), is_lung))
     return group_map, groups
 
 
@@ -370,7 +371,8 @@ def _find_at(image: sitk.Image, grid: ScanGeometry, block: int, config: LungFind
     region[crop] = labels[crop] > 0
     if config.margin_mm > 0:
         region[crop] = ndimage.distance_transform_edt(~region[crop], sampling=spacing_zyx) <= config.margin_mm
-    volumes = tuple(float(np.count_nonzero((labels == side) & inside)) * block_ml for side in (RIGHT, LEFT))
+    right, left = (float(np.count_nonzero((labels == side) & inside)) * block_ml for side in (RIGHT, LEFT))
+    volumes = (right, left)
     where = np.argwhere(region)
     start = where.min(axis=0) * block
     stop = np.minimum((where.max(axis=0) + 1) * block, grid.shape_zyx)

@@ -136,7 +136,7 @@ def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], tr
 class FROCCurveLike(Protocol):
     """What :func:`plot_froc` reads of a FROC curve (``froc.FROCCurve``)."""
 
-    def at(self, fp_rates: Sequence[float]) -> np.ndarray:
+    def at(self, fp_rates: np.ndarray | Sequence[float]) -> np.ndarray:
         """Sensitivity at ``fp_rates``."""
         ...
 

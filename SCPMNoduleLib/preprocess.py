@@ -33,6 +33,7 @@ from .config_dict import dataclass_from_dict, invalid_setting
 from .errors import UserInputError
 from .lungs import LungFinderConfig, LungFinding, find_lungs
 from .scan_geometry import ScanGeometry
+from .triples import int_triple
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def resampled_geometry(image: sitk.Image, spacing_xyz_mm: tuple[float, float, fl
     new_spacing = np.asarray(spacing_xyz_mm, dtype=np.float64)
     old_size_xyz = np.asarray(old.shape_zyx[::-1], dtype=np.float64)
     size_xyz = np.floor((old_size_xyz - 1) * old.spacing_xyz_mm / new_spacing + 1e-6).astype(int) + 1
-    return ScanGeometry(tuple(int(n) for n in size_xyz[::-1]), old.origin_xyz_mm, new_spacing, old.direction)
+    return ScanGeometry(int_triple(size_xyz[::-1]), old.origin_xyz_mm, new_spacing, old.direction)
 
 
 def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0),
@@ -209,6 +210,6 @@ def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) ->
             raise NoLungsError(lungs.reason)
         start, stop = lungs.box_start_zyx // align * align, lungs.box_stop_zyx
         log.info("lung crop %s of %s voxels", tuple(int(n) for n in stop - start), geometry.shape_zyx)
-    crop = resample_onto(image, geometry, start, tuple(int(n) for n in stop - start))
+    crop = resample_onto(image, geometry, start, int_triple(stop - start))
     return PreparedScan(config.normalize(sitk.GetArrayViewFromImage(crop)), geometry, start, lungs,
                         ScanGeometry.from_image(image))

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .triples import int_triple
+
 __all__ = ["MirroredMaps", "Tile", "average_mirrored_maps", "plan_tiles"]
 
 
@@ -86,7 +88,7 @@ def plan_tiles(shape_zyx: tuple[int, int, int], divisor: int, margin: int, max_v
     else:
         best = np.lexsort(((tile_voxels * count).ravel(), tile_voxels.ravel()))[0]
     chosen = [options[axis][k] for axis, k in enumerate(np.unravel_index(best, tile_voxels.shape))]
-    size = tuple(int(side) for side, _ in chosen)
+    size = int_triple(side for side, _ in chosen)
     return [Tile((z[0], y[0], x[0]), size, (z[1], y[1], x[1]), (z[2], y[2], x[2]))
             for z in chosen[0][1] for y in chosen[1][1] for x in chosen[2][1]]
 
@@ -110,7 +112,7 @@ def average_mirrored_maps(passes: Sequence[MirroredMaps]) -> list[dict[str, Tens
              for dims, _ in passes]
     levels = []
     for level in range(len(passes[0][1])):
-        probability = radius = offset = 0.0
+        probability = radius = offset = torch.zeros((), device=device)
         for (dims, maps), sign in zip(passes, signs):
             out = maps[level]
             probability = probability + torch.sigmoid(out["logits"].float()).flip(dims)

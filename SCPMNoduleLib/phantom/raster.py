@@ -63,7 +63,8 @@ class Tubes:
     rb: np.ndarray
 
     @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, ra: float | np.ndarray, rb: float | np.ndarray) -> Tubes:
+    def of(cls, a: np.ndarray | Sequence[np.ndarray], b: np.ndarray | Sequence[np.ndarray], ra: float | np.ndarray,
+           rb: float | np.ndarray) -> Tubes:
         """Tubes from ends ``(N, 3)`` or ``(3,)`` and radii (scalars broadcast), as float64 copies."""
         a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
         n = len(a)

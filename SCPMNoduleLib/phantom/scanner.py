@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..io import Findings
+from ..triples import float_triple
 from .anatomy import Geometry
 from .config import HU_MAX, HU_MIN, PhantomConfig
 from .findings import Finding
@@ -160,6 +161,6 @@ def store(rng: np.random.Generator, geo: Geometry, config: PhantomConfig, hu: np
         index_xyz = f.center_mm[::-1] / spacing_xyz
         world = origin + rotation @ (spacing_xyz * index_xyz)
         stored_xyz = np.where(flips, size_xyz - 1 - index_xyz, index_xyz)
-        nodules.append(Nodule(tuple(float(v) for v in world), tuple(float(v) for v in stored_xyz[::-1]),
+        nodules.append(Nodule(float_triple(world), float_triple(stored_xyz[::-1]),
                               2.0 * f.radius, f.kind, f.location, f.margin, f.included))
     return Phantom(image(hu), image(labels), nodules)
