@@ -23,6 +23,8 @@ from .errors import EXIT_BAD_INPUT, UserInputError
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+__all__ = ["build_parser", "main", "run_command"]
+
 log = logging.getLogger(__name__)
 
 

@@ -19,6 +19,19 @@ from .errors import UserInputError
 from .io import Findings, atomic_write, write_candidates
 from .triples import float_triple
 
+__all__ = [
+    "MARKUPS_SCHEMA_URL",
+    "REPORT_FORMAT",
+    "REPORT_VERSION",
+    "describe_scan",
+    "markup_description",
+    "markup_label",
+    "read_detections_json",
+    "write_candidates_csv",
+    "write_detections_json",
+    "write_markups_json",
+]
+
 REPORT_FORMAT = "scpm-nodule-detections"
 REPORT_VERSION = 1
 MARKUPS_SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"

@@ -28,6 +28,18 @@ import math
 import torch
 from torch import Tensor
 
+__all__ = [
+    "SIOU_PP_MODES",
+    "angle_score",
+    "distance_radius_ratio",
+    "sdiou_loss",
+    "siou_loss",
+    "siou_pp_loss",
+    "sphere_intersection_volume",
+    "sphere_iou",
+    "sphere_nms",
+]
+
 SIOU_PP_MODES = ("continuous", "paper")
 
 _ARCCOS_MARGIN_EPS = 16.0

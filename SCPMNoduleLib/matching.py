@@ -51,6 +51,8 @@ from SCPMNoduleLib.coder import encode_spheres, grid_points_zyx_vox
 from SCPMNoduleLib.config_dict import invalid_setting
 from SCPMNoduleLib.quasirandom import unit_ball_samples
 
+__all__ = ["LevelTargets", "MatchingConfig", "match_centre_points", "sphere_fraction_inside_patch"]
+
 
 @dataclass
 class MatchingConfig:

@@ -29,6 +29,23 @@ from .lungs import LungFinding
 from .plotting import save_detection_slices
 from .preprocess import NoLungsError
 
+__all__ = [
+    "ADULT_LUNG_VOLUME_ML",
+    "BATCH_CANDIDATES_NAME",
+    "DemoResult",
+    "FORMATS",
+    "OUTPUT_SUFFIXES",
+    "SUMMARY_NAME",
+    "ScanProgress",
+    "ScanResult",
+    "detect_files",
+    "detect_scan",
+    "lung_summary",
+    "match_to_truth",
+    "parse_formats",
+    "run_demo",
+]
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "json", "mrk")

@@ -35,6 +35,17 @@ from .lungs import LungFinderConfig, LungFinding, find_lungs
 from .scan_geometry import ScanGeometry
 from .triples import int_triple
 
+__all__ = [
+    "NoLungsError",
+    "PREPROCESS_VERSION",
+    "PreparedScan",
+    "PreprocessConfig",
+    "RETIRED_SETTINGS",
+    "prepare_scan",
+    "resample_onto",
+    "resampled_geometry",
+]
+
 log = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 1

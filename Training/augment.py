@@ -26,6 +26,8 @@ from scipy import ndimage
 
 from SCPMNoduleLib.config_dict import invalid_setting
 
+__all__ = ["AugmentConfig", "extract_patch", "is_signed_permutation", "random_transform", "transform_spheres"]
+
 
 @dataclass
 class AugmentConfig:

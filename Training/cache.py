@@ -49,6 +49,19 @@ from SCPMNoduleLib.io import (
 from SCPMNoduleLib.preprocess import RETIRED_SETTINGS, PreprocessConfig, prepare_scan
 from SCPMNoduleLib.scan_geometry import ScanGeometry
 
+__all__ = [
+    "CACHE_FORMAT",
+    "CACHE_VERSION",
+    "CachedScan",
+    "STORAGE_DTYPE",
+    "SourceScan",
+    "build_cache",
+    "find_luna16_scans",
+    "load_cache",
+    "read_cache_info",
+    "scan_problem",
+]
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "scpm-train-cache"

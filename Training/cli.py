@@ -18,6 +18,8 @@ from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import run_command
 from SCPMNoduleLib.errors import UserInputError
 
+__all__ = ["build_parser", "main", "parse_folds"]
+
 
 def _load_config(args: argparse.Namespace):
     from .config import load_config

@@ -24,6 +24,8 @@ from SCPMNoduleLib.runtime import PRECISIONS
 
 from .augment import AugmentConfig
 
+__all__ = ["AMP_SETTINGS", "DataConfig", "OptimConfig", "TrainConfig", "ValidationConfig", "load_config", "save_config"]
+
 AMP_SETTINGS = (*PRECISIONS, "off")
 """The values of ``TrainConfig.amp``: the runtime's precisions, and ``off``, the training config's
 word for ``fp32`` before training and detection shared one vocabulary; configs written then say

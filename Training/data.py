@@ -39,6 +39,8 @@ from .augment import AugmentConfig, extract_patch, random_transform, transform_s
 from .cache import CachedScan
 from .config import DataConfig
 
+__all__ = ["EpochSampler", "MatchingCollate", "PatchDataset", "collate_patches"]
+
 
 class PatchDataset(Dataset):
     """Random training patches of cached scans, addressed by ``(epoch, index)``.
