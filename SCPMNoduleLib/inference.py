@@ -45,8 +45,8 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint
 from .coder import decode_detections
+from .config_dict import check_choice, invalid_setting
 from .detection import Detection
-from .errors import UserInputError
 from .geometry import sphere_nms
 from .lungs import LungFinding
 from .model import SCPMNet, fuse_batch_norm
@@ -125,9 +125,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         if set(self.mirror_axes) - set("zyx") or len(set(self.mirror_axes)) != len(self.mirror_axes):
-            raise UserInputError(f"mirror axes {self.mirror_axes!r}: expected distinct letters among z, y, x.")
-        if self.precision not in PRECISIONS:
-            raise UserInputError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}.")
+            raise invalid_setting(self, "mirror_axes", "is not distinct letters among z, y, x")
+        check_choice(self, "precision", PRECISIONS)
 
     def mirror_dims(self) -> list[tuple[int, ...]]:
         """The tensor dims ``(B, C, z, y, x)`` of each pass: ``()`` (the tile itself) first."""

@@ -164,7 +164,8 @@ def test_mirrored_passes_cancel_a_networks_lean_along_the_mirrored_axes(axes):
 
 
 def test_mirror_axes_other_than_z_y_x_are_refused():
-    with pytest.raises(UserInputError, match="mirror axes 'xw'"):
+    with pytest.raises(UserInputError,
+                       match=r"^InferenceConfig.mirror_axes: 'xw' is not distinct letters among z, y, x\.$"):
         InferenceConfig(mirror_axes="xw")
     with pytest.raises(UserInputError, match="distinct"):
         InferenceConfig(mirror_axes="xx")
@@ -386,7 +387,8 @@ def test_results_carry_their_own_timings_and_device():
 
 
 def test_precisions_other_than_the_known_ones_are_refused():
-    with pytest.raises(UserInputError, match="precision 'fp8'"):
+    with pytest.raises(UserInputError,
+                       match=r"^InferenceConfig.precision: 'fp8' is not one of auto, fp32, bf16, fp16\.$"):
         InferenceConfig(precision="fp8")
 
 
