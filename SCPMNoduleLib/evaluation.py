@@ -323,7 +323,7 @@ def squared_distance_mm2(a_xyz: np.ndarray, b_xyz: np.ndarray) -> np.ndarray:
 
 def luna16_hit(squared_distance: np.ndarray, diameters_mm: np.ndarray) -> np.ndarray:
     """LUNA16's hit rule, elementwise (broadcast): a point at squared distance ``|c - n|^2``
-    (:func:`squared_distance_mm2`) from the centre of a sphere of diameter ``d`` hits it when
+    (:func:`squared_distance_mm2`) from the center of a sphere of diameter ``d`` hits it when
     ``|c - n|^2 < (d / 2)^2``, strictly (a point exactly on the sphere misses)."""
     return squared_distance < (np.asarray(diameters_mm, np.float64) / 2.0) ** 2.0
 

@@ -15,9 +15,9 @@ Pipeline of :meth:`Detector.detect`:
    maps get the tile's place in the whole resampled scan;
 4. the maps are decoded (:func:`~SCPMNoduleLib.coder.decode_detections`: top-n per level,
    sphere at grid point + offset with the predicted radius, levels merged), candidates whose
-   centre lies outside the scan's own voxels (the padding is not the patient) or outside the
+   center lies outside the scan's own voxels (the padding is not the patient) or outside the
    lungs dropped, SIoU-based NMS (:func:`~SCPMNoduleLib.geometry.sphere_nms`), at most
-   ``max_detections`` kept, and centres mapped to world LPS mm, radii to diameters in mm.
+   ``max_detections`` kept, and centers mapped to world LPS mm, radii to diameters in mm.
 
 Tiles, their margin and mirrored passes are :mod:`~SCPMNoduleLib.tiling`'s; devices, precision and
 out-of-memory detection :mod:`~SCPMNoduleLib.runtime`'s; checkpoints :mod:`~SCPMNoduleLib.checkpoint`'s
@@ -87,7 +87,7 @@ class InferenceConfig:
             ``scpm-train tune`` reproduces these figures).
         max_tile_voxels: largest tile, in voxels (bounds the network's memory: the demo network
             peaks at about 80 bytes per voxel in fp32 on the CPU, so about 5 GB at 400^3).
-        tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
+        tile_margin_vox: margin of each tile that only feeds the receptive field of its center;
             rounded up to a multiple of the network's size divisor.
         min_side_vox: a crop shorter than this along an axis is padded to it (rounded up to the
             size divisor), so small scans get the context the network was trained with.
@@ -358,7 +358,7 @@ class Detector:
                config: InferenceConfig | None = None) -> list[Detection]:
         """Detections from :meth:`predict_maps`'s output, post-processed with ``config``
         (default: the detector's): top-n per level above the score threshold, lung mask, SIoU
-        NMS, the ``max_detections`` cap; centres in world LPS mm, most probable first."""
+        NMS, the ``max_detections`` cap; centers in world LPS mm, most probable first."""
         config = config or self.config
         decoded = decode_detections(maps, self.strides, top_n=config.top_n,
                                     score_threshold=config.score_threshold)[0]

@@ -1,6 +1,6 @@
 """The training loss of SCPM-Net (paper section 3.4, eq. 16-20).
 
-Per head level, with targets from :func:`SCPMNoduleLib.matching.match_centre_points`
+Per head level, with targets from :func:`SCPMNoduleLib.matching.match_center_points`
 (labels 1 positive, 0 negative, -1 ignored) and ``p = sigmoid(logit)``:
 
 * Re-focal classification loss (eq. 16-17) in the standard binary focal form, with the
@@ -100,7 +100,7 @@ def refocal_point_loss(logits: Tensor, labels: Tensor, config: LossConfig) -> Te
     """Per-point re-focal loss (eq. 16-17) before mining: 0 at ignored points.
 
     Args:
-        logits: ``(...)`` centre logits.
+        logits: ``(...)`` center logits.
         labels: ``(...)`` 1 positive, 0 negative, -1 ignored.
         config: alpha, gamma, refocal threshold and weight.
 

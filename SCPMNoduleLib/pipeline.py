@@ -226,7 +226,7 @@ class DemoResult:
 
 def match_to_truth(detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
                    truth_diameters_mm: np.ndarray) -> np.ndarray:
-    """For each detection the nearest true nodule whose sphere holds its centre
+    """For each detection the nearest true nodule whose sphere holds its center
     (:func:`~SCPMNoduleLib.evaluation.luna16_hit`), else -1."""
     centers = np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
     if truth_xyz_mm.size == 0:

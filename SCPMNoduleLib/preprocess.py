@@ -124,7 +124,7 @@ def resampled_geometry(image: sitk.Image, spacing_xyz_mm: tuple[float, float, fl
     """The grid of ``image`` resampled to ``spacing_xyz_mm`` in its own axes.
 
     Origin and direction are kept; the size is ``floor((n - 1) · s / s') + 1`` per axis, so
-    every new voxel centre lies inside the old grid's extent and index ↔ world stays one
+    every new voxel center lies inside the old grid's extent and index ↔ world stays one
     affine map (see the module docstring).
     """
     old = ScanGeometry.from_image(image)

@@ -60,14 +60,14 @@ class ScanGeometry:
 
     def coarsened(self, block: int) -> ScanGeometry:
         """The grid of blocks of ``block`` voxels per side: coarse voxel ``c`` stands for the
-        continuous index ``b·c + (b - 1)/2`` of this grid (the block's centre) and covers its voxels
+        continuous index ``b·c + (b - 1)/2`` of this grid (the block's center) and covers its voxels
         ``[b·c, b·c + b)``."""
         return ScanGeometry(int_triple(-(-n // block) for n in self.shape_zyx),
                             self.index_to_world(np.full(3, (block - 1) / 2)), self.spacing_xyz_mm * block,
                             self.direction)
 
     def world_box(self, start_zyx: np.ndarray, stop_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The world LPS mm ``(min_xyz, max_xyz)`` of the voxel centres of the box ``[start, stop)``:
+        """The world LPS mm ``(min_xyz, max_xyz)`` of the voxel centers of the box ``[start, stop)``:
         the axis-aligned hull of its 8 corner voxels (the box itself when the grid is not oblique)."""
         corners = np.array([[(start_zyx, np.asarray(stop_zyx) - 1)[k][axis] for axis, k in enumerate(bits)]
                             for bits in np.ndindex(2, 2, 2)], dtype=np.float64)

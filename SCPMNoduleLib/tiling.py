@@ -103,7 +103,7 @@ def average_mirrored_maps(passes: Sequence[MirroredMaps]) -> list[dict[str, Tens
     Each pass is ``(dims, maps)``: the maps of the input flipped along tensor ``dims`` (of
     ``(B, C, z, y, x)``). A tile's side is a multiple of each stride ``s``, so flipping it maps
     grid point ``p = j s + (s - 1) / 2`` to ``L - 1 - p``, another grid point, and a sphere
-    centred at ``c`` to ``L - 1 - c``: the maps are flipped back along ``dims`` and the offset
+    centered at ``c`` to ``L - 1 - c``: the maps are flipped back along ``dims`` and the offset
     ``(c - p) / s`` changes sign along those axes; the radius is unchanged. The result holds
     the mean probability (as ``logits = logit(mean sigmoid)``), mean radius and mean offset.
     """

@@ -28,11 +28,11 @@ NO_MASK = PreprocessConfig(lung_mask=False)
 class BrightCentroid(nn.Module):
     """A hand-made detector: one level of stride 4 whose maps are set by formulas, not training.
 
-    For each grid point j (the 4-voxel block with centre p = 4 j + 1.5): the logit is
+    For each grid point j (the 4-voxel block with center p = 4 j + 1.5): the logit is
     20 (max of the block - 0.5), so blocks holding a bright peak score high; the bright weight
-    w = relu(v - 0.3) over the 12-voxel window centred on p has the centroid c, giving the
+    w = relu(v - 0.3) over the 12-voxel window centered on p has the centroid c, giving the
     offset (c - p) / 4; the radius is 1 grid voxel (4 mm at 1 mm spacing). A symmetric blob is
-    thus reported at its centre.
+    thus reported at its center.
     """
 
     strides = (4,)
@@ -403,7 +403,7 @@ def test_auto_precision_on_the_cpu_is_fp32():
 
 
 def _inside_voxels(image: sitk.Image, detections) -> np.ndarray:
-    """Whether each detection's centre lies within the scan's own voxels (index -0.5 .. n - 0.5)."""
+    """Whether each detection's center lies within the scan's own voxels (index -0.5 .. n - 0.5)."""
     geometry = ScanGeometry.from_image(image)
     index = geometry.world_to_index(np.array([d.center_xyz_mm for d in detections]).reshape(-1, 3))
     return np.all((index >= -0.5) & (index <= np.asarray(geometry.shape_zyx) - 0.5), axis=1)

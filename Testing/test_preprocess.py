@@ -95,7 +95,7 @@ def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence
 def chest_phantom(shape_zyx=(48, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
     """Air around a body (40 HU) with two lungs (-850 HU) and a solid nodule in the left lung.
 
-    Returns the HU array and the nodule centre (z, y, x).
+    Returns the HU array and the nodule center (z, y, x).
     """
     z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape_zyx], indexing="ij")
     hu = np.full(shape_zyx, -1000.0)

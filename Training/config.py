@@ -57,11 +57,11 @@ class DataConfig:
             size divisor.
         crops_per_scan: patches drawn from each training scan per epoch (epoch length =
             ``crops_per_scan * number of training scans``).
-        nodule_fraction: share of patches (of scans that have nodules) centred near a nodule;
-            the others are centred anywhere in the scan, edges included.
-        jitter_fraction: a nodule-centred patch's centre is the nodule centre plus a uniform
+        nodule_fraction: share of patches (of scans that have nodules) centered near a nodule;
+            the others are centered anywhere in the scan, edges included.
+        jitter_fraction: a nodule-centered patch's center is the nodule center plus a uniform
             offset in ``[-j, j]`` per axis, ``j = jitter_fraction * patch_size``.
-        nodule_size_power: a nodule-centred patch picks nodule ``n`` of its scan with probability
+        nodule_size_power: a nodule-centered patch picks nodule ``n`` of its scan with probability
             proportional to ``r_n ** -nodule_size_power``; 0 picks uniformly, 2 favours a 3 mm
             nodule nine times over a 9 mm one (small nodules are the ones a detector misses).
         ignore_excluded: the excluded findings (``annotations_excluded.csv``) are ignored regions

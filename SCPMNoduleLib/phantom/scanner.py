@@ -32,12 +32,12 @@ class Nodule:
 
     Why a shape of its own rather than a :class:`~SCPMNoduleLib.io.Findings` row: besides the
     sphere in world LPS mm (which :func:`annotation_table` turns into LUNA16 rows), it carries
-    the appearance fields no table has (kind, location, margin), the centre's continuous voxel
+    the appearance fields no table has (kind, location, margin), the center's continuous voxel
     index in the stored array (for previews and tests), and no probability: it is the truth.
 
     Attributes:
-        center_xyz_mm: world LPS position of the centre (the stored image's geometry).
-        center_zyx_vox: continuous index of the centre in the stored image array.
+        center_xyz_mm: world LPS position of the center (the stored image's geometry).
+        center_zyx_vox: continuous index of the center in the stored image array.
         diameter_mm: diameter of the nodule's core sphere (spicules and lobes reach beyond it).
         kind: ``solid``, ``ground_glass``, ``part_solid`` or ``calcified``.
         location: ``isolated``, ``juxtavascular`` or ``juxtapleural``.

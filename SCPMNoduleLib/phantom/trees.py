@@ -88,7 +88,7 @@ def draw_trees(rng: np.random.Generator, geo: Geometry, config: PhantomConfig, v
     cx, cy = geo.cavity
     (hz, hy, hx), (az, ay, ax) = geo.heart
 
-    def mm(z, y, x):  # body-centred (x, y) and height z -> patient-frame zyx mm
+    def mm(z, y, x):  # body-centered (x, y) and height z -> patient-frame zyx mm
         return np.array([z, y + geo.center_y, x + geo.center_x])
 
     vy, vr = geo.vertebra

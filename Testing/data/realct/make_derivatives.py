@@ -1,7 +1,7 @@
 """Write the small real-CT derivatives in this folder from ``../shared/realct`` (see README.md).
 
 Each volume is averaged over blocks of whole voxels in-plane (and along z for the abdomen)
-(``SimpleITK.BinShrink``: the origin moves to the first block's centre, the spacing grows by the
+(``SimpleITK.BinShrink``: the origin moves to the first block's center, the spacing grows by the
 factor), its slices kept, and stored as int16 HU in a ``.nii.gz``; the DICOM series is read with
 SimpleITK and stored the same way.
 
