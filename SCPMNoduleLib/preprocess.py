@@ -85,7 +85,11 @@ class PreprocessConfig:
     pad_hu: float = -1200.0
 
     def __post_init__(self) -> None:
-        """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`),
+        and numbers written under another version's meaning."""
+        if self.version != PREPROCESS_VERSION:
+            raise UserInputError(f"pre-processing version {self.version!r} is not the version {PREPROCESS_VERSION} "
+                                 "this program reads.")
         spacing = self.spacing_xyz_mm
         if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
             raise invalid_setting(self, "spacing_xyz_mm", "is not three positive spacings")

@@ -83,6 +83,7 @@ def test_config_round_trips_through_json_lists():
     ({"hu_min": 600.0}, "PreprocessConfig.hu_max: 600.0 is not above hu_min (600.0)."),
     ({"mask_block": 0}, "PreprocessConfig.mask_block: 0 is not at least 1."),
     ({"mask_dilation_mm": float("nan")}, "PreprocessConfig.mask_dilation_mm: nan is negative."),
+    ({"version": 2}, "pre-processing version 2 is not the version 1 this program reads."),
 ])
 def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence):
     with pytest.raises(UserInputError) as raised:
