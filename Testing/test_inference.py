@@ -263,7 +263,8 @@ def _checkpoint_dict(**changes):
     ({"model_config": {"encoder_channels": [4, 8], "unknown_layer": 3}}, "architecture"),
     ({"model_config": {**SCPMNetConfig.tiny().__dict__, "encoder_channels": (4, 8, 8, 16)}},
      "weights do not match"),
-    ({"preprocess_config": {"version": 99}}, r"x.pt: pre-processing version 99 is not the version 1 this program reads\.$"),
+    ({"preprocess_config": {"version": 99}},
+     r"x.pt: pre-processing version 99 is not the version 1 this program reads\.$"),
 ])
 def test_foreign_checkpoints_are_refused(tmp_path, change, message):
     torch.save(_checkpoint_dict(**change), tmp_path / "x.pt")
