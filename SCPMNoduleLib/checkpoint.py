@@ -22,7 +22,7 @@ from .documents import check_document
 from .errors import UserInputError
 from .io import atomic_write
 from .model import SCPMNet, SCPMNetConfig
-from .preprocess import PREPROCESS_VERSION, PreprocessConfig
+from .preprocess import PreprocessConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "save_checkpoint"]
 
@@ -67,10 +67,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig,
     except UserInputError as error:
         raise UserInputError(f"{path}: the checkpoint's architecture is not one this program's SCPM-Net can "
                              f"build ({str(error).rstrip('.')}).") from None
-    preprocess_values = checkpoint.get("preprocess_config", {})
-    if not isinstance(preprocess_values, dict) or preprocess_values.get("version") != PREPROCESS_VERSION:
-        raise UserInputError(f"{path}: the checkpoint's pre-processing version is not {PREPROCESS_VERSION}.")
-    preprocess = PreprocessConfig.from_dict(preprocess_values)
+    try:
+        preprocess = PreprocessConfig.from_dict(checkpoint.get("preprocess_config", {}))
+    except UserInputError as error:
+        raise UserInputError(f"{path}: {error}") from None
     model = SCPMNet(config)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)

@@ -15,9 +15,15 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, UserInputError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+__all__ = ["build_parser", "main", "run_command"]
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +197,9 @@ class _Reporter:
     """Progress and per-scan lines for ``detect``: a tqdm bar, JSON lines, or nothing."""
 
     def __init__(self, mode: str) -> None:
-        self.mode, self.bar, self.scan = mode, None, None
+        self.mode = mode
+        self.bar: tqdm | None = None
+        self.scan: str | None = None
 
     def progress(self, scan: str, fraction: float, stage: str) -> None:
         if self.mode == "jsonl":
@@ -200,11 +208,13 @@ class _Reporter:
         elif self.mode == "bar":
             from tqdm import tqdm
 
-            if self.scan != scan:
+            bar = self.bar
+            if bar is None or self.scan != scan:
                 self.close()
-                self.bar, self.scan = tqdm(total=100, desc=scan[-32:], unit="%", leave=False), scan
-            self.bar.set_postfix_str(stage)
-            self.bar.update(round(100 * fraction) - self.bar.n)
+                bar = self.bar = tqdm(total=100, desc=scan[-32:], unit="%", leave=False)
+                self.scan = scan
+            bar.set_postfix_str(stage)
+            bar.update(round(100 * fraction) - bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -5,7 +5,7 @@ point ``j`` standing for the input-voxel coordinate
 
     p(j) = j * s + (s - 1) / 2
 
-(the centre of the ``s``-block that max-pooling merged). A sphere with centre ``c`` and radius
+(the center of the ``s``-block that max-pooling merged). A sphere with center ``c`` and radius
 ``r`` (input voxels) is coded at grid point ``j`` as
 
     offset      = (c - p(j)) / s        (grid voxels, channel order z, y, x)
@@ -74,7 +74,7 @@ def encode_spheres(
     """Code spheres as grid targets relative to grid points (broadcasting over leading dims).
 
     Args:
-        centers_zyx_vox: ``(..., 3)`` sphere centres, input voxels.
+        centers_zyx_vox: ``(..., 3)`` sphere centers, input voxels.
         radii_vox: ``(...)`` radii, input voxels.
         points_zyx_vox: ``(..., 3)`` the grid points' input-voxel coordinates ``p(j)``.
         stride: the level's stride ``s``.
@@ -109,14 +109,14 @@ class DecodedSpheres:
     Why a shape of its own rather than :class:`~SCPMNoduleLib.detection.Detection` rows: these
     are torch tensors on the maps' device, in the input voxels (zyx) of the maps decoded, before
     suppression and before conversion to world millimetres, so that decoding stays batched and
-    vectorised where the maps are. The detector then drops centres outside the lung mask, runs
+    vectorised where the maps are. The detector then drops centers outside the lung mask, runs
     :func:`~SCPMNoduleLib.geometry.sphere_nms` in mm and turns only the survivors into
     world-space ``Detection`` rows.
 
     Attributes:
-        centers_zyx_vox: ``(N, 3)`` centres in the patch's input voxels.
+        centers_zyx_vox: ``(N, 3)`` centers in the patch's input voxels.
         radii_vox: ``(N,)`` radii in input voxels.
-        scores: ``(N,)`` centre probabilities.
+        scores: ``(N,)`` center probabilities.
         levels: ``(N,)`` long, index of the head level (0 = finest) that produced each one.
     """
 

@@ -20,7 +20,9 @@ The rule for config dataclasses: each checks its own values when it is made (``_
 and refuses a bad one with ``UserInputError``, never ``ValueError``, because configs are filled
 from what users give (JSON files, command-line overrides, checkpoints, the Slicer panel) and
 ``UserInputError`` is what every entry point reports as one sentence. :func:`invalid_setting`
-writes that sentence, ``MatchingConfig.top_k: 0 is not at least 1.``
+writes that sentence, ``MatchingConfig.top_k: 0 is not at least 1.``, and :func:`check_choice`
+refuses a string option outside its choices with it, ``LossConfig.siou_mode: 'exact' is not one of
+continuous, paper.``
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import UserInputError
 
-__all__ = ["dataclass_from_dict", "invalid_setting"]
+__all__ = ["check_choice", "dataclass_from_dict", "invalid_setting"]
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 _SCALAR_NAMES = {bool: "boolean (true or false)", int: "integer", float: "number", str: "string"}
 
@@ -68,7 +74,7 @@ def dataclass_from_dict(cls: type[T], data: Any, where: str) -> T:
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
     """``value`` as the type ``hint`` asks (see the module docstring), or a refusal naming ``where``."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return dataclass_from_dict(hint, value, where)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -96,3 +102,14 @@ def invalid_setting(config: Any, name: str, expected: str) -> UserInputError:
     ``expected`` says what the value fails, e.g. ``"is not at least 1"``; the caller raises it.
     """
     return UserInputError(f"{type(config).__name__}.{name}: {getattr(config, name)!r} {expected}.")
+
+
+def check_choice(config: Any, name: str, choices: Iterable[str]) -> None:
+    """Refuse field ``name`` of dataclass ``config`` unless its value is one of ``choices``.
+
+    Raises:
+        UserInputError: :func:`invalid_setting`'s sentence, ``"<Class>.<name>: 'v' is not one of a, b, c."``.
+    """
+    choices = tuple(choices)
+    if getattr(config, name) not in choices:
+        raise invalid_setting(config, name, f"is not one of {', '.join(choices)}")

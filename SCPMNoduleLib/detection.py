@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["Detection"]
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -17,7 +19,7 @@ class Detection:
     Attributes:
         center_xyz_mm: world position, LPS millimetres (ITK / LUNA16 convention).
         diameter_mm: sphere diameter in millimetres.
-        probability: the network's centre probability, in [0, 1].
+        probability: the network's center probability, in [0, 1].
         level: index of the head level that produced it (0 = finest).
     """
 

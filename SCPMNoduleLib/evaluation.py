@@ -257,11 +257,16 @@ def _as_findings(table: TableLike, candidates: bool, name: str) -> Findings:
     return findings
 
 
+def _first_column(frame: Any) -> list:
+    """The first column of a pandas-like DataFrame (``.columns``, ``frame[col]``), as a list."""
+    return list(np.asarray(frame[list(frame.columns)[0]]))
+
+
 def _as_seriesuids(seriesuids: str | os.PathLike | Iterable[str] | Any) -> np.ndarray:
     if isinstance(seriesuids, (str, os.PathLike)):
         name, listed = str(seriesuids), read_seriesuids(seriesuids)
     elif hasattr(seriesuids, "columns"):
-        name, listed = "series table", list(np.asarray(seriesuids[list(seriesuids.columns)[0]]))
+        name, listed = "series table", _first_column(seriesuids)
     else:
         name, listed = "series list", list(seriesuids)
     uids = np.asarray([str(uid).strip() for uid in listed], dtype=str)
@@ -318,7 +323,7 @@ def squared_distance_mm2(a_xyz: np.ndarray, b_xyz: np.ndarray) -> np.ndarray:
 
 def luna16_hit(squared_distance: np.ndarray, diameters_mm: np.ndarray) -> np.ndarray:
     """LUNA16's hit rule, elementwise (broadcast): a point at squared distance ``|c - n|^2``
-    (:func:`squared_distance_mm2`) from the centre of a sphere of diameter ``d`` hits it when
+    (:func:`squared_distance_mm2`) from the center of a sphere of diameter ``d`` hits it when
     ``|c - n|^2 < (d / 2)^2``, strictly (a point exactly on the sphere misses)."""
     return squared_distance < (np.asarray(diameters_mm, np.float64) / 2.0) ** 2.0
 

@@ -17,6 +17,20 @@ from .detection import Detection
 from .documents import read_document
 from .errors import UserInputError
 from .io import Findings, atomic_write, write_candidates
+from .triples import float_triple
+
+__all__ = [
+    "MARKUPS_SCHEMA_URL",
+    "REPORT_FORMAT",
+    "REPORT_VERSION",
+    "describe_scan",
+    "markup_description",
+    "markup_label",
+    "read_detections_json",
+    "write_candidates_csv",
+    "write_detections_json",
+    "write_markups_json",
+]
 
 REPORT_FORMAT = "scpm-nodule-detections"
 REPORT_VERSION = 1
@@ -66,7 +80,7 @@ def read_detections_json(path: str | os.PathLike) -> list[Detection]:
     """Read the detections of a report written by :func:`write_detections_json`."""
     document = read_document(path, REPORT_FORMAT, REPORT_VERSION, f"a {REPORT_FORMAT} report")
     try:
-        return [Detection(tuple(float(v) for v in d["center_xyz_mm"]), float(d["diameter_mm"]),
+        return [Detection(float_triple(d["center_xyz_mm"]), float(d["diameter_mm"]),
                           float(d["probability"]), int(d.get("level", 0)))
                 for d in document["detections"]]
     except (KeyError, TypeError, ValueError):

@@ -50,7 +50,7 @@ class FROCCurve:
     sensitivity: np.ndarray
     thresholds: np.ndarray
 
-    def at(self, fp_rates: Sequence[float]) -> np.ndarray:
+    def at(self, fp_rates: np.ndarray | Sequence[float]) -> np.ndarray:
         """Sensitivity at ``fp_rates`` by linear interpolation (``np.interp``, as LUNA16)."""
         return np.interp(np.asarray(fp_rates, np.float64), self.fps_per_scan, self.sensitivity)
 

@@ -1,11 +1,11 @@
 """Sphere geometry: intersection, SIoU, the SIoU++ loss family and sphere NMS (paper 3.3, 3.5).
 
-A sphere is a centre ``(..., 3)`` and a radius ``(...)`` (``>= 0``), in any one unit (the model
+A sphere is a center ``(..., 3)`` and a radius ``(...)`` (``>= 0``), in any one unit (the model
 uses input voxels, which are millimetres after resampling). Every pairwise function broadcasts its
 four arguments against each other like ``torch`` operators do, works in float32 and float64, and
 returns one value per pair, shape ``(...)``, with no reduction.
 
-Notation for a pair: radii ``a = r^a``, ``b = r^b``, centre distance ``d = ||A - B||_2`` (eq. 3),
+Notation for a pair: radii ``a = r^a``, ``b = r^b``, center distance ``d = ||A - B||_2`` (eq. 3),
 ``s = a + b`` and ``t = a - b``. Three regimes:
 
 * disjoint, ``d >= s`` (external tangency included): the spheres share no volume;
@@ -28,6 +28,18 @@ import math
 import torch
 from torch import Tensor
 
+__all__ = [
+    "SIOU_PP_MODES",
+    "angle_score",
+    "distance_radius_ratio",
+    "sdiou_loss",
+    "siou_loss",
+    "siou_pp_loss",
+    "sphere_intersection_volume",
+    "sphere_iou",
+    "sphere_nms",
+]
+
 SIOU_PP_MODES = ("continuous", "paper")
 
 _ARCCOS_MARGIN_EPS = 16.0
@@ -36,7 +48,7 @@ epsilons of the dtype: arccos has an infinite slope at +-1, and the clamp bounds
 500 in float32) while changing eta by less than 1e-3 (float32) or 1e-7 (float64)."""
 
 _PRUNE_MARGIN = 1.001
-"""sphere_nms only tests pairs whose centres are closer than the largest distance at which the
+"""sphere_nms only tests pairs whose centers are closer than the largest distance at which the
 criterion can fire, widened by this factor so that rounding never drops a pair."""
 
 
@@ -51,7 +63,7 @@ def _distance(center_a: Tensor, center_b: Tensor) -> Tensor:
 def _pair(
     center_a: Tensor, radius_a: Tensor, center_b: Tensor, radius_b: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Radii and centre distance of each pair, broadcast to one common shape ``(...)``."""
+    """Radii and center distance of each pair, broadcast to one common shape ``(...)``."""
     return torch.broadcast_tensors(radius_a, radius_b, _distance(center_a, center_b))
 
 
@@ -66,7 +78,7 @@ def _cap_volume(radius: Tensor, height: Tensor) -> Tensor:
 
 
 def _intersection(a: Tensor, b: Tensor, d: Tensor) -> Tensor:
-    """Volume of the intersection of two balls of radii ``a``, ``b`` whose centres are ``d`` apart.
+    """Volume of the intersection of two balls of radii ``a``, ``b`` whose centers are ``d`` apart.
 
     Partial overlap: the plane of the intersection circle cuts a cap of height
     ``h_a = a (1 - cos phi^a) = (s - d)(d - t) / (2 d)`` off ball A and
@@ -124,7 +136,7 @@ def sphere_intersection_volume(
       ``h_a = (a + b - d)(d - a + b) / (2d)`` and ``h_b = (a + b - d)(d + a - b) / (2d)``.
 
     Args:
-        center_a, center_b: centres, shape ``(..., 3)``.
+        center_a, center_b: centers, shape ``(..., 3)``.
         radius_a, radius_b: radii ``>= 0``, shape ``(...)``.
 
     Returns:
@@ -144,7 +156,7 @@ def sphere_iou(center_a: Tensor, radius_a: Tensor, center_b: Tensor, radius_b: T
     limit along any path with ``d > 0``.
 
     Args:
-        center_a, center_b: centres, shape ``(..., 3)``.
+        center_a, center_b: centers, shape ``(..., 3)``.
         radius_a, radius_b: radii ``>= 0``, shape ``(...)``.
 
     Returns:
@@ -158,11 +170,11 @@ def distance_radius_ratio(
 ) -> Tensor:
     """Distance-radius ratio ``R_DR = d / (d + a + b)`` (eq. 12), in [0, 1).
 
-    0 when the centres coincide (also when both radii are 0 there, where the fraction is 0/0),
+    0 when the centers coincide (also when both radii are 0 there, where the fraction is 0/0),
     increasing in ``d``, tending to 1 as the spheres move apart.
 
     Args:
-        center_a, center_b: centres, shape ``(..., 3)``.
+        center_a, center_b: centers, shape ``(..., 3)``.
         radius_a, radius_b: radii ``>= 0``, shape ``(...)``.
 
     Returns:
@@ -175,13 +187,13 @@ def angle_score(center_a: Tensor, radius_a: Tensor, center_b: Tensor, radius_b: 
     """Angle score ``eta = arccos(cos phi^ab) / pi`` (eq. 14), in [0, 1].
 
     ``cos phi^ab = (a^2 + b^2 - d^2) / (2 a b)`` (eq. 6) is the cosine of the angle, at a point of
-    the intersection circle, between the radii to the two centres. Where the surfaces cross,
+    the intersection circle, between the radii to the two centers. Where the surfaces cross,
     ``|a - b| < d <= a + b``, eta rises from 0 at internal tangency to 1 at external tangency.
     Disjoint spheres have eta = 0 (eq. 14); under containment the cosine leaves [-1, 1] and eta is
     set to 0, its value at internal tangency, so that eta is continuous there.
 
     Args:
-        center_a, center_b: centres, shape ``(..., 3)``.
+        center_a, center_b: centers, shape ``(..., 3)``.
         radius_a, radius_b: radii ``>= 0``, shape ``(...)``.
 
     Returns:
@@ -220,7 +232,7 @@ def siou_pp_loss(
     Both modes give 0 for identical spheres and agree wherever the spheres overlap or touch.
 
     Args:
-        center_a, center_b: centres, shape ``(..., 3)``.
+        center_a, center_b: centers, shape ``(..., 3)``.
         radius_a, radius_b: radii ``>= 0``, shape ``(...)``.
         mode: ``"continuous"`` or ``"paper"``.
 
@@ -241,7 +253,7 @@ def _candidate_pairs(
 ) -> tuple[Tensor, Tensor]:
     """Pairs ``(i, j)``, ``i < j``, with ``||c_i - c_j|| <= reach (r_i + r_j)``: two (E,) tensors.
 
-    Sweep and prune: the spheres are sorted along the axis where the centres spread most, and a
+    Sweep and prune: the spheres are sorted along the axis where the centers spread most, and a
     block of ``block_size`` consecutive spheres is compared (one distance matrix) only with the
     following spheres whose coordinate on that axis is within the largest possible reach of the
     block. Memory is ``O(block_size * window)``, time ``O(N * window)``.
@@ -315,9 +327,9 @@ def sphere_nms(
         ``SIoU(i, j) > iou_threshold``  or  ``R_DR(i, j) < distance_ratio_threshold``.
 
     ``R_DR = d / (d + r_i + r_j) < t`` is ``d < t / (1 - t) (r_i + r_j)``: the default ``t = 1/3``
-    removes a sphere whose centre is closer than the mean of the two radii (for equal spheres: each
-    centre inside the other), which SIoU alone misses when a small sphere sits inside a large one.
-    The default SIoU threshold 0.1 removes two equal spheres whose centres are closer than about
+    removes a sphere whose center is closer than the mean of the two radii (for equal spheres: each
+    center inside the other), which SIoU alone misses when a small sphere sits inside a large one.
+    The default SIoU threshold 0.1 removes two equal spheres whose centers are closer than about
     1.25 radii.
 
     The criterion is evaluated only on pairs close enough for it to fire (found by sweep and prune
@@ -325,8 +337,8 @@ def sphere_nms(
     whole-tensor rounds rather than a Python loop over spheres.
 
     Args:
-        centers: ``(N, 3)`` sphere centres.
-        radii: ``(N,)`` radii ``>= 0``, same unit as the centres.
+        centers: ``(N, 3)`` sphere centers.
+        radii: ``(N,)`` radii ``>= 0``, same unit as the centers.
         scores: ``(N,)`` scores; higher is better.
         iou_threshold: SIoU above which the lower-scoring sphere is removed, in [0, 1].
         distance_ratio_threshold: R_DR below which the lower-scoring sphere is removed, in [0, 1).

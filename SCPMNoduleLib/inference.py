@@ -15,9 +15,9 @@ Pipeline of :meth:`Detector.detect`:
    maps get the tile's place in the whole resampled scan;
 4. the maps are decoded (:func:`~SCPMNoduleLib.coder.decode_detections`: top-n per level,
    sphere at grid point + offset with the predicted radius, levels merged), candidates whose
-   centre lies outside the scan's own voxels (the padding is not the patient) or outside the
+   center lies outside the scan's own voxels (the padding is not the patient) or outside the
    lungs dropped, SIoU-based NMS (:func:`~SCPMNoduleLib.geometry.sphere_nms`), at most
-   ``max_detections`` kept, and centres mapped to world LPS mm, radii to diameters in mm.
+   ``max_detections`` kept, and centers mapped to world LPS mm, radii to diameters in mm.
 
 Tiles, their margin and mirrored passes are :mod:`~SCPMNoduleLib.tiling`'s; devices, precision and
 out-of-memory detection :mod:`~SCPMNoduleLib.runtime`'s; checkpoints :mod:`~SCPMNoduleLib.checkpoint`'s
@@ -32,9 +32,11 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import EllipsisType
+from typing import cast
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,21 +45,25 @@ from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint
 from .coder import decode_detections
+from .config_dict import check_choice, invalid_setting
 from .detection import Detection
-from .errors import UserInputError
 from .geometry import sphere_nms
+from .lungs import LungFinding
 from .model import SCPMNet, fuse_batch_norm
 from .models import resolve_model
-from .lungs import LungFinding
 from .preprocess import PreparedScan, PreprocessConfig, prepare_scan
 from .runtime import PRECISIONS, autocast, autocast_dtype, is_out_of_memory, precision_name, resolve_device
 from .tiling import Tile, average_mirrored_maps, plan_tiles
+from .triples import float_triple, int_triple
 
 __all__ = ["DetectionCancelled", "DetectionResult", "Detector", "InferenceConfig", "Progress"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
+
+_MapIndex = tuple[EllipsisType | slice, ...]
+"""An index into a ``(B, C, z, y, x)`` map: ``...`` for ``B, C``, then one slice per spatial axis."""
 
 
 class DetectionCancelled(Exception):
@@ -81,7 +87,7 @@ class InferenceConfig:
             ``scpm-train tune`` reproduces these figures).
         max_tile_voxels: largest tile, in voxels (bounds the network's memory: the demo network
             peaks at about 80 bytes per voxel in fp32 on the CPU, so about 5 GB at 400^3).
-        tile_margin_vox: margin of each tile that only feeds the receptive field of its centre;
+        tile_margin_vox: margin of each tile that only feeds the receptive field of its center;
             rounded up to a multiple of the network's size divisor.
         min_side_vox: a crop shorter than this along an axis is padded to it (rounded up to the
             size divisor), so small scans get the context the network was trained with.
@@ -119,9 +125,8 @@ class InferenceConfig:
 
     def __post_init__(self) -> None:
         if set(self.mirror_axes) - set("zyx") or len(set(self.mirror_axes)) != len(self.mirror_axes):
-            raise UserInputError(f"mirror axes {self.mirror_axes!r}: expected distinct letters among z, y, x.")
-        if self.precision not in PRECISIONS:
-            raise UserInputError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}.")
+            raise invalid_setting(self, "mirror_axes", "is not distinct letters among z, y, x")
+        check_choice(self, "precision", PRECISIONS)
 
     def mirror_dims(self) -> list[tuple[int, ...]]:
         """The tensor dims ``(B, C, z, y, x)`` of each pass: ``()`` (the tile itself) first."""
@@ -194,7 +199,8 @@ class Detector:
             self.model = fuse_batch_norm(self.model)
         self.model = self.model.eval().to(self.device)
         if self.config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last_3d)
+            # torch's stub of Module.to lacks the memory_format keyword that Module.to accepts
+            self.model = self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
     @classmethod
     def from_checkpoint(cls, path_or_name: str | os.PathLike = "demo", device: str = "auto",
@@ -210,6 +216,16 @@ class Detector:
     @property
     def trained(self) -> bool:
         return bool(self.info.get("trained", True))
+
+    @property
+    def size_divisor(self) -> int:
+        """The network's ``size_divisor`` ``q``: every padded crop and tile side is a multiple of it."""
+        return cast(int, self.model.size_divisor)  # an attribute nn.Module's stub types as Tensor | Module
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """The network's stride (input voxels per grid step) of each output level."""
+        return tuple(cast(Sequence[int], self.model.strides))  # as size_divisor
 
     def detect(self, image: sitk.Image, progress: Progress | None = None,
                cancel: threading.Event | None = None) -> DetectionResult:
@@ -250,7 +266,7 @@ class Detector:
         start = time.perf_counter()
         report(0.0, "resample")
         preprocess = self.preprocess if self.config.lung_mask else replace(self.preprocess, lung_mask=False)
-        prepared = prepare_scan(image, preprocess, align=self.model.size_divisor)
+        prepared = prepare_scan(image, preprocess, align=self.size_divisor)
         timings_s["resample"] = time.perf_counter() - start
         start = time.perf_counter()
         forward = self._forward_tiled(prepared, report, cancel)
@@ -258,7 +274,7 @@ class Detector:
         return forward, prepared
 
     def _pad(self, prepared: PreparedScan) -> Tensor:
-        q = self.model.size_divisor
+        q = self.size_divisor
         volume = torch.from_numpy(prepared.image)
         smallest = math.ceil(self.config.min_side_vox / q) * q
         pad = [max(n + (-n) % q, smallest) - n for n in volume.shape]
@@ -273,8 +289,8 @@ class Detector:
         The fallback is this scan's only: the model goes back to :attr:`device` before returning.
         """
         volume = self._pad(prepared)
-        shape, q, margin = tuple(volume.shape[2:]), self.model.size_divisor, self.config.tile_margin_vox
-        device, max_voxels = self.device, self.config.max_tile_voxels
+        shape, q, margin = int_triple(volume.shape[2:]), self.size_divisor, self.config.tile_margin_vox
+        device, max_voxels = torch.device(self.device), self.config.max_tile_voxels  # a device since __post_init__
         try:
             while True:
                 tiles = plan_tiles(shape, q, margin, max_voxels)
@@ -316,8 +332,8 @@ class Detector:
             if cancel is not None and cancel.is_set():
                 raise DetectionCancelled("detection cancelled")
             report(0.05 + 0.9 * number / len(tiles), "forward")
-            box = tuple(slice(o, o + n) for o, n in zip(tile.origin, tile.size))
-            patch = volume[(slice(None), slice(None), *box)].to(device)
+            box = (slice(None), slice(None), *(slice(o, o + n) for o, n in zip(tile.origin, tile.size)))
+            patch = volume[box].to(device)
             patch = patch.contiguous(memory_format=memory_format)
             origin = torch.tensor([[o + c for o, c in zip(tile.origin, prepared.crop_start_zyx)]], device=device)
             with autocast(device, dtype):
@@ -326,23 +342,25 @@ class Detector:
             outputs = passes[0][1] if len(passes) == 1 else average_mirrored_maps(passes)
             if maps is None:
                 maps = [{key: torch.zeros((1, value.shape[1], *(n // s for n in shape)), device=device)
-                         for key, value in level.items()} for level, s in zip(outputs, self.model.strides)]
-            for level_outputs, level_maps, stride in zip(outputs, maps, self.model.strides):
-                own = tuple(slice(a // stride, b // stride) for a, b in zip(tile.own_start, tile.own_stop))
-                local = tuple(slice((a - o) // stride, (b - o) // stride)
-                              for a, b, o in zip(tile.own_start, tile.own_stop, tile.origin))
+                         for key, value in level.items()} for level, s in zip(outputs, self.strides)]
+            for level_outputs, level_maps, stride in zip(outputs, maps, self.strides):
+                own: _MapIndex = (..., *(slice(a // stride, b // stride)
+                                         for a, b in zip(tile.own_start, tile.own_stop)))
+                local: _MapIndex = (..., *(slice((a - o) // stride, (b - o) // stride)
+                                           for a, b, o in zip(tile.own_start, tile.own_stop, tile.origin)))
                 for key, value in level_outputs.items():
-                    level_maps[key][(..., *own)] = value[(..., *local)].float()
+                    level_maps[key][own] = value[local].float()
         report(0.95, "forward")
+        assert maps is not None, "plan_tiles gives at least one tile"
         return maps
 
     def decode(self, maps: list[dict[str, Tensor]], prepared: PreparedScan,
                config: InferenceConfig | None = None) -> list[Detection]:
         """Detections from :meth:`predict_maps`'s output, post-processed with ``config``
         (default: the detector's): top-n per level above the score threshold, lung mask, SIoU
-        NMS, the ``max_detections`` cap; centres in world LPS mm, most probable first."""
+        NMS, the ``max_detections`` cap; centers in world LPS mm, most probable first."""
         config = config or self.config
-        decoded = decode_detections(maps, self.model.strides, top_n=config.top_n,
+        decoded = decode_detections(maps, self.strides, top_n=config.top_n,
                                     score_threshold=config.score_threshold)[0]
         centers = decoded.centers_zyx_vox.double().cpu().numpy() + prepared.crop_start_zyx
         keep = prepared.keep(centers)
@@ -355,6 +373,6 @@ class Detector:
         kept = sphere_nms(centers_mm, radii_mm, scores, iou_threshold=config.nms_iou_threshold,
                           distance_ratio_threshold=config.nms_distance_ratio)[: config.max_detections]
         world = prepared.geometry.index_to_world(centers[keep][kept.numpy()])
-        return [Detection(tuple(float(v) for v in w), float(2.0 * r), float(p), int(lv))
+        return [Detection(float_triple(w), float(2.0 * r), float(p), int(lv))
                 for w, r, p, lv in zip(world, radii_mm[kept].tolist(), scores[kept].tolist(),
                                        levels[kept].tolist())]

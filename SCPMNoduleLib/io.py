@@ -90,15 +90,15 @@ class Findings:
     @classmethod
     def from_columns(
         cls,
-        seriesuids: Sequence[str],
+        seriesuids: np.ndarray | Sequence[str],
         centers_xyz_mm: np.ndarray | Sequence[Sequence[float]],
-        diameters_mm: Sequence[float] | None = None,
-        probabilities: Sequence[float] | None = None,
+        diameters_mm: np.ndarray | Sequence[float] | None = None,
+        probabilities: np.ndarray | Sequence[float] | None = None,
     ) -> Findings:
         n = len(seriesuids)
         centers = np.asarray(centers_xyz_mm, dtype=np.float64).reshape(n, 3)
 
-        def column(values: Sequence[float] | None) -> np.ndarray:
+        def column(values: np.ndarray | Sequence[float] | None) -> np.ndarray:
             return np.full(n, np.nan) if values is None else np.asarray(values, np.float64).reshape(n)
 
         return cls(np.asarray(seriesuids, dtype=str).reshape(n), centers, column(diameters_mm),
@@ -224,7 +224,7 @@ def _float_column(path: Path, header: list[str], rows: list[list[str]], name: st
     try:
         values = np.array([float(row[index]) for row in rows], dtype=np.float64)
     except ValueError as error:
-        raise UserInputError(f"{path}: column {name} holds a value that is not a number ({error}).")
+        raise UserInputError(f"{path}: column {name} holds a value that is not a number ({error}).") from None
     if not np.all(np.isfinite(values)):
         raise UserInputError(f"{path}: column {name} holds NaN or infinite values.")
     return values

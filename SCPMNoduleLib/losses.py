@@ -1,6 +1,6 @@
 """The training loss of SCPM-Net (paper section 3.4, eq. 16-20).
 
-Per head level, with targets from :func:`SCPMNoduleLib.matching.match_centre_points`
+Per head level, with targets from :func:`SCPMNoduleLib.matching.match_center_points`
 (labels 1 positive, 0 negative, -1 ignored) and ``p = sigmoid(logit)``:
 
 * Re-focal classification loss (eq. 16-17) in the standard binary focal form, with the
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from SCPMNoduleLib.config_dict import invalid_setting
+from SCPMNoduleLib.config_dict import check_choice, invalid_setting
 from SCPMNoduleLib.geometry import SIOU_PP_MODES, siou_pp_loss
 from SCPMNoduleLib.matching import LevelTargets
 
@@ -79,8 +79,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         """Refuse values the loss cannot use (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
-        if self.siou_mode not in SIOU_PP_MODES:
-            raise invalid_setting(self, "siou_mode", f"is not one of {', '.join(SIOU_PP_MODES)}")
+        check_choice(self, "siou_mode", SIOU_PP_MODES)
         if not 0.0 <= self.alpha <= 1.0:
             raise invalid_setting(self, "alpha", "is not in [0, 1]")
         for name in ("gamma", "refocal_weight", "siou_weight"):
@@ -101,7 +100,7 @@ def refocal_point_loss(logits: Tensor, labels: Tensor, config: LossConfig) -> Te
     """Per-point re-focal loss (eq. 16-17) before mining: 0 at ignored points.
 
     Args:
-        logits: ``(...)`` centre logits.
+        logits: ``(...)`` center logits.
         labels: ``(...)`` 1 positive, 0 negative, -1 ignored.
         config: alpha, gamma, refocal threshold and weight.
 

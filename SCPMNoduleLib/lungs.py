@@ -24,7 +24,7 @@ are treated alike):
    too), so airways stay only where they enter the lung, and left and right lungs that touch at a
    thin junction come apart.
 4. **Lung or gas**: the cores of each air component are grouped by side (patient left or right of
-   the body's centre); such a group is a lung when its volume is at least ``min_lung_fraction·L³``
+   the body's center); such a group is a lung when its volume is at least ``min_lung_fraction·L³``
    (adult lungs: 0.06-0.2 L³ each; bowel gas and lung bases in an abdominal scan: under 0.013 L³)
    and at most ``max_pure_air_fraction`` of its blocks are below ``pure_air_hu`` (averaged lung
    parenchyma is -700 to -900 HU; gas in the bowel or stomach is pure air where it is thick).
@@ -45,6 +45,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .scan_geometry import ScanGeometry
+from .triples import float_triple
 
 __all__ = ["LEFT", "RIGHT", "AirGroup", "LungFinderConfig", "LungFinding", "find_lungs"]
 
@@ -64,7 +65,7 @@ class LungFinderConfig:
         pure_air_hu: a block below this holds gas, not lung parenchyma.
         opening_fraction: radius of the opening that cuts the airways off, over ``L``.
         midline_fraction: the mediastinum (trachea, main bronchi) lies within this times ``L``
-            of the body's centre (patient's left-right); outside it, thin air joins its lung
+            of the body's center (patient's left-right); outside it, thin air joins its lung
             wherever it is (apex, costophrenic recesses).
         min_lung_fraction: smallest lung, as a volume over ``L³``.
         max_pure_air_fraction: largest share of a lung's blocks below ``pure_air_hu``.
@@ -89,13 +90,13 @@ class AirGroup:
     """The measurements of one candidate: the thick air of one air component on one side.
 
     Attributes:
-        side: :data:`RIGHT` or :data:`LEFT` (patient's side of the body's centre).
+        side: :data:`RIGHT` or :data:`LEFT` (patient's side of the body's center).
         volume_ml: its volume.
         size_fraction: ``volume / L³``.
         pure_air_fraction: share of its blocks below ``pure_air_hu``.
         median_hu: median of its blocks' averaged HU.
         depth_mm: radius of the largest ball inside it.
-        centre_xyz_mm: its centroid, world LPS.
+        center_xyz_mm: its centroid, world LPS.
         is_lung: whether it passed.
     """
 
@@ -105,7 +106,7 @@ class AirGroup:
     pure_air_fraction: float
     median_hu: float
     depth_mm: float
-    centre_xyz_mm: tuple[float, float, float]
+    center_xyz_mm: tuple[float, float, float]
     is_lung: bool
 
 
@@ -125,7 +126,7 @@ class LungFinding:
         box_start_zyx, box_stop_zyx: the region's bounding box in voxels of the input grid
             (``stop`` exclusive, clipped to the grid); the whole grid when no lungs were found.
         box_min_xyz_mm, box_max_xyz_mm: the same box in world LPS mm (the corner voxels'
-            centres; the axis-aligned hull of the 8 corners when the grid is oblique).
+            centers; the axis-aligned hull of the 8 corners when the grid is oblique).
         body_size_mm: ``L``.
         groups: every candidate measured, lungs and rejected gas.
         reason: empty when lungs were found, else why not (a phrase).
@@ -161,8 +162,8 @@ class LungFinding:
 
 
 def _sample(image: sitk.Image, coarse: ScanGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """The CT averaged over about one block and sampled at the blocks' centres (float32 HU,
-    nearest value beyond the image), and which blocks' centres lie inside the image."""
+    """The CT averaged over about one block and sampled at the blocks' centers (float32 HU,
+    nearest value beyond the image), and which blocks' centers lie inside the image."""
     spacing = np.asarray(image.GetSpacing())
     factors = np.clip(np.floor(coarse.spacing_xyz_mm / spacing + 1e-6), 1, image.GetSize()).astype(int)
     shrunk = sitk.BinShrink(image, [int(f) for f in factors]) if factors.max() > 1 else image
@@ -197,7 +198,7 @@ def _axial_axis(direction: np.ndarray) -> int:
 
 def _in_plane(normal: int) -> np.ndarray:
     structure = np.zeros((3, 3, 3), dtype=bool)
-    index = [slice(None)] * 3
+    index: list[slice | int] = [slice(None)] * 3
     index[normal] = 1
     structure[tuple(index)] = ndimage.generate_binary_structure(2, 1)
     return structure
@@ -274,15 +275,15 @@ def _thick_air(air_labels: np.ndarray, spacing_zyx: np.ndarray, radius_mm: float
 
 
 def _measure_groups(hu: np.ndarray, parts: np.ndarray, depth: np.ndarray,
-                    component_of_part: np.ndarray, to_world, body_centre_x: float, size_mm: float,
+                    component_of_part: np.ndarray, to_world, body_center_x: float, size_mm: float,
                     block_ml: float, inside: np.ndarray, config: LungFinderConfig
                     ) -> tuple[np.ndarray, list[AirGroup]]:
     """Step 4: ``(group_map, groups)``: parts grouped by (air component, side), measured and
     judged; ``group_map`` holds each voxel's 1-based index into ``groups`` (0: none)."""
     count = len(component_of_part) - 1
     index = np.arange(1, count + 1)
-    centres = np.asarray(ndimage.center_of_mass(parts > 0, parts, index)).reshape(-1, 3)
-    side_of_part = np.where(to_world(centres)[:, 0] >= body_centre_x, LEFT, RIGHT)
+    centers = np.asarray(ndimage.center_of_mass(parts > 0, parts, index)).reshape(-1, 3)
+    side_of_part = np.where(to_world(centers)[:, 0] >= body_center_x, LEFT, RIGHT)
     keys = sorted(set(zip(component_of_part[1:].tolist(), side_of_part.tolist())))
     group_of_part = np.zeros(count + 1, dtype=np.int64)
     group_of_part[1:] = [keys.index(key) + 1 for key in zip(component_of_part[1:].tolist(),
@@ -295,10 +296,10 @@ def _measure_groups(hu: np.ndarray, parts: np.ndarray, depth: np.ndarray,
         volume = float(np.count_nonzero(where & inside)) * block_ml
         fraction = volume / (size_mm / 10.0) ** 3
         pure = float(np.mean(values < config.pure_air_hu))
-        centre = to_world(np.mean(np.argwhere(where), axis=0))
+        center = to_world(np.mean(np.argwhere(where), axis=0))
         is_lung = fraction >= config.min_lung_fraction and pure <= config.max_pure_air_fraction
         groups.append(AirGroup(int(side), volume, fraction, pure, float(np.median(values)),
-                               float(depth[where].max()), tuple(float(v) for v in centre), is_lung))
+                               float(depth[where].max()), float_triple(center), is_lung))
     return group_map, groups
 
 
@@ -339,19 +340,19 @@ def _find_at(image: sitk.Image, grid: ScanGeometry, block: int, config: LungFind
         return coarse.index_to_world(np.asarray(index_zyx) + low)
 
     radius_mm = config.opening_fraction * size_mm
-    body_centre_x = float(coarse.index_to_world(np.mean(np.argwhere(body), axis=0))[0])
+    body_center_x = float(coarse.index_to_world(np.mean(np.argwhere(body), axis=0))[0])
     steps_x = coarse.direction[0] * coarse.spacing_xyz_mm  # world x per index step (x, y, z)
     shape = tuple(s.stop - s.start for s in crop)
     x_mm = float(to_world(np.zeros(3))[0]) + sum(
         (steps_x[2 - axis] * np.arange(n)).reshape([n if a == axis else 1 for a in range(3)])
         for axis, n in enumerate(shape))
-    lateral = np.abs(x_mm - body_centre_x) >= config.midline_fraction * size_mm
+    lateral = np.abs(x_mm - body_center_x) >= config.midline_fraction * size_mm
     parts, depth, component_of_part = _thick_air(air_labels[crop], spacing_zyx, radius_mm, lateral)
     if len(component_of_part) == 1:
         return _no_lungs(coarse, block, grid, size_mm,
                          f"no air inside the body thicker than {2 * radius_mm:.0f} mm")
     group_map, groups = _measure_groups(hu[crop], parts, depth, component_of_part, to_world,
-                                        body_centre_x, size_mm, block_ml, inside[crop], config)
+                                        body_center_x, size_mm, block_ml, inside[crop], config)
     lung_groups = [g for g, group in enumerate(groups, start=1) if group.is_lung]
     if not lung_groups:
         biggest = max(groups, key=lambda group: group.volume_ml)
@@ -370,7 +371,8 @@ def _find_at(image: sitk.Image, grid: ScanGeometry, block: int, config: LungFind
     region[crop] = labels[crop] > 0
     if config.margin_mm > 0:
         region[crop] = ndimage.distance_transform_edt(~region[crop], sampling=spacing_zyx) <= config.margin_mm
-    volumes = tuple(float(np.count_nonzero((labels == side) & inside)) * block_ml for side in (RIGHT, LEFT))
+    right, left = (float(np.count_nonzero((labels == side) & inside)) * block_ml for side in (RIGHT, LEFT))
+    volumes = (right, left)
     where = np.argwhere(region)
     start = where.min(axis=0) * block
     stop = np.minimum((where.max(axis=0) + 1) * block, grid.shape_zyx)

@@ -1,10 +1,10 @@
-"""Centre-points matching (paper section 3.2): per-level classification and regression targets.
+"""Center-points matching (paper section 3.2): per-level classification and regression targets.
 
 For every head level (stride ``s``, output points ``p(j) = j*s + (s-1)/2`` in input voxels, see
-:mod:`SCPMNoduleLib.coder`) and every nodule of a patch (centre ``c``, radius ``r``, input
+:mod:`SCPMNoduleLib.coder`) and every nodule of a patch (center ``c``, radius ``r``, input
 voxels = mm):
 
-1. distances ``d(n, j) = ||c_n - p(j)||_2`` between the nodule centres and all points;
+1. distances ``d(n, j) = ||c_n - p(j)||_2`` between the nodule centers and all points;
 2. the ``K = top_k`` nearest points of nodule ``n`` (ties broken by the lower flat point index)
    are its *claimed* points ``T_n``;
 3. a point claimed by several kept nodules is positive for the nearest of them (equal
@@ -12,7 +12,7 @@ voxels = mm):
    loses a contested point is not given a replacement;
 4. the ignore shell: a point that is not positive is ignored (label -1) when it lies within
    ``ignore_dilation`` grid steps, per axis (Chebyshev distance on the grid), of a claimed point
-   of some nodule, or strictly closer than ``ignore_radius_factor * r_n`` to the centre of some
+   of some nodule, or strictly closer than ``ignore_radius_factor * r_n`` to the center of some
    nodule ``n``. The authors' reference code (CPMNetv2) ignores the ``26 * K`` points that
    come next in distance after the ``K`` positives; the 26-neighbourhood of each claimed point
    used here is a smaller shell of the same idea that does not grow where the patch border cuts
@@ -25,7 +25,7 @@ Nodules cut by the patch border. The patch covers ``[-0.5, L - 0.5]`` per axis (
 covers ``[i - 0.5, i + 0.5]``). The fraction of each sphere's volume inside the patch is
 estimated on a fixed quasi-random (Halton) set of points filling the unit ball. A nodule is
 *kept* (its claimed points become positives) when that fraction is at least
-``min_visible_fraction`` and its centre lies in the patch; a nodule that is partly visible but
+``min_visible_fraction`` and its center lies in the patch; a nodule that is partly visible but
 not kept keeps its ignore region (claimed points, shell and body) but gets no positives; a
 nodule with no visible volume has no effect at all.
 
@@ -40,8 +40,8 @@ appearance.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,15 +51,17 @@ from SCPMNoduleLib.coder import encode_spheres, grid_points_zyx_vox
 from SCPMNoduleLib.config_dict import invalid_setting
 from SCPMNoduleLib.quasirandom import unit_ball_samples
 
+__all__ = ["LevelTargets", "MatchingConfig", "match_center_points", "sphere_fraction_inside_patch"]
+
 
 @dataclass
 class MatchingConfig:
-    """Hyper-parameters of centre-points matching (see the module docstring for the rules).
+    """Hyper-parameters of center-points matching (see the module docstring for the rules).
 
     Attributes:
         top_k: positives per nodule and level (paper: K = 7).
         ignore_dilation: grid steps (per axis) around each claimed point that are ignored.
-        ignore_radius_factor: points closer than this times the radius to a centre are ignored.
+        ignore_radius_factor: points closer than this times the radius to a center are ignored.
         min_visible_fraction: smallest fraction of a sphere's volume inside the patch for the
             nodule to be trained on as a positive.
         visibility_samples: quasi-random samples used to estimate that fraction.
@@ -122,13 +124,13 @@ def sphere_fraction_inside_patch(
     Deterministic; the error is below 0.01 at the default 4096 samples (about 2100 in the ball).
 
     Args:
-        centers_zyx_vox: ``(N, 3)`` centres, input voxels.
+        centers_zyx_vox: ``(N, 3)`` centers, input voxels.
         radii_vox: ``(N,)`` radii, input voxels.
         patch_shape_zyx: ``(D, H, W)`` of the patch.
         num_samples: Halton points drawn in the cube ``[-1, 1]^3`` (about half land in the ball).
 
     Returns:
-        ``(N,)`` fractions in ``[0, 1]``, the centres' dtype.
+        ``(N,)`` fractions in ``[0, 1]``, the centers' dtype.
     """
     unit = torch.from_numpy(unit_ball_samples(num_samples).copy()).to(centers_zyx_vox)
     samples = centers_zyx_vox[:, None, :] + radii_vox[:, None, None] * unit[None]
@@ -154,10 +156,10 @@ def _visible_nodules(
     first ``num_annotated`` spheres, the nodules, can be; the others are ignored findings)."""
     fraction = sphere_fraction_inside_patch(centers, radii, patch_shape_zyx, config.visibility_samples)
     upper = torch.as_tensor(patch_shape_zyx, dtype=centers.dtype, device=centers.device) - 0.5
-    centre_inside = ((centers >= -0.5) & (centers <= upper)).all(dim=-1)
+    center_inside = ((centers >= -0.5) & (centers <= upper)).all(dim=-1)
     visible = torch.nonzero(fraction > 0).squeeze(1)
     annotated = torch.arange(centers.shape[0], device=centers.device) < num_annotated
-    kept = (fraction >= config.min_visible_fraction) & centre_inside & annotated
+    kept = (fraction >= config.min_visible_fraction) & center_inside & annotated
     return visible, kept[visible]
 
 
@@ -217,17 +219,17 @@ def _check_spheres(what: str, centers_per_patch: Sequence[Tensor], radii_per_pat
     """Raise ``ValueError`` unless there is one ``(N, 3)`` / ``(N,)`` finite pair per patch, radii > 0."""
     if len(centers_per_patch) != num_patches or len(radii_per_patch) != num_patches:
         raise ValueError(
-            f"got {what} centres for {len(centers_per_patch)} patches and radii for {len(radii_per_patch)}, "
+            f"got {what} centers for {len(centers_per_patch)} patches and radii for {len(radii_per_patch)}, "
             f"expected {num_patches}"
         )
     for centers, radii in zip(centers_per_patch, radii_per_patch):
         if centers.ndim != 2 or centers.shape[1] != 3 or radii.shape != centers.shape[:1]:
-            raise ValueError(f"{what} centres {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match")
+            raise ValueError(f"{what} centers {tuple(centers.shape)} and radii {tuple(radii.shape)} do not match")
         if not (torch.isfinite(centers).all() and torch.isfinite(radii).all() and (radii > 0).all()):
-            raise ValueError(f"{what} centres must be finite and radii finite and positive")
+            raise ValueError(f"{what} centers must be finite and radii finite and positive")
 
 
-def match_centre_points(
+def match_center_points(
     nodule_centers_zyx_vox: Sequence[Tensor],
     nodule_radii_vox: Sequence[Tensor],
     patch_shape_zyx: Sequence[int],
@@ -243,7 +245,7 @@ def match_centre_points(
     levels and patches only.
 
     Args:
-        nodule_centers_zyx_vox: per patch, ``(N_b, 3)`` nodule centres in the patch's input
+        nodule_centers_zyx_vox: per patch, ``(N_b, 3)`` nodule centers in the patch's input
             voxels (may lie outside the patch; ``N_b`` may be 0).
         nodule_radii_vox: per patch, ``(N_b,)`` radii in input voxels, > 0.
         patch_shape_zyx: ``(D, H, W)``, each a multiple of every stride.
@@ -262,7 +264,7 @@ def match_centre_points(
         ignored_centers_zyx_vox = [c.new_zeros((0, 3)) for c in nodule_centers_zyx_vox]
         ignored_radii_vox = [c.new_zeros(0) for c in nodule_centers_zyx_vox]
     if ignored_centers_zyx_vox is None or ignored_radii_vox is None:
-        raise ValueError("ignored findings need both their centres and their radii")
+        raise ValueError("ignored findings need both their centers and their radii")
     for what, centers_per_patch, radii_per_patch in (
         ("nodule", nodule_centers_zyx_vox, nodule_radii_vox),
         ("ignored-finding", ignored_centers_zyx_vox, ignored_radii_vox),

@@ -11,7 +11,7 @@ An encoder-decoder of residual blocks of 3x3x3 convolutions with BatchNorm and R
 * decoder levels from stride 2^(S-1) up to the finest head stride: a 2x2x2 transposed
   convolution, concatenation with the encoder's skip features and the coordinate map, residual
   blocks and SE;
-* a head on each of the last ``head_levels`` decoder levels giving the centre logits (1 channel),
+* a head on each of the last ``head_levels`` decoder levels giving the center logits (1 channel),
   the radius (1 channel, softplus so >= 0) and the offset (3 channels, z y x), all in that
   level's grid voxels (the grid convention is ``coder.py``'s: output point j stands for the input
   voxel coordinate p(j) = j*s + (s-1)/2).
@@ -22,7 +22,7 @@ deliberate difference: by default SE squeezes over a local window (``se_context`
 instead of the whole patch. A global squeeze makes every output depend on the whole input, so a
 model run on tiles of another size than its training patches would see other attention gates;
 with the local squeeze the network is equivariant to shifts by multiples of ``size_divisor`` and
-has a finite receptive field, so the centre of a tile whose origin is a multiple of
+has a finite receptive field, so the center of a tile whose origin is a multiple of
 ``size_divisor`` and whose margin is wide enough gives the numbers of a whole-volume pass
 (``benchmarks/model_cost.py`` measures how wide). ``se_context=0`` restores the paper's global
 squeeze.
@@ -91,7 +91,7 @@ class SCPMNetConfig:
             decoder level.
         use_dilated_fusion: end the encoder with the dilated fusion block.
         dilations: dilation rates of the fusion block's convolutions.
-        prior_probability: initial centre probability everywhere; the classification bias is
+        prior_probability: initial center probability everywhere; the classification bias is
             initialised to log(p / (1 - p)) (RetinaNet's prior initialisation).
         head_init_std: standard deviation of the normal init of the heads' output convolutions.
     """
@@ -201,7 +201,7 @@ def coordinate_map(
 
 
 def _box_mean(x: Tensor, kernel_size: int, dim: int) -> Tensor:
-    """Mean of x over a centred window of odd ``kernel_size`` along ``dim``, inside the tensor.
+    """Mean of x over a centered window of odd ``kernel_size`` along ``dim``, inside the tensor.
 
     y_i = (S_{min(i+r+1, n)} - S_{max(i-r, 0)}) / (min(i+r+1, n) - max(i-r, 0)), r = kernel_size//2,
     with S_k = x_0 + ... + x_{k-1} the running sum: two reads per output whatever the window, where
@@ -300,7 +300,7 @@ class DilatedFusion(nn.Module):
 
 
 class DetectionHead(nn.Module):
-    """conv3^3-BN-ReLU, then 1x1x1 projections to centre logits (1), radius (1), offset (3).
+    """conv3^3-BN-ReLU, then 1x1x1 projections to center logits (1), radius (1), offset (3).
 
     The projections run in float32 (outside autocast) so that low-precision features still give
     finely ordered probabilities; every output is float32.

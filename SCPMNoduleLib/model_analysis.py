@@ -88,22 +88,22 @@ def gradient_receptive_field(
     quantiles: Sequence[float] = (0.99, 0.999),
     generator: torch.Generator | None = None,
 ) -> ReceptiveField:
-    """Useful receptive field of the centre output point, measured by its input gradient.
+    """Useful receptive field of the center output point, measured by its input gradient.
 
     A standard-normal input x of ``input_shape`` (B=1, C, D, H, W) is drawn, y = logit_map(x)
     (shape (1, 1, d, h, w) on a stride-``stride`` grid) is evaluated and the gradient
-    g = d y[j_c] / d x of the centre point j_c = (d // 2, h // 2, w // 2) is taken; each input
+    g = d y[j_c] / d x of the center point j_c = (d // 2, h // 2, w // 2) is taken; each input
     voxel v then has weight |g_v| (summed over channels) and distance ||v - p(j_c)||_inf with
     p(j) = j*s + (s-1)/2. The radius for share q is the smallest distance whose ball holds q of
     the total weight. For a tile margin, use the radius of the share one trusts (0.999 is safe).
     """
     x = torch.randn(tuple(input_shape), generator=generator).requires_grad_(True)
     y = logit_map(x)
-    centre = [n // 2 for n in y.shape[2:]]
-    y[tuple([0, 0, *centre])].backward()
+    center = [n // 2 for n in y.shape[2:]]
+    y[tuple([0, 0, *center])].backward()
     assert x.grad is not None
     weight = x.grad.abs().sum(dim=(0, 1)).flatten().double()
-    point = torch.stack([grid_positions_vox(j + 1, stride, dtype=torch.float64)[j] for j in centre])
+    point = torch.stack([grid_positions_vox(j + 1, stride, dtype=torch.float64)[j] for j in center])
     index = torch.stack(
         torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in x.shape[2:]), indexing="ij"),
         dim=-1,

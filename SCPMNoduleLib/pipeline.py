@@ -29,6 +29,23 @@ from .lungs import LungFinding
 from .plotting import save_detection_slices
 from .preprocess import NoLungsError
 
+__all__ = [
+    "ADULT_LUNG_VOLUME_ML",
+    "BATCH_CANDIDATES_NAME",
+    "DemoResult",
+    "FORMATS",
+    "OUTPUT_SUFFIXES",
+    "SUMMARY_NAME",
+    "ScanProgress",
+    "ScanResult",
+    "detect_files",
+    "detect_scan",
+    "lung_summary",
+    "match_to_truth",
+    "parse_formats",
+    "run_demo",
+]
+
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "json", "mrk")
@@ -209,7 +226,7 @@ class DemoResult:
 
 def match_to_truth(detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
                    truth_diameters_mm: np.ndarray) -> np.ndarray:
-    """For each detection the nearest true nodule whose sphere holds its centre
+    """For each detection the nearest true nodule whose sphere holds its center
     (:func:`~SCPMNoduleLib.evaluation.luna16_hit`), else -1."""
     centers = np.asarray([d.center_xyz_mm for d in detections], dtype=np.float64).reshape(-1, 3)
     if truth_xyz_mm.size == 0:
@@ -223,21 +240,20 @@ def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size
              progress: ScanProgress | None = None) -> DemoResult:
     """Make a phantom, detect on it, and write ``demo_phantom.mha``, its truth
     (``demo_truth.csv``), the detections (CSV, JSON, markups) and ``demo_detections.png``."""
-    from .phantom import make_phantom
+    from .phantom import annotation_table, make_phantom
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     image, nodules = make_phantom(seed, size)
-    included = [n for n in nodules if n.included]
-    truth_xyz = np.asarray([n.center_xyz_mm for n in included], dtype=np.float64).reshape(-1, 3)
-    truth_diameters = np.asarray([n.diameter_mm for n in included], dtype=np.float64)
+    truth = annotation_table("demo_phantom", [n for n in nodules if n.included])
+    truth_xyz, truth_diameters = truth.centers_xyz_mm, truth.diameters_mm
     scan_path = out_dir / "demo_phantom.mha"
     scan_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_dir / ".demo_phantom.tmp.mha"
     sitk.WriteImage(image, str(tmp_path))
     os.replace(tmp_path, scan_path)
     truth_path = out_dir / "demo_truth.csv"
-    write_annotations(truth_path, Findings.from_columns(["demo_phantom"] * len(included), truth_xyz, truth_diameters))
+    write_annotations(truth_path, truth)
     result = detect_scan(scan_path, out_dir, detector, FORMATS, progress)
     if not result.ok:
         raise (UserInputError if result.bad_input else RuntimeError)(result.error)

@@ -50,11 +50,11 @@ def save_orthogonal_slices(image: sitk.Image, path: str | os.PathLike,
                            center_zyx_vox: Sequence[float] | None = None, diameter_mm: float = 0.0,
                            title: str = "", window_hu: tuple[float, float] = CT_WINDOW_HU) -> None:
     """A PNG with the axial, coronal and sagittal slices (in the image's own axes) through
-    ``center_zyx_vox`` (continuous array index; the volume's centre when None), with a circle
+    ``center_zyx_vox`` (continuous array index; the volume's center when None), with a circle
     round the cross-section of the sphere of ``diameter_mm`` there, in a CT window (HU).
 
     In each view the circle's radius is the sphere's cross-section in that slice,
-    sqrt((d / 2)² - o²) for a slice ``o`` mm off the centre, plus a 1.5 mm margin (at least
+    sqrt((d / 2)² - o²) for a slice ``o`` mm off the center, plus a 1.5 mm margin (at least
     2.5 mm, so that small nodules stay visible). Coronal and sagittal views have the superior
     end at the top; every view is drawn to scale in millimetres.
     """
@@ -66,7 +66,7 @@ def save_orthogonal_slices(image: sitk.Image, path: str | os.PathLike,
     center = np.asarray(center_zyx_vox) if marked else (np.asarray(array.shape) - 1) / 2.0
     k, j, i = (int(np.clip(round(c), 0, n - 1)) for c, n in zip(center, array.shape))
     nz, ny, nx = array.shape
-    views = [  # name, slice, (horizontal, vertical) extents in mm, marked centre (h, v), off-plane mm
+    views = [  # name, slice, (horizontal, vertical) extents in mm, marked center (h, v), off-plane mm
         ("axial", array[k], (nx * sx, ny * sy), (center[2] * sx, center[1] * sy), (k - center[0]) * sz),
         ("coronal", array[:, j], (nx * sx, nz * sz), (center[2] * sx, center[0] * sz), (j - center[1]) * sy),
         ("sagittal", array[:, :, i], (ny * sy, nz * sz), (center[1] * sy, center[0] * sz),
@@ -136,7 +136,7 @@ def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], tr
 class FROCCurveLike(Protocol):
     """What :func:`plot_froc` reads of a FROC curve (``froc.FROCCurve``)."""
 
-    def at(self, fp_rates: Sequence[float]) -> np.ndarray:
+    def at(self, fp_rates: np.ndarray | Sequence[float]) -> np.ndarray:
         """Sensitivity at ``fp_rates``."""
         ...
 
@@ -183,23 +183,23 @@ def fp_rate_label(rate: float) -> str:
 def plot_froc(results: Mapping[str, FROCRun], path: str | os.PathLike, title: str = "FROC") -> None:
     """Write a PNG of the FROC curves: log2 FP axis from the first to the last rate, band, points.
 
-    Each run is one colour: the curve, its bootstrap band shaded, its sensitivities at the FP
+    Each run is one color: the curve, its bootstrap band shaded, its sensitivities at the FP
     rates marked, its CPM (and band) in the legend.
     """
     figure = _figure((7.5, 5.5), dpi=120)
     axes = figure.add_subplot()
-    colours = [f"C{i % 10}" for i in range(len(results))]
-    for colour, (label, result) in zip(colours, results.items()):
+    colors = [f"C{i % 10}" for i in range(len(results))]
+    for color, (label, result) in zip(colors, results.items()):
         rates = np.asarray(result.fp_rates)
         grid = np.geomspace(rates.min(), rates.max(), 512)
         text = f"{label}: CPM {result.cpm:.3f}"
         if result.bootstrap is not None:
             b = result.bootstrap
-            axes.fill_between(b.grid_fps_per_scan, b.grid_lower, b.grid_upper, color=colour, alpha=0.18,
+            axes.fill_between(b.grid_fps_per_scan, b.grid_lower, b.grid_upper, color=color, alpha=0.18,
                               linewidth=0)
             text += f" [{b.cpm_lower:.3f}, {b.cpm_upper:.3f}]"
-        axes.plot(grid, result.curve.at(grid), color=colour, linewidth=2, label=text)
-        axes.plot(rates, result.sensitivities, "o", color=colour, markersize=6, markeredgecolor="white",
+        axes.plot(grid, result.curve.at(grid), color=color, linewidth=2, label=text)
+        axes.plot(rates, result.sensitivities, "o", color=color, markersize=6, markeredgecolor="white",
                   clip_on=False, zorder=3)
     rates = np.asarray(next(iter(results.values())).fp_rates)
     axes.set_xscale("log", base=2)

@@ -33,6 +33,18 @@ from .config_dict import dataclass_from_dict, invalid_setting
 from .errors import UserInputError
 from .lungs import LungFinderConfig, LungFinding, find_lungs
 from .scan_geometry import ScanGeometry
+from .triples import int_triple
+
+__all__ = [
+    "NoLungsError",
+    "PREPROCESS_VERSION",
+    "PreparedScan",
+    "PreprocessConfig",
+    "RETIRED_SETTINGS",
+    "prepare_scan",
+    "resample_onto",
+    "resampled_geometry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +85,11 @@ class PreprocessConfig:
     pad_hu: float = -1200.0
 
     def __post_init__(self) -> None:
-        """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        """Refuse settings no scan can be prepared with (:func:`~SCPMNoduleLib.config_dict.invalid_setting`),
+        and numbers written under another version's meaning."""
+        if self.version != PREPROCESS_VERSION:
+            raise UserInputError(f"pre-processing version {self.version!r} is not the version {PREPROCESS_VERSION} "
+                                 "this program reads.")
         spacing = self.spacing_xyz_mm
         if len(spacing) != 3 or not all(math.isfinite(v) and v > 0 for v in spacing):
             raise invalid_setting(self, "spacing_xyz_mm", "is not three positive spacings")
@@ -112,14 +128,14 @@ def resampled_geometry(image: sitk.Image, spacing_xyz_mm: tuple[float, float, fl
     """The grid of ``image`` resampled to ``spacing_xyz_mm`` in its own axes.
 
     Origin and direction are kept; the size is ``floor((n - 1) · s / s') + 1`` per axis, so
-    every new voxel centre lies inside the old grid's extent and index ↔ world stays one
+    every new voxel center lies inside the old grid's extent and index ↔ world stays one
     affine map (see the module docstring).
     """
     old = ScanGeometry.from_image(image)
     new_spacing = np.asarray(spacing_xyz_mm, dtype=np.float64)
     old_size_xyz = np.asarray(old.shape_zyx[::-1], dtype=np.float64)
     size_xyz = np.floor((old_size_xyz - 1) * old.spacing_xyz_mm / new_spacing + 1e-6).astype(int) + 1
-    return ScanGeometry(tuple(int(n) for n in size_xyz[::-1]), old.origin_xyz_mm, new_spacing, old.direction)
+    return ScanGeometry(int_triple(size_xyz[::-1]), old.origin_xyz_mm, new_spacing, old.direction)
 
 
 def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0),
@@ -209,6 +225,6 @@ def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) ->
             raise NoLungsError(lungs.reason)
         start, stop = lungs.box_start_zyx // align * align, lungs.box_stop_zyx
         log.info("lung crop %s of %s voxels", tuple(int(n) for n in stop - start), geometry.shape_zyx)
-    crop = resample_onto(image, geometry, start, tuple(int(n) for n in stop - start))
+    crop = resample_onto(image, geometry, start, int_triple(stop - start))
     return PreparedScan(config.normalize(sitk.GetArrayViewFromImage(crop)), geometry, start, lungs,
                         ScanGeometry.from_image(image))

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from .triples import int_triple
+
 __all__ = ["ScanGeometry"]
 
 
@@ -35,7 +37,7 @@ class ScanGeometry:
 
     @classmethod
     def from_image(cls, image: sitk.Image) -> ScanGeometry:
-        return cls(tuple(int(n) for n in reversed(image.GetSize())),
+        return cls(int_triple(reversed(image.GetSize())),
                    np.asarray(image.GetOrigin(), dtype=np.float64),
                    np.asarray(image.GetSpacing(), dtype=np.float64),
                    np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
@@ -58,14 +60,14 @@ class ScanGeometry:
 
     def coarsened(self, block: int) -> ScanGeometry:
         """The grid of blocks of ``block`` voxels per side: coarse voxel ``c`` stands for the
-        continuous index ``b·c + (b - 1)/2`` of this grid (the block's centre) and covers its voxels
+        continuous index ``b·c + (b - 1)/2`` of this grid (the block's center) and covers its voxels
         ``[b·c, b·c + b)``."""
-        return ScanGeometry(tuple(-(-n // block) for n in self.shape_zyx),  # type: ignore[arg-type]
+        return ScanGeometry(int_triple(-(-n // block) for n in self.shape_zyx),
                             self.index_to_world(np.full(3, (block - 1) / 2)), self.spacing_xyz_mm * block,
                             self.direction)
 
     def world_box(self, start_zyx: np.ndarray, stop_zyx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The world LPS mm ``(min_xyz, max_xyz)`` of the voxel centres of the box ``[start, stop)``:
+        """The world LPS mm ``(min_xyz, max_xyz)`` of the voxel centers of the box ``[start, stop)``:
         the axis-aligned hull of its 8 corner voxels (the box itself when the grid is not oblique)."""
         corners = np.array([[(start_zyx, np.asarray(stop_zyx) - 1)[k][axis] for axis, k in enumerate(bits)]
                             for bits in np.ndindex(2, 2, 2)], dtype=np.float64)

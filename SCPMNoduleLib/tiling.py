@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .triples import int_triple
+
 __all__ = ["MirroredMaps", "Tile", "average_mirrored_maps", "plan_tiles"]
 
 
@@ -86,7 +88,7 @@ def plan_tiles(shape_zyx: tuple[int, int, int], divisor: int, margin: int, max_v
     else:
         best = np.lexsort(((tile_voxels * count).ravel(), tile_voxels.ravel()))[0]
     chosen = [options[axis][k] for axis, k in enumerate(np.unravel_index(best, tile_voxels.shape))]
-    size = tuple(int(side) for side, _ in chosen)
+    size = int_triple(side for side, _ in chosen)
     return [Tile((z[0], y[0], x[0]), size, (z[1], y[1], x[1]), (z[2], y[2], x[2]))
             for z in chosen[0][1] for y in chosen[1][1] for x in chosen[2][1]]
 
@@ -101,7 +103,7 @@ def average_mirrored_maps(passes: Sequence[MirroredMaps]) -> list[dict[str, Tens
     Each pass is ``(dims, maps)``: the maps of the input flipped along tensor ``dims`` (of
     ``(B, C, z, y, x)``). A tile's side is a multiple of each stride ``s``, so flipping it maps
     grid point ``p = j s + (s - 1) / 2`` to ``L - 1 - p``, another grid point, and a sphere
-    centred at ``c`` to ``L - 1 - c``: the maps are flipped back along ``dims`` and the offset
+    centered at ``c`` to ``L - 1 - c``: the maps are flipped back along ``dims`` and the offset
     ``(c - p) / s`` changes sign along those axes; the radius is unchanged. The result holds
     the mean probability (as ``logits = logit(mean sigmoid)``), mean radius and mean offset.
     """
@@ -110,7 +112,7 @@ def average_mirrored_maps(passes: Sequence[MirroredMaps]) -> list[dict[str, Tens
              for dims, _ in passes]
     levels = []
     for level in range(len(passes[0][1])):
-        probability = radius = offset = 0.0
+        probability = radius = offset = torch.zeros((), device=device)
         for (dims, maps), sign in zip(passes, signs):
             out = maps[level]
             probability = probability + torch.sigmoid(out["logits"].float()).flip(dims)

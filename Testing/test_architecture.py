@@ -135,3 +135,44 @@ def test_imports_go_one_way():
 def test_no_module_grows_past_a_few_hundred_lines(name):
     lines = len(_modules()[name].read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines; split it by idea"
+
+
+def _top_level_definitions(tree: ast.Module) -> set[str]:
+    """Names a module's top level binds: functions, classes, assignments and imports."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):  # plain and tuple targets (RIGHT, LEFT = 1, 2)
+            names |= {n.id for target in node.targets for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).partition(".")[0] for alias in node.names}
+    return names
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    """The literal ``__all__`` of a module, or None."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        else:
+            continue
+        if any(isinstance(target, ast.Name) and target.id == "__all__" for target in targets):
+            return ast.literal_eval(value)
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(n for n in _modules() if n.startswith(("SCPMNoduleLib", "Training"))))
+def test_every_public_function_and_class_is_in_all(name):
+    tree = ast.parse(_modules()[name].read_text(encoding="utf-8"))
+    exported = _declared_all(tree)
+    assert exported is not None, f"{name} has no __all__"
+    public = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+              and not node.name.startswith("_")}
+    assert public <= set(exported), f"{name}: public but not in __all__: {sorted(public - set(exported))}"
+    assert set(exported) <= _top_level_definitions(tree), f"{name}: __all__ names what it does not define"
+    assert len(exported) == len(set(exported)), f"{name}: __all__ repeats a name"

@@ -149,7 +149,7 @@ def test_bad_options_are_refused(tmp_path, checkpoint, capsys):
     scan = _scan(tmp_path / "s.mha")
     for options, message in ((["--formats", "csv,xml"], "--formats 'csv,xml'"),
                              (["--threshold", "1.5"], "--threshold 1.5"),
-                             (["--mirror", "xq"], "mirror axes 'xq'"),
+                             (["--mirror", "xq"], "InferenceConfig.mirror_axes: 'xq' is not distinct"),
                              (["--model", "nonexistent"], "nonexistent: neither a checkpoint file nor")):
         code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
                      *options])

@@ -10,7 +10,7 @@ from SCPMNoduleLib.coder import decode_detections, decode_spheres, encode_sphere
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4, 8])
-def test_grid_point_is_the_centre_of_its_block_of_input_voxels(stride):
+def test_grid_point_is_the_center_of_its_block_of_input_voxels(stride):
     points = grid_points_zyx_vox((3, 2, 5), stride, dtype=torch.float64)
     assert points.shape == (3, 2, 5, 3)
     for k, j, i in [(0, 0, 0), (2, 1, 4), (1, 0, 3)]:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import pytest
 
-from SCPMNoduleLib.config_dict import dataclass_from_dict, invalid_setting
+from SCPMNoduleLib.config_dict import check_choice, dataclass_from_dict, invalid_setting
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
@@ -77,3 +77,13 @@ def test_a_network_config_is_checked_by_its_own_rules_in_its_own_sentence():
     with pytest.raises(UserInputError) as raised:
         dataclass_from_dict(SCPMNetConfig, {"head_levels": 5}, "m.pt")
     assert str(raised.value) == "SCPMNetConfig.head_levels: 5 is not between 1 and 2 (the decoder's levels)."
+
+
+def test_check_choice_refuses_a_string_option_outside_its_choices_in_one_sentence():
+    @dataclass
+    class Painting:
+        color: str = "red"
+
+    check_choice(Painting(), "color", ("red", "blue"))
+    with pytest.raises(UserInputError, match=r"^Painting.color: 'green' is not one of red, blue\.$"):
+        check_choice(Painting("green"), "color", ("red", "blue"))

@@ -378,7 +378,7 @@ def test_bootstrap_resamples_agree_with_the_oracle_on_resampled_scans():
             copies[scan] = copies.get(scan, 0) + 1
             names.append((uids[scan], f"{uids[scan]}#{copies[scan]}"))
 
-        def rename(rows):
+        def rename(rows, names=names):
             return [(new, *row[1:]) for old, new in names for row in rows if row[0] == old]
 
         *_, seven = oracle_froc(rename(included), rename(excluded), [new for _, new in names],
@@ -495,8 +495,10 @@ def test_plot_without_bootstrap_writes_a_png(tmp_path):
 
 @pytest.mark.parametrize("settings, sentence", [
     ({"fp_rates": ()}, "EvaluationConfig.fp_rates: () is not a non-empty list of positive FP rates."),
-    ({"fp_rates": (0.125, 0.0)}, "EvaluationConfig.fp_rates: (0.125, 0.0) is not a non-empty list of positive FP rates."),
-    ({"size_fp_rates": (-1.0,)}, "EvaluationConfig.size_fp_rates: (-1.0,) is not a non-empty list of positive FP rates."),
+    ({"fp_rates": (0.125, 0.0)},
+     "EvaluationConfig.fp_rates: (0.125, 0.0) is not a non-empty list of positive FP rates."),
+    ({"size_fp_rates": (-1.0,)},
+     "EvaluationConfig.size_fp_rates: (-1.0,) is not a non-empty list of positive FP rates."),
     ({"max_candidates_per_scan": 0}, "EvaluationConfig.max_candidates_per_scan: 0 is not at least 1 (or None)."),
     ({"default_diameter_mm": 0.0}, "EvaluationConfig.default_diameter_mm: 0.0 is not a positive diameter."),
     ({"n_bootstraps": -1}, "EvaluationConfig.n_bootstraps: -1 is negative."),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.export import (
     describe_scan,
@@ -16,7 +17,6 @@ from SCPMNoduleLib.export import (
     write_detections_json,
     write_markups_json,
 )
-from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.io import read_candidates
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "markups-schema-v1.0.3.json").read_text(encoding="utf-8"))

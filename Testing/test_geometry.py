@@ -186,13 +186,13 @@ def test_gradcheck(function, case):
 
 
 def _degenerate_pairs(dtype):
-    """(centre_a, radius_a, centre_b, radius_b) rows at every branch boundary and degeneracy."""
+    """(center_a, radius_a, center_b, radius_b) rows at every branch boundary and degeneracy."""
     rows = [
         (0.0, 1.0, 3.0, 2.0),  # external tangency
         (0.0, 1.5, 3.0, 1.5),  # external tangency, section 4.4's radii
         (0.0, 1.0, 2.0, 3.0),  # internal tangency
-        (0.0, 2.0, 0.0, 2.0),  # identical spheres (coincident centres)
-        (0.0, 1.0, 0.0, 3.0),  # coincident centres, different radii
+        (0.0, 2.0, 0.0, 2.0),  # identical spheres (coincident centers)
+        (0.0, 1.0, 0.0, 3.0),  # coincident centers, different radii
         (0.0, 1e-12, 0.5, 1.0),  # vanishing radius inside a ball
         (0.0, 1e-12, 1.0, 1.0),  # vanishing radius on a surface
         (0.0, 1e-12, 5.0, 1.0),  # vanishing radius far away

@@ -50,7 +50,8 @@ def test_candidates_round_trip_with_and_without_diameter(tmp_path):
     findings = Findings.from_columns(["a", "b"], [[1, 2, 3], [4, 5, 6]], [3.0, 4.0], [0.9, 0.1])
     write_candidates(tmp_path / "c.csv", findings)
     write_candidates(tmp_path / "plain.csv", findings, with_diameter=False)
-    assert (tmp_path / "plain.csv").read_text(encoding="utf-8").splitlines()[0] == "seriesuid,coordX,coordY,coordZ,probability"
+    header = (tmp_path / "plain.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header == "seriesuid,coordX,coordY,coordZ,probability"
     np.testing.assert_array_equal(read_candidates(tmp_path / "c.csv").diameters_mm, [3.0, 4.0])
     plain = read_candidates(tmp_path / "plain.csv")
     np.testing.assert_array_equal(plain.probabilities, [0.9, 0.1])

@@ -149,7 +149,7 @@ def test_siou_term_is_zero_for_a_perfect_sphere_and_two_plus_rdr_when_far():
     offset_target = torch.zeros(1, 3, 1, 1, 2)
     radius_target = torch.ones(1, 1, 1, 2)
     offset = torch.zeros(1, 3, 1, 1, 2)
-    offset[0, 2, 0, 0, 1] = 10.0  # second point: centre 10 grid voxels away, radii 1 and 1
+    offset[0, 2, 0, 0, 1] = 10.0  # second point: center 10 grid voxels away, radii 1 and 1
     outputs = _outputs(torch.zeros(1, 1, 1, 2), torch.ones(1, 1, 1, 1, 2), offset)
     targets = [_targets(labels, radius_target, offset_target)]
     _, terms = SCPMLoss(LossConfig(siou_mode="continuous"))([outputs], targets)

@@ -47,9 +47,9 @@ def test_chest_ct_has_two_adult_lungs_inside_the_box(name):
     assert 2000.0 < found.volume_ml < 9000.0
     assert min(found.volumes_ml) > 800.0
     # the right lung is on the patient's right (LPS: smaller x) of the left one
-    centres = {side: found.coarse.index_to_world(np.argwhere(found.labels == side).mean(axis=0))
+    centers = {side: found.coarse.index_to_world(np.argwhere(found.labels == side).mean(axis=0))
                for side in (RIGHT, LEFT)}
-    assert centres[RIGHT][0] < centres[LEFT][0] - 80.0
+    assert centers[RIGHT][0] < centers[LEFT][0] - 80.0
     # the air reference's in-plane extent and its lowest point (the costophrenic recesses)
     low, high = _air_reference(image)
     assert np.all(low[:2] >= found.box_min_xyz_mm[:2] - 1.0)
@@ -102,7 +102,7 @@ def _check_phantom(phantom, min_dice: float) -> None:
     label_ml = np.count_nonzero(sitk.GetArrayViewFromImage(phantom.lung_mask)) * voxel_ml
     assert found.volume_ml == pytest.approx(label_ml, rel=0.05)
     assert np.mean(found.region[truth]) > 0.995
-    # every labelled block's centre (on the grid) is inside the box, in voxels of the grid
+    # every labelled block's center (on the grid) is inside the box, in voxels of the grid
     last = np.asarray(resampled_geometry(phantom.image, (1.0, 1.0, 1.0)).shape_zyx) - 1
     points = np.minimum(np.argwhere(truth) * found.block + found.block // 2, last)
     assert np.all(points >= found.box_start_zyx) and np.all(points < found.box_stop_zyx)
@@ -125,8 +125,8 @@ def test_full_size_phantom_lungs_agree_with_their_labels():
 @pytest.mark.parametrize("size", [5, 40])
 def test_a_crop_without_a_chest_has_no_lungs(size):
     image = generate_phantom(7, phantom_config("small")).image
-    centre = np.asarray(image.GetSize()) // 2
-    crop = sitk.RegionOfInterest(image, [size] * 3, [int(c - size // 2) for c in centre])
+    center = np.asarray(image.GetSize()) // 2
+    crop = sitk.RegionOfInterest(image, [size] * 3, [int(c - size // 2) for c in center])
     found = _find(crop)
     assert not found.found and found.reason
     assert np.array_equal(found.box_stop_zyx, resampled_geometry(crop, (1.0, 1.0, 1.0)).shape_zyx)

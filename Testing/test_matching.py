@@ -1,11 +1,11 @@
-"""Centre-points matching, checked against a brute-force numpy oracle of the documented rules."""
+"""Center-points matching, checked against a brute-force numpy oracle of the documented rules."""
 
 import numpy as np
 import pytest
 import torch
 
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.matching import MatchingConfig, match_centre_points, sphere_fraction_inside_patch
+from SCPMNoduleLib.matching import MatchingConfig, match_center_points, sphere_fraction_inside_patch
 
 PATCH = (64, 64, 64)
 STRIDES = (4, 8)
@@ -28,7 +28,7 @@ def _nearest(center, points, k=7):
 
 
 def _match(centers, radii, config=None, patch=PATCH):
-    return match_centre_points(
+    return match_center_points(
         [torch.tensor(centers, dtype=torch.float64).reshape(-1, 3)],
         [torch.tensor(radii, dtype=torch.float64).reshape(-1)],
         patch,
@@ -144,7 +144,7 @@ def test_ignore_shell_is_exactly_the_claimed_neighbourhood_plus_the_body(config)
 
 
 def _cap_fraction_inside(u):
-    """Exact volume fraction of a sphere on the inner side of a plane at distance u*r from its centre."""
+    """Exact volume fraction of a sphere on the inner side of a plane at distance u*r from its center."""
     return 1.0 - (1.0 - u) ** 2 * (2.0 + u) / 4.0
 
 
@@ -173,9 +173,9 @@ def test_nodule_cut_by_the_border_is_kept_or_ignored_by_its_visible_fraction(u, 
         assert (labels[distance < radius] != 0).all(), "the body of a cut nodule is never negative"
 
 
-def test_corner_nodule_with_centre_inside_follows_the_threshold():
+def test_corner_nodule_with_center_inside_follows_the_threshold():
     radius = 10.0
-    center = np.full(3, -0.5 + 0.2 * radius)  # centre inside, close to a corner of the patch
+    center = np.full(3, -0.5 + 0.2 * radius)  # center inside, close to a corner of the patch
     rng = np.random.default_rng(0)
     samples = rng.normal(size=(400_000, 3))
     samples *= (rng.uniform(size=(400_000, 1)) ** (1 / 3)) / np.linalg.norm(samples, axis=1, keepdims=True)
@@ -206,7 +206,7 @@ def test_batch_keeps_each_patch_separate_and_indexes_nodules_per_patch():
         torch.tensor([[31.0, 31.0, 31.0]]),
     ]
     radii = [torch.tensor([4.0, 6.0]), torch.zeros(0), torch.tensor([5.0])]
-    for level in match_centre_points(centers, radii, PATCH, STRIDES):
+    for level in match_center_points(centers, radii, PATCH, STRIDES):
         assert level.labels.shape[0] == 3
         assert [(level.labels[b] == 1).sum().item() for b in range(3)] == [14, 0, 7]
         assert set(level.nodule_index[0].unique().tolist()) == {-1, 0, 1}
@@ -219,7 +219,7 @@ def test_ignored_finding_is_an_ignored_region_that_never_becomes_positive():
     the nodule keeps exactly the positives it has alone, and no point is matched to the finding."""
     nodule, finding = np.array([30.4, 28.9, 33.2]), np.array([37.6, 35.1, 27.3])
     config = MatchingConfig()
-    with_finding = match_centre_points(
+    with_finding = match_center_points(
         [torch.tensor(nodule[None])], [torch.tensor([2.0])], PATCH, STRIDES, config,
         ignored_centers_zyx_vox=[torch.tensor(finding[None])], ignored_radii_vox=[torch.tensor([1.2])],
     )
@@ -240,17 +240,17 @@ def test_ignored_finding_is_an_ignored_region_that_never_becomes_positive():
 
 
 def test_ignored_findings_without_radii_are_refused():
-    with pytest.raises(ValueError, match="both their centres and their radii"):
-        match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], PATCH, STRIDES,
+    with pytest.raises(ValueError, match="both their centers and their radii"):
+        match_center_points([torch.zeros(0, 3)], [torch.zeros(0)], PATCH, STRIDES,
                             ignored_centers_zyx_vox=[torch.zeros(1, 3)])
-    with pytest.raises(ValueError, match="ignored-finding centres for 2 patches"):
-        match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], PATCH, STRIDES,
+    with pytest.raises(ValueError, match="ignored-finding centers for 2 patches"):
+        match_center_points([torch.zeros(0, 3)], [torch.zeros(0)], PATCH, STRIDES,
                             ignored_centers_zyx_vox=[torch.zeros(0, 3)] * 2, ignored_radii_vox=[torch.zeros(0)] * 2)
 
 
 def test_patch_not_a_multiple_of_the_stride_is_refused():
     with pytest.raises(ValueError, match="multiple of stride"):
-        match_centre_points([torch.zeros(0, 3)], [torch.zeros(0)], (60, 64, 64), (8,))
+        match_center_points([torch.zeros(0, 3)], [torch.zeros(0)], (60, 64, 64), (8,))
 
 
 @pytest.mark.parametrize("settings, sentence", [

@@ -19,7 +19,7 @@ import torch
 from SCPMNoduleLib.coder import decode_detections
 from SCPMNoduleLib.geometry import sphere_nms
 from SCPMNoduleLib.losses import SCPMLoss
-from SCPMNoduleLib.matching import match_centre_points
+from SCPMNoduleLib.matching import match_center_points
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 
 PATCH = (64, 64, 64)
@@ -55,7 +55,7 @@ def _train():
     image = _phantom()
     # se_context=0 (global squeeze): the cheapest squeeze, which keeps this CPU test short
     model = SCPMNet(dataclasses.replace(SCPMNetConfig.tiny(), se_context=0))
-    targets = match_centre_points([CENTERS_ZYX_VOX], [RADII_VOX], PATCH, model.strides)
+    targets = match_center_points([CENTERS_ZYX_VOX], [RADII_VOX], PATCH, model.strides)
     loss = SCPMLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LEARNING_RATE, total_steps=STEPS)

@@ -158,7 +158,7 @@ def test_refuses_a_folder_with_files(tmp_path):
     with pytest.raises(UserInputError, match="number of workers must be at least 1"):
         phantom.write_luna16_dataset(tmp_path / "new", 1, 0, workers=0)
     with pytest.raises(UserInputError, match="unknown phantom option"):
-        phantom.make_phantom(0, colour="red")
+        phantom.make_phantom(0, color="red")
 
 
 @pytest.mark.slow

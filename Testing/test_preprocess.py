@@ -77,11 +77,13 @@ def test_config_round_trips_through_json_lists():
 
 
 @pytest.mark.parametrize("settings, sentence", [
-    ({"spacing_xyz_mm": (1.0, 0.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 0.0, 1.0) is not three positive spacings."),
+    ({"spacing_xyz_mm": (1.0, 0.0, 1.0)},
+     "PreprocessConfig.spacing_xyz_mm: (1.0, 0.0, 1.0) is not three positive spacings."),
     ({"spacing_xyz_mm": (1.0, 1.0)}, "PreprocessConfig.spacing_xyz_mm: (1.0, 1.0) is not three positive spacings."),
     ({"hu_min": 600.0}, "PreprocessConfig.hu_max: 600.0 is not above hu_min (600.0)."),
     ({"mask_block": 0}, "PreprocessConfig.mask_block: 0 is not at least 1."),
     ({"mask_dilation_mm": float("nan")}, "PreprocessConfig.mask_dilation_mm: nan is negative."),
+    ({"version": 2}, "pre-processing version 2 is not the version 1 this program reads."),
 ])
 def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence):
     with pytest.raises(UserInputError) as raised:
@@ -94,7 +96,7 @@ def test_config_refuses_settings_no_scan_can_be_prepared_with(settings, sentence
 def chest_phantom(shape_zyx=(48, 64, 64)) -> tuple[np.ndarray, np.ndarray]:
     """Air around a body (40 HU) with two lungs (-850 HU) and a solid nodule in the left lung.
 
-    Returns the HU array and the nodule centre (z, y, x).
+    Returns the HU array and the nodule center (z, y, x).
     """
     z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape_zyx], indexing="ij")
     hu = np.full(shape_zyx, -1000.0)

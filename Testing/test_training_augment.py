@@ -13,7 +13,7 @@ RADII = np.array([6.0, 4.0, 5.0, 4.5])  # the last sphere is cut by the volume's
 
 
 def _spheres_volume() -> np.ndarray:
-    """0 background, 1 inside each sphere (voxel centres)."""
+    """0 background, 1 inside each sphere (voxel centers)."""
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in SHAPE], indexing="ij"), axis=-1).astype(float)
     inside = np.zeros(SHAPE, dtype=bool)
     for center, radius in zip(CENTERS, RADII):
@@ -70,9 +70,9 @@ def test_transform_keeps_every_nodule_annotation_on_the_nodule():
             use = in_patch & in_volume
             if not use.any():
                 continue
-            centre_value = ndimage.map_coordinates(image, center[:, None], order=1)[0]
+            center_value = ndimage.map_coordinates(image, center[:, None], order=1)[0]
             if in_volume.all() and np.all((center >= 0) & (center <= patch - 1)):
-                assert centre_value > 0.9
+                assert center_value > 0.9
             assert ndimage.map_coordinates(image, inner[use].T, order=1).min() > 0.5
             outer_use = np.all((outer >= 0) & (outer <= patch - 1), axis=1)
             if outer_use.any():

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage
-from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import build_cache, load_cache
+
+from training_helpers import LUNG_HU, NODULE_HU, write_tiny_luna16
 
 
 @pytest.fixture
@@ -30,9 +31,9 @@ def test_cache_holds_each_annotation_at_its_nodule(cached):
         rows = findings.seriesuids == scan.seriesuid
         np.testing.assert_allclose(scan.radii_vox, findings.diameters_mm[rows] / 2)  # 1 mm voxels
         volume = scan.volume().astype(np.float32)
-        # the nodule's normalised intensity (within noise) at the centre, parenchyma 1.5 radii away
-        at_centre = ndimage.map_coordinates(volume, scan.centers_zyx_vox.T, order=1)
-        np.testing.assert_allclose(at_centre, nodule, atol=0.03)
+        # the nodule's normalised intensity (within noise) at the center, parenchyma 1.5 radii away
+        at_center = ndimage.map_coordinates(volume, scan.centers_zyx_vox.T, order=1)
+        np.testing.assert_allclose(at_center, nodule, atol=0.03)
         beside = scan.centers_zyx_vox + np.array([0.0, 0.0, 1.5]) * scan.radii_vox[:, None]
         np.testing.assert_allclose(ndimage.map_coordinates(volume, beside.T, order=1), lung, atol=0.03)
         metadata = json.loads((tmp_path / "cache" / "scans" / f"{scan.seriesuid}.json").read_text(encoding="utf-8"))

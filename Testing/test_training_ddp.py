@@ -4,10 +4,11 @@ import subprocess
 import sys
 
 import pytest
-from training_helpers import write_tiny_luna16
 
 from Training.cache import build_cache
 from Training.state import load_state
+
+from training_helpers import write_tiny_luna16
 
 OVERRIDES = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from training_helpers import NODULE_HU, write_tiny_luna16
 
 from SCPMNoduleLib.checkpoint import load_checkpoint
 from SCPMNoduleLib.errors import UserInputError
@@ -19,6 +18,8 @@ from Training.data import EpochSampler, MatchingCollate, PatchDataset
 from Training.export import export_model
 from Training.state import load_state, model_from_state
 from Training.trainer import Trainer
+
+from training_helpers import NODULE_HU, write_tiny_luna16
 
 TINY = [
     "model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
@@ -54,8 +55,8 @@ def test_samples_depend_only_on_seed_epoch_and_index(cache):
 
 
 @pytest.mark.parametrize("power", [0.0, 3.0])
-def test_nodule_centred_patches_pick_nodules_by_size(cache, power):
-    """Each tiny scan has two nodules of 6-10 mm: the share of patches centred on the smaller one
+def test_nodule_centered_patches_pick_nodules_by_size(cache, power):
+    """Each tiny scan has two nodules of 6-10 mm: the share of patches centered on the smaller one
     follows r ** -power (binomial tolerance, 4 standard deviations)."""
     config = _config("data.nodule_fraction=1", "data.jitter_fraction=0", f"data.nodule_size_power={power}")
     dataset = PatchDataset(load_cache(cache), config.data, None, seed=5)
@@ -63,7 +64,7 @@ def test_nodule_centred_patches_pick_nodules_by_size(cache, power):
     for scan in dataset.scans:
         radii = np.asarray(scan.radii_vox, dtype=float)
         share = sum(np.argmin(np.linalg.norm(
-            dataset.sample_centre(scan, np.random.default_rng([9, i])) - scan.centers_zyx_vox, axis=1))
+            dataset.sample_center(scan, np.random.default_rng([9, i])) - scan.centers_zyx_vox, axis=1))
             == np.argmin(radii) for i in range(draws)) / draws
         expected = radii.max() ** power / (radii.min() ** power + radii.max() ** power)
         assert abs(share - expected) < 4 * np.sqrt(expected * (1 - expected) / draws) + 1e-9
@@ -72,7 +73,7 @@ def test_nodule_centred_patches_pick_nodules_by_size(cache, power):
 @pytest.mark.parametrize("ignore_excluded", [True, False])
 def test_excluded_findings_reach_the_matching_as_ignored_regions(tmp_path, ignore_excluded):
     """Each tiny scan's second nodule is moved to annotations_excluded.csv. A rotated, scaled patch
-    centred on it carries it, mapped onto the nodule's bright voxels, to the matching, which
+    centered on it carries it, mapped onto the nodule's bright voxels, to the matching, which
     ignores its nearest points (``ignore_excluded``) or trains them as background (otherwise)."""
     findings = write_tiny_luna16(tmp_path / "data", n_scans=2, subsets=1)
     second = np.arange(len(findings)) % 2 == 1
@@ -82,7 +83,7 @@ def test_excluded_findings_reach_the_matching_as_ignored_regions(tmp_path, ignor
     config = _config("data.patch_size=32", "augment.affine_probability=1",
                      f"data.ignore_excluded={json.dumps(ignore_excluded)}")
     dataset = PatchDataset(load_cache(tmp_path / "cache"), config.data, config.augment, seed=3)
-    dataset.sample_centre = lambda scan, rng: scan.excluded_centers_zyx_vox[0]  # aim every patch at it
+    dataset.sample_center = lambda scan, rng: scan.excluded_centers_zyx_vox[0]  # aim every patch at it
     nodule = PreprocessConfig().normalize(np.array([NODULE_HU]))[0]
     collate = MatchingCollate((4, 8), 32, MatchingConfig())
     assert len(dataset.scans) == 2
@@ -96,7 +97,7 @@ def test_excluded_findings_reach_the_matching_as_ignored_regions(tmp_path, ignor
             assert all((level.labels == 0).all() for level in batch["targets"])
             continue
         center = sample["ignored_centers_zyx_vox"][0].numpy()
-        assert np.abs(center - 15.5).max() < 1.0  # the patch is centred on it, up to snapping
+        assert np.abs(center - 15.5).max() < 1.0  # the patch is centered on it, up to snapping
         image = sample["image"][0].numpy()
         assert abs(image[tuple(np.rint(center).astype(int))] - nodule) < 0.05
         for stride, level in zip((4, 8), batch["targets"]):

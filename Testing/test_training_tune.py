@@ -4,7 +4,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from training_helpers import write_tiny_luna16
 
 from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.evaluation import EvaluationConfig, evaluate_froc
@@ -17,6 +16,8 @@ from Training.cli import main
 from Training.config import load_config
 from Training.heldout import detect_scans, load_model
 from Training.tune import sweep_postprocessing
+
+from training_helpers import write_tiny_luna16
 
 TINY = ["model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
         "model.head_channels=8", "model.se_reduction=2", "model.se_context=16"]
@@ -61,3 +62,11 @@ def test_the_command_prints_one_line_per_setting(tuning_set, capsys):
     assert lines[0] == f"{tuning_set / 'tiny.pt'} on 1 scan(s) of {tuning_set / 'data'}"
     assert lines[1].startswith("distance ratio  SIoU thr.  top-n    CPM   sensitivity at 0.125 0.25 0.5 1 2 4 8")
     assert [line.split()[:3] for line in lines[2:]] == [["0.250", "0.10", "20"], ["0.500", "0.10", "20"]]
+
+
+def test_evaluate_prints_the_sensitivities_at_the_rates_it_used(tuning_set, tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(tuning_set / "tiny.pt"), "--data", str(tuning_set / "data"),
+                 "--out", str(tmp_path / "eval"), "--device", "cpu", "--bootstraps", "0"])
+    line = capsys.readouterr().out.strip()
+    assert code == 0
+    assert "(sensitivities at 1/8, 1/4, 1/2, 1, 2, 4, 8 FPs/scan: " in line and line.endswith(f"-> {tmp_path / 'eval'}")

@@ -1,7 +1,7 @@
 """A tiny LUNA16-layout data set for the training tests (a few seconds to cache, not a phantom).
 
 Each scan: air, an elliptic body of soft tissue, two ellipsoidal lungs of -850 HU, and solid
-nodules (+40 HU) of known world centre and diameter inside the lungs; anisotropic spacing and a
+nodules (+40 HU) of known world center and diameter inside the lungs; anisotropic spacing and a
 non-zero origin. The annotations are the exact spheres drawn, so the cache's voxel coordinates
 can be checked against the image.
 """

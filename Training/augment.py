@@ -5,9 +5,9 @@ coordinates ``s``, z y x) and the output patch (voxel coordinates ``q``):
 
     q = c_out + M (s - c_src),        M = scale * R * F
 
-with ``c_out = (P - 1) / 2`` the patch centre, ``c_src`` the source point that lands there, ``F`` a
+with ``c_out = (P - 1) / 2`` the patch center, ``c_src`` the source point that lands there, ``F`` a
 signed permutation (flips per axis, and the in-plane y <-> x swap), ``R`` a rotation and ``scale``
-an isotropic factor. A sphere (centre ``c``, radius ``r``) maps to the sphere
+an isotropic factor. A sphere (center ``c``, radius ``r``) maps to the sphere
 ``(c_out + M (c - c_src), scale * r)`` exactly, because ``M / scale`` is orthogonal.
 
 The patch is read from the source by ``scipy.ndimage.affine_transform`` with the inverse map
@@ -25,6 +25,8 @@ import numpy as np
 from scipy import ndimage
 
 from SCPMNoduleLib.config_dict import invalid_setting
+
+__all__ = ["AugmentConfig", "extract_patch", "is_signed_permutation", "random_transform", "transform_spheres"]
 
 
 @dataclass
@@ -124,7 +126,7 @@ def extract_patch(
 
     Args:
         volume: ``(D, H, W)`` source (a memory map is fine: only the needed box is read).
-        center_src_zyx: ``(3,)`` source point ``c_src`` that lands on the patch centre. For a
+        center_src_zyx: ``(3,)`` source point ``c_src`` that lands on the patch center. For a
             signed-permutation ``matrix`` it must satisfy ``c_src - (P - 1) / 2`` integer.
         matrix: ``M`` (3x3) from :func:`random_transform`.
         patch_size: ``P``, the patch side.
@@ -166,11 +168,11 @@ def transform_spheres(
     """Map spheres from source voxels to patch voxels: ``c' = c_out + M (c - c_src)``, ``r' = scale r``.
 
     Args:
-        centers_src_zyx: ``(N, 3)`` centres in source voxels.
+        centers_src_zyx: ``(N, 3)`` centers in source voxels.
         radii_src: ``(N,)`` radii in source voxels.
 
     Returns:
-        ``(N, 3)`` centres and ``(N,)`` radii in patch voxels.
+        ``(N, 3)`` centers and ``(N,)`` radii in patch voxels.
     """
     center_out = (patch_size - 1) / 2
     centers = center_out + (np.asarray(centers_src_zyx, dtype=np.float64) - center_src_zyx) @ matrix.T

@@ -49,6 +49,19 @@ from SCPMNoduleLib.io import (
 from SCPMNoduleLib.preprocess import RETIRED_SETTINGS, PreprocessConfig, prepare_scan
 from SCPMNoduleLib.scan_geometry import ScanGeometry
 
+__all__ = [
+    "CACHE_FORMAT",
+    "CACHE_VERSION",
+    "CachedScan",
+    "STORAGE_DTYPE",
+    "SourceScan",
+    "build_cache",
+    "find_luna16_scans",
+    "load_cache",
+    "read_cache_info",
+    "scan_problem",
+]
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "scpm-train-cache"
@@ -72,7 +85,7 @@ class CachedScan:
     """One cached scan, as the training data and validation use it.
 
     Its spheres come twice, for two users: as voxel arrays of the stored crop
-    (``centers_zyx_vox``, ``radii_vox``), which the patch sampler and the centre-points matching
+    (``centers_zyx_vox``, ``radii_vox``), which the patch sampler and the center-points matching
     take as they are, and as world-mm :class:`~SCPMNoduleLib.io.Findings` rows (``annotations``,
     ``excluded``), which the FROC evaluation of held-out scans takes.
 
@@ -83,7 +96,7 @@ class CachedScan:
         shape_zyx: shape of that array.
         crop_start_zyx: index of its first voxel in the whole resampled grid.
         resampled_shape_zyx: shape of the whole resampled grid.
-        centers_zyx_vox: ``(N, 3)`` annotated nodule centres, voxels of the stored crop.
+        centers_zyx_vox: ``(N, 3)`` annotated nodule centers, voxels of the stored crop.
         radii_vox: ``(N,)`` their radii, voxels (= mm at 1 mm spacing).
         excluded_centers_zyx_vox, excluded_radii_vox: ``(M, 3)`` and ``(M,)``: the same for the
             excluded findings.
@@ -144,7 +157,7 @@ def _save_array(path: Path, array: np.ndarray) -> dict[str, Any]:
 
 
 _Spheres = tuple[np.ndarray, np.ndarray]
-"""Centres ``(n, 3)`` (world x, y, z mm) and diameters ``(n,)`` (mm) of one scan's annotations
+"""Centers ``(n, 3)`` (world x, y, z mm) and diameters ``(n,)`` (mm) of one scan's annotations
 (or of its excluded findings)."""
 _NO_SPHERES: _Spheres = (np.zeros((0, 3)), np.zeros(0))
 
@@ -159,7 +172,7 @@ def _findings_by_uid(findings: Findings) -> dict[str, _Spheres]:
 def _spheres_in_crop(
     centers_xyz_mm: np.ndarray, diameters_mm: np.ndarray, geometry: ScanGeometry, crop_start: np.ndarray
 ) -> list[dict[str, Any]]:
-    """World spheres -> records with the centre in crop voxels (z, y, x) and the radius in voxels."""
+    """World spheres -> records with the center in crop voxels (z, y, x) and the radius in voxels."""
     centers_zyx = geometry.world_to_index(np.asarray(centers_xyz_mm).reshape(-1, 3)) - crop_start
     radii = np.asarray(diameters_mm, dtype=np.float64) / 2.0 / float(geometry.spacing_xyz_mm[0])
     return [

@@ -13,10 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import run_command
 from SCPMNoduleLib.errors import UserInputError
+
+if TYPE_CHECKING:
+    from SCPMNoduleLib.evaluation import FROCResult
+
+__all__ = ["build_parser", "main", "parse_folds"]
 
 
 def _load_config(args: argparse.Namespace):
@@ -68,8 +74,7 @@ def _run_cv(args: argparse.Namespace) -> int:
     folds = parse_folds(args.folds) if args.folds else None
     result = cross_validate(_load_config(args), args.cache, args.out, folds, args.device)
     if process_rank() == 0:
-        rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
-        print(f"cross-validation CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}/report")
+        print(f"cross-validation CPM {result.cpm:.3f} ({_sensitivities(result)}) -> {args.out}/report")
     return 0
 
 
@@ -78,9 +83,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps,
                              args.mirror)
-    rates = " ".join(f"{s:.3f}" for s in result.sensitivities)
-    print(f"CPM {result.cpm:.3f} (sensitivities at 1/8..8 FPs/scan: {rates}) -> {args.out}")
+    print(f"CPM {result.cpm:.3f} ({_sensitivities(result)}) -> {args.out}")
     return 0
+
+
+def _sensitivities(result: FROCResult) -> str:
+    """``sensitivities at 1/8, 1/4, ..., 8 FPs/scan: 0.500 0.750 ...``, at the rates the evaluation used."""
+    from SCPMNoduleLib.plotting import fp_rate_label
+
+    rates = ", ".join(fp_rate_label(rate) for rate in result.fp_rates)
+    return f"sensitivities at {rates} FPs/scan: " + " ".join(f"{s:.3f}" for s in result.sensitivities)
 
 
 def _run_tune(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from SCPMNoduleLib.config_dict import dataclass_from_dict
+from SCPMNoduleLib.config_dict import check_choice, dataclass_from_dict
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import atomic_write
@@ -24,10 +24,28 @@ from SCPMNoduleLib.runtime import PRECISIONS
 
 from .augment import AugmentConfig
 
+__all__ = [
+    "AMP_SETTINGS",
+    "DataConfig",
+    "LR_INTERPOLATIONS",
+    "OPTIMIZERS",
+    "OptimConfig",
+    "TrainConfig",
+    "ValidationConfig",
+    "load_config",
+    "save_config",
+]
+
 AMP_SETTINGS = (*PRECISIONS, "off")
 """The values of ``TrainConfig.amp``: the runtime's precisions, and ``off``, the training config's
 word for ``fp32`` before training and detection shared one vocabulary; configs written then say
 ``off``, and :func:`~SCPMNoduleLib.runtime.autocast_dtype` reads it as ``fp32``."""
+
+OPTIMIZERS = ("sgd", "adamw")
+"""The values of ``OptimConfig.optimizer``."""
+
+LR_INTERPOLATIONS = ("step", "linear")
+"""The values of ``OptimConfig.lr_interpolation``."""
 
 
 @dataclass
@@ -39,11 +57,11 @@ class DataConfig:
             size divisor.
         crops_per_scan: patches drawn from each training scan per epoch (epoch length =
             ``crops_per_scan * number of training scans``).
-        nodule_fraction: share of patches (of scans that have nodules) centred near a nodule;
-            the others are centred anywhere in the scan, edges included.
-        jitter_fraction: a nodule-centred patch's centre is the nodule centre plus a uniform
+        nodule_fraction: share of patches (of scans that have nodules) centered near a nodule;
+            the others are centered anywhere in the scan, edges included.
+        jitter_fraction: a nodule-centered patch's center is the nodule center plus a uniform
             offset in ``[-j, j]`` per axis, ``j = jitter_fraction * patch_size``.
-        nodule_size_power: a nodule-centred patch picks nodule ``n`` of its scan with probability
+        nodule_size_power: a nodule-centered patch picks nodule ``n`` of its scan with probability
             proportional to ``r_n ** -nodule_size_power``; 0 picks uniformly, 2 favours a 3 mm
             nodule nine times over a 9 mm one (small nodules are the ones a detector misses).
         ignore_excluded: the excluded findings (``annotations_excluded.csv``) are ignored regions
@@ -168,24 +186,21 @@ class TrainConfig:
 
         Runs when the config is made; call it again after changing a field (the config is
         mutable). The sentences name the settings by their keys in the JSON file and the
-        overrides (``config optim.ema_decay: ...``); the library's configs inside check their own
-        values (``MatchingConfig.top_k: ...``).
+        overrides (``config optim.ema_decay: ...``), except the string options, which are refused
+        as every config's are (:func:`~SCPMNoduleLib.config_dict.check_choice`:
+        ``OptimConfig.optimizer: 'adam' is not one of sgd, adamw.``); the library's configs inside
+        check their own values (``MatchingConfig.top_k: ...``).
         """
-        if self.amp not in AMP_SETTINGS:
-            raise UserInputError(f"config amp: {self.amp!r} is not one of {', '.join(AMP_SETTINGS)}.")
+        check_choice(self, "amp", AMP_SETTINGS)
         schedule = self.optim.lr_schedule
         if not schedule or schedule[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(schedule, schedule[1:])):
             raise UserInputError(
                 f"config optim.lr_schedule: {schedule!r} must start at epoch 0 and increase."
             )
-        if self.optim.lr_interpolation not in ("step", "linear"):
-            raise UserInputError(
-                f"config optim.lr_interpolation: {self.optim.lr_interpolation!r} is not one of step, linear."
-            )
+        check_choice(self.optim, "lr_interpolation", LR_INTERPOLATIONS)
         if not 0.0 <= self.optim.ema_decay < 1.0:
             raise UserInputError(f"config optim.ema_decay: {self.optim.ema_decay} is not in [0, 1).")
-        if self.optim.optimizer not in ("sgd", "adamw"):
-            raise UserInputError(f"config optim.optimizer: {self.optim.optimizer!r} is not one of sgd, adamw.")
+        check_choice(self.optim, "optimizer", OPTIMIZERS)
         if not 0.0 <= self.data.nodule_fraction <= 1.0:
             raise UserInputError(f"config data.nodule_fraction: {self.data.nodule_fraction} is not in [0, 1].")
         if self.data.nodule_size_power < 0:

@@ -6,7 +6,7 @@ worker or DDP process draws it, nor on what was drawn before. Resuming at an epo
 reproduces the data exactly. :class:`EpochSampler` wraps :class:`DistributedSampler` (sharding
 and shuffling per epoch) and tags each index with the epoch.
 
-Patch centres: with probability ``nodule_fraction`` (scans with nodules only) the centre of a
+Patch centers: with probability ``nodule_fraction`` (scans with nodules only) the center of a
 nodule of the scan (drawn with weights ``r ** -nodule_size_power``, uniform by default) plus a
 uniform jitter of up to ``jitter_fraction * P`` voxels per axis; otherwise a point drawn
 uniformly in the cached volume, so patches also straddle its edges (padded with the ``fill``
@@ -20,7 +20,7 @@ background like the rest).
 
 Coordinate maps: like the detector's tiles, a patch reports its origin and the scan's shape in
 the whole resampled grid (``crop_start + origin in the crop``, ``resampled_shape``). Under a
-rotation or flip the reported origin is that of the axis-aligned box centred on the same source
+rotation or flip the reported origin is that of the axis-aligned box centered on the same source
 point: the map then describes where the patch is, not how it is turned.
 """
 
@@ -33,11 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from SCPMNoduleLib.matching import MatchingConfig, match_centre_points
+from SCPMNoduleLib.matching import MatchingConfig, match_center_points
 
 from .augment import AugmentConfig, extract_patch, random_transform, transform_spheres
 from .cache import CachedScan
 from .config import DataConfig
+
+__all__ = ["EpochSampler", "MatchingCollate", "PatchDataset", "collate_patches"]
 
 
 class PatchDataset(Dataset):
@@ -68,8 +70,8 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.scans) * self.data.crops_per_scan
 
-    def sample_centre(self, scan: CachedScan, rng: np.random.Generator) -> np.ndarray:
-        """The source point (crop voxels, z y x) that lands on the patch centre, before snapping.
+    def sample_center(self, scan: CachedScan, rng: np.random.Generator) -> np.ndarray:
+        """The source point (crop voxels, z y x) that lands on the patch center, before snapping.
 
         Every draw is made whichever branch is taken, so the generator is in the same state after.
         """
@@ -83,7 +85,7 @@ class PatchDataset(Dataset):
         return anywhere
 
     def pick_nodule(self, scan: CachedScan, rng: np.random.Generator) -> int:
-        """Index of the nodule a nodule-centred patch is centred on (0 for a scan without any)."""
+        """Index of the nodule a nodule-centered patch is centered on (0 for a scan without any)."""
         count = len(scan.radii_vox)
         power = self.data.nodule_size_power
         if count == 0 or power == 0:
@@ -97,7 +99,7 @@ class PatchDataset(Dataset):
         scan = self.scans[index % len(self.scans)]
         patch = self.data.patch_size
         center_out = (patch - 1) / 2
-        origin = np.rint(self.sample_centre(scan, rng) - center_out).astype(np.int64)
+        origin = np.rint(self.sample_center(scan, rng) - center_out).astype(np.int64)
         center_src = origin + center_out
         matrix, scale = (np.eye(3), 1.0) if self.augment is None else random_transform(rng, self.augment)
         order = self.augment.interpolation_order if self.augment is not None else 1
@@ -141,7 +143,7 @@ class MatchingCollate:
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch = collate_patches(samples)
-        batch["targets"] = match_centre_points(batch["centers_zyx_vox"], batch["radii_vox"], self.patch_shape,
+        batch["targets"] = match_center_points(batch["centers_zyx_vox"], batch["radii_vox"], self.patch_shape,
                                                self.strides, self.config, batch["ignored_centers_zyx_vox"],
                                                batch["ignored_radii_vox"])
         return batch

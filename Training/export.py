@@ -24,6 +24,8 @@ from SCPMNoduleLib.preprocess import PreprocessConfig
 from .config import TrainConfig
 from .state import load_state, model_from_state
 
+__all__ = ["architecture_summary", "export_model", "froc_metrics"]
+
 
 def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
     """The main run's figures from an evaluation's ``froc_summary.json``: CPM, sensitivities, CI, counts."""

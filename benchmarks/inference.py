@@ -10,9 +10,10 @@ in fresh processes (so that each one's peak RSS is its own):
 * ``forward crop``: the same over the padded lung crop only.
 
 Each measurement is repeated (``--repeats``, round robin, each run in a fresh process) and the
-fastest run reported, since other work on the machine only ever adds time. Printed: seconds per stage, end-to-end seconds, the ratio end-to-end / forward whole (the
-pipeline's overhead, goal < 1.15; the lung crop can make it < 1), the ratio to forward crop,
-tiles used, and peak RSS (plus peak CUDA memory on a GPU).
+fastest run reported, since other work on the machine only ever adds time. Printed: seconds per
+stage, end-to-end seconds, the ratio end-to-end / forward whole (the pipeline's overhead, goal
+< 1.15; the lung crop can make it < 1), the ratio to forward crop, tiles used, and peak RSS (plus
+peak CUDA memory on a GPU).
 
     python benchmarks/inference.py [--model demo|paper] [--seeds 0 1] [--size full]
                                    [--max-tile-voxels N] [--margin M] [--device cpu]

@@ -17,7 +17,7 @@ its native kernel instead of oneDNN, which is slower there; batch 2 or whole-vol
 oneDNN everywhere.
 
 Receptive field: the batch-norm statistics are first estimated on ``--bn-batches`` random
-standard-normal patches (cumulative average), then, in eval mode, the gradient of the centre
+standard-normal patches (cumulative average), then, in eval mode, the gradient of the center
 output logit of each head level w.r.t. a standard-normal input of ``--rf-size``^3 voxels is taken
 (``SCPMNoduleLib.model_analysis.gradient_receptive_field``) and the Chebyshev radius (input voxels)
 holding 50/90/99/99.9 % of its magnitude is printed. "support" is the radius of the last non-zero
@@ -25,7 +25,7 @@ gradient; when it reaches the input border the input was too small to hold the w
 theoretical receptive field.
 
 Tile consistency: the same eval-mode model runs once on a standard-normal volume of
-``--rf-size``^3 voxels and once on each centred crop made of a ``--core``^3 core plus a margin of
+``--rf-size``^3 voxels and once on each centered crop made of a ``--core``^3 core plus a margin of
 m voxels on every side (m in ``--margins``, multiples of the size divisor); the largest
 difference of the probabilities, logits and radii inside the core between the crop and the whole
 volume is printed per head level, the logits' also relative to their standard deviation over the
@@ -95,7 +95,7 @@ def estimate_batch_norm_statistics(model: nn.Module, patch_size: int, batches: i
 def tile_consistency(
     model: nn.Module, volume: torch.Tensor, core: int, margin: int
 ) -> list[dict[str, float]]:
-    """Per level, max |crop - whole| over the centred core of the outputs, for one margin."""
+    """Per level, max |crop - whole| over the centered core of the outputs, for one margin."""
     side = volume.shape[-1]
     crop_side = core + 2 * margin
     origin = (side - crop_side) // 2
@@ -109,7 +109,7 @@ def tile_consistency(
         a, b = (origin + margin) // stride, margin // stride
         n = core // stride
 
-        def core_of(t: torch.Tensor, start: int) -> torch.Tensor:
+        def core_of(t: torch.Tensor, start: int, n: int = n) -> torch.Tensor:
             return t[..., start : start + n, start : start + n, start : start + n]
 
         differences.append(

@@ -1,6 +1,6 @@
 """Time sphere NMS on a realistic candidate set on the CPU.
 
-10,000 candidates (the order of a whole scan's top-n before NMS): centres uniform in a 300 mm
+10,000 candidates (the order of a whole scan's top-n before NMS): centers uniform in a 300 mm
 cube, radii uniform in 1.5-15 mm, random scores. Prints the median wall time of several runs and the
 number of spheres kept. On a machine shared with other busy processes, every multi-threaded
 torch operation can wait a scheduler slice for its second thread: compare with ``--threads 1``.

@@ -82,7 +82,8 @@ def main() -> None:
         with open(out / "train_log.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         device = trainer.device
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        cuda = device.type == "cuda"
+        name = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
         params = sum(p.numel() for p in trainer.model.parameters())
         print(f"{args.config} network ({params / 1e6:.2f} M parameters), {args.patch}^3 patches, batch {args.batch}, "
               f"{args.workers} worker(s), {device} ({name}), "

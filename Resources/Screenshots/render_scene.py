@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "SCPMNodule"), str(REPO / "Testing")]
 
 import SCPMNoduleMRML as mrml_logic  # noqa: E402
-from slicer_scene import make_scene  # noqa: E402
-
 from SCPMNoduleLib.phantom import generate_phantom, phantom_config  # noqa: E402
+
+from slicer_scene import make_scene  # noqa: E402
 
 log = logging.getLogger("render_scene")
 

@@ -34,7 +34,7 @@ from .config import (
     phantom_config,
 )
 from .generator import generate_phantom, make_phantom
-from .scanner import Nodule, Phantom
+from .scanner import Nodule, Phantom, annotation_table
 from .writer import UID_PREFIX, series_uid, write_luna16_dataset
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Nodule",
     "Phantom",
     "PhantomConfig",
+    "annotation_table",
     "generate_phantom",
     "make_phantom",
     "phantom_config",

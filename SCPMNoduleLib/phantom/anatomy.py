@@ -5,7 +5,7 @@ back on a patient table; skin-side fat, a muscle layer, a thoracic cavity; spine
 bodies with discs, canal, posterior arch), sternum, ribs as oblique bony bands in the chest wall;
 mediastinum (fat) with heart (ellipsoid); liver and spleen below a domed diaphragm; two lungs
 (parenchyma about -850 HU, denser posteriorly) following the chest wall. In-plane coordinates are
-body-centred mm (x towards the patient's left, y posterior, z superior, as in LPS).
+body-centered mm (x towards the patient's left, y posterior, z superior, as in LPS).
 
 The body is drawn from 2D templates and per-slab analytic fields.
 """
@@ -29,7 +29,7 @@ _REFERENCE_BODY_HALF_WIDTH_MM = 170.0
 
 @dataclass
 class Geometry:
-    """Drawn anatomy parameters (mm, body-centred X right→left, Y anterior→posterior)."""
+    """Drawn anatomy parameters (mm, body-centered X right→left, Y anterior→posterior)."""
 
     shape_zyx: tuple[int, int, int]
     spacing_zyx: np.ndarray
@@ -44,7 +44,7 @@ class Geometry:
     mediastinum: tuple[float, float]        # half-width anterior, posterior
     vertebra: tuple[float, float]           # y, radius
     aorta: tuple[float, float, float]       # x, y, radius (descending)
-    heart: tuple[tuple[float, float, float], tuple[float, float, float]]  # centre zyx, axes zyx
+    heart: tuple[tuple[float, float, float], tuple[float, float, float]]  # center zyx, axes zyx
     dome: tuple[float, float]               # right, left heights
     rib: tuple[float, float, float, float]  # pitch, thickness, drop, phase
 
@@ -90,7 +90,7 @@ def draw_geometry(rng: np.random.Generator, config: PhantomConfig) -> Geometry:
 
 
 def _plane(geo: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Body-centred in-plane coordinates in mm, broadcastable: x (1, 1, nx) and y (1, ny, 1)."""
+    """Body-centered in-plane coordinates in mm, broadcastable: x (1, 1, nx) and y (1, ny, 1)."""
     _, ny, nx = geo.shape_zyx
     _, sy, sx = geo.spacing_zyx
     x = (np.arange(nx, dtype=np.float32) * sx - geo.center_x)[None, None, :]
@@ -151,7 +151,7 @@ def _templates(geo: Geometry, config: PhantomConfig) -> dict[str, np.ndarray]:
 
 
 def _lung_ellipse(geo: Geometry, side: int) -> tuple[float, float, float, float]:
-    """Centre x, centre y, semi-axes of a lung's cross-section at full size (side -1 right, +1 left)."""
+    """Center x, center y, semi-axes of a lung's cross-section at full size (side -1 right, +1 left)."""
     cx, cy = geo.cavity
     return side * 0.55 * cx, 0.05 * cy, 0.62 * cx, 1.15 * cy
 
@@ -173,7 +173,7 @@ def _apex_taper(t: np.ndarray) -> np.ndarray:
 
 
 def _index_range(lo_mm: float, hi_mm: float, offset_mm: float, spacing: float, n: int) -> slice:
-    """Voxel indices whose centres (index · spacing - offset) may lie in [lo, hi] ± one voxel."""
+    """Voxel indices whose centers (index · spacing - offset) may lie in [lo, hi] ± one voxel."""
     start = max(0, int(math.floor((lo_mm + offset_mm) / spacing)) - 1)
     stop = min(n, int(math.ceil((hi_mm + offset_mm) / spacing)) + 2)
     return slice(start, max(start, stop))

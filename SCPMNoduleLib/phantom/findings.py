@@ -91,11 +91,11 @@ def _hidden_share(volume: np.ndarray, labels: np.ndarray, spacing: np.ndarray, c
 def _place(rng: np.random.Generator, radius: float, location: str, lungs: LungMap, labels: np.ndarray,
            volume: np.ndarray, spacing: np.ndarray, vessels: Tubes, placed: list[Finding],
            config: PhantomConfig, tries: int = 256) -> np.ndarray | None:
-    """A centre (mm) for a nodule of ``radius`` at ``location``, or None if none fits.
+    """A center (mm) for a nodule of ``radius`` at ``location``, or None if none fits.
 
-    Isolated: deeper in the lung than radius + gap. Juxtapleural: centre at 0.4-0.8 radii from the
+    Isolated: deeper in the lung than radius + gap. Juxtapleural: center at 0.4-0.8 radii from the
     pleura, so the nodule touches the chest wall. Juxtavascular: beside a vessel of 0.7-3 mm
-    radius, touching it. Every centre lies in the lung mask, keeps ``config.nodule_gap_mm`` from
+    radius, touching it. Every center lies in the lung mask, keeps ``config.nodule_gap_mm`` from
     other findings, and leaves the nodule visible: at most ``config.max_hidden_fraction`` of its
     ball is already taken by what ``volume`` holds there (:func:`_hidden_share`).
     """

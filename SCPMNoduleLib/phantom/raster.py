@@ -6,7 +6,7 @@ surface normal n (the box profile's standard deviation times √12). On a curved
 symmetric ramp adds volume (its outer half covers more area than its inner half), so tubes and
 nodules are drawn with their radius lowered by the ramp's variance over the curvature:
 r - w² / (24 r) for a tube, r - w² / (12 r) for a sphere, exact to second order. Sub-voxel
-vessels are splatted: each sample of length h along the centre line adds π r² h / voxel_volume of
+vessels are splatted: each sample of length h along the center line adds π r² h / voxel_volume of
 tissue to its 8 neighbouring voxels (trilinear weights).
 
 Tubes are rasterised in batches of equal-sized local stencils. Volumes are (z, y, x) arrays on
@@ -63,7 +63,8 @@ class Tubes:
     rb: np.ndarray
 
     @classmethod
-    def of(cls, a: np.ndarray, b: np.ndarray, ra: float | np.ndarray, rb: float | np.ndarray) -> Tubes:
+    def of(cls, a: np.ndarray | Sequence[np.ndarray], b: np.ndarray | Sequence[np.ndarray], ra: float | np.ndarray,
+           rb: float | np.ndarray) -> Tubes:
         """Tubes from ends ``(N, 3)`` or ``(3,)`` and radii (scalars broadcast), as float64 copies."""
         a, b = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(np.asarray(b, np.float64))
         n = len(a)
@@ -77,7 +78,7 @@ class Tubes:
                      for name in ("a", "b", "ra", "rb")))
 
     def scaled(self, factor: float) -> Tubes:
-        """The same centre lines with both radii times ``factor``."""
+        """The same center lines with both radii times ``factor``."""
         return Tubes(self.a, self.b, self.ra * factor, self.rb * factor)
 
     def select(self, mask: np.ndarray) -> Tubes:
@@ -89,7 +90,7 @@ class Tubes:
 
 
 def _splat_cover(tubes: Tubes, spacing: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Sub-voxel tubes as voxel fractions: samples every half voxel along each centre line, each
+    """Sub-voxel tubes as voxel fractions: samples every half voxel along each center line, each
     carrying π r² h / voxel_volume, spread over its 8 neighbours with trilinear weights.
 
     Returns flat voxel indices and fractions (indices may repeat).
@@ -119,7 +120,7 @@ def _splat_cover(tubes: Tubes, spacing: np.ndarray, shape) -> tuple[np.ndarray, 
 
 def _capsule_kernel(pa: np.ndarray, ab: np.ndarray, ra: np.ndarray, rb: np.ndarray,
                     spacing: np.ndarray) -> np.ndarray:
-    """Cover of voxels by tapered capsules: ``pa`` (n, m, 3) voxel centres minus the capsule
+    """Cover of voxels by tapered capsules: ``pa`` (n, m, 3) voxel centers minus the capsule
     starts, ``ab`` (n, 3) capsule axes, ``ra``, ``rb`` (n,) end radii; returns (n, m).
 
     t = clip((p - a)·(b - a) / |b - a|², 0, 1), d = |p - a - t (b - a)| - r'(t),
@@ -196,15 +197,15 @@ def _capsule_cover(tubes: Tubes, spacing: np.ndarray, shape, big_radius_mm: floa
         chunk = max(1, max_stencil // len(offsets))
         for lo in range(0, len(a), chunk):
             sl = slice(lo, lo + chunk)
-            centre = np.rint((a[sl] + 0.5 * ab[sl]) / spacing).astype(np.int64)
-            centre = np.clip(centre, 0, shape - 1)
-            pa = (centre * spacing - a[sl]).astype(np.float32)[:, None, :] + offsets_mm[None]
+            center = np.rint((a[sl] + 0.5 * ab[sl]) / spacing).astype(np.int64)
+            center = np.clip(center, 0, shape - 1)
+            pa = (center * spacing - a[sl]).astype(np.float32)[:, None, :] + offsets_mm[None]
             cover = _capsule_kernel(pa, ab[sl], ra[sl], rb[sl], spacing)
-            border = np.flatnonzero(np.any((centre < half) | (centre + half >= shape), axis=1))
+            border = np.flatnonzero(np.any((center < half) | (center + half >= shape), axis=1))
             if len(border):
-                index = centre[border, None, :] + offsets[None]
+                index = center[border, None, :] + offsets[None]
                 cover[border] *= np.all((index >= 0) & (index < shape), axis=-1)
-            collect((centre @ strides)[:, None] + offsets @ strides, cover)
+            collect((center @ strides)[:, None] + offsets @ strides, cover)
     if not indices:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     return np.concatenate(indices), np.concatenate(covers)
@@ -240,7 +241,7 @@ def draw_sphere(volume: np.ndarray, spacing: np.ndarray, center_mm: np.ndarray, 
     """Paint a soft-edged blob where brighter than the volume, in its bounding box only.
 
     Its surface is at r(u) = radius · (1 + Σ_j α_j max(0, u·v_j)^p_j) along the unit direction u
-    from the centre: broad bumps (small p) make lobulations, narrow ones (large p) spicules.
+    from the center: broad bumps (small p) make lobulations, narrow ones (large p) spicules.
     ``center_mm`` is ``(3,)`` patient-frame zyx; ``bumps`` is ``(v (J, 3) unit vectors, α (J,),
     p (J,))``, None for a sphere.
     """

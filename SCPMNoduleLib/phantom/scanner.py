@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..io import Findings
+from ..triples import float_triple
 from .anatomy import Geometry
 from .config import HU_MAX, HU_MIN, PhantomConfig
 from .findings import Finding
@@ -31,12 +32,12 @@ class Nodule:
 
     Why a shape of its own rather than a :class:`~SCPMNoduleLib.io.Findings` row: besides the
     sphere in world LPS mm (which :func:`annotation_table` turns into LUNA16 rows), it carries
-    the appearance fields no table has (kind, location, margin), the centre's continuous voxel
+    the appearance fields no table has (kind, location, margin), the center's continuous voxel
     index in the stored array (for previews and tests), and no probability: it is the truth.
 
     Attributes:
-        center_xyz_mm: world LPS position of the centre (the stored image's geometry).
-        center_zyx_vox: continuous index of the centre in the stored image array.
+        center_xyz_mm: world LPS position of the center (the stored image's geometry).
+        center_zyx_vox: continuous index of the center in the stored image array.
         diameter_mm: diameter of the nodule's core sphere (spicules and lobes reach beyond it).
         kind: ``solid``, ``ground_glass``, ``part_solid`` or ``calcified``.
         location: ``isolated``, ``juxtavascular`` or ``juxtapleural``.
@@ -160,6 +161,6 @@ def store(rng: np.random.Generator, geo: Geometry, config: PhantomConfig, hu: np
         index_xyz = f.center_mm[::-1] / spacing_xyz
         world = origin + rotation @ (spacing_xyz * index_xyz)
         stored_xyz = np.where(flips, size_xyz - 1 - index_xyz, index_xyz)
-        nodules.append(Nodule(tuple(float(v) for v in world), tuple(float(v) for v in stored_xyz[::-1]),
+        nodules.append(Nodule(float_triple(world), float_triple(stored_xyz[::-1]),
                               2.0 * f.radius, f.kind, f.location, f.margin, f.included))
     return Phantom(image(hu), image(labels), nodules)

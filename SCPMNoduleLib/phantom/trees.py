@@ -39,8 +39,7 @@ def _grow_tree(rng: np.random.Generator, points: np.ndarray, root_mm: np.ndarray
     while len(starts):
         n_branch = len(starts)
         count = np.bincount(label, minlength=n_branch).astype(np.float64)
-        centroid = np.stack([np.bincount(label, points[:, i], n_branch) for i in range(3)], 1)
-        centroid /= count[:, None]
+        centroid = np.stack([np.bincount(label, points[:, i], n_branch) for i in range(3)], 1) / count[:, None]
         radius = root_radius * np.cbrt(count / total)
         leaf = (count <= config.leaf_points) | (radius * 2.0 ** (-1.0 / 3.0) < min_radius)
         reach = np.where(leaf, 1.0, rng.uniform(*config.branch_reach, n_branch))
@@ -89,7 +88,7 @@ def draw_trees(rng: np.random.Generator, geo: Geometry, config: PhantomConfig, v
     cx, cy = geo.cavity
     (hz, hy, hx), (az, ay, ax) = geo.heart
 
-    def mm(z, y, x):  # body-centred (x, y) and height z -> patient-frame zyx mm
+    def mm(z, y, x):  # body-centered (x, y) and height z -> patient-frame zyx mm
         return np.array([z, y + geo.center_y, x + geo.center_x])
 
     vy, vr = geo.vertebra

@@ -37,7 +37,7 @@ def series_uid(seed: int, index: int) -> str:
 
 def _save_preview(phantom: Phantom, path: Path, title: str) -> None:
     """A PNG of the three orthogonal slices through the largest annotated nodule (the largest
-    finding if none is annotated, the centre of the scan if there is none), its annotation circle
+    finding if none is annotated, the center of the scan if there is none), its annotation circle
     in each, with the nodule's size, kind, location and margin after ``title``."""
     shown = [n for n in phantom.nodules if n.included] or list(phantom.nodules)
     if not shown:

@@ -1,8 +1,9 @@
 """Write the small real-CT derivatives in this folder from ``../shared/realct`` (see README.md).
 
-Each volume is averaged over blocks of whole voxels in-plane (and along z for the abdomen) (``SimpleITK.BinShrink``: the origin
-moves to the first block's centre, the spacing grows by the factor), its slices kept, and stored as
-int16 HU in a ``.nii.gz``; the DICOM series is read with SimpleITK and stored the same way.
+Each volume is averaged over blocks of whole voxels in-plane (and along z for the abdomen)
+(``SimpleITK.BinShrink``: the origin moves to the first block's center, the spacing grows by the
+factor), its slices kept, and stored as int16 HU in a ``.nii.gz``; the DICOM series is read with
+SimpleITK and stored the same way.
 
     python Testing/data/realct/make_derivatives.py [../shared/realct]
 """
@@ -31,7 +32,8 @@ def main() -> None:
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/realct")
     here = Path(__file__).parent
     for csv in ("lung-pet-ct-dx-A0001/ct_5mm_L_boxes.csv", "lung-pet-ct-dx-A0002/ct_8mm_B70f_boxes.csv"):
-        (here / Path(csv).name.replace("ct_", Path(csv).parent.name[-5:] + "_")).write_bytes((source / csv).read_bytes())
+        target = here / Path(csv).name.replace("ct_", Path(csv).parent.name[-5:] + "_")
+        target.write_bytes((source / csv).read_bytes())
     for name, (path, factor, *slices) in DERIVATIVES.items():
         image = read_scan(source / path)
         small = sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), [factor, factor, *(slices or [1])])
