@@ -23,25 +23,28 @@ import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
+
+import SCPMNoduleMRML as mrml
 
 # Only torch-free modules that need nothing beyond what Slicer ships (numpy, SimpleITK, VTK):
 # ensureDependencies installs the rest after this file has loaded (test_slicer_logic checks).
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.models import read_manifest
-from SCPMNoduleMRML import (DetectionRun, DetectionSettings, NoduleReview, ReviewStatus, ReviewStyle, apply_lung_window,
-                            check_input_volume, detector_requirements, export_review, flush_sidecar, reattach_sidecar,
-                            new_sidecar_path, remove_reviews, restore_review, volume_node_from_image)
 
 PROGRESS_INTERVAL_MS = 200
 RECOVERY_FLUSH_MS = 1100  # after the last edit, write what the (debounced) recovery file still waits for
 SHORTCUTS = (("Alt+N", "next"), ("Alt+P", "previous"), ("Alt+A", "accept"), ("Alt+R", "reject"),
              ("Alt+D", "delete"), ("Alt+Z", "undo"))  # while the module is shown; Ctrl+Z is Slicer's Edit > Undo
-DETECTION_DEFAULTS = DetectionSettings()
-REVIEW_DEFAULTS = ReviewStyle()
+DETECTION_DEFAULTS = mrml.DetectionSettings()
+REVIEW_DEFAULTS = mrml.ReviewStyle()
 
 
 class SCPMNodule(ScriptedLoadableModule):
@@ -114,8 +117,8 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.checkpointPathLineEdit.connect("currentPathChanged(QString)", self.onCheckpointChosen)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         actions = {"next": lambda: self.onStep(1), "previous": lambda: self.onStep(-1),
-                   "accept": lambda: self.onSetStatus(ReviewStatus.ACCEPTED),
-                   "reject": lambda: self.onSetStatus(ReviewStatus.REJECTED),
+                   "accept": lambda: self.onSetStatus(mrml.ReviewStatus.ACCEPTED),
+                   "reject": lambda: self.onSetStatus(mrml.ReviewStatus.REJECTED),
                    "delete": self.onDelete, "undo": self.onUndo}
         for name, button in (("next", self.ui.nextButton), ("previous", self.ui.previousButton),
                              ("accept", self.ui.acceptButton), ("reject", self.ui.rejectButton),
@@ -258,7 +261,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def confirmReplacing(self, volume) -> bool:
         """Ask before a new review replaces the volume's review (whose recovery file is kept)."""
-        existing = NoduleReview.find(slicer.mrmlScene, volume) if volume else None
+        existing = mrml.NoduleReview.find(slicer.mrmlScene, volume) if volume else None
         reviewed, total = existing.reviewed_count() if existing else (0, 0)
         return existing is None or slicer.util.confirmOkCancelDisplay(
             f"'{volume.GetName()}' already has a review ({reviewed} of {total} nodules reviewed). Replace it? "
@@ -326,7 +329,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.logic.review is not None and len(self.logic.review):
             self.selectNodule(self.logic.review.neighbour(self._current, step))
 
-    def onSetStatus(self, status: ReviewStatus) -> None:
+    def onSetStatus(self, status: mrml.ReviewStatus) -> None:
         with slicer.util.tryWithErrorDisplay("Could not change the status."):
             self.logic.review.set_status(self.currentNodule(), status)
             self.onStep(1)
@@ -394,8 +397,8 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------ export / restore
     def onExport(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not export the nodules.", waitCursor=True):
-            paths = export_review(self.logic.review, self._parameterNode.exportDirectory,
-                                  self._parameterNode.includeRejectedInExport)
+            paths = mrml.export_review(self.logic.review, self._parameterNode.exportDirectory,
+                                       self._parameterNode.includeRejectedInExport)
             self.ui.statusLabel.text = "Exported " + ", ".join(Path(p).name for p in paths)
 
     def onRestore(self) -> None:
@@ -432,14 +435,14 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
     def ensureDependencies() -> None:
         """Install PyTorch through the PyTorch extension after asking (``Resources/requirements.txt``);
         the rest comes with Slicer, so an offline user with PyTorch is never asked."""
-        requirements = detector_requirements()
+        requirements = mrml.detector_requirements()
         torchVersion = requirements.pop("torch")
         if importlib.util.find_spec("torch") is None:
             try:  # here, not at the top: another extension's module, loaded after this one, or missing
                 import PyTorchUtils
             except ModuleNotFoundError:
                 raise UserInputError("This module needs the PyTorch extension: install 'PyTorch' from the "
-                                     "Extensions Manager and restart Slicer.")
+                                     "Extensions Manager and restart Slicer.") from None
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
                 torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersion)
@@ -456,21 +459,21 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def startDetection(self, parameters: SCPMNoduleParameterNode):
         """Check the volume, write it to a temporary file and start the detector in the background."""
-        check_input_volume(parameters.inputVolume)
-        settings = DetectionSettings(model=parameters.model, device=parameters.device,
-                                     threshold=parameters.threshold, max_detections=parameters.maxDetections)
+        mrml.check_input_volume(parameters.inputVolume)
+        settings = mrml.DetectionSettings(model=parameters.model, device=parameters.device,
+                                          threshold=parameters.threshold, max_detections=parameters.maxDetections)
         python = shutil.which("PythonSlicer")
         if python is None:  # never the running interpreter: in the GUI that is SlicerApp-real, not a Python
             raise UserInputError("PythonSlicer, Slicer's Python interpreter, was not found on Slicer's path; "
                                  "the detector cannot run. Reinstall Slicer.")
-        run = DetectionRun(parameters.inputVolume, settings, python=python, style=self._style(parameters),
-                           sidecar_path=str(new_sidecar_path(self.sidecarDirectory(), parameters.inputVolume)),
-                           base_environment=slicer.util.startupEnvironment())
+        sidecar = mrml.new_sidecar_path(self.sidecarDirectory(), parameters.inputVolume)
+        run = mrml.DetectionRun(parameters.inputVolume, settings, python=python, style=self._style(parameters),
+                                sidecar_path=str(sidecar), base_environment=slicer.util.startupEnvironment())
         try:
             run.start()
         except OSError as error:
             run.cleanup()
-            raise UserInputError(f"Could not start the detector ({error}).")
+            raise UserInputError(f"Could not start the detector ({error}).") from error
         return run
 
     def finishDetection(self, run, onChange, onSelect=None):
@@ -478,14 +481,14 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         review (only now: a failed run keeps it), in the lung window."""
         self.detachReview()
         review = run.finish()
-        remove_reviews(run.volume_node, keep=review)
+        mrml.remove_reviews(run.volume_node, keep=review)
         self._setReview(review, onChange, onSelect)
         slicer.util.setSliceViewerLayers(background=run.volume_node, fit=True)
-        apply_lung_window(run.volume_node, slicer.modules.volumes.logic())
+        mrml.apply_lung_window(run.volume_node, slicer.modules.volumes.logic())
         return review
 
     def _style(self, parameters: SCPMNoduleParameterNode):
-        return ReviewStyle(sphere_opacity=parameters.sphereOpacity)
+        return mrml.ReviewStyle(sphere_opacity=parameters.sphereOpacity)
 
     def _setReview(self, review, onChange, onSelect=None) -> None:
         self.detachReview()
@@ -499,9 +502,9 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
         if self.review is not None and self.review.alive and self.review.volume_node is volumeNode:
             return
         self.detachReview()
-        review = NoduleReview.find(slicer.mrmlScene, volumeNode) if volumeNode is not None else None
+        review = mrml.NoduleReview.find(slicer.mrmlScene, volumeNode) if volumeNode is not None else None
         if review is not None:
-            self._setReview(reattach_sidecar(review), onChange, onSelect)
+            self._setReview(mrml.reattach_sidecar(review), onChange, onSelect)
 
     def detachReview(self) -> None:
         """Write what the recovery file still waits for, then stop observing the review."""
@@ -512,7 +515,7 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def flushRecovery(self) -> None:
         if self.review is not None:
-            flush_sidecar(self.review)
+            mrml.flush_sidecar(self.review)
 
     def setDisplay(self, opacity: float, hideRejected: bool) -> None:
         if self.review is None:
@@ -535,10 +538,10 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
     def restore(self, volumeNode, path: str, onChange, onSelect=None):
         """Rebuild a review of ``volumeNode`` from a crash-recovery file of its series; it
         replaces the volume's review."""
-        check_input_volume(volumeNode)
+        mrml.check_input_volume(volumeNode)
         self.detachReview()
-        review = restore_review(volumeNode, path)
-        remove_reviews(volumeNode, keep=review)
+        review = mrml.restore_review(volumeNode, path)
+        mrml.remove_reviews(volumeNode, keep=review)
         self._setReview(review, onChange, onSelect)
         return review
 
@@ -560,17 +563,17 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         array[20:28, 28:36, 28:36] = 40
         image = sitk.GetImageFromArray(array)
         image.SetSpacing((0.8, 0.8, 1.5))
-        return volume_node_from_image(slicer.mrmlScene, image, "1.2.840.test")
+        return mrml.volume_node_from_image(slicer.mrmlScene, image, "1.2.840.test")
 
     def test_ReviewAndExport(self) -> None:
         volume = self._volume()
-        review = NoduleReview.create(volume, [Detection((25.6, 25.6, 36.0), 6.4, 0.9)])
+        review = mrml.NoduleReview.create(volume, [Detection((25.6, 25.6, 36.0), 6.4, 0.9)])
         self.assertEqual(review.markups_node.GetNthControlPointLabel(0), "N1")
         self.assertEqual([round(v, 3) for v in review.center_ras_mm(0)], [-25.6, -25.6, 36.0])
         review.accept(0)
         review.add_nodule((-10.0, -10.0, 20.0), 5.0)
         with tempfile.TemporaryDirectory() as directory:
-            csvPath = export_review(review, Path(directory), include_rejected=False)[0]
+            csvPath = mrml.export_review(review, Path(directory), include_rejected=False)[0]
             with open(csvPath, newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
         self.assertEqual([r["status"] for r in rows], ["accepted", "added"])

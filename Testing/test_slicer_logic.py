@@ -18,11 +18,12 @@ import pytest
 import SimpleITK as sitk
 import slicer  # slicer-core, from the test extra: a missing install must fail, not skip
 import vtk
-from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
 from SCPMNoduleLib.detection import Detection  # noqa: E402
 from SCPMNoduleLib.errors import UserInputError  # noqa: E402
 from SCPMNoduleLib.io import read_annotations, safe_file_name  # noqa: E402
+
+from slicer_scene import load_scene, make_scene, save_scene  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SCPMNodule"))
@@ -49,8 +50,9 @@ def test_the_module_file_imports_at_load_only_what_slicer_ships():
     import ast
 
     tree = ast.parse((REPO / "SCPMNodule" / "SCPMNodule.py").read_text(encoding="utf-8"))
-    ours = sorted({node.module for node in tree.body if isinstance(node, ast.ImportFrom)
-                   and node.module.split(".")[0] in ("SCPMNoduleLib", "SCPMNoduleMRML")})
+    imported = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)] + [
+        alias.name for n in tree.body if isinstance(n, ast.Import) for alias in n.names]
+    ours = sorted({name for name in imported if name and name.split(".")[0] in ("SCPMNoduleLib", "SCPMNoduleMRML")})
     assert "SCPMNoduleMRML" in ours and "SCPMNoduleLib.errors" in ours
     code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); "
             "[importlib.import_module(m) for m in sys.argv[2:]]; "
@@ -377,9 +379,11 @@ def test_sidecar_is_written_once_when_a_dragged_point_is_dropped(mrml, tmp_path)
     for step in range(1, 4):
         markups.SetNthControlPointPosition(0, float(step), 0.0, 0.0)
         assert sphere_center_and_diameter(review.sphere_nodes[0])[0] == pytest.approx((step, 0.0, 0.0))
-        assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == [10.0, -5.0, -12.0]
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+        assert saved["nodules"][0]["center_xyz_mm"] == [10.0, -5.0, -12.0]
     markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
-    assert json.loads(sidecar.read_text(encoding="utf-8"))["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
+    saved = json.loads(sidecar.read_text(encoding="utf-8"))
+    assert saved["nodules"][0]["center_xyz_mm"] == pytest.approx([-3.0, 0.0, 0.0])
 
 
 def test_on_persist_callbacks_see_each_change_and_a_review_needs_none(mrml):
@@ -466,7 +470,8 @@ def test_series_uid_comes_from_dicom_when_loaded_from_dicom(mrml):
     volume = chest_volume(mrml, name="3: CT chest")
     assert logic.series_uid(volume) == "3: CT chest"
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(mrml.scene)
-    hierarchy.SetItemUID(hierarchy.CreateItem(hierarchy.GetSceneItemID(), volume), "DICOM", "1.3.6.1.4.1.14519.5.2.1.6279")
+    item = hierarchy.CreateItem(hierarchy.GetSceneItemID(), volume)
+    hierarchy.SetItemUID(item, "DICOM", "1.3.6.1.4.1.14519.5.2.1.6279")
     assert logic.series_uid(volume) == "1.3.6.1.4.1.14519.5.2.1.6279"
 
 

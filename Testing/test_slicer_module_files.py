@@ -136,7 +136,7 @@ def test_parameter_defaults_come_from_the_logics_settings():
 def test_parameter_bound_widgets_name_real_parameters_of_a_bindable_type(ui_widgets):
     fields = _parameter_fields()
     bound = {}
-    for name, widget in ui_widgets.items():
+    for widget in ui_widgets.values():
         for prop in widget.findall("property"):
             if prop.get("name") == "SlicerParameterName":
                 assert prop.get("stdset") == "0", "SlicerParameterName must be a dynamic property"
@@ -144,7 +144,8 @@ def test_parameter_bound_widgets_name_real_parameters_of_a_bindable_type(ui_widg
     assert bound, "no widget is bound to the parameter node"
     for parameter, widget_class in bound.items():
         assert parameter in fields, f"{parameter} is not a field of SCPMNoduleParameterNode"
-        assert widget_class in BINDABLE[fields[parameter]], f"{parameter}: {widget_class} cannot show a {fields[parameter]}"
+        assert widget_class in BINDABLE[fields[parameter]], \
+            f"{parameter}: {widget_class} cannot show a {fields[parameter]}"
     assert {"inputVolume", "device", "threshold", "maxDetections"} <= set(bound)
 
 
@@ -156,7 +157,8 @@ def test_custom_widgets_are_declared_and_mrml_widgets_receive_the_scene(ui_widge
     receivers = {c.findtext("receiver") for c in root.iter("connection")
                  if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
                  and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    mrml_widgets = {name for name, w in ui_widgets.items() if w.get("class").startswith("qMRML") and name != "SCPMNodule"}
+    mrml_widgets = {name for name, w in ui_widgets.items()
+                    if w.get("class").startswith("qMRML") and name != "SCPMNodule"}
     assert mrml_widgets and mrml_widgets <= receivers
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import slicer
-from slicer_scene import make_scene
 from test_slicer_logic import DETECTIONS, assert_consistent, chest_volume, table_rows
 
 from SCPMNoduleLib.errors import UserInputError
+
+from slicer_scene import make_scene
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SCPMNodule"))

@@ -8,13 +8,40 @@ against the ``slicer-core`` package alike. The module's Widget and Logic classes
 
 from .exports import REVIEW_CSV_COLUMNS, export_review, write_markups_json, write_review_csv, write_table_csv
 from .nodules import TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, nodule_color, probability_color
-from .process import (DetectionProcess, DetectionRun, DetectionSettings, ProgressEvent, child_process_options,
-                      detect_command, detector_requirements, library_environment, parse_progress_line)
+from .process import (
+                      DetectionProcess,
+                      DetectionRun,
+                      DetectionSettings,
+                      ProgressEvent,
+                      child_process_options,
+                      detect_command,
+                      detector_requirements,
+                      library_environment,
+                      parse_progress_line,
+)
 from .review import NoduleReview, remove_reviews
-from .sidecar import (SidecarWriter, attach_sidecar, flush_sidecar, new_sidecar_path, read_sidecar, reattach_sidecar,
-                      restore_review, sidecar_path, write_sidecar)
-from .volumes import (apply_lung_window, check_input_volume, image_from_volume_node, lps_to_ras, ras_to_lps,
-                      series_uid, volume_ijk_to_ras, volume_node_from_image, write_volume)
+from .sidecar import (
+                      SidecarWriter,
+                      attach_sidecar,
+                      flush_sidecar,
+                      new_sidecar_path,
+                      read_sidecar,
+                      reattach_sidecar,
+                      restore_review,
+                      sidecar_path,
+                      write_sidecar,
+)
+from .volumes import (
+                      apply_lung_window,
+                      check_input_volume,
+                      image_from_volume_node,
+                      lps_to_ras,
+                      ras_to_lps,
+                      series_uid,
+                      volume_ijk_to_ras,
+                      volume_node_from_image,
+                      write_volume,
+)
 
 __all__ = [
     "REVIEW_CSV_COLUMNS", "TABLE_COLUMNS",

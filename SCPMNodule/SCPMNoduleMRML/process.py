@@ -313,7 +313,7 @@ class DetectionRun:
             returncode = self.process.returncode
             if returncode != 0 or self._result_path is None:
                 reason = self._error or (self.process.stderr_tail.splitlines() or ["no message"])[-1]
-                if returncode == EXIT_BAD_INPUT:  # the detector's own sentence, about the volume, not its temporary copy
+                if returncode == EXIT_BAD_INPUT:  # the detector's sentence, on the volume, not its temporary copy
                     raise UserInputError(reason.replace(str(self.input_path), self.volume_node.GetName()))
                 raise UserInputError(f"The detection failed (exit status {returncode}: {reason}).")
             detections = read_detections_json(self._result_path)

@@ -38,9 +38,22 @@ from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 
 from .hierarchy import file_beside, place_in_folder, remove_with_folder
-from .nodules import (DIAMETER_COLUMN, ID_COLUMN, NOTE_COLUMN, PROBABILITY_COLUMN, RAS_COLUMNS, STATUS_COLUMN,
-                      TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, column_array, describe, nodule_color,
-                      sphere_polydata)
+from .nodules import (
+    DIAMETER_COLUMN,
+    ID_COLUMN,
+    NOTE_COLUMN,
+    PROBABILITY_COLUMN,
+    RAS_COLUMNS,
+    STATUS_COLUMN,
+    TABLE_COLUMNS,
+    Nodule,
+    ReviewStatus,
+    ReviewStyle,
+    column_array,
+    describe,
+    nodule_color,
+    sphere_polydata,
+)
 from .volumes import lps_to_ras
 
 __all__ = ["NoduleReview", "remove_reviews"]
