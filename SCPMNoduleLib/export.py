@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import SimpleITK as sitk
 
 from .detection import Detection
+from .dicom_series import SeriesIdentity
 from .documents import read_document
 from .errors import UserInputError
 from .io import Findings, atomic_write, write_candidates
@@ -24,15 +25,21 @@ MARKUPS_SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Mo
                       "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
 
 
-def describe_scan(image: sitk.Image, path: str | os.PathLike | None = None) -> dict:
-    """The scan's identity and geometry for the JSON report (sizes x, y, z; mm; LPS)."""
-    return {
+def describe_scan(image: sitk.Image, path: str | os.PathLike | None = None,
+                  dicom: SeriesIdentity | None = None) -> dict:
+    """The scan's identity and geometry for the JSON report (sizes x, y, z; mm; LPS); for a DICOM
+    series also ``"dicom"``: its :class:`~SCPMNoduleLib.dicom_series.SeriesIdentity` (series, study,
+    frame of reference and instance UIDs, patient, date, modality, maker, slice thickness, kernel)."""
+    described = {
         "path": None if path is None else str(path),
         "size_xyz": list(image.GetSize()),
         "spacing_xyz_mm": list(image.GetSpacing()),
         "origin_xyz_mm": list(image.GetOrigin()),
         "direction": list(image.GetDirection()),
     }
+    if dicom is not None:
+        described["dicom"] = dicom.to_dict()
+    return described
 
 
 def _detection_record(detection: Detection) -> dict:
