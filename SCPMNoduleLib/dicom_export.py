@@ -11,7 +11,8 @@ those UIDs (:func:`check_referable`).
   after a review, the reader's status as a qualitative evaluation in this project's private coding
   scheme ``99SCPM``. The observer is the algorithm (device), named with its version.
 * **SEG** (binary Segmentation): one segment per nodule, the voxels of the source grid whose
-  centre lies within the nodule's sphere (the nearest voxel for a sphere that holds none), coded
+  centre lies within the nodule's sphere (the nearest voxel for a sphere that holds none; a nodule
+  outside the images is refused), coded
   SCT *Morphologically abnormal structure* / *Nodule* in the *Lung*.
 
 Spheres are drawn from the source images' own geometry (Image Position and Orientation, Pixel
@@ -71,8 +72,8 @@ class ReportedNodule:
 
 def nodules_from_detections(detections: Sequence[Detection]) -> list[ReportedNodule]:
     """The detector's output, labelled ``N1, N2...`` in order (as the markups are), unreviewed."""
-    return [ReportedNodule(f"N{rank + 1}", tuple(float(v) for v in d.center_xyz_mm), float(d.diameter_mm),
-                           float(d.probability)) for rank, d in enumerate(detections)]
+    return [ReportedNodule(f"N{rank + 1}", (float(x), float(y), float(z)), float(d.diameter_mm), float(d.probability))
+            for rank, d in enumerate(detections) for x, y, z in [d.center_xyz_mm]]
 
 
 def check_referable(series: DicomSeries | None, source: str | os.PathLike) -> DicomSeries:
@@ -104,11 +105,16 @@ def sphere_masks(sources: Sequence[pydicom.Dataset], nodules: Sequence[ReportedN
     """``(frames, rows, columns, nodules)`` bool: which source pixels lie within each sphere.
 
     A sphere too small to hold a pixel centre marks the pixel nearest its centre.
+
+    Raises:
+        UserInputError: a nodule outside the images (its centre more than a slice gap away from
+            every slice, or beside them).
     """
     positions, step_column, step_row, normal = _geometry(sources)
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
     masks = np.zeros((len(sources), rows, columns, len(nodules)), dtype=bool)
     r_index, c_index = np.arange(rows, dtype=np.float64), np.arange(columns, dtype=np.float64)
+    max_gap = float(np.max(np.abs(np.diff(np.sort(positions @ normal))), initial=0.0))
     for k, nodule in enumerate(nodules):
         offsets = positions - np.asarray(nodule.center_xyz_mm)
         radius2 = (nodule.diameter_mm / 2) ** 2
@@ -116,14 +122,17 @@ def sphere_masks(sources: Sequence[pydicom.Dataset], nodules: Sequence[ReportedN
         along_u = offsets @ step_column / (step_column @ step_column)
         along_v = offsets @ step_row / (step_row @ step_row)
         height = offsets @ normal
-        for f in np.flatnonzero(height ** 2 <= radius2):
+        for frame in np.flatnonzero(height ** 2 <= radius2):
+            f = int(frame)
             du = (along_u[f] + c_index) ** 2 * (step_column @ step_column)
             dv = (along_v[f] + r_index) ** 2 * (step_row @ step_row)
             masks[f, :, :, k] = dv[:, None] + du[None, :] + height[f] ** 2 <= radius2
         if not masks[..., k].any():
             f = int(np.argmin(np.abs(height)))
-            r = int(np.clip(np.rint(-along_v[f]), 0, rows - 1))
-            c = int(np.clip(np.rint(-along_u[f]), 0, columns - 1))
+            r, c = int(np.rint(-along_v[f])), int(np.rint(-along_u[f]))
+            if not (0 <= r < rows and 0 <= c < columns and abs(height[f]) <= max_gap):
+                raise UserInputError(f"nodule {nodule.label} at {tuple(round(v, 1) for v in nodule.center_xyz_mm)} "
+                                     "mm lies outside the series' images, so a Segmentation cannot hold it.")
             masks[f, r, c, k] = True
     return masks
 

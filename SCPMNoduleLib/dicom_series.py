@@ -32,7 +32,7 @@ from pydicom.errors import InvalidDicomError
 from .errors import UserInputError
 
 __all__ = ["SPACING_TOLERANCE", "DicomSeries", "SeriesIdentity", "find_series", "read_dicom_series",
-           "read_series_image"]
+           "read_series_image", "series_from_files"]
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +106,18 @@ def _text(dataset: pydicom.Dataset, keyword: str) -> str:
 
 def _read_header(path: Path) -> pydicom.Dataset | None:
     """The file's header; ``None`` for a DICOM file that is not an image (SR, DICOMDIR...)."""
+    dataset: pydicom.Dataset
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         try:  # DICOM without the preamble (old ACR-NEMA style files) still has its UIDs
-            dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            forced: pydicom.Dataset | None = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except Exception:
-            dataset = None
-        if dataset is None or "SOPClassUID" not in dataset and "SeriesInstanceUID" not in dataset:
+            forced = None
+        if forced is None or ("SOPClassUID" not in forced and "SeriesInstanceUID" not in forced):
             raise UserInputError(f"{path}: the file is not DICOM; a DICOM series folder must hold only "
                                  "DICOM files.") from None
+        dataset = forced
     except Exception as error:
         raise UserInputError(f"{path}: the DICOM header could not be read ({type(error).__name__}).") from None
     return dataset if "Rows" in dataset and "Columns" in dataset else None
@@ -243,6 +245,31 @@ def find_series(folder: str | os.PathLike, series_uid: str | None = None) -> Dic
                      folder, uid or "without a UID", len(paths))
     files, gap = _check_slices(by_series[chosen], headers)
     return DicomSeries(folder, tuple(files), _identity(files, headers), gap)
+
+
+def series_from_files(files: Sequence[str | os.PathLike]) -> DicomSeries:
+    """The checked series of exactly these files (for example the instances of a volume that
+    Slicer's DICOM database holds), in slice order; the same checks as :func:`find_series`.
+
+    Raises:
+        UserInputError: no files, a file that does not read or is no image, files of several
+            series, or slices that do not make one evenly spaced volume.
+    """
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise UserInputError("no DICOM files were given for the series.")
+    headers = {}
+    for path in paths:
+        header = _read_header(path)
+        if header is None:
+            raise UserInputError(f"{path}: the DICOM file holds no image.")
+        headers[path] = header
+    uids = sorted({_text(header, "SeriesInstanceUID") for header in headers.values()})
+    if len(uids) > 1:
+        raise UserInputError(f"{paths[0].parent}: the files belong to {len(uids)} series ({', '.join(uids)}), "
+                             "not one.")
+    ordered, gap = _check_slices(paths, headers)
+    return DicomSeries(ordered[0].parent, tuple(ordered), _identity(ordered, headers), gap)
 
 
 def _unreadable_file(files: Sequence[Path]) -> Path | None:

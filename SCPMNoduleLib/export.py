@@ -10,14 +10,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
 from .detection import Detection
-from .dicom_series import SeriesIdentity
 from .documents import read_document
 from .errors import UserInputError
 from .io import Findings, atomic_write, write_candidates
+
+if TYPE_CHECKING:  # pydicom stays unimported until a DICOM series is read
+    from .dicom_series import SeriesIdentity
 
 REPORT_FORMAT = "scpm-nodule-detections"
 REPORT_VERSION = 1

@@ -27,14 +27,16 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
 
 from .detection import Detection
-from .dicom_series import DicomSeries, find_series, read_dicom_series
 from .errors import UserInputError
+
+if TYPE_CHECKING:  # pydicom is imported only when a DICOM folder is read
+    from .dicom_series import DicomSeries
 
 __all__ = [
     "ANNOTATION_COLUMNS",
@@ -319,6 +321,8 @@ def scan_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
     """
     path = Path(path)
     if path.is_dir():
+        from .dicom_series import find_series
+
         try:
             return find_series(path, series_uid).name
         except UserInputError:
@@ -405,6 +409,8 @@ def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> Scan:
     if not path.exists():
         raise UserInputError(f"{path}: file not found.")
     if path.is_dir():
+        from .dicom_series import read_dicom_series
+
         image, series = read_dicom_series(path, series_uid)
         check_scan(image, path)
         return Scan(image, series.name, series)

@@ -20,8 +20,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from .detection import Detection
-from .dicom_export import (Algorithm, check_referable, nodules_from_detections, read_sources,
-                           write_measurement_report, write_segmentation)
+from .dicom_export import (
+    Algorithm,
+    check_referable,
+    nodules_from_detections,
+    read_sources,
+    write_measurement_report,
+    write_segmentation,
+)
 from .errors import UserInputError
 from .evaluation import luna16_hit, squared_distance_mm2
 from .export import describe_scan, write_candidates_csv, write_detections_json, write_markups_json

@@ -19,8 +19,14 @@ from pydicom.sr.codedict import codes
 
 from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.cli import main
-from SCPMNoduleLib.dicom_export import (PRIVATE_SCHEME, Algorithm, ReportedNodule, read_sources,
-                                        write_measurement_report, write_segmentation)
+from SCPMNoduleLib.dicom_export import (
+    PRIVATE_SCHEME,
+    Algorithm,
+    ReportedNodule,
+    read_sources,
+    write_measurement_report,
+    write_segmentation,
+)
 from SCPMNoduleLib.dicom_series import find_series
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.phantom import make_phantom

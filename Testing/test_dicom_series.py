@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_helpers import write_ct_series
 
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import load_scan, scan_name
 from SCPMNoduleLib.phantom import make_phantom
-from dicom_helpers import write_ct_series
 
 SHARED_REALCT_DICOM = Path("/work/shared/realct/totalsegmentator-example/ct_dicom")
 

@@ -83,7 +83,8 @@ def worker(options: dict) -> dict:
     detector = Detector(model, preprocess, config, options["device"])
     path = Path(options["scan"])
     if options["mode"] == "detect":
-        results = [detect_scan(path, Path(options["out"]), detector, DEFAULT_FORMATS) for _ in range(options["repeats"])]
+        results = [detect_scan(path, Path(options["out"]), detector, DEFAULT_FORMATS)
+                   for _ in range(options["repeats"])]
         if not results[0].ok:
             raise RuntimeError(results[0].error)
         best = min(results, key=lambda r: r.seconds)
