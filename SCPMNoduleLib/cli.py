@@ -242,13 +242,20 @@ def _add_detect(subparsers) -> None:
         help="find nodules in CT scans; write candidates CSV, JSON reports and Slicer markups",
         description="Detect lung nodules in scans (.mhd/.mha/.nrrd/.nii/.nii.gz files, folders of "
         "them, or DICOM series folders). Per scan <name>.candidates.csv, <name>.json and "
-        "<name>.mrk.json go into --out, plus detect_summary.json and a batch candidates.csv. "
+        "<name>.mrk.json go into --out, plus detect_summary.json and a batch candidates.csv; "
+        "for DICOM input <name> is the SeriesInstanceUID, and --formats sr,seg adds a DICOM "
+        "Structured Report (TID 1500) and a Segmentation that reference the series. "
         "A scan that fails is reported and skipped; the exit status is 0 when every scan "
         "succeeded, 2 when a failure was bad input, 1 otherwise.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="scan file, folder of scans, or DICOM folder")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--formats", default="csv,json,mrk", help="comma-separated: csv, json, mrk")
+    parser.add_argument("--formats", default="csv,json,mrk",
+                        help="comma-separated: csv, json, mrk, and for DICOM input sr (TID 1500 Structured "
+                             "Report) and seg (Segmentation)")
+    parser.add_argument("--series", default=None, metavar="UID",
+                        help="in a DICOM folder holding several series, read this SeriesInstanceUID "
+                             "(default: the series with most slices; the others are logged)")
     _add_detection_options(parser)
     parser.set_defaults(run=_run_detect)
 
@@ -260,7 +267,8 @@ def _run_detect(args: argparse.Namespace) -> int:
     reporter = _Reporter(args.progress)
     detector = _detector(args)
     try:
-        results = detect_files(args.inputs, args.out, detector, formats, reporter.progress, reporter.result)
+        results = detect_files(args.inputs, args.out, detector, formats, reporter.progress, reporter.result,
+                               series_uid=args.series)
     finally:
         reporter.close()
     failed = [r for r in results if not r.ok]

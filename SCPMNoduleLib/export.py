@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import SimpleITK as sitk
 
@@ -32,21 +33,30 @@ __all__ = [
     "write_markups_json",
 ]
 
+if TYPE_CHECKING:  # pydicom stays unimported until a DICOM series is read
+    from .dicom_series import SeriesIdentity
+
 REPORT_FORMAT = "scpm-nodule-detections"
 REPORT_VERSION = 1
 MARKUPS_SCHEMA_URL = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
                       "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
 
 
-def describe_scan(image: sitk.Image, path: str | os.PathLike | None = None) -> dict:
-    """The scan's identity and geometry for the JSON report (sizes x, y, z; mm; LPS)."""
-    return {
+def describe_scan(image: sitk.Image, path: str | os.PathLike | None = None,
+                  dicom: SeriesIdentity | None = None) -> dict:
+    """The scan's identity and geometry for the JSON report (sizes x, y, z; mm; LPS); for a DICOM
+    series also ``"dicom"``: its :class:`~SCPMNoduleLib.dicom_series.SeriesIdentity` (series, study,
+    frame of reference and instance UIDs, patient, date, modality, maker, slice thickness, kernel)."""
+    described: dict[str, object] = {
         "path": None if path is None else str(path),
         "size_xyz": list(image.GetSize()),
         "spacing_xyz_mm": list(image.GetSpacing()),
         "origin_xyz_mm": list(image.GetOrigin()),
         "direction": list(image.GetDirection()),
     }
+    if dicom is not None:
+        described["dicom"] = dicom.to_dict()
+    return described
 
 
 def _detection_record(detection: Detection) -> dict:

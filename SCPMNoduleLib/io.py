@@ -1,7 +1,8 @@
 """Files in and out: CT scans, LUNA16's CSV tables and atomic writes.
 
 Scans are read with SimpleITK from ``.mhd``/``.mha``, ``.nrrd``/``.nhdr``, ``.nii``/``.nii.gz``
-or a folder holding a DICOM series, and checked (3-D, one component, finite values, not empty)
+or a folder holding a DICOM series (:mod:`~SCPMNoduleLib.dicom_series`: headers with pydicom,
+checked for missing or uneven slices, identity kept), and checked (3-D, one component, finite values, not empty)
 before anything else touches them.
 
 LUNA16's tables (world LPS millimetres, as the challenge defines them):
@@ -26,7 +27,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,14 +35,19 @@ import SimpleITK as sitk
 from .detection import Detection
 from .errors import UserInputError
 
+if TYPE_CHECKING:  # pydicom is imported only when a DICOM folder is read
+    from .dicom_series import DicomSeries
+
 __all__ = [
     "ANNOTATION_COLUMNS",
     "CANDIDATE_COLUMNS",
     "SCAN_SUFFIXES",
     "Findings",
+    "Scan",
     "atomic_write",
     "check_scan",
     "list_scans",
+    "load_scan",
     "map_in_processes",
     "read_annotations",
     "read_candidates",
@@ -305,9 +311,23 @@ def write_seriesuids(path: str | os.PathLike, seriesuids: Sequence[str]) -> None
         handle.writelines(f"{uid}\n" for uid in seriesuids)
 
 
-def scan_name(path: str | os.PathLike) -> str:
-    """The scan's name: the file name without its image suffix (LUNA16's seriesuid), or the folder's name."""
-    name = Path(path).name
+def scan_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
+    """The scan's name: the file name without its image suffix (LUNA16's seriesuid), or for a folder
+    its DICOM series' SeriesInstanceUID (``series_uid`` or the one with most slices, see
+    :func:`~SCPMNoduleLib.dicom_series.find_series`).
+
+    A folder whose series has no UID, or that does not read, is named after the folder (reading it
+    then says what is wrong).
+    """
+    path = Path(path)
+    if path.is_dir():
+        from .dicom_series import find_series
+
+        try:
+            return find_series(path, series_uid).name
+        except UserInputError:
+            return path.name
+    name = path.name
     for suffix in sorted(SCAN_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -330,25 +350,6 @@ def list_scans(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         files = sorted(p for p in item.rglob("*") if _is_scan_file(p)) if item.is_dir() else []
         scans.extend(files or [item])
     return scans
-
-
-def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise UserInputError(f"{folder}: the folder holds neither an image file nor a DICOM series.")
-    if series_uid is not None and series_uid not in series:
-        raise UserInputError(f"{folder}: the folder has no DICOM series {series_uid}.")
-    files_by_series = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
-    chosen = series_uid or max(series, key=lambda uid: len(files_by_series[uid]))
-    if len(series) > 1:
-        log.info("%s holds %d DICOM series; reading %s (%d files)", folder, len(series), chosen,
-                 len(files_by_series[chosen]))
-    reader.SetFileNames(files_by_series[chosen])
-    try:
-        return reader.Execute()
-    except RuntimeError:
-        raise UserInputError(f"{folder}: the DICOM series {chosen} could not be read.") from None
 
 
 def check_scan(image: sitk.Image, name: str | os.PathLike) -> None:
@@ -378,34 +379,54 @@ def check_scan(image: sitk.Image, name: str | os.PathLike) -> None:
         raise UserInputError(f"{name}: the image is empty (every voxel is {values.flat[0]}).")
 
 
-def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+@dataclass(frozen=True)
+class Scan:
+    """A checked CT scan, its name (:func:`scan_name`) and, for a DICOM folder, the series it came
+    from (its files in slice order and its identity); ``dicom`` is ``None`` for an image file."""
+
+    image: sitk.Image
+    name: str
+    dicom: DicomSeries | None = None
+
+
+def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> Scan:
     """Read and check a CT scan: an image file or a folder with a DICOM series.
 
     Args:
         path: ``.mhd``/``.mha``/``.nrrd``/``.nhdr``/``.nii``/``.nii.gz`` file or DICOM folder.
         series_uid: for a folder with several DICOM series, the one to read; by default the
-            series with the most files (logged).
+            series with the most slices (the others are logged).
 
     Returns:
-        The image as stored (pixel type kept), with its origin, spacing and direction.
+        The image as stored (pixel type kept), with its origin, spacing and direction, its name
+        and its DICOM series.
 
     Raises:
-        UserInputError: missing or unreadable file, or an image that is not a usable 3-D scan.
+        UserInputError: missing or unreadable file, a DICOM series with a missing, unreadable or
+            unevenly spaced slice, or an image that is not a usable 3-D scan.
     """
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: file not found.")
     if path.is_dir():
-        image = _read_dicom_series(path, series_uid)
-    else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
-            raise UserInputError(
-                f"{path}: the file could not be read as an image "
-                f"(expected one of {', '.join(SCAN_SUFFIXES)} or a DICOM folder).") from None
+        from .dicom_series import read_dicom_series
+
+        image, series = read_dicom_series(path, series_uid)
+        check_scan(image, path)
+        return Scan(image, series.name, series)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise UserInputError(
+            f"{path}: the file could not be read as an image "
+            f"(expected one of {', '.join(SCAN_SUFFIXES)} or a DICOM folder).") from None
     check_scan(image, path)
-    return image
+    return Scan(image, scan_name(path))
+
+
+def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+    """The image of :func:`load_scan` (for callers that need neither name nor DICOM identity)."""
+    return load_scan(path, series_uid).image
 
 
 def safe_file_name(name: str, fallback: str = "unnamed") -> str:

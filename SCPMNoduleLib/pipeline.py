@@ -20,11 +20,19 @@ import numpy as np
 import SimpleITK as sitk
 
 from .detection import Detection
+from .dicom_export import (
+    Algorithm,
+    check_referable,
+    nodules_from_detections,
+    read_sources,
+    write_measurement_report,
+    write_segmentation,
+)
 from .errors import UserInputError
 from .evaluation import luna16_hit, squared_distance_mm2
 from .export import describe_scan, write_candidates_csv, write_detections_json, write_markups_json
 from .inference import DetectionCancelled, Detector
-from .io import Findings, atomic_write, list_scans, read_scan, scan_name, write_annotations, write_candidates
+from .io import Findings, Scan, atomic_write, list_scans, load_scan, scan_name, write_annotations, write_candidates
 from .lungs import LungFinding
 from .plotting import save_detection_slices
 from .preprocess import NoLungsError
@@ -32,6 +40,8 @@ from .preprocess import NoLungsError
 __all__ = [
     "ADULT_LUNG_VOLUME_ML",
     "BATCH_CANDIDATES_NAME",
+    "DEFAULT_FORMATS",
+    "DICOM_FORMATS",
     "DemoResult",
     "FORMATS",
     "OUTPUT_SUFFIXES",
@@ -48,8 +58,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("csv", "json", "mrk")
-OUTPUT_SUFFIXES = {"csv": ".candidates.csv", "json": ".json", "mrk": ".mrk.json"}
+FORMATS = ("csv", "json", "mrk", "sr", "seg")
+DEFAULT_FORMATS = ("csv", "json", "mrk")
+DICOM_FORMATS = ("sr", "seg")
+"""Outputs that reference the source series, so only for DICOM input (:mod:`~SCPMNoduleLib.dicom_export`)."""
+OUTPUT_SUFFIXES = {"csv": ".candidates.csv", "json": ".json", "mrk": ".mrk.json", "sr": ".sr.dcm",
+                   "seg": ".seg.dcm"}
 SUMMARY_NAME = "detect_summary.json"
 BATCH_CANDIDATES_NAME = "candidates.csv"
 ADULT_LUNG_VOLUME_ML = (1000, 10000)
@@ -103,19 +117,38 @@ def lung_summary(lungs: LungFinding) -> dict:
                                 "max": [round(float(v), 2) for v in lungs.box_max_xyz_mm]}}
 
 
-def _write_outputs(out_dir: Path, name: str, detections: list[Detection], image: sitk.Image,
-                   path: Path, model: dict, formats: Sequence[str],
-                   timings: dict[str, float], lungs: dict | None) -> dict[str, str]:
+def _write_dicom_outputs(outputs: dict[str, str], scan: Scan, detections: list[Detection], model: dict) -> None:
+    series = check_referable(scan.dicom, scan.name)
+    sources = read_sources(series.files)
+    nodules = nodules_from_detections(detections)
+    algorithm = Algorithm(str(model.get("name") or "scpm-nodule"), str(model.get("version") or "unknown"))
+    if "sr" in outputs:
+        write_measurement_report(outputs["sr"], sources, nodules, algorithm)
+    if "seg" in outputs:
+        if nodules:
+            write_segmentation(outputs["seg"], sources, nodules, algorithm)
+        else:
+            log.info("%s: no detections, so no Segmentation (it needs one segment)", scan.name)
+            del outputs["seg"]
+
+
+def _write_outputs(out_dir: Path, scan: Scan, detections: list[Detection], path: Path, model: dict,
+                   formats: Sequence[str], timings: dict[str, float], lungs: dict | None) -> dict[str, str]:
     """Write one scan's files; on failure remove the ones already written and re-raise."""
+    name, image = scan.name, scan.image
     outputs = {fmt: str(out_dir / f"{name}{OUTPUT_SUFFIXES[fmt]}") for fmt in formats}
     try:
         if "csv" in outputs:
             write_candidates_csv(outputs["csv"], name, detections)
         if "json" in outputs:
-            write_detections_json(outputs["json"], detections, scan={**describe_scan(image, path), **(lungs or {})},
+            identity = scan.dicom.identity if scan.dicom is not None else None
+            write_detections_json(outputs["json"], detections,
+                                  scan={**describe_scan(image, path, identity), **(lungs or {})},
                                   model=model, timings=timings)
         if "mrk" in outputs:
             write_markups_json(outputs["mrk"], detections, name=f"{name} nodules")
+        if set(DICOM_FORMATS) & set(outputs):
+            _write_dicom_outputs(outputs, scan, detections, model)
     except BaseException:
         for written in outputs.values():
             with contextlib.suppress(FileNotFoundError):
@@ -131,17 +164,23 @@ def _model_summary(detector: Detector, device: str) -> dict:
 
 
 def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence[str],
-                progress: ScanProgress | None = None) -> ScanResult:
-    """Detect on one scan and write its outputs; failures become the result's ``error``."""
-    name = scan_name(path)
+                progress: ScanProgress | None = None, series_uid: str | None = None) -> ScanResult:
+    """Detect on one scan and write its outputs; failures become the result's ``error``.
+
+    ``series_uid`` picks the series of a DICOM folder that holds several. DICOM outputs (``sr``,
+    ``seg``) are checked to be possible (a DICOM series with its UIDs) before detection.
+    """
+    name = scan_name(path, series_uid)
     report = progress or (lambda scan, fraction, stage: None)
     result = ScanResult(scan=name, path=str(path))
     start = time.perf_counter()
     try:
         report(name, 0.0, "read")
-        image = read_scan(path)
+        scan = load_scan(path, series_uid)
+        if set(DICOM_FORMATS) & set(formats):
+            check_referable(scan.dicom, path)
         result.timings_s["read"] = time.perf_counter() - start
-        detection = detector.detect(image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
+        detection = detector.detect(scan.image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
         result.detections, result.device = list(detection.detections), detection.device
         result.lungs = lung_summary(detection.lungs) if detection.lungs is not None else None
         low, high = ADULT_LUNG_VOLUME_ML
@@ -151,7 +190,7 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
         result.timings_s.update(detection.timings_s)
         report(name, 0.95, "write")
         write_start = time.perf_counter()
-        result.outputs = _write_outputs(out_dir, name, result.detections, image, path,
+        result.outputs = _write_outputs(out_dir, scan, result.detections, path,
                                         _model_summary(detector, detection.device), formats, result.timings_s,
                                         result.lungs)
         result.timings_s["write"] = time.perf_counter() - write_start
@@ -170,26 +209,34 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
 
 
 def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, detector: Detector,
-                 formats: Sequence[str] = FORMATS, progress: ScanProgress | None = None,
-                 on_result: Callable[[ScanResult], None] | None = None) -> list[ScanResult]:
+                 formats: Sequence[str] = DEFAULT_FORMATS, progress: ScanProgress | None = None,
+                 on_result: Callable[[ScanResult], None] | None = None,
+                 series_uid: str | None = None) -> list[ScanResult]:
     """Detect on every scan of ``inputs`` (files, folders of scans, DICOM folders).
 
     Per scan ``<name>.candidates.csv``, ``<name>.json`` and ``<name>.mrk.json`` (as ``formats``
     asks) go into ``out_dir``; when at least one scan succeeded, also ``detect_summary.json``
     (every scan's outcome) and, with ``csv``, ``candidates.csv`` holding all scans' candidates
-    (LUNA16's evaluation input). A scan that fails leaves no file.
+    (LUNA16's evaluation input). A scan that fails leaves no file. A DICOM series is named by its
+    SeriesInstanceUID (``series_uid`` picks one in a folder of several); ``sr`` and ``seg`` write its
+    TID 1500 report and Segmentation (``<name>.sr.dcm``, ``<name>.seg.dcm``), and are refused before
+    any work when an input is not a DICOM folder.
     """
     out_dir = Path(out_dir)
     paths = list_scans(inputs)
     if not paths:
         raise UserInputError(f"{', '.join(map(str, inputs))}: no scans found.")
-    names = [scan_name(p) for p in paths]
+    if set(DICOM_FORMATS) & set(formats):
+        for path in paths:
+            if not path.is_dir():
+                check_referable(None, path)
+    names = [scan_name(p, series_uid) for p in paths]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UserInputError(f"several scans are named {duplicates[0]}; their outputs would overwrite each other.")
     results = []
     for path in paths:
-        result = detect_scan(path, out_dir, detector, formats, progress)
+        result = detect_scan(path, out_dir, detector, formats, progress, series_uid)
         results.append(result)
         if on_result is not None:
             on_result(result)
@@ -254,7 +301,7 @@ def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size
     os.replace(tmp_path, scan_path)
     truth_path = out_dir / "demo_truth.csv"
     write_annotations(truth_path, truth)
-    result = detect_scan(scan_path, out_dir, detector, FORMATS, progress)
+    result = detect_scan(scan_path, out_dir, detector, DEFAULT_FORMATS, progress)
     if not result.ok:
         raise (UserInputError if result.bad_input else RuntimeError)(result.error)
     png_path = out_dir / "demo_detections.png"

@@ -69,7 +69,7 @@ def _peak_memory() -> dict:
 def worker(options: dict) -> dict:
     from SCPMNoduleLib.inference import Detector, InferenceConfig
     from SCPMNoduleLib.io import read_scan
-    from SCPMNoduleLib.pipeline import FORMATS, detect_scan
+    from SCPMNoduleLib.pipeline import DEFAULT_FORMATS, detect_scan
     from SCPMNoduleLib.preprocess import prepare_scan
     from SCPMNoduleLib.tiling import plan_tiles
 
@@ -84,7 +84,8 @@ def worker(options: dict) -> dict:
     detector = Detector(model, preprocess, config, options["device"])
     path = Path(options["scan"])
     if options["mode"] == "detect":
-        results = [detect_scan(path, Path(options["out"]), detector, FORMATS) for _ in range(options["repeats"])]
+        results = [detect_scan(path, Path(options["out"]), detector, DEFAULT_FORMATS)
+                   for _ in range(options["repeats"])]
         if not results[0].ok:
             raise RuntimeError(results[0].error)
         best = min(results, key=lambda r: r.seconds)

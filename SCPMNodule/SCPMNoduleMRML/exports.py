@@ -1,9 +1,11 @@
-"""Export a review: LUNA16-style CSV (world LPS mm), Slicer markups JSON, and the table as CSV."""
+"""Export a review: LUNA16-style CSV (world LPS mm), Slicer markups JSON, the table as CSV, and
+for a volume loaded from DICOM a TID 1500 Structured Report and a Segmentation (PACS)."""
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from SCPMNoduleLib.errors import UserInputError
@@ -71,3 +73,62 @@ def export_review(review: NoduleReview | None, directory: str | os.PathLike, inc
     write_markups_json(paths[1], review)
     write_table_csv(paths[2], review)
     return paths
+
+
+def dicom_instance_uids(volume_node) -> list[str]:
+    """The SOPInstanceUIDs of the DICOM files a volume was loaded from (Slicer's DICOM loader
+    records them, space-separated, in the volume's ``DICOM.instanceUIDs`` attribute); ``[]`` for a
+    volume not loaded from DICOM. The Widget finds their files with
+    ``slicer.dicomDatabase.fileForInstance(uid)``."""
+    return (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+
+
+def write_review_dicom(out_dir: str | os.PathLike, review: NoduleReview, source_files: Sequence[str | os.PathLike],
+                       algorithm_name: str, algorithm_version: str,
+                       include_rejected_in_seg: bool = False) -> dict[str, str]:
+    """Write the review as ``<series uid>.sr.dcm`` (TID 1500 SR: every nodule with its centre,
+    diameter, probability and review status, rejected ones included) and ``<series uid>.seg.dcm``
+    (one segment per nodule, rejected ones left out unless ``include_rejected_in_seg``), both
+    referencing the DICOM series of ``source_files`` (the volume's instances, any order).
+
+    Returns ``{"sr": path, "seg": path}`` (no ``seg`` when no nodule is left for it).
+
+    Raises:
+        UserInputError: no source files (the volume was not loaded from DICOM), files that are not
+            one evenly spaced series, or a series without UIDs to reference.
+    """
+    # imported here: highdicom is needed only for this export, and Slicer does not ship it
+    from SCPMNoduleLib.dicom_export import (
+        Algorithm,
+        ReportedNodule,
+        check_referable,
+        read_sources,
+        write_measurement_report,
+        write_segmentation,
+    )
+    from SCPMNoduleLib.dicom_series import series_from_files
+
+    name = review.volume_node.GetName()
+    if not source_files:
+        raise UserInputError(f"Volume '{name}' was not loaded from DICOM, so there is no series for a DICOM "
+                             "report to reference; export CSV or markups instead.")
+    series = check_referable(series_from_files(source_files), f"Volume '{name}'")
+    sources = read_sources(series.files)
+    algorithm = Algorithm(algorithm_name, algorithm_version)
+    nodules = [ReportedNodule(n.label, tuple(float(v) for v in n.center_xyz_mm), float(n.diameter_mm),
+                              float(n.probability), n.status.value) for n in review.nodules()]
+    out_dir = Path(out_dir)
+    stem = safe_file_name(series.name)
+    segmented = [n for n in nodules if include_rejected_in_seg or n.status != ReviewStatus.REJECTED.value]
+    outputs = {"sr": str(out_dir / f"{stem}.sr.dcm")}
+    if segmented:
+        outputs["seg"] = str(out_dir / f"{stem}.seg.dcm")
+    try:
+        write_measurement_report(outputs["sr"], sources, nodules, algorithm)
+        if segmented:
+            write_segmentation(outputs["seg"], sources, segmented, algorithm)
+    except BaseException:  # both files or neither
+        for path in outputs.values():
+            Path(path).unlink(missing_ok=True)
+        raise
+    return outputs
