@@ -44,6 +44,6 @@ def os_error(error: OSError, path: str | os.PathLike | None = None, action: str 
     says all, and no traceback is shown.
     """
     where = path if path is not None else (error.filename if error.filename is not None else "a file")
-    reason = _REASONS.get(error.errno) or (error.strerror or str(error) or type(error).__name__).rstrip(".")
+    reason = _REASONS.get(error.errno or 0) or (error.strerror or str(error) or type(error).__name__).rstrip(".")
     reason = reason[:1].lower() + reason[1:]
     return UserInputError(f"{os.fspath(where)}: could not {action} ({reason}).")
