@@ -76,4 +76,15 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig,
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except (KeyError, RuntimeError):
         raise UserInputError(f"{path}: the checkpoint's weights do not match its architecture.") from None
+    _check_finite(model, path)
     return model.eval(), preprocess, dict(checkpoint.get("metadata", {}))
+
+
+def _check_finite(model: SCPMNet, path: Path) -> None:
+    """Refuse weights that hold NaN or infinite values (a training run that diverged): one such
+    weight makes every output NaN, so the detector would report no nodule in any scan, silently."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise UserInputError(f"{path}: the checkpoint's weights hold NaN or infinite values ({count} in {name}), "
+                                 "as a training run that diverged leaves them; it cannot detect anything.")

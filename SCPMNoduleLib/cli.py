@@ -6,6 +6,9 @@ library module named after the idea (``phantom``, ``evaluation``, ``inference``.
 
 Bad input raises :class:`~SCPMNoduleLib.errors.UserInputError`; ``main`` prints its one
 sentence to stderr and exits with status 2, so scripts can tell bad input (2) from a crash (1).
+An :class:`OSError` that reaches ``main`` (a full disk, a folder that cannot be written) is told
+the same way (:func:`~SCPMNoduleLib.errors.os_error`). Output folders are checked before the
+work starts.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, UserInputError
+from .errors import EXIT_BAD_INPUT, UserInputError, os_error
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -42,14 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_command(prog: str, args: argparse.Namespace, interrupted: str = "cancelled") -> int:
-    """Run a parsed sub-command: bad input is one sentence on stderr and exit 2, Ctrl-C exit 130.
+    """Run a parsed sub-command: bad input or an operating-system error (a full disk, a read-only
+    folder) is one sentence on stderr and exit 2, Ctrl-C exit 130.
 
     Shared by ``scpm-nodule`` and ``scpm-train`` so both answer in the same way.
     """
     try:
         return int(args.run(args) or 0)
-    except UserInputError as error:
-        print(f"{prog} {args.command}: error: {error}", file=sys.stderr)
+    except (UserInputError, OSError) as error:
+        sentence = os_error(error) if isinstance(error, OSError) else error
+        print(f"{prog} {args.command}: error: {sentence}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog} {args.command}: {interrupted}", file=sys.stderr)
@@ -90,7 +95,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .evaluation import EvaluationConfig, evaluate_runs, format_results, write_evaluation
+    from .temp_files import check_output_folder
 
+    check_output_folder(args.out)
     runs = {Path(args.candidates).stem: args.candidates}
     for item in args.compare:
         label, sep, path = item.partition("=")
@@ -138,7 +145,9 @@ def _run_phantom(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .phantom import write_luna16_dataset
+    from .temp_files import check_output_folder
 
+    check_output_folder(args.out)
     with tqdm(total=args.scans, unit="scan", desc="phantoms") as bar:
         written = write_luna16_dataset(
             args.out, args.scans, args.seed, subsets=args.subsets, size=args.size,
@@ -262,8 +271,10 @@ def _add_detect(subparsers) -> None:
 
 def _run_detect(args: argparse.Namespace) -> int:
     from .pipeline import detect_files, parse_formats
+    from .temp_files import check_output_folder
 
     formats = parse_formats(args.formats)
+    check_output_folder(args.out)
     reporter = _Reporter(args.progress)
     detector = _detector(args)
     try:
@@ -298,9 +309,11 @@ def _add_demo(subparsers) -> None:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .pipeline import run_demo
+    from .temp_files import check_output_folder
 
     if args.seed < 0:
         raise UserInputError(f"--seed {args.seed}: the seed must be a non-negative integer.")
+    check_output_folder(args.out)
     reporter = _Reporter(args.progress)
     detector = _detector(args)
     try:

@@ -45,12 +45,14 @@ from .io import (
     CANDIDATE_COLUMNS,
     Findings,
     atomic_write,
+    csv_text,
     read_annotations,
     read_candidates,
     read_seriesuids,
     write_annotations,
 )
 from .plotting import fp_rate_label, plot_froc
+from .temp_files import check_output_folder
 
 __all__ = [
     "FP_RATES",
@@ -254,12 +256,41 @@ def _as_findings(table: TableLike, candidates: bool, name: str) -> Findings:
     if not (np.isfinite(findings.centers_xyz_mm).all() and np.isfinite(value).all()):
         what = "probability" if candidates else "diameter_mm"
         raise UserInputError(f"{name}: a coordinate or {what} is missing, NaN or infinite.")
+    if candidates:
+        _warn_probabilities_outside_unit(findings, name)
+    else:
+        _check_diameters(findings, name)
     return findings
 
 
 def _first_column(frame: Any) -> list:
     """The first column of a pandas-like DataFrame (``.columns``, ``frame[col]``), as a list."""
     return list(np.asarray(frame[list(frame.columns)[0]]))
+
+
+def _check_diameters(findings: Findings, name: str) -> None:
+    """Refuse a diameter that is neither positive nor LUNA16's -1 ("not measured", in
+    annotations_excluded.csv): another negative or a zero is a typo or a sign error, and a sphere of
+    that size would silently get the 10 mm default or never be hit."""
+    bad = (findings.diameters_mm <= 0.0) & (findings.diameters_mm != -1.0)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserInputError(f"{name}: seriesuid {findings.seriesuids[row]} has diameter_mm "
+                             f"{findings.diameters_mm[row]:g}; a diameter is positive, or -1 for "
+                             "'not measured' as in LUNA16's annotations_excluded.csv.")
+
+
+def _warn_probabilities_outside_unit(findings: Findings, name: str) -> None:
+    """Warn about, but accept, candidate scores outside [0, 1]: the FROC uses only their order,
+    so scores such as logits give the right curve (the official LUNA16 script accepts them too),
+    but the thresholds written are then not probabilities, and such values often mean that
+    another column (a diameter) was taken for the probability."""
+    outside = (findings.probabilities < 0.0) | (findings.probabilities > 1.0)
+    if outside.any():
+        log.warning("%s: %d of %d candidate probabilities lie outside [0, 1] (from %g to %g); the FROC uses only "
+                    "their order, so the curve is right but its thresholds are not probabilities; check that the "
+                    "probability column holds probabilities", name, int(outside.sum()), len(findings),
+                    float(findings.probabilities.min()), float(findings.probabilities.max()))
 
 
 def _as_seriesuids(seriesuids: str | os.PathLike | Iterable[str] | Any) -> np.ndarray:
@@ -550,9 +581,7 @@ def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLi
     distance to the nearest candidate on the scan, ``nearest_candidate_mm``, and its
     ``nearest_candidate_probability``) and ``froc.png``.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserInputError(f"{out_dir}: the output folder is an existing file.")
+    out_dir = check_output_folder(out_dir)
     paths = {name: out_dir / name for name in ("froc_curve.csv", "froc_summary.json", "missed_nodules.csv",
                                                 "froc.png")}
     with atomic_write(paths["froc_curve.csv"], newline="") as handle:
@@ -560,7 +589,7 @@ def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLi
         writer.writerow(["run", "fps_per_scan", "sensitivity", "threshold"])
         for label, result in results.items():
             curve = result.curve
-            writer.writerows([label, repr(float(x)), repr(float(y)), repr(float(t))]
+            writer.writerows([csv_text(label), repr(float(x)), repr(float(y)), repr(float(t))]
                              for x, y, t in zip(curve.fps_per_scan, curve.sensitivity, curve.thresholds))
     summary = {"inputs": dict(inputs or {}), "runs": {label: r.summary() for label, r in results.items()}}
     with atomic_write(paths["froc_summary.json"]) as handle:

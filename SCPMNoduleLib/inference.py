@@ -47,7 +47,9 @@ from .checkpoint import load_checkpoint
 from .coder import decode_detections
 from .config_dict import check_choice, invalid_setting
 from .detection import Detection
+from .errors import UserInputError
 from .geometry import sphere_nms
+from .io import check_scan
 from .lungs import LungFinding
 from .model import SCPMNet, fuse_batch_norm
 from .models import resolve_model
@@ -235,10 +237,15 @@ class Detector:
         ``progress(fraction, stage)`` is called with stages ``resample``, ``forward``,
         ``decode``; setting ``cancel`` stops at the next tile with :class:`DetectionCancelled`.
         Its detections are :meth:`decode` of :meth:`predict_maps`.
+
+        Raises:
+            UserInputError: ``image`` is not a SimpleITK image or not a usable CT volume (2-D,
+                several components, NaN, a single slice...: :func:`~SCPMNoduleLib.io.check_scan`,
+                the command line's checks and sentences).
         """
         report = progress or _no_progress
         timings_s: dict[str, float] = {}
-        forward, prepared = self._predict(image, report, cancel, timings_s)
+        forward, prepared = self._predict(image, report, cancel, timings_s, "Detector.detect")
         start = time.perf_counter()
         report(0.95, "decode")
         detections = self.decode(forward.maps, prepared)
@@ -257,12 +264,19 @@ class Detector:
         origin, lung mask, geometry) that :meth:`decode` needs; decoding the same maps with
         several :class:`InferenceConfig` s tunes the post-processing without re-running the network.
         """
-        forward, prepared = self._predict(image, progress or _no_progress, cancel, {})
+        forward, prepared = self._predict(image, progress or _no_progress, cancel, {}, "Detector.predict_maps")
         return forward.maps, prepared
 
     def _predict(self, image: sitk.Image, report: Progress, cancel: threading.Event | None,
-                 timings_s: dict[str, float]) -> tuple[_ForwardPass, PreparedScan]:
-        """Prepare and run the network on a scan, adding the ``resample`` and ``forward`` seconds to ``timings_s``."""
+                 timings_s: dict[str, float], caller: str) -> tuple[_ForwardPass, PreparedScan]:
+        """Check the scan (:func:`~SCPMNoduleLib.io.check_scan`, its sentences naming ``caller``), then
+        prepare and run the network on it, adding the ``resample`` and ``forward`` seconds to ``timings_s``."""
+        if not isinstance(image, sitk.Image):
+            raise UserInputError(f"{caller}: expected a SimpleITK image, not a {type(image).__module__}."
+                                 f"{type(image).__name__}; a CT needs its spacing, origin and direction: read it "
+                                 "with SCPMNoduleLib.io.read_scan, or make one with sitk.GetImageFromArray and "
+                                 "SetSpacing.")
+        check_scan(image, f"{caller}'s image")
         start = time.perf_counter()
         report(0.0, "resample")
         preprocess = self.preprocess if self.config.lung_mask else replace(self.preprocess, lung_mask=False)

@@ -12,7 +12,13 @@ LUNA16's tables (world LPS millimetres, as the challenge defines them):
 * series list: one seriesuid a line, no header
 
 Tables are held column-wise as numpy arrays (:class:`Findings`), so that evaluation and export
-work on whole columns instead of looping over rows.
+work on whole columns instead of looping over rows. A scan name that a spreadsheet would run as
+a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) is written with a
+leading ``'`` and read back without it (:func:`csv_text`, :func:`csv_name`); LUNA16's seriesuids
+(DICOM UIDs: digits and dots) never start so, and are written verbatim, as LUNA16's readers need.
+
+Outputs are written atomically (:func:`atomic_write`) through temporary files named by
+:mod:`~SCPMNoduleLib.temp_files`, which also cleans those a killed run left.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import contextlib
 import csv
 import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import tempfile
@@ -33,7 +40,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .detection import Detection
-from .errors import UserInputError
+from .errors import UserInputError, os_error
+from .image_files import data_problem, itk_output_captured, itk_problem
+from .temp_files import current_umask, temp_prefix
 
 if TYPE_CHECKING:  # pydicom is imported only when a DICOM folder is read
     from .dicom_series import DicomSeries
@@ -46,6 +55,8 @@ __all__ = [
     "Scan",
     "atomic_write",
     "check_scan",
+    "csv_name",
+    "csv_text",
     "list_scans",
     "load_scan",
     "map_in_processes",
@@ -67,6 +78,11 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 SCAN_SUFFIXES = (".mhd", ".mha", ".nrrd", ".nhdr", ".nii", ".nii.gz")
+LUNG_MASK_FOLDER = "seg-lungs-LUNA16"
+"""LUNA16's lung masks, beside the ``subsetK`` folders: not scans, so skipped when a folder is expanded."""
+DIRECTION_TOLERANCE = 1e-3
+"""Largest entry of ``|DᵀD - I|`` accepted in a direction matrix ``D``: headers round to about 6
+digits (DICOM's ImageOrientationPatient), far below; a sheared grid is far above."""
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "probability")
@@ -140,12 +156,6 @@ class Findings:
                         self.diameters_mm[mask_or_index], self.probabilities[mask_or_index])
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
     """Open a temporary file beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -154,22 +164,25 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     C locale, whose default encoding is ASCII.
 
     A reader never sees a half-written file, and an exception (or Ctrl-C) leaves no file behind.
+    An :class:`OSError` (a full disk) names ``path``, not the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as error:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(error, OSError) and error.filename in (None, tmp_name):
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 
@@ -203,11 +216,40 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet run a cell as a formula (OWASP's CSV-injection list)."""
+
+
+def csv_text(name: str) -> str:
+    """``name`` as written into a CSV cell: with a leading ``'`` when a spreadsheet would run it
+    as a formula (``=cmd|...``), else verbatim (every LUNA16 seriesuid)."""
+    return "'" + name if name.startswith(_FORMULA_START) else name
+
+
+def csv_name(text: str) -> str:
+    """The name a CSV cell holds: :func:`csv_text` undone."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
+@contextlib.contextmanager
+def _reading_text(path: Path) -> Iterator[None]:
+    """Turn a file that is not UTF-8 text, not CSV, or not readable into one sentence."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise UserInputError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                             f"{error.start}); expected a CSV table.") from None
+    except csv.Error as error:
+        raise UserInputError(f"{path}: not a CSV table ({error}).") from None
+    except OSError as error:
+        raise os_error(error, path, "read") from None
+
+
 def _read_rows(path: str | os.PathLike, required: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: file not found.")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with _reading_text(path), open(path, newline="", encoding="utf-8-sig") as handle:
         rows = [row for row in csv.reader(handle) if row]
     if not rows:
         raise UserInputError(f"{path}: the file is empty; expected the header {','.join(required)}.")
@@ -246,7 +288,7 @@ def _read_table(path: str | os.PathLike, required: Sequence[str]) -> Findings:
     optional = {}
     for name in ("diameter_mm", "probability"):
         optional[name] = _float_column(path, header, rows, name) if name in header else None
-    return Findings.from_columns([row[uid_index].strip() for row in rows], centers,
+    return Findings.from_columns([csv_name(row[uid_index].strip()) for row in rows], centers,
                                  optional["diameter_mm"], optional["probability"])
 
 
@@ -265,8 +307,9 @@ def read_seriesuids(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: file not found.")
-    uids = [line.split(",")[0].strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
-    uids = [uid for uid in uids if uid]
+    with _reading_text(path):
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    uids = [csv_name(uid) for uid in (line.split(",")[0].strip() for line in lines) if uid]
     if uids and uids[0] == "seriesuid":
         raise UserInputError(f"{path}: a series list has no header, but the first line is 'seriesuid'.")
     return uids
@@ -290,7 +333,8 @@ def write_annotations(path: str | os.PathLike, findings: Findings,
         writer.writerow(ANNOTATION_COLUMNS + tuple(extra_columns))
         for uid, center, diameter, *extra in zip(findings.seriesuids, findings.centers_xyz_mm,
                                                  findings.diameters_mm, *extra_columns.values()):
-            writer.writerow([uid, *map(_format_mm, center), _format_mm(diameter), *map(_format_mm, extra)])
+            writer.writerow([csv_text(uid), *map(_format_mm, center), _format_mm(diameter),
+                             *map(_format_mm, extra)])
 
 
 def write_candidates(path: str | os.PathLike, findings: Findings, with_diameter: bool = True) -> None:
@@ -301,14 +345,14 @@ def write_candidates(path: str | os.PathLike, findings: Findings, with_diameter:
         for uid, center, probability, diameter in zip(
             findings.seriesuids, findings.centers_xyz_mm, findings.probabilities, findings.diameters_mm
         ):
-            row = [uid, *map(_format_mm, center), _format_mm(probability)]
+            row = [csv_text(uid), *map(_format_mm, center), _format_mm(probability)]
             writer.writerow(row + ([_format_mm(diameter)] if with_diameter else []))
 
 
 def write_seriesuids(path: str | os.PathLike, seriesuids: Sequence[str]) -> None:
     """Write one uid a line, no header, atomically."""
     with atomic_write(path) as handle:
-        handle.writelines(f"{uid}\n" for uid in seriesuids)
+        handle.writelines(f"{csv_text(uid)}\n" for uid in seriesuids)
 
 
 def scan_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
@@ -334,22 +378,43 @@ def scan_name(path: str | os.PathLike, series_uid: str | None = None) -> str:
     return name
 
 
-def _is_scan_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES)
+def _is_scan_file(path: Path, folder: Path) -> bool:
+    """An image file found inside ``folder``: not hidden (our temporaries are), not a lung mask."""
+    parts = path.relative_to(folder).parts
+    return (path.is_file() and path.name.lower().endswith(SCAN_SUFFIXES) and LUNG_MASK_FOLDER not in parts
+            and not any(part.startswith(".") for part in parts))
 
 
 def list_scans(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     """Expand command-line inputs into scans.
 
     A file is taken as it is; a folder holding image files (at any depth, e.g. LUNA16's
-    ``subset0..9``) gives those files, sorted; any other folder is taken as a DICOM series folder.
+    ``subset0..9``) gives those files, sorted, but not the lung masks of LUNA16's
+    ``seg-lungs-LUNA16`` folder nor hidden files; any other folder is taken as a DICOM series folder.
     A path that does not exist is kept, so that reading it reports the error for that scan.
     """
     scans: list[Path] = []
     for item in map(Path, inputs):
-        files = sorted(p for p in item.rglob("*") if _is_scan_file(p)) if item.is_dir() else []
+        files = sorted(p for p in item.rglob("*") if _is_scan_file(p, item)) if item.is_dir() else []
         scans.extend(files or [item])
     return scans
+
+
+def _check_direction(direction: np.ndarray, name: str | os.PathLike) -> None:
+    """Refuse a direction matrix whose columns are not perpendicular unit vectors.
+
+    Refused, not warned about: resampling, tiling and every size in mm here treat the spacing as
+    the voxel's edges along perpendicular axes, so a sheared grid (a skewed matrix) would put
+    nodules in the wrong place with the wrong diameters; a singular one gives voxels no place.
+    """
+    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-6:
+        raise UserInputError(f"{name}: the direction matrix is singular, so voxels have no place in space.")
+    if np.abs(direction.T @ direction - np.eye(3)).max() > DIRECTION_TOLERANCE:
+        unit = direction / np.linalg.norm(direction, axis=0)
+        angle = min(math.degrees(math.acos(min(1.0, abs(float(unit[:, a] @ unit[:, b])))))
+                    for a, b in ((0, 1), (0, 2), (1, 2)))
+        raise UserInputError(f"{name}: the direction matrix is not orthonormal (two voxel axes meet at "
+                             f"{angle:.1f} degrees, not 90); resample the scan onto a perpendicular grid first.")
 
 
 def check_scan(image: sitk.Image, name: str | os.PathLike) -> None:
@@ -372,6 +437,7 @@ def check_scan(image: sitk.Image, name: str | os.PathLike) -> None:
     spacing = np.asarray(image.GetSpacing())
     if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
         raise UserInputError(f"{name}: the voxel spacing {tuple(spacing)} is not positive.")
+    _check_direction(np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3), name)
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all():
         raise UserInputError(f"{name}: the image holds NaN or infinite values.")
@@ -408,18 +474,18 @@ def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> Scan:
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"{path}: file not found.")
-    if path.is_dir():
-        from .dicom_series import read_dicom_series
+    with itk_output_captured() as itk_lines:
+        try:
+            if path.is_dir():
+                from .dicom_series import read_dicom_series
 
-        image, series = read_dicom_series(path, series_uid)
-        check_scan(image, path)
-        return Scan(image, series.name, series)
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise UserInputError(
-            f"{path}: the file could not be read as an image "
-            f"(expected one of {', '.join(SCAN_SUFFIXES)} or a DICOM folder).") from None
+                image, series = read_dicom_series(path, series_uid)
+                check_scan(image, path)
+                return Scan(image, series.name, series)
+            image = _read_image_file(path)
+        finally:
+            for line in itk_lines:  # what ITK, MetaIO or GDCM printed: the sentence raised says what matters
+                log.debug("%s: ITK: %s", path, line)
     check_scan(image, path)
     return Scan(image, scan_name(path))
 
@@ -427,6 +493,26 @@ def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> Scan:
 def read_scan(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
     """The image of :func:`load_scan` (for callers that need neither name nor DICOM identity)."""
     return load_scan(path, series_uid).image
+
+
+def _read_image_file(path: Path) -> sitk.Image:
+    """``sitk.ReadImage`` of a file whose data its header's promise was checked against first
+    (ITK reads a truncated NIfTI without an error); a failure named as precisely as we can."""
+    try:
+        problem = data_problem(path)
+    except OSError as error:
+        raise os_error(error, path, "read") from None
+    if problem is not None:
+        raise UserInputError(f"{path}: {problem}.")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        problem = itk_problem(str(error))
+        if problem is not None:
+            raise UserInputError(f"{path}: {problem}.") from None
+        raise UserInputError(
+            f"{path}: the file could not be read as an image "
+            f"(expected one of {', '.join(SCAN_SUFFIXES)} or a DICOM folder).") from None
 
 
 def safe_file_name(name: str, fallback: str = "unnamed") -> str:

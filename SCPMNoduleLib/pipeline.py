@@ -1,8 +1,11 @@
 """Detection over files: a batch of scans to CSV/JSON/markups, and the self-contained demo.
 
 :func:`detect_files` reads each scan, runs a :class:`~SCPMNoduleLib.inference.Detector` and
-writes its outputs; a scan that fails is reported and leaves no file behind, and the batch goes
-on. :func:`run_demo` makes a synthetic phantom, detects on it and compares with the truth.
+writes its outputs; a scan that fails is reported and leaves no file behind (its outputs from an
+earlier run are removed), and the batch goes on. An operating-system error (a full disk, a folder
+that cannot be written) is not the scan's fault and would hit every later scan, so it stops the
+batch with one sentence. :func:`run_demo` makes a synthetic phantom, detects on it and compares
+with the truth; an error or Ctrl-C removes what it wrote.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from .detection import Detection
 from .dicom_export import (
@@ -28,7 +30,7 @@ from .dicom_export import (
     write_measurement_report,
     write_segmentation,
 )
-from .errors import UserInputError
+from .errors import UserInputError, os_error
 from .evaluation import luna16_hit, squared_distance_mm2
 from .export import describe_scan, write_candidates_csv, write_detections_json, write_markups_json
 from .inference import DetectionCancelled, Detector
@@ -36,6 +38,7 @@ from .io import Findings, Scan, atomic_write, list_scans, load_scan, scan_name, 
 from .lungs import LungFinding
 from .plotting import save_detection_slices
 from .preprocess import NoLungsError
+from .temp_files import atomic_write_image, check_output_folder
 
 __all__ = [
     "ADULT_LUNG_VOLUME_ML",
@@ -150,11 +153,20 @@ def _write_outputs(out_dir: Path, scan: Scan, detections: list[Detection], path:
         if set(DICOM_FORMATS) & set(outputs):
             _write_dicom_outputs(outputs, scan, detections, model)
     except BaseException:
-        for written in outputs.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(written)
+        _remove(outputs.values())  # OSError suppressed: the error that brought us here is the one to tell
         raise
     return outputs
+
+
+def _remove(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Remove the files that exist among ``paths``; the ones removed. Errors are ignored: callers
+    clean up on their way out of another error."""
+    removed = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(str(path))
+    return removed
 
 
 def _model_summary(detector: Detector, device: str) -> dict:
@@ -165,10 +177,15 @@ def _model_summary(detector: Detector, device: str) -> dict:
 
 def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence[str],
                 progress: ScanProgress | None = None, series_uid: str | None = None) -> ScanResult:
-    """Detect on one scan and write its outputs; failures become the result's ``error``.
+    """Detect on one scan and write its outputs; failures become the result's ``error``, and
+    remove the scan's outputs of an earlier run (they would pass for this run's).
 
     ``series_uid`` picks the series of a DICOM folder that holds several. DICOM outputs (``sr``,
     ``seg``) are checked to be possible (a DICOM series with its UIDs) before detection.
+
+    Raises:
+        UserInputError: an operating-system error (a full disk, no permission in ``out_dir``),
+            which is not this scan's fault; the scan's outputs are removed first.
     """
     name = scan_name(path, series_uid)
     report = progress or (lambda scan, fraction, stage: None)
@@ -201,9 +218,15 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
         result.error, result.bad_input = str(error), True
     except (DetectionCancelled, KeyboardInterrupt):
         raise
+    except OSError as error:  # raised in an except clause, so not caught by the one below
+        raise os_error(error) from None
     except Exception as error:  # one scan's crash must not stop the batch
         log.exception("detection failed on %s", path)
         result.error = f"{path}: detection failed ({type(error).__name__}: {error})."
+    if not result.ok:
+        stale = _remove(out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES.values())
+        if stale:
+            log.warning("%s: removed %s, the outputs of an earlier run (this run failed)", name, ", ".join(stale))
     result.seconds = time.perf_counter() - start
     return result
 
@@ -220,9 +243,15 @@ def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     (LUNA16's evaluation input). A scan that fails leaves no file. A DICOM series is named by its
     SeriesInstanceUID (``series_uid`` picks one in a folder of several); ``sr`` and ``seg`` write its
     TID 1500 report and Segmentation (``<name>.sr.dcm``, ``<name>.seg.dcm``), and are refused before
-    any work when an input is not a DICOM folder.
+    any work when an input is not a DICOM folder. ``out_dir`` is checked before any scan is read
+    (:func:`~SCPMNoduleLib.temp_files.check_output_folder`).
+
+    Raises:
+        UserInputError: no scans, two scans of one name, an output folder that cannot be
+            written, or an operating-system error while writing (a full disk): the batch stops;
+            the scans done keep their files, and no batch file is left half there.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_output_folder(out_dir)
     paths = list_scans(inputs)
     if not paths:
         raise UserInputError(f"{', '.join(map(str, inputs))}: no scans found.")
@@ -247,15 +276,27 @@ def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 
 def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detector,
                        formats: Sequence[str]) -> None:
-    summary = {"model": _model_summary(detector, str(detector.device)), "scans": [
+    """``candidates.csv`` (with ``csv``), then ``detect_summary.json``: both, or (after an error or
+    Ctrl-C) neither, so no summary describes a candidates file that is not there."""
+    paths = [out_dir / BATCH_CANDIDATES_NAME, out_dir / SUMMARY_NAME]
+    try:
+        if "csv" in formats:
+            write_candidates(paths[0], Findings.concat(
+                [Findings.from_detections(r.scan, r.detections) for r in results if r.ok]))
+        with atomic_write(paths[1], encoding="utf-8") as handle:
+            json.dump(_batch_summary(results, detector), handle, indent=1)
+    except BaseException as error:
+        _remove(paths)
+        if isinstance(error, OSError):
+            raise os_error(error) from None
+        raise
+
+
+def _batch_summary(results: list[ScanResult], detector: Detector) -> dict:
+    return {"model": _model_summary(detector, str(detector.device)), "scans": [
         {"scan": r.scan, "path": r.path, "ok": r.ok, "detections": len(r.detections), "device": r.device,
          "lungs": r.lungs, "seconds": r.seconds, "timings_s": r.timings_s, "outputs": r.outputs, "error": r.error}
         for r in results]}
-    with atomic_write(out_dir / SUMMARY_NAME, encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=1)
-    if "csv" in formats:
-        write_candidates(out_dir / BATCH_CANDIDATES_NAME, Findings.concat(
-            [Findings.from_detections(r.scan, r.detections) for r in results if r.ok]))
 
 
 @dataclass
@@ -286,26 +327,37 @@ def match_to_truth(detections: Sequence[Detection], truth_xyz_mm: np.ndarray,
 def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size: str = "small",
              progress: ScanProgress | None = None) -> DemoResult:
     """Make a phantom, detect on it, and write ``demo_phantom.mha``, its truth
-    (``demo_truth.csv``), the detections (CSV, JSON, markups) and ``demo_detections.png``."""
+    (``demo_truth.csv``), the detections (CSV, JSON, markups) and ``demo_detections.png``.
+
+    ``out_dir`` is checked first; an error or Ctrl-C removes the files this run began to write
+    (and ``out_dir``, when this run made it and it is left empty).
+    """
     from .phantom import annotation_table, make_phantom
 
     start = time.perf_counter()
-    out_dir = Path(out_dir)
-    image, nodules = make_phantom(seed, size)
-    truth = annotation_table("demo_phantom", [n for n in nodules if n.included])
-    truth_xyz, truth_diameters = truth.centers_xyz_mm, truth.diameters_mm
-    scan_path = out_dir / "demo_phantom.mha"
-    scan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_dir / ".demo_phantom.tmp.mha"
-    sitk.WriteImage(image, str(tmp_path))
-    os.replace(tmp_path, scan_path)
-    truth_path = out_dir / "demo_truth.csv"
-    write_annotations(truth_path, truth)
-    result = detect_scan(scan_path, out_dir, detector, DEFAULT_FORMATS, progress)
-    if not result.ok:
-        raise (UserInputError if result.bad_input else RuntimeError)(result.error)
-    png_path = out_dir / "demo_detections.png"
-    save_detection_slices(image, result.detections, truth_xyz, truth_diameters, png_path)
+    out_dir = check_output_folder(out_dir)
+    made_folder = not out_dir.exists()
+    scan_path, truth_path, png_path = (out_dir / name for name in (
+        "demo_phantom.mha", "demo_truth.csv", "demo_detections.png"))
+    try:
+        image, nodules = make_phantom(seed, size)
+        truth = annotation_table("demo_phantom", [n for n in nodules if n.included])
+        truth_xyz, truth_diameters = truth.centers_xyz_mm, truth.diameters_mm
+        atomic_write_image(image, scan_path)
+        write_annotations(truth_path, truth)
+        result = detect_scan(scan_path, out_dir, detector, DEFAULT_FORMATS, progress)
+        if not result.ok:
+            raise (UserInputError if result.bad_input else RuntimeError)(result.error)
+        save_detection_slices(image, result.detections, truth_xyz, truth_diameters, png_path)
+    except BaseException as error:
+        _remove([scan_path, truth_path, png_path,
+                 *(out_dir / f"{scan_name(scan_path)}{suffix}" for suffix in OUTPUT_SUFFIXES.values())])
+        if made_folder:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        if isinstance(error, OSError):
+            raise os_error(error) from None
+        raise
     outputs = {"scan": str(scan_path), "truth": str(truth_path), **result.outputs, "png": str(png_path)}
     return DemoResult(result.detections, truth_xyz, truth_diameters,
                       match_to_truth(result.detections, truth_xyz, truth_diameters), outputs,

@@ -1,6 +1,7 @@
 """The detect and demo commands: outputs that parse, batch behaviour, and bad input."""
 
 import json
+import re
 from pathlib import Path
 
 import jsonschema
@@ -217,3 +218,102 @@ def test_a_lung_volume_outside_the_adult_range_is_a_warning(tmp_path, chest_chec
     assert code == 0
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning.startswith(f"{scan}: lung volume ") and "outside the adult range (1000-10000 mL)" in warning
+
+
+def _damaged_scans(tmp_path):
+    """Scans whose files are damaged, each with the clause that says what is wrong."""
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(-700, 200, (10, 12, 14)).astype(np.int16))
+    image.SetSpacing((0.9, 0.9, 1.5))
+
+    def written(name, edit=None):
+        path = tmp_path / name
+        sitk.WriteImage(image, str(path))
+        if edit is not None:
+            edit(path)
+        return path
+
+    def cut(path):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    def header(old, new):
+        return lambda path: path.write_text(re.sub(old, new, path.read_text(encoding="latin-1")), encoding="latin-1")
+
+    return {
+        "truncated raw": (written("trunc.mhd", lambda p: cut(p.with_suffix(".raw"))),
+                          "trunc.mhd: its voxel data is truncated (1680 bytes of the 3360 bytes its header promises)."),
+        "missing raw": (written("noraw.mhd", lambda p: p.with_suffix(".raw").unlink()),
+                        "noraw.mhd: its voxel data file noraw.raw is missing."),
+        "truncated mha": (written("trunc.mha", cut), "trunc.mha: its voxel data is truncated"),
+        "truncated nrrd": (written("trunc.nrrd", cut), "trunc.nrrd: its voxel data is truncated"),
+        "truncated nii": (written("trunc.nii", cut), "trunc.nii: its voxel data is truncated"),
+        "truncated nii.gz": (written("trunc.nii.gz", cut), "trunc.nii.gz: its compressed data ends early"),
+        "zero spacing": (written("zero.mhd", header(r"ElementSpacing = .*", "ElementSpacing = 0 0.9 1.5")),
+                         "zero.mhd: a voxel spacing is zero ([0, 0.9, 1.5] mm)."),
+        "singular direction": (written("flat.mhd", header(r"TransformMatrix = .*",
+                                                          "TransformMatrix = 1 0 0 1 0 0 0 0 1")),
+                               "flat.mhd: its direction matrix is singular"),
+        "skewed direction": (written("skew.mhd", header(r"TransformMatrix = .*",
+                                                        "TransformMatrix = 1 0 0 0.5 1 0 0 0 1")),
+                             "skew.mhd: the direction matrix is not orthonormal (two voxel axes meet at 63.4 degrees"),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated raw", "missing raw", "truncated mha", "truncated nrrd", "truncated nii",
+                                  "truncated nii.gz", "zero spacing", "singular direction", "skewed direction"])
+def test_damaged_scan_files_say_what_is_wrong_and_itk_prints_nothing(tmp_path, checkpoint, capfd, case):
+    path, message = _damaged_scans(tmp_path)[case]
+    out = tmp_path / "out"
+    code = main(["detect", str(path), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST])
+    captured = capfd.readouterr()  # the file descriptor: what ITK and MetaIO print bypasses Python
+    err = captured.err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0] and "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def test_nan_weights_are_refused_when_the_checkpoint_loads(tmp_path, checkpoint, capsys):
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                           for k, v in state["state_dict"].items()}
+    diverged = tmp_path / "diverged.pt"
+    torch.save(state, diverged)
+    code = main(["detect", str(_scan(tmp_path / "s.mha")), "--out", str(tmp_path / "out"),
+                 "--model", str(diverged), *FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"{diverged}: the checkpoint's weights hold NaN or infinite values" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_scan_that_now_fails_loses_its_old_outputs(tmp_path, checkpoint, capsys, caplog):
+    scan = _scan(tmp_path / "s.mha")
+    out = tmp_path / "out"
+    assert main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST]) == 0
+    scan.write_bytes(b"no longer an image")
+    caplog.set_level("WARNING")
+    code = main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST])
+    assert code == 2 and "s.mha: the file could not be read as an image" in capsys.readouterr().err
+    assert "the outputs of an earlier run" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["candidates.csv", "detect_summary.json"]  # the last batch's
+
+
+def test_a_phantom_folder_is_detected_without_its_lung_masks(tmp_path, checkpoint, capsys):
+    for folder in ("subset0", "seg-lungs-LUNA16"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    _scan(tmp_path / "data" / "subset0" / "1.2.3.mhd")
+    _scan(tmp_path / "data" / "seg-lungs-LUNA16" / "1.2.3.mhd")
+    _scan(tmp_path / "data" / "subset0" / ".1.2.3.mha.99999.abcdefgh.tmp.mha")  # a killed run's temporary
+    out = tmp_path / "out"
+    assert main(["detect", str(tmp_path / "data"), "--out", str(out), "--model", str(checkpoint),
+                 "--progress", "none", *FAST]) == 0
+    assert "1 of 1 scans done" in capsys.readouterr().out
+
+
+def test_scan_names_a_spreadsheet_would_run_are_written_safe_and_read_back(tmp_path, checkpoint, capsys):
+    scan = _scan(tmp_path / "=HYPERLINK(1).mha")
+    out = tmp_path / "out"
+    assert main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST]) == 0
+    for name in ("candidates.csv", "=HYPERLINK(1).candidates.csv"):
+        rows = (out / name).read_text(encoding="utf-8").splitlines()[1:]
+        assert rows and all(row.startswith("'=HYPERLINK(1),") for row in rows)
+        assert set(read_candidates(out / name).seriesuids) == {"=HYPERLINK(1)"}

@@ -512,3 +512,29 @@ def test_config_refuses_numbers_the_evaluation_cannot_use(settings, sentence):
         EvaluationConfig(**settings)
     assert str(raised.value) == sentence
     assert EvaluationConfig(max_candidates_per_scan=None, n_bootstraps=0).max_candidates_per_scan is None
+
+
+@pytest.mark.parametrize("diameter", [-3.0, 0.0])
+def test_command_refuses_a_diameter_that_is_neither_positive_nor_minus_one(tmp_path, capsys, diameter):
+    paths, _ = write_study(tmp_path, n_scans=10)
+    table = nodules(("1.2.9", 0.0, 0.0, 0.0, -1.0), ("1.2.8", 0.0, 0.0, 0.0, diameter))  # -1: LUNA16's "unknown"
+    write_annotations(paths["excluded"], table)
+    out = tmp_path / "out"
+    assert main(evaluate_args(paths, out) + ["--bootstraps", "0"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1
+    assert (f"{paths['excluded']}: seriesuid 1.2.8 has diameter_mm {diameter:g}; a diameter is positive, or -1"
+            in message)
+    assert not out.exists()
+
+
+def test_probabilities_outside_0_1_are_accepted_with_a_warning(tmp_path, capsys, caplog):
+    paths, (included, excluded, uids, candidates) = write_study(tmp_path, n_scans=10)
+    logits = marks(*[(c[0], *c[1:4], 4.0 * c[4] - 2.0) for c in candidates])  # same order, not probabilities
+    write_candidates(paths["candidates"], logits, with_diameter=False)
+    caplog.set_level(logging.WARNING)
+    assert main(evaluate_args(paths, tmp_path / "out") + ["--bootstraps", "0"]) == 0
+    assert f"{paths['candidates']}: " in caplog.text and "outside [0, 1]" in caplog.text
+    plain = evaluate_froc(nodules(*included), nodules(*excluded), uids, marks(*candidates), NO_BOOTSTRAP)
+    summary = json.loads((tmp_path / "out" / "froc_summary.json").read_text(encoding="utf-8"))
+    np.testing.assert_array_equal(summary["runs"]["candidates"]["sensitivities"], plain.sensitivities)

@@ -432,3 +432,27 @@ def test_no_detection_outside_the_scan(shape_zyx, spacing_xyz, direction):
     # without the filter, 100 of 100 detections lie outside the 2^3 and 5^3 scans and 73 of 100 outside the
     # 40^3 one; the scans that hold a stride-4 grid point still report detections
     assert len(found) > 0 or min(shape_zyx) < 4
+
+
+def _api_inputs():
+    ramp = np.arange(6 * 7 * 8, dtype=np.float32).reshape(6, 7, 8)
+    return {
+        "2-D": (sitk.GetImageFromArray(ramp[0]), "Detector.detect's image: the image is 2-D; a CT scan must be 3-D."),
+        "RGB": (sitk.GetImageFromArray(np.stack([ramp] * 3, -1), isVector=True),
+                "Detector.detect's image: the image has 3 components per voxel; a CT scan has one."),
+        "NaN": (sitk.GetImageFromArray(np.where(ramp == 5, np.nan, ramp)),
+                "Detector.detect's image: the image holds NaN or infinite values."),
+        "1 voxel": (sitk.GetImageFromArray(ramp[:1, :1, :1]), "Detector.detect's image: the image has a single slice"),
+        "numpy array": (ramp, "Detector.detect: expected a SimpleITK image, not a numpy.ndarray;"),
+    }
+
+
+@pytest.mark.parametrize("case", ["2-D", "RGB", "NaN", "1 voxel", "numpy array"])
+def test_the_api_checks_its_image_as_the_command_line_does(case):
+    image, message = _api_inputs()[case]
+    detector = Detector(SCPMNet(SCPMNetConfig.tiny()), NO_MASK)
+    with pytest.raises(UserInputError) as raised:
+        detector.detect(image)
+    assert str(raised.value).startswith(message)
+    with pytest.raises(UserInputError, match="Detector.predict_maps"):
+        detector.predict_maps(image)

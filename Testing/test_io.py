@@ -128,3 +128,32 @@ def test_detections_become_rows_and_tables_concatenate_in_order():
     empty = Findings.concat([])
     assert len(empty) == 0 and empty.centers_xyz_mm.shape == (0, 3)
     assert len(Findings.concat([none, none])) == 0
+
+
+@pytest.mark.parametrize("name", ["=cmd|' /C calc'!A0", "+1+2", "-2+3", "@SUM(A1)", "\tTAB"])
+def test_names_a_spreadsheet_would_run_are_quoted_and_read_back_verbatim(tmp_path, name):
+    found = Findings.from_columns([name, "1.3.6.1.4.1.14519.5.2.1.6279.6001.1"], [[1.0, 2.0, 3.0]] * 2,
+                                  [4.0, 5.0], [0.5, 0.25])
+    write_candidates(tmp_path / "c.csv", found)
+    write_annotations(tmp_path / "a.csv", found)
+    write_seriesuids(tmp_path / "s.csv", [name, "1.2.3"])
+    for path in ("c.csv", "a.csv"):
+        lines = (tmp_path / path).read_text(encoding="utf-8").splitlines()
+        assert lines[1].startswith("'" + name[0]) and lines[2].startswith("1.3.6.1.4.1.14519.5.2.1.6279.6001.1,")
+    assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines() == ["'" + name, "1.2.3"]
+    assert list(read_candidates(tmp_path / "c.csv").seriesuids) == [name, found.seriesuids[1]]
+    assert list(read_annotations(tmp_path / "a.csv").seriesuids) == [name, found.seriesuids[1]]
+    assert read_seriesuids(tmp_path / "s.csv") == [name, "1.2.3"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x00\x01\x02\xff binary", "not UTF-8 text (byte 0xff at offset 3); expected a CSV table."),
+    ("seriesuid,coordX\n\xe9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 17)"),
+])
+def test_tables_that_are_not_text_are_refused_in_one_sentence(tmp_path, content, message):
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    for read in (read_candidates, read_annotations, read_seriesuids):
+        with pytest.raises(UserInputError) as raised:
+            read(path)
+        assert str(raised.value) == f"{path}: {message}" or str(raised.value).startswith(f"{path}: {message}")

@@ -1,7 +1,9 @@
 """Synthetic chest CT phantoms: anatomy where the annotations say, LUNA16's files, determinism."""
 
 import hashlib
+import os
 import re
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -267,3 +269,13 @@ def test_the_annotation_table_holds_the_nodules_in_world_mm_in_order():
     np.testing.assert_array_equal(table.diameters_mm, [6.5, 2.0])
     assert np.isnan(table.probabilities).all(), "the truth has no probability"
     assert len(annotation_table("1.2.3", [])) == 0
+
+
+def test_the_dataset_folder_gets_the_mode_the_umask_gives(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        phantom.write_luna16_dataset(tmp_path / "out", 1, 0, lung_masks=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "out" / "subset0").stat().st_mode) == 0o750

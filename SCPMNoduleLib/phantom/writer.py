@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from ..errors import UserInputError
-from ..io import Findings, map_in_processes, write_annotations, write_seriesuids
+from ..errors import UserInputError, os_error
+from ..io import LUNG_MASK_FOLDER, Findings, map_in_processes, write_annotations, write_seriesuids
 from ..plotting import save_orthogonal_slices
+from ..temp_files import check_output_folder, remove_stale_temps, temp_dir_beside, write_image
 from .config import PhantomConfig, phantom_config
 from .generator import generate_phantom
 from .scanner import Nodule, Phantom, annotation_table
@@ -55,9 +54,9 @@ def _write_scan(job: tuple[Path, int, int, int, PhantomConfig, bool, bool]) -> t
     work, seed, index, subsets, config, lung_masks, preview = job
     uid = series_uid(seed, index)
     phantom = generate_phantom((seed, index), config)
-    sitk.WriteImage(phantom.image, str(work / f"subset{index % subsets}" / f"{uid}.mhd"))
+    write_image(phantom.image, work / f"subset{index % subsets}" / f"{uid}.mhd")
     if lung_masks:
-        sitk.WriteImage(phantom.lung_mask, str(work / "seg-lungs-LUNA16" / f"{uid}.mhd"), True)
+        write_image(phantom.lung_mask, work / LUNG_MASK_FOLDER / f"{uid}.mhd", True)
     if preview:
         _save_preview(phantom, work / "preview" / f"{uid}.png", uid)
     return uid, phantom.nodules
@@ -77,10 +76,13 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
     (the number of processes drawing scans at once).
 
     The dataset is built in a temporary folder beside ``out_dir`` and renamed onto it at the
-    end; an error or interrupt (also one raised by ``progress(done, total)``) leaves nothing.
+    end, with the mode the umask gives; an error or interrupt (also one raised by
+    ``progress(done, total)``) leaves nothing, and the temporary folders of a run that was killed
+    are removed by the next one.
 
     Raises:
-        UserInputError: ``out_dir`` exists and is not empty, or a count is not positive.
+        UserInputError: ``out_dir`` exists and is not empty, a count is not positive, or an
+            operating-system error (``out_dir`` cannot be written, a full disk).
     """
     out_dir = Path(out_dir)
     for name, value in (("scans", n_scans), ("subsets", subsets), ("workers", workers)):
@@ -91,12 +93,25 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
     config = phantom_config(size, **options)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    check_output_folder(out_dir)
+    remove_stale_temps(out_dir.parent, target=out_dir.name)
+    try:
+        written = _write_dataset(out_dir, n_scans, seed, subsets, config, lung_masks, preview, progress, workers)
+    except OSError as error:  # named by the dataset: the files in the temporary folder are gone
+        raise os_error(error, out_dir) from None
+    log.info("wrote %d phantom scans to %s", n_scans, out_dir)
+    return written
+
+
+def _write_dataset(out_dir: Path, n_scans: int, seed: int, subsets: int, config: PhantomConfig, lung_masks: bool,
+                   preview: bool, progress: Callable[[int, int], None] | None,
+                   workers: int) -> dict[str, list[Nodule]]:
+    """:func:`write_luna16_dataset`'s work, once its arguments are checked."""
+    work = temp_dir_beside(out_dir)
     try:
         for k in range(subsets):
             (work / f"subset{k}").mkdir()
-        for name, wanted in (("seg-lungs-LUNA16", lung_masks), ("preview", preview)):
+        for name, wanted in ((LUNG_MASK_FOLDER, lung_masks), ("preview", preview)):
             if wanted:
                 (work / name).mkdir()
         written: dict[str, list[Nodule]] = {}
@@ -118,5 +133,4 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    log.info("wrote %d phantom scans to %s", n_scans, out_dir)
     return written
