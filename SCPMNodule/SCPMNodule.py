@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,7 +36,6 @@ import SCPMNoduleMRML as mrml
 # ensureDependencies installs the rest after this file has loaded (test_slicer_logic checks).
 from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.models import read_manifest
 
 PROGRESS_INTERVAL_MS = 200
 RECOVERY_FLUSH_MS = 1100  # after the last edit, write what the (debounced) recovery file still waits for
@@ -128,6 +126,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.noteLineEdit.connect("editingFinished()", self.onNoteEdited)
         self.ui.addNoduleButton.connect("clicked(bool)", self.onAddNodule)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.restoreButton.connect("clicked(bool)", self.onRestore)
         self.ui.nodulesTableView.connect("selectionChanged()", self.onTableSelection)
         mainWindow = slicer.util.mainWindow()
@@ -227,7 +226,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def refreshModelList(self) -> None:
         current = self.ui.modelComboBox.currentText
         self.ui.modelComboBox.clear()
-        self.ui.modelComboBox.addItems(self.logic.modelNames())
+        self.ui.modelComboBox.addItems(mrml.model_names())
         self.ui.modelComboBox.setCurrentText(current or self.ui.modelComboBox.currentText)
 
     def onModelChanged(self, text: str) -> None:
@@ -251,7 +250,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not start the detection.", waitCursor=True):
             if not self.confirmReplacing(self._parameterNode.inputVolume):
                 return
-            self.logic.ensureDependencies()
+            mrml.ensure_dependencies()
             self.refreshModelList()
             self._run = self.logic.startDetection(self._parameterNode)
             self.ui.progressBar.value = 0
@@ -385,7 +384,7 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reviewedLabel.text = f"Reviewed {reviewed} of {total}" if review else ""
         for widget in (self.ui.previousButton, self.ui.nextButton, self.ui.acceptButton, self.ui.rejectButton,
                        self.ui.deleteButton, self.ui.diameterSpinBox, self.ui.noteLineEdit, self.ui.addNoduleButton,
-                       self.ui.exportButton):
+                       self.ui.exportButton, self.ui.exportDicomButton):
             widget.enabled = review is not None
         self.ui.undoButton.enabled = review is not None and review.can_undo
 
@@ -400,6 +399,21 @@ class SCPMNoduleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             paths = mrml.export_review(self.logic.review, self._parameterNode.exportDirectory,
                                        self._parameterNode.includeRejectedInExport)
             self.ui.statusLabel.text = "Exported " + ", ".join(Path(p).name for p in paths)
+
+    def onExportDicom(self) -> None:
+        """The review as a TID 1500 SR and a SEG referencing the volume's DICOM series (pip-installs
+        highdicom, which Slicer does not ship, after asking)."""
+        with slicer.util.tryWithErrorDisplay("Could not export DICOM.", waitCursor=True):
+            if importlib.util.find_spec("highdicom") is None:
+                if not slicer.util.confirmOkCancelDisplay("DICOM export needs the Python package highdicom. "
+                                                          "Install it now?"):
+                    return
+                slicer.util.pip_install("highdicom>=0.28")
+            volume, model = self.logic.review.volume_node, self._parameterNode.model
+            files = [slicer.dicomDatabase.fileForInstance(uid) for uid in mrml.dicom_instance_uids(volume)]
+            outputs = mrml.write_review_dicom(self._parameterNode.exportDirectory, self.logic.review, files,
+                                              f"SCPM-Net {model}", mrml.model_version(model))
+            self.ui.statusLabel.text = "Exported " + ", ".join(Path(p).name for p in outputs.values())
 
     def onRestore(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not restore the review.", waitCursor=True):
@@ -420,38 +434,6 @@ class SCPMNoduleLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self) -> SCPMNoduleParameterNode:
         return SCPMNoduleParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def modelNames() -> list[str]:
-        """The models of ``Models.json`` (read with json, never through PyTorch: this runs in Slicer's
-        process as the panel is built), ``demo`` if it lists none or cannot be read."""
-        try:
-            return [model["name"] for model in read_manifest()["models"]] or ["demo"]
-        except (UserInputError, KeyError, TypeError) as error:
-            logging.warning("Model list unavailable, offering only the demo model: %s", error)
-            return ["demo"]
-
-    @staticmethod
-    def ensureDependencies() -> None:
-        """Install PyTorch through the PyTorch extension after asking (``Resources/requirements.txt``);
-        the rest comes with Slicer, so an offline user with PyTorch is never asked."""
-        requirements = mrml.detector_requirements()
-        torchVersion = requirements.pop("torch")
-        if importlib.util.find_spec("torch") is None:
-            try:  # here, not at the top: another extension's module, loaded after this one, or missing
-                import PyTorchUtils
-            except ModuleNotFoundError:
-                raise UserInputError("This module needs the PyTorch extension: install 'PyTorch' from the "
-                                     "Extensions Manager and restart Slicer.") from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torchVersion)
-                if torch is None:
-                    raise UserInputError("PyTorch is needed to detect nodules, and it was not installed "
-                                         "(declined, or no internet connection).")
-        missing = [package for package in requirements if importlib.util.find_spec(package) is None]
-        if missing:  # they come with Slicer: nothing to install, something is broken
-            raise UserInputError(f"Slicer's Python lacks {', '.join(missing)}, which Slicer ships; reinstall Slicer.")
 
     @staticmethod
     def sidecarDirectory() -> Path:
@@ -558,7 +540,12 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_DetectInBackground()
 
-    def _volume(self):
+    def _volume(self, chest: bool = False):
+        """A small box, or for detection a miniature chest phantom (the detector refuses a scan without lungs)."""
+        if chest:
+            from SCPMNoduleLib.phantom import make_phantom  # needs scipy: only after the dependencies are in
+
+            return mrml.volume_node_from_image(slicer.mrmlScene, make_phantom(5, "small")[0], "phantom-5")
         array = np.full((48, 64, 64), -800, dtype=np.int16)
         array[20:28, 28:36, 28:36] = 40
         image = sitk.GetImageFromArray(array)
@@ -588,7 +575,7 @@ class SCPMNoduleTest(ScriptedLoadableModuleTest):
             return
         logic = SCPMNoduleLogic()
         parameters = logic.getParameterNode()
-        parameters.inputVolume = self._volume()
+        parameters.inputVolume = self._volume(chest=True)
         parameters.threshold = 0.0
         parameters.maxDetections = 5
         run = logic.startDetection(parameters)

@@ -336,7 +336,7 @@ def test_module_never_imports_torch_or_the_torch_side_of_the_library():
             for name in names:
                 assert name.split(".")[0] != "torch", name
                 assert name not in {"SCPMNoduleLib.inference", "SCPMNoduleLib.network", "SCPMNoduleLib.cli"}, name
-    assert "read_manifest()" in _function("modelNames")
+    assert "mrml.model_names()" in _module_source()
 
 
 def test_pythonslicer_missing_is_said_plainly_and_the_self_test_never_installs_torch():

@@ -344,10 +344,24 @@ def test_the_detector_starts_without_a_console_window_on_windows(monkeypatch):
 
 
 def test_building_the_panel_keeps_torch_out_of_slicers_process():
-    """modelNames() reads Models.json with json (SCPMNoduleLib.models), as the panel is built."""
+    """model_names() reads Models.json with json (SCPMNoduleLib.models), as the panel is built."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import SCPMNoduleMRML; "
-            "from SCPMNoduleLib.models import read_manifest; read_manifest(); "
+            "assert SCPMNoduleMRML.model_names() == ['demo'], SCPMNoduleMRML.model_names(); "
+            "assert SCPMNoduleMRML.model_version('demo') != 'unknown'; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     result = subprocess.run([sys.executable, "-c", code, str(REPO / "SCPMNodule")],
                             capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_dependencies_ask_for_the_pytorch_extension_and_never_for_the_export_packages():
+    """slicer-core has no PyTorch extension: a missing torch gets its sentence; a missing highdicom
+    (DICOM export only, installed by the export) does not stop detection; a missing scipy does."""
+    def without(*absent):
+        return lambda name: None if name in absent else object()
+
+    with pytest.raises(UserInputError, match="needs the PyTorch extension"):
+        logic.ensure_dependencies(find_spec=without("torch"))
+    logic.ensure_dependencies(find_spec=without("highdicom", "pydicom"))
+    with pytest.raises(UserInputError, match="^Slicer's Python lacks scipy, which Slicer ships"):
+        logic.ensure_dependencies(find_spec=without("scipy"))

@@ -6,7 +6,15 @@ against the ``slicer-core`` package alike. The module's Widget and Logic classes
 (``SCPMNodule.py``) only wire widgets to it.
 """
 
-from .exports import REVIEW_CSV_COLUMNS, export_review, write_markups_json, write_review_csv, write_table_csv
+from .exports import (
+    REVIEW_CSV_COLUMNS,
+    dicom_instance_uids,
+    export_review,
+    write_markups_json,
+    write_review_csv,
+    write_review_dicom,
+    write_table_csv,
+)
 from .nodules import TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, nodule_color, probability_color
 from .process import (
                       DetectionProcess,
@@ -16,7 +24,10 @@ from .process import (
                       child_process_options,
                       detect_command,
                       detector_requirements,
+                      ensure_dependencies,
                       library_environment,
+                      model_names,
+                      model_version,
                       parse_progress_line,
 )
 from .review import NoduleReview, remove_reviews
@@ -47,9 +58,10 @@ __all__ = [
     "REVIEW_CSV_COLUMNS", "TABLE_COLUMNS",
     "DetectionProcess", "DetectionRun", "DetectionSettings", "Nodule", "NoduleReview", "ProgressEvent",
     "ReviewStatus", "ReviewStyle", "SidecarWriter", "apply_lung_window", "attach_sidecar", "check_input_volume",
-    "child_process_options", "detect_command", "detector_requirements", "export_review", "flush_sidecar",
-    "image_from_volume_node", "library_environment", "lps_to_ras", "new_sidecar_path", "nodule_color",
+    "child_process_options", "detect_command", "detector_requirements", "dicom_instance_uids", "ensure_dependencies",
+    "export_review", "flush_sidecar", "image_from_volume_node", "library_environment", "lps_to_ras", "model_names",
+    "model_version", "new_sidecar_path", "nodule_color",
     "parse_progress_line", "probability_color", "ras_to_lps", "read_sidecar", "reattach_sidecar", "remove_reviews",
     "restore_review", "series_uid", "sidecar_path", "volume_ijk_to_ras", "volume_node_from_image",
-    "write_markups_json", "write_review_csv", "write_sidecar", "write_table_csv", "write_volume",
+    "write_markups_json", "write_review_csv", "write_review_dicom", "write_sidecar", "write_table_csv", "write_volume",
 ]

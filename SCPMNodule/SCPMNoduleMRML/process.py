@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ import SCPMNoduleLib
 from SCPMNoduleLib.errors import EXIT_BAD_INPUT, UserInputError
 from SCPMNoduleLib.export import read_detections_json
 from SCPMNoduleLib.io import safe_file_name
+from SCPMNoduleLib.models import read_manifest
 
 from .nodules import ReviewStyle
 from .review import NoduleReview
@@ -106,6 +108,57 @@ def detector_requirements(path: str | os.PathLike = REQUIREMENTS_FILE) -> dict[s
                 raise UserInputError(f"{path}: '{text}' is not a 'package>=version' line.")
             requirements[match.group(1)] = match.group(2) or ""
     return requirements
+
+
+def model_names() -> list[str]:
+    """The models of ``Models.json`` (read with json, never through PyTorch: this runs in Slicer's
+    process as the panel is built), ``demo`` if it lists none or cannot be read."""
+    try:
+        return [model["name"] for model in read_manifest()["models"]] or ["demo"]
+    except (UserInputError, KeyError, TypeError) as error:
+        log.warning("Model list unavailable, offering only the demo model: %s", error)
+        return ["demo"]
+
+
+def model_version(name: str) -> str:
+    """The manifest's version of model ``name``; ``unknown`` for a checkpoint file or an unreadable manifest."""
+    try:
+        entries = {model["name"]: model for model in read_manifest()["models"]}
+    except (UserInputError, KeyError, TypeError):
+        return "unknown"
+    return str(entries.get(name, {}).get("version") or "unknown")
+
+
+EXPORT_ONLY_PACKAGES = frozenset({"pydicom", "highdicom"})
+"""Needed only to export a review as DICOM (imported there, on demand), not to detect."""
+
+
+def ensure_dependencies(find_spec=importlib.util.find_spec) -> None:
+    """Make sure the detector's process can run: PyTorch through the PyTorch extension (after
+    asking), the rest of ``Resources/requirements.txt`` as Slicer ships it; an offline user with
+    PyTorch is never asked. The DICOM export's packages (:data:`EXPORT_ONLY_PACKAGES`) are the
+    export's business.
+
+    Raises:
+        UserInputError: the PyTorch extension is missing, PyTorch was not installed, or Slicer's
+            Python lacks a package it ships.
+    """
+    requirements = detector_requirements()
+    torch_version = requirements.pop("torch")
+    if find_spec("torch") is None:
+        try:  # here, not at the top: another extension's module, loaded after this one, or missing
+            import PyTorchUtils
+        except ModuleNotFoundError:
+            raise UserInputError("This module needs the PyTorch extension: install 'PyTorch' from the "
+                                 "Extensions Manager and restart Slicer.") from None
+        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torch_logic.torchInstalled() and torch_logic.installTorch(
+                askConfirmation=True, torchVersionRequirement=torch_version) is None:
+            raise UserInputError("PyTorch is needed to detect nodules, and it was not installed "
+                                 "(declined, or no internet connection).")
+    missing = [p for p in requirements if p not in EXPORT_ONLY_PACKAGES and find_spec(p) is None]
+    if missing:  # they come with Slicer: nothing to install, something is broken
+        raise UserInputError(f"Slicer's Python lacks {', '.join(missing)}, which Slicer ships; reinstall Slicer.")
 
 
 def library_environment(base: dict | None = None) -> dict:
