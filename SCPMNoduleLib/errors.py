@@ -1,11 +1,23 @@
-"""The one exception type for bad input.
+"""The one exception type for bad input, and the one way operating-system errors become it.
 
 Every entry point (command line, Slicer logic, training) raises :class:`UserInputError` with one
 sentence that names the file or value and says what is wrong; the command line prints that
 sentence and exits with :data:`EXIT_BAD_INPUT`, the Slicer module shows it in a message box.
+
+An :class:`OSError` (a read-only folder, a full disk, a file where a folder should be) becomes
+such a sentence through :func:`os_error_message` (:func:`reported_os_errors` around a block), and
+:func:`check_output_folder` finds the output problems before any work starts. Standard library only.
 """
 
-__all__ = ["EXIT_BAD_INPUT", "UserInputError"]
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["EXIT_BAD_INPUT", "UserInputError", "check_output_folder", "os_error_message", "reported_os_errors"]
 
 EXIT_BAD_INPUT = 2
 """The command line's exit status for bad input (1 is a crash); the Slicer module reads it."""
@@ -13,3 +25,64 @@ EXIT_BAD_INPUT = 2
 
 class UserInputError(Exception):
     """A problem with what the user gave us (a file, a value), not a bug in the program."""
+
+
+def _user_path(name: str | bytes | os.PathLike) -> str:
+    """The path a user knows: our temporary file ``folder/.NAME.XXXXXX.tmp`` (the naming of
+    :func:`SCPMNoduleLib.io.atomic_write`) stands for the file it was to become, ``folder/NAME``."""
+    path = Path(os.fsdecode(name))
+    stem = path.name
+    if stem.startswith(".") and stem.endswith(".tmp") and stem.count(".") >= 3:
+        return str(path.parent / stem[1:].rsplit(".", 2)[0])
+    return str(path)
+
+
+def os_error_message(error: OSError, done: str = "used", path: str | os.PathLike | None = None) -> str:
+    """One sentence for an operating-system error: ``"<path>: could not be <done> (<reason>)."``.
+
+    Args:
+        error: the error; its ``filename2`` (a rename's target), else its ``filename``, names the path.
+        done: what was being done to it, as a past participle (``"written"``, ``"read"``, ``"created"``).
+        path: the path to name when the error carries none.
+    """
+    name = error.filename2 if error.filename2 is not None else error.filename
+    where = _user_path(name) if name is not None else (str(path) if path is not None else "a file")
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{where}: could not be {done} ({reason})."
+
+
+@contextlib.contextmanager
+def reported_os_errors(done: str = "used", path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn an :class:`OSError` raised in the block into a :class:`UserInputError` (:func:`os_error_message`)."""
+    try:
+        yield
+    except OSError as error:
+        raise UserInputError(os_error_message(error, done, path)) from None
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be written, before any work starts; create nothing.
+
+    The folder, or (when it does not exist yet) the nearest existing folder above it, must be a
+    folder in which a file can be created: a probe file is created and removed at once (permission
+    bits are not asked, because they say nothing for root or on a read-only file system).
+
+    Raises:
+        UserInputError: ``path`` (or a part of it) is an existing file, or the folder is not writable.
+    """
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: creating the folder would fail
+            raise UserInputError(f"{option} {path}: {existing} is a broken symbolic link.")
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is an existing file" if existing == path else f"lies under {existing}, which is a file"
+        raise UserInputError(f"{option} {path}: the output folder {where}, not a folder.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".scpm-probe.", suffix=".tmp", dir=existing)
+    except OSError as error:
+        raise UserInputError(f"{option} {path}: cannot write into {existing} "
+                             f"({error.strerror or error}).") from None
+    os.close(fd)
+    os.unlink(probe)
