@@ -12,8 +12,13 @@ whether the weights are trained). Which checkpoints ship, under which names, is
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +29,7 @@ from .io import atomic_write
 from .model import SCPMNet, SCPMNetConfig
 from .preprocess import PREPROCESS_VERSION, PreprocessConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_torch_file", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "scpm-nodule-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -47,19 +52,52 @@ def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: Preproc
         torch.save(checkpoint, handle)
 
 
+def _load_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in words (never torch's
+    advice to load it with ``weights_only=False``, which would run whatever code it holds)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "not a file saved by torch: truncated, damaged or another kind of file"
+    if isinstance(error, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        objects = f"a {found.group(1)} object" if found else "Python objects"
+        return (f"it holds {objects} besides tensors and plain data; such objects are never loaded, because "
+                "unpickling them could run code")
+    return "the torch archive is damaged"
+
+
+def load_torch_file(path: str | os.PathLike, what: str, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data, no code unpickled.
+
+    Args:
+        path: the file.
+        what: what it should be, in words (``"checkpoint"``, ``"training checkpoint"``).
+        mmap: memory-map the tensors instead of reading them (to read only the structure).
+
+    Raises:
+        UserInputError: ``"<path>: <what> not found."`` or ``"<path>: the file is not a readable
+            <what> (<reason>)."``, the reason saying what is wrong (empty, not saved by torch,
+            damaged, holding objects that are not loaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: {what} not found.")
+    try:
+        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise UserInputError(f"{path}: the file is not a readable {what} ({_load_problem(path, error)}).") from None
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, dict]:
     """Read a checkpoint without unpickling code; refuse anything that is not ours, with one sentence.
 
     Returns the model (eval mode, CPU), its pre-processing and its metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: checkpoint file not found.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types for a damaged or foreign file
-        raise UserInputError(f"{path}: the file is not a readable checkpoint (damaged, or not saved by "
-                             "torch).") from None
+    checkpoint = load_torch_file(path, "checkpoint")
     check_document(checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, str(path),
                    "an SCPM-Net checkpoint of this program")
     try:
