@@ -11,6 +11,7 @@ whether the weights are trained). Which checkpoints ship, under which names, is
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -24,15 +25,33 @@ import torch
 
 from .config_dict import dataclass_from_dict
 from .documents import check_document
-from .errors import UserInputError
+from .errors import UserInputError, reported_os_errors
 from .io import atomic_write
 from .model import SCPMNet, SCPMNetConfig
 from .preprocess import PREPROCESS_VERSION, PreprocessConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_torch_file", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_torch_file", "save_checkpoint",
+    "save_torch_file",
+]
 
 CHECKPOINT_FORMAT = "scpm-nodule-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+def save_torch_file(path: str | os.PathLike, document: dict[str, Any]) -> None:
+    """``torch.save(document)`` to ``path``, atomically.
+
+    The archive is built in memory first, then written in one go, so that a write failure (a full
+    disk) is the operating system's error, not torch's ``RuntimeError`` about zip positions.
+
+    Raises:
+        UserInputError: the file could not be written, naming it and the reason.
+    """
+    buffer = io.BytesIO()
+    torch.save(document, buffer)
+    with reported_os_errors("written", path), atomic_write(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: PreprocessConfig,
@@ -48,8 +67,7 @@ def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: Preproc
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    with atomic_write(path, "wb") as handle:
-        torch.save(checkpoint, handle)
+    save_torch_file(path, checkpoint)
 
 
 def _load_problem(path: Path, error: Exception) -> str:

@@ -52,7 +52,8 @@ def os_error_message(error: OSError, done: str | None = None, path: str | os.Pat
         path: the path to name when the error carries none.
     """
     name = error.filename2 if error.filename2 is not None else error.filename
-    where = _user_path(name) if name is not None else (str(path) if path is not None else "a file")
+    name = name if name is not None else path
+    where = _user_path(name) if name is not None else "a file"
     reason = error.strerror or str(error) or type(error).__name__
     return f"{where}: could not be {done} ({reason})." if done else f"{where}: {reason}."
 

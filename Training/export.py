@@ -186,6 +186,6 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
             document = updated_manifest(manifest, entry)
             manifest.parent.mkdir(parents=True, exist_ok=True)
             staged[manifest] = _staging_path(manifest)
-            with atomic_write(staged[manifest]) as handle:
+            with reported_os_errors("written", manifest), atomic_write(staged[manifest]) as handle:
                 write_manifest(handle, document)
     return entry

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -19,10 +18,9 @@ import torch
 from torch import nn
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.checkpoint import load_torch_file
+from SCPMNoduleLib.checkpoint import load_torch_file, save_torch_file
 from SCPMNoduleLib.documents import check_document
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.model import SCPMNet
 
 from .config import TrainConfig
@@ -65,9 +63,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_state(path: str | os.PathLike, fields: dict[str, Any]) -> None:
     """Write ``fields`` under this format's header (format, version, library version), atomically."""
-    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__, **fields}
-    with atomic_write(Path(path), "wb") as handle:
-        torch.save(state, handle)
+    save_torch_file(path, {"format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__,
+                           **fields})
 
 
 def file_format(path: str | os.PathLike) -> str | None:
