@@ -71,7 +71,7 @@ def _written_as_path(path_or_name: str | os.PathLike) -> bool:
     """Whether the user wrote a path rather than a name (see :func:`resolve_model`)."""
     if not isinstance(path_or_name, str):  # a Path object is a path, whatever it is called
         return True
-    separators = {os.sep, os.altsep} - {None}
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
     return (any(sep in path_or_name for sep in separators) or Path(path_or_name).is_absolute()
             or (path_or_name.endswith(".pt") and Path(path_or_name).is_file()))
 

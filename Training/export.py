@@ -51,10 +51,10 @@ def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
     document = read_json(path)
     try:
         label, run = next(iter(document["runs"].items()))
-        metrics = {"evaluation": str(label), "cpm": float(run["cpm"]),
-                   "fp_rates": [float(v) for v in run["fp_rates"]],
-                   "sensitivities": [float(v) for v in run["sensitivities"]],
-                   "n_scans": int(run["counts"]["n_scans"]), "n_nodules": int(run["counts"]["n_nodules"])}
+        metrics: dict[str, Any] = {
+            "evaluation": str(label), "cpm": float(run["cpm"]), "fp_rates": [float(v) for v in run["fp_rates"]],
+            "sensitivities": [float(v) for v in run["sensitivities"]],
+            "n_scans": int(run["counts"]["n_scans"]), "n_nodules": int(run["counts"]["n_nodules"])}
         if "bootstrap" in run:
             metrics["cpm_95ci"] = [float(run["bootstrap"]["cpm_lower"]), float(run["bootstrap"]["cpm_upper"])]
     except (KeyError, StopIteration, AttributeError, TypeError, ValueError):
@@ -107,10 +107,10 @@ def _replaced_together() -> Iterator[dict[Path, Path]]:
         for target, source in staged.items():
             os.replace(source, target)
     except BaseException:
-        for target, backup in kept.items():
+        for target, old in kept.items():
             with contextlib.suppress(FileNotFoundError):
-                if backup is not None:
-                    os.replace(backup, target)
+                if old is not None:
+                    os.replace(old, target)
                 elif not staged[target].exists():  # it was put in place
                     os.unlink(target)
         raise
