@@ -11,23 +11,47 @@ whether the weights are trained). Which checkpoints ship, under which names, is
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .config_dict import dataclass_from_dict
 from .documents import check_document
-from .errors import UserInputError
+from .errors import UserInputError, reported_os_errors
 from .io import atomic_write
 from .model import SCPMNet, SCPMNetConfig
 from .preprocess import PreprocessConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_torch_file", "save_checkpoint",
+    "save_torch_file",
+]
 
 CHECKPOINT_FORMAT = "scpm-nodule-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+def save_torch_file(path: str | os.PathLike, document: dict[str, Any]) -> None:
+    """``torch.save(document)`` to ``path``, atomically.
+
+    The archive is built in memory first, then written in one go, so that a write failure (a full
+    disk) is the operating system's error, not torch's ``RuntimeError`` about zip positions.
+
+    Raises:
+        UserInputError: the file could not be written, naming it and the reason.
+    """
+    buffer = io.BytesIO()
+    torch.save(document, buffer)
+    with reported_os_errors("written", path), atomic_write(path, "wb") as handle:
+        handle.write(buffer.getbuffer())
 
 
 def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: PreprocessConfig,
@@ -43,8 +67,46 @@ def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: Preproc
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    with atomic_write(path, "wb") as handle:
-        torch.save(checkpoint, handle)
+    save_torch_file(path, checkpoint)
+
+
+def _load_problem(path: Path, error: Exception) -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` refused, in words (never torch's
+    advice to load it with ``weights_only=False``, which would run whatever code it holds)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "not a file saved by torch: truncated, damaged or another kind of file"
+    if isinstance(error, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        objects = f"a {found.group(1)} object" if found else "Python objects"
+        return (f"it holds {objects} besides tensors and plain data; such objects are never loaded, because "
+                "unpickling them could run code")
+    return "the torch archive is damaged"
+
+
+def load_torch_file(path: str | os.PathLike, what: str, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain data, no code unpickled.
+
+    Args:
+        path: the file.
+        what: what it should be, in words (``"checkpoint"``, ``"training checkpoint"``).
+        mmap: memory-map the tensors instead of reading them (to read only the structure).
+
+    Raises:
+        UserInputError: ``"<path>: <what> not found."`` or ``"<path>: the file is not a readable
+            <what> (<reason>)."``, the reason saying what is wrong (empty, not saved by torch,
+            damaged, holding objects that are not loaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"{path}: {what} not found.")
+    try:
+        with warnings.catch_warnings():  # torch warns on stderr about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:  # torch raises many types for a damaged or foreign file
+        raise UserInputError(f"{path}: the file is not a readable {what} ({_load_problem(path, error)}).") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, dict]:
@@ -53,13 +115,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig,
     Returns the model (eval mode, CPU), its pre-processing and its metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: checkpoint file not found.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types for a damaged or foreign file
-        raise UserInputError(f"{path}: the file is not a readable checkpoint (damaged, or not saved by "
-                             "torch).") from None
+    checkpoint = load_torch_file(path, "checkpoint")
     check_document(checkpoint, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, str(path),
                    "an SCPM-Net checkpoint of this program")
     try:

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, UserInputError, os_error
+from .models import MODEL_HELP
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-__all__ = ["build_parser", "main", "run_command"]
+__all__ = ["build_parser", "check_bootstraps", "check_threshold", "main", "run_command"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,20 @@ def run_command(prog: str, args: argparse.Namespace, interrupted: str = "cancell
     except KeyboardInterrupt:
         print(f"{prog} {args.command}: {interrupted}", file=sys.stderr)
         return 130
+
+
+def check_threshold(value: float) -> float:
+    """``--threshold``: a probability threshold in [0, 1) (shared by ``scpm-nodule`` and ``scpm-train``)."""
+    if not 0.0 <= value < 1.0:
+        raise UserInputError(f"--threshold {value}: a probability threshold lies in [0, 1).")
+    return value
+
+
+def check_bootstraps(value: int) -> int:
+    """``--bootstraps``: a number of resamples, 0 or more (shared by ``scpm-nodule`` and ``scpm-train``)."""
+    if value < 0:
+        raise UserInputError(f"--bootstraps {value}: the number of resamples cannot be negative.")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,9 +119,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if not sep or not label or not path or label in runs:
             raise UserInputError(f"--compare {item}: expected a new LABEL=CANDIDATES pair.")
         runs[label] = path
-    if args.bootstraps < 0:
-        raise UserInputError(f"--bootstraps {args.bootstraps}: the number of resamples cannot be negative.")
-    config = EvaluationConfig(n_bootstraps=args.bootstraps, seed=args.seed)
+    config = EvaluationConfig(n_bootstraps=check_bootstraps(args.bootstraps), seed=args.seed)
     results = evaluate_runs(args.annotations, args.excluded, args.seriesuids, runs, config)
     inputs = {"annotations": args.annotations, "excluded": args.excluded, "seriesuids": args.seriesuids,
               **{f"candidates:{label}": str(path) for label, path in runs.items()}}
@@ -161,8 +174,7 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 
 def _add_detection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="demo",
-                        help="checkpoint file or a model name from Resources/Models.json (default: demo)")
+    parser.add_argument("--model", default="demo", help=f"{MODEL_HELP} (default: demo)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--threshold", type=float, default=None,
                         help="report detections with a probability above this (default 0.1)")
@@ -183,19 +195,14 @@ def _detector(args: argparse.Namespace):
 
     from .inference import Detector, InferenceConfig
 
-    changes = {}
+    config = InferenceConfig(mirror_axes=args.mirror, lung_mask=args.lung_mask)
     if args.threshold is not None:
-        if not 0.0 <= args.threshold < 1.0:
-            raise UserInputError(f"--threshold {args.threshold}: a probability threshold lies in [0, 1).")
-        changes["score_threshold"] = args.threshold
+        config = replace(config, score_threshold=check_threshold(args.threshold))
     if args.max_detections is not None:
         if args.max_detections < 1:
             raise UserInputError(f"--max-detections {args.max_detections}: must be at least 1.")
-        changes["max_detections"] = args.max_detections
-    changes["mirror_axes"] = args.mirror
-    changes["lung_mask"] = args.lung_mask
-    detector = Detector.from_checkpoint(args.model, device=args.device,
-                                        config=replace(InferenceConfig(), **changes))
+        config = replace(config, max_detections=args.max_detections)
+    detector = Detector.from_checkpoint(args.model, device=args.device, config=config)
     if not detector.trained:
         print(f"warning: the {detector.info.get('name')} weights are untrained (random); its detections "
               "are meaningless until a trained checkpoint is installed.", file=sys.stderr)

@@ -151,7 +151,7 @@ def test_bad_options_are_refused(tmp_path, checkpoint, capsys):
     for options, message in ((["--formats", "csv,xml"], "--formats 'csv,xml'"),
                              (["--threshold", "1.5"], "--threshold 1.5"),
                              (["--mirror", "xq"], "InferenceConfig.mirror_axes: 'xq' is not distinct"),
-                             (["--model", "nonexistent"], "nonexistent: neither a checkpoint file nor")):
+                             (["--model", "nonexistent"], "nonexistent: not a model name in the manifest")):
         code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--model", str(checkpoint),
                      *options])
         assert code == 2 and message in capsys.readouterr().err

@@ -96,3 +96,65 @@ def test_the_registry_loads_without_torch():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture
+def manifest_with_demo(tmp_path, monkeypatch):
+    """A manifest naming 'demo' (resources/w.pt), made the default; the working directory is tmp_path."""
+    (tmp_path / "resources").mkdir()
+    checkpoint = tmp_path / "resources" / "w.pt"
+    checkpoint.write_bytes(b"the manifest's model")
+    update_manifest(tmp_path / "resources" / "Models.json",
+                    manifest_entry(checkpoint, name="demo", version="1", architecture="a", training_data="none",
+                                   manifest=tmp_path / "resources" / "Models.json"))
+    monkeypatch.setattr(models, "MANIFEST_CANDIDATES", (tmp_path / "resources" / "Models.json",))
+    monkeypatch.chdir(tmp_path)
+    return checkpoint
+
+
+def test_a_local_file_never_stands_in_for_a_named_model(manifest_with_demo):
+    Path("demo").write_bytes(b"a local file called demo")
+    assert resolve_model("demo") == (manifest_with_demo, read_manifest()["models"][0])
+    assert resolve_model("./demo") == (Path("./demo"), {})
+    assert resolve_model(Path("demo")) == (Path("demo"), {})  # a Path object is a path
+
+
+def test_an_unknown_name_is_not_a_file_even_when_one_has_its_name(manifest_with_demo):
+    Path("mine").write_bytes(b"a local file")
+    with pytest.raises(UserInputError, match=r"^mine: not a model name in the manifest \(known: demo\); to load the "
+                                             r"local file mine, write it as a path: \./mine\.$"):
+        resolve_model("mine")
+    with pytest.raises(UserInputError, match=r"^other: not a model name in the manifest \(known: demo\)\.$"):
+        resolve_model("other")
+
+
+@pytest.mark.parametrize("written, is_path", [
+    ("./w.pt", True), ("resources/w.pt", True), ("ABSOLUTE", True), ("w.pt", True), ("missing.pt", False),
+])
+def test_a_path_is_what_is_written_as_one(manifest_with_demo, written, is_path):
+    Path("w.pt").write_bytes(b"a checkpoint here")
+    written = str(manifest_with_demo) if written == "ABSOLUTE" else written
+    if is_path:
+        assert resolve_model(written) == (Path(written), {})
+    else:  # an absent .pt file is a name, and no model has it
+        with pytest.raises(UserInputError, match=r"^missing.pt: not a model name in the manifest"):
+            resolve_model(written)
+    with pytest.raises(UserInputError, match=r"^\./absent: checkpoint file not found\.$"):
+        resolve_model("./absent")
+
+
+@pytest.mark.parametrize("name", ["", "./demo", "a/b", "/abs", "model.pt"])
+def test_a_model_name_that_would_read_as_a_path_is_refused(name):
+    with pytest.raises(UserInputError, match=r"or it would be read as a file\.$"):
+        models.check_model_name(name)
+
+
+def test_both_command_lines_say_how_a_file_differs_from_a_name(capsys):
+    from SCPMNoduleLib.cli import build_parser as nodule_parser
+    from Training.cli import build_parser as train_parser
+
+    for parser, command in ((nodule_parser(), "detect"), (nodule_parser(), "demo"), (train_parser(), "tune")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert models.MODEL_HELP in " ".join(capsys.readouterr().out.split())
+    assert "./NAME" in models.MODEL_HELP and "a bare name never loads a local file" in models.MODEL_HELP

@@ -57,6 +57,17 @@ def test_file_and_overrides_round_trip_through_json(tmp_path):
     ("data.ignore_excluded=False", r"data.ignore_excluded: 'False' is not a boolean"),
     ("data.patch_size=64.5", "data.patch_size: 64.5 is not an integer"),
     ("optim.lr_schedule=[[0, \"fast\"]]", "optim.lr_schedule: 'fast' is not a number"),
+    ("optim.lr_schedule=[[0, NaN]]", r"optim.lr_schedule: \(\(0, nan\),\) holds a learning rate that is negative, NaN"),
+    ("optim.lr_schedule=[[0, 0.01], [5, -1e-3]]", "optim.lr_schedule: .* a learning rate that is negative"),
+    ("optim.lr_schedule=[[0, Infinity]]", "optim.lr_schedule: .* NaN or infinite"),
+    ("optim.weight_decay=NaN", r"^config optim.weight_decay: nan is not a finite number of at least 0\.$"),
+    ("optim.weight_decay=-1", r"^config optim.weight_decay: -1.0 is not a finite number of at least 0\.$"),
+    ("optim.momentum=1", r"^config optim.momentum: 1.0 is not in \[0, 1\)\.$"),
+    ("optim.max_grad_norm=NaN", "config optim.max_grad_norm: nan"),
+    ("data.nodule_size_power=NaN", "config data.nodule_size_power: nan"),
+    ("validation.score_threshold=1", r"config validation.score_threshold: 1.0 is not in \[0, 1\)"),
+    ("validation.bootstraps=-5", r"^config validation.bootstraps: -5 is not at least 0\.$"),
+    ("log_every_steps=0", r"^config log_every_steps: 0 is not at least 1\.$"),
 ])
 def test_bad_values_are_refused_with_their_name(override, message):
     with pytest.raises(UserInputError, match=message):

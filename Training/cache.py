@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from SCPMNoduleLib.documents import DocumentError, read_document
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.errors import UserInputError, check_output_folder
 from SCPMNoduleLib.io import (
     Findings,
     atomic_write,
@@ -295,6 +295,7 @@ def build_cache(
     if not np.allclose(spacing, spacing[0]):
         raise UserInputError(f"pre-processing spacing {tuple(spacing)}: training needs an isotropic spacing.")
     data_dir, cache_dir = Path(data_dir).resolve(), Path(cache_dir)
+    check_output_folder(cache_dir, "--cache")
     scans = find_luna16_scans(data_dir)
     spheres: dict[str, dict[str, _Spheres]] = defaultdict(dict)
     for kind, name, required in (("annotations", "annotations.csv", True),
@@ -334,9 +335,18 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(f"{cache_dir}: not a training cache (no cache.json); run scpm-train preprocess.")
     try:
-        return read_document(path, CACHE_FORMAT, CACHE_VERSION, "a scpm-train cache description")
+        info = read_document(path, CACHE_FORMAT, CACHE_VERSION, "a scpm-train cache description")
     except DocumentError as error:
         raise UserInputError(f"{path}: {error.reason}; run scpm-train preprocess again.") from None
+    if not isinstance(info.get("data_dir"), str) or not isinstance(info.get("preprocess"), dict):
+        raise UserInputError(f"{path}: the cache description lacks its data_dir or preprocess settings; "
+                             "run scpm-train preprocess again.")
+    try:
+        PreprocessConfig.from_dict(info["preprocess"])
+    except UserInputError as error:
+        raise UserInputError(f"{path}: its preprocess settings are not usable ({str(error).rstrip('.')}); "
+                             "run scpm-train preprocess again.") from None
+    return info
 
 
 def _sphere_centers(records: list[dict[str, Any]]) -> np.ndarray:

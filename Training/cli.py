@@ -16,8 +16,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.cli import run_command
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.cli import check_bootstraps, check_threshold, run_command
+from SCPMNoduleLib.errors import UserInputError, reported_os_errors
+from SCPMNoduleLib.models import MODEL_HELP
+
+INTERRUPTED = {
+    "preprocess": "interrupted; run it again to finish (the scans cached so far are kept)",
+    "fit": "interrupted; continue with --resume",
+    "cv": "interrupted; run the same command again to continue (finished epochs and folds are kept)",
+    "evaluate": "interrupted",
+    "tune": "interrupted",
+    "export": "interrupted; the checkpoint and the manifest are as they were",
+}
+"""What each command says on Ctrl-C (exit status 130)."""
 
 if TYPE_CHECKING:
     from SCPMNoduleLib.evaluation import FROCResult
@@ -51,7 +62,11 @@ def _run_preprocess(args: argparse.Namespace) -> int:
 
     config = PreprocessConfig()
     if args.preprocess is not None:
-        config = PreprocessConfig.from_dict(read_json(args.preprocess))
+        values = read_json(args.preprocess)  # its errors name the file
+        try:
+            config = PreprocessConfig.from_dict(values)
+        except UserInputError as error:
+            raise UserInputError(f"{args.preprocess}: {error}") from None
     summary = build_cache(args.data, args.cache, config, workers=args.workers)
     print(f"{summary['scans']} scans: {summary['built']} cached, {summary['skipped']} already valid -> {args.cache}")
     return 0
@@ -81,8 +96,8 @@ def _run_cv(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from .heldout import evaluate_folder
 
-    result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, args.threshold, args.bootstraps,
-                             args.mirror)
+    result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, check_threshold(args.threshold),
+                             check_bootstraps(args.bootstraps), args.mirror)
     print(f"CPM {result.cpm:.3f} ({_sensitivities(result)}) -> {args.out}")
     return 0
 
@@ -100,7 +115,7 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     results = sweep_postprocessing(args.checkpoint, args.data, distance_ratios=args.distance_ratios,
                                    iou_thresholds=args.iou_thresholds, top_ns=args.top_n,
-                                   score_threshold=args.threshold, device=args.device)
+                                   score_threshold=check_threshold(args.threshold), device=args.device)
     print(f"{args.checkpoint} on {results[0][1].counts.n_scans} scan(s) of {args.data}")
     print(format_sweep(results))
     return 0
@@ -169,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "sensitivities. This is how the detector's post-processing defaults are tuned: use scans "
                     "that neither training nor the reported test uses (scpm-nodule phantom --seed 500 "
                     "--scans 10 --size full).")
-    tune.add_argument("--checkpoint", default="demo", help="a detector checkpoint, a training state or a model name")
+    tune.add_argument("--checkpoint", default="demo",
+                      help=f"{MODEL_HELP}; a training state (best.pt) too (default: demo)")
     tune.add_argument("--data", required=True, help="LUNA16-layout folder of tuning scans with annotations.csv")
     tune.add_argument("--distance-ratios", type=float, nargs="+", metavar="R",
                       help="NMS distance ratios to try (default: 1/3, 0.4 and 0.5)")
@@ -204,8 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = "" if rank == 0 else f"[rank {rank}] "
     logging.basicConfig(level=level if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    run = args.run
+
+    def run_reporting_os_errors(parsed: argparse.Namespace) -> int:
+        with reported_os_errors():  # a full disk, a read-only folder: one sentence naming the file
+            return run(parsed)
+
+    args.run = run_reporting_os_errors
     try:
-        return run_command("scpm-train", args, interrupted="interrupted; continue with --resume")
+        return run_command("scpm-train", args, interrupted=INTERRUPTED[args.command])
     finally:
         shutdown_distributed()
 

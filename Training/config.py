@@ -8,6 +8,7 @@ beside the checkpoints is the config actually used, overrides included.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -197,19 +198,37 @@ class TrainConfig:
             raise UserInputError(
                 f"config optim.lr_schedule: {schedule!r} must start at epoch 0 and increase."
             )
+        if not all(math.isfinite(rate) and rate >= 0 for _, rate in schedule):
+            raise UserInputError(f"config optim.lr_schedule: {schedule!r} holds a learning rate that is negative, "
+                                 "NaN or infinite.")
+        for key, value, lowest, below in (("optim.weight_decay", self.optim.weight_decay, 0.0, None),
+                                          ("optim.momentum", self.optim.momentum, 0.0, 1.0),
+                                          ("optim.max_grad_norm", self.optim.max_grad_norm, 0.0, None),
+                                          ("data.jitter_fraction", self.data.jitter_fraction, 0.0, None),
+                                          ("data.nodule_size_power", self.data.nodule_size_power, 0.0, None),
+                                          ("validation.score_threshold", self.validation.score_threshold, 0.0, 1.0)):
+            if not (math.isfinite(value) and value >= lowest and (below is None or value < below)):
+                rule = f"in [{lowest:g}, {below:g})" if below is not None else f"a finite number of at least {lowest:g}"
+                raise UserInputError(f"config {key}: {value} is not {rule}.")
         check_choice(self.optim, "lr_interpolation", LR_INTERPOLATIONS)
         if not 0.0 <= self.optim.ema_decay < 1.0:
             raise UserInputError(f"config optim.ema_decay: {self.optim.ema_decay} is not in [0, 1).")
         check_choice(self.optim, "optimizer", OPTIMIZERS)
         if not 0.0 <= self.data.nodule_fraction <= 1.0:
             raise UserInputError(f"config data.nodule_fraction: {self.data.nodule_fraction} is not in [0, 1].")
-        if self.data.nodule_size_power < 0:
-            raise UserInputError(f"config data.nodule_size_power: {self.data.nodule_size_power} is negative.")
         for name in ("patch_size", "crops_per_scan"):
             if getattr(self.data, name) < 1:
                 raise UserInputError(f"config data.{name}: must be at least 1.")
         if self.optim.batch_size < 1 or self.optim.epochs < 1:
             raise UserInputError("config optim.batch_size and optim.epochs must be at least 1.")
+        for key, value, lowest in (("validation.every_epochs", self.validation.every_epochs, 0),
+                                   ("validation.max_scans", self.validation.max_scans, 0),
+                                   ("validation.bootstraps", self.validation.bootstraps, 0),
+                                   ("data.num_workers", self.data.num_workers, 0),
+                                   ("data.prefetch_factor", self.data.prefetch_factor, 1),
+                                   ("log_every_steps", self.log_every_steps, 1)):
+            if value < lowest:
+                raise UserInputError(f"config {key}: {value} is not at least {lowest}.")
 
     def lr_at(self, epoch: float) -> float:
         """The learning rate at ``epoch`` (0-based; fractional within an epoch) from ``optim.lr_schedule``.

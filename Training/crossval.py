@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.errors import UserInputError, check_output_folder
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.io import Findings, write_candidates
 
@@ -45,6 +45,8 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
         The FROC of the pooled held-out candidates (on rank 0; other DDP processes get it too).
     """
     out_dir = Path(out_dir)
+    if process_rank() == 0:
+        check_output_folder(out_dir, "--out")
     scans = load_cache(cache_dir, checksum=process_rank() == 0)
     subsets = sorted({scan.fold for scan in scans})
     folds = subsets if folds is None else list(folds)

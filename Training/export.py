@@ -10,15 +10,29 @@ which the detector checks before loading a named model.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.checkpoint import save_checkpoint
-from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.models import manifest_entry, update_manifest
+from SCPMNoduleLib.documents import read_json
+from SCPMNoduleLib.errors import UserInputError, check_output_file, reported_os_errors
+from SCPMNoduleLib.io import atomic_write, sha256_of
+from SCPMNoduleLib.models import (
+    check_model_name,
+    entry_file,
+    manifest_entry,
+    read_manifest,
+    updated_manifest,
+    write_manifest,
+)
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
@@ -28,19 +42,28 @@ __all__ = ["architecture_summary", "export_model", "froc_metrics"]
 
 
 def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
-    """The main run's figures from an evaluation's ``froc_summary.json``: CPM, sensitivities, CI, counts."""
+    """The main run's figures from an evaluation's ``froc_summary.json``: CPM, sensitivities, CI, counts.
+
+    Raises:
+        UserInputError: the file is missing, not UTF-8, not JSON, or lacks a run's figures.
+    """
     path = Path(summary_path)
+    document = read_json(path)
     try:
-        runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
-        label, run = next(iter(runs.items()))
-    except (OSError, json.JSONDecodeError, KeyError, StopIteration, AttributeError):
+        label, run = next(iter(document["runs"].items()))
+        metrics: dict[str, Any] = {
+            "evaluation": str(label), "cpm": float(run["cpm"]), "fp_rates": [float(v) for v in run["fp_rates"]],
+            "sensitivities": [float(v) for v in run["sensitivities"]],
+            "n_scans": int(run["counts"]["n_scans"]), "n_nodules": int(run["counts"]["n_nodules"])}
+        if "bootstrap" in run:
+            metrics["cpm_95ci"] = [float(run["bootstrap"]["cpm_lower"]), float(run["bootstrap"]["cpm_upper"])]
+    except (KeyError, StopIteration, AttributeError, TypeError, ValueError):
         raise UserInputError(
-            f"{path}: not a froc_summary.json written by scpm-nodule evaluate or scpm-train.") from None
-    metrics = {"evaluation": label, "cpm": run["cpm"], "fp_rates": run["fp_rates"],
-               "sensitivities": run["sensitivities"], "n_scans": run["counts"]["n_scans"],
-               "n_nodules": run["counts"]["n_nodules"]}
-    if "bootstrap" in run:
-        metrics["cpm_95ci"] = [run["bootstrap"]["cpm_lower"], run["bootstrap"]["cpm_upper"]]
+            f"{path}: not a froc_summary.json written by scpm-nodule evaluate or scpm-train (its first run "
+            "lacks cpm, fp_rates, sensitivities or counts).") from None
+    figures = [metrics["cpm"], *metrics["fp_rates"], *metrics["sensitivities"], *metrics.get("cpm_95ci", [])]
+    if not all(math.isfinite(value) for value in figures):
+        raise UserInputError(f"{path}: the evaluation's figures hold NaN or infinite values.")
     return metrics
 
 
@@ -52,14 +75,64 @@ def architecture_summary(config: TrainConfig) -> str:
             f"trained on {config.data.patch_size}^3 patches")
 
 
+def _staging_path(target: Path) -> Path:
+    """A new empty temporary file beside ``target``, named as :func:`SCPMNoduleLib.io.atomic_write` names its own."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def _replaced_together() -> Iterator[dict[Path, Path]]:
+    """Files that take their places together or not at all.
+
+    The block fills ``staged`` (target -> a complete temporary file beside it); when it succeeds,
+    every target is replaced by its file. If a replacement fails, or Ctrl-C comes between two, the
+    targets replaced so far get their old files back (a hard link, else a copy, kept of each) and
+    the new ones are removed, so the targets are all old or all new. No temporary file stays behind.
+    """
+    staged: dict[Path, Path] = {}
+    kept: dict[Path, Path | None] = {}  # target -> hard link to its old file (None: it did not exist)
+    try:
+        yield staged
+        for target in staged:
+            kept[target] = None
+            if target.exists():
+                kept[target] = backup = _staging_path(target)
+                try:
+                    os.unlink(backup)
+                    os.link(target, backup)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(target, backup)
+        for target, source in staged.items():
+            os.replace(source, target)
+    except BaseException:
+        for target, old in kept.items():
+            with contextlib.suppress(FileNotFoundError):
+                if old is not None:
+                    os.replace(old, target)
+                elif not staged[target].exists():  # it was put in place
+                    os.unlink(target)
+        raise
+    finally:
+        for leftover in [*staged.values(), *(b for b in kept.values() if b is not None)]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
 def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, name: str, version: str,
                  training_data: str, froc_summary: str | os.PathLike | None = None,
                  manifest: str | os.PathLike | None = None, description: str = "") -> dict[str, Any]:
     """Write the detector checkpoint of a training state and (optionally) its manifest entry.
 
+    Everything is checked before anything is written (the state, the evaluation summary, the
+    manifest, the name, where the files go); then the checkpoint and the manifest are written to
+    temporary files and put in place together: on any failure, or Ctrl-C, the old checkpoint and
+    the old manifest stay as they were.
+
     Args:
         state_path: ``last.pt`` or ``best.pt`` of a training run.
-        out_path: the checkpoint to write (atomically).
+        out_path: the checkpoint to write.
         name: the model's name in the manifest (``demo`` is what ``Detector.from_checkpoint`` loads by default).
         version: the model's version string.
         training_data: what it was trained on, in words.
@@ -70,12 +143,31 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
 
     Returns:
         The manifest entry (also when no manifest is written).
+
+    Raises:
+        UserInputError: any input or output that is not usable, before anything is written; an
+            operating-system error while writing (full disk), naming the file.
     """
+    out_path = Path(out_path)
+    check_model_name(name)
+    if not version:
+        raise UserInputError("--model-version: the version string is empty.")
     state = load_state(state_path)
     config = TrainConfig.from_dict(state["config"])
     model = model_from_state(state, str(state_path))
+    preprocess = PreprocessConfig.from_dict(state["preprocess"])
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
-    out_path = Path(out_path)
+    check_output_file(out_path, "--out")
+    if manifest is not None:
+        manifest = Path(manifest)
+        check_output_file(manifest, "--manifest")
+        if manifest.resolve() == out_path.resolve():
+            raise UserInputError(f"--manifest {manifest}: the same file as --out.")
+        if out_path.suffix != ".pt":
+            raise UserInputError(f"--out {out_path}: a checkpoint listed in a manifest is a file ending in .pt.")
+        if manifest.exists():
+            read_manifest(manifest)
+        entry_file(out_path, manifest)
     metadata = {
         "trained": True, "name": name, "version": version, "library_version": __version__,
         "description": description, "training_data": training_data, "metrics": metrics,
@@ -83,11 +175,17 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
                      "train_scans": len(state["train_seriesuids"]), "best_epoch": state["best_epoch"],
                      "validation_cpm": state["best_cpm"], "config": json.loads(json.dumps(state["config"]))},
     }
-    save_checkpoint(out_path, model, PreprocessConfig.from_dict(state["preprocess"]), metadata)
-    entry = manifest_entry(out_path, name=name, version=version, architecture=architecture_summary(config),
-                           training_data=training_data, description=description, metrics=metrics,
-                           manifest=manifest)
-    if manifest is not None:
-        update_manifest(manifest, entry)
+    with reported_os_errors("written"), _replaced_together() as staged:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        staged[out_path] = _staging_path(out_path)
+        save_checkpoint(staged[out_path], model, preprocess, metadata)
+        entry = manifest_entry(out_path, name=name, version=version, architecture=architecture_summary(config),
+                               training_data=training_data, description=description, metrics=metrics,
+                               manifest=manifest, sha256=sha256_of(staged[out_path]))
+        if manifest is not None:
+            document = updated_manifest(manifest, entry)
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            staged[manifest] = _staging_path(manifest)
+            with reported_os_errors("written", manifest), atomic_write(staged[manifest]) as handle:
+                write_manifest(handle, document)
     return entry
-

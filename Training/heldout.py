@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from SCPMNoduleLib.errors import check_output_folder
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
@@ -98,15 +99,18 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     Writes ``candidates.csv`` and the evaluation (``froc_summary.json``, ``froc_curve.csv``,
     ``froc.png``, ``missed_nodules.csv``) to ``out_dir``; ``froc_summary.json`` is what
     ``scpm-train export --froc`` records as the model's metrics. ``mirror_axes``: test-time
-    mirroring (:class:`InferenceConfig`).
+    mirroring (:class:`InferenceConfig`). The settings, the output folder, the scans, the
+    annotations and the checkpoint are all checked before the first scan is detected.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    scans = find_luna16_scans(data_dir)
     config = InferenceConfig(score_threshold=score_threshold, mirror_axes=mirror_axes)
+    evaluation = EvaluationConfig(n_bootstraps=bootstraps)
+    check_output_folder(out_dir, "--out")
+    scans = find_luna16_scans(data_dir)
+    annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
     model, preprocess = load_model(checkpoint)
     candidates = detect_scans(model, preprocess, scans, device, config)
-    result = evaluate_froc(data_dir / "annotations.csv", read_excluded(data_dir), [scan.seriesuid for scan in scans],
-                           candidates, EvaluationConfig(n_bootstraps=bootstraps))
+    result = evaluate_froc(annotations, excluded, [scan.seriesuid for scan in scans], candidates, evaluation)
     write_candidates(out_dir / "candidates.csv", candidates)
     write_evaluation({Path(checkpoint).name: result}, out_dir,
                      inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve()),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -19,9 +18,9 @@ import torch
 from torch import nn
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.checkpoint import load_torch_file, save_torch_file
 from SCPMNoduleLib.documents import check_document
 from SCPMNoduleLib.errors import UserInputError
-from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.model import SCPMNet
 
 from .config import TrainConfig
@@ -64,9 +63,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_state(path: str | os.PathLike, fields: dict[str, Any]) -> None:
     """Write ``fields`` under this format's header (format, version, library version), atomically."""
-    state = {"format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__, **fields}
-    with atomic_write(Path(path), "wb") as handle:
-        torch.save(state, handle)
+    save_torch_file(path, {"format": STATE_FORMAT, "version": STATE_VERSION, "library_version": __version__,
+                           **fields})
 
 
 def file_format(path: str | os.PathLike) -> str | None:
@@ -76,21 +74,15 @@ def file_format(path: str | os.PathLike) -> str | None:
     Only the pickled structure is read: the tensors are memory-mapped, not loaded.
     """
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # torch raises several types for missing, truncated or foreign files
+        saved = load_torch_file(path, "file", mmap=True)
+    except UserInputError:
         return None
     return saved.get("format") if isinstance(saved, dict) else None
 
 
 def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """A training state written by :func:`save_state` (weights-only unpickling: tensors and plain data)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"{path}: training checkpoint not found.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise UserInputError(f"{path}: not a readable training checkpoint ({error}).") from None
+    state = load_torch_file(path, "training checkpoint")
     return check_document(state, STATE_FORMAT, STATE_VERSION, str(path), "a scpm-train training checkpoint")
 
 

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.errors import UserInputError, check_output_folder
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import InferenceConfig
 from SCPMNoduleLib.io import Findings
@@ -176,6 +176,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.fold = fold
         self.dist = init_distributed(device)
+        if self.dist.is_main:
+            check_output_folder(self.out_dir, "--out")
         self.device = self.dist.device
         self.debug_hash_dir = Path(debug_hash_dir) if debug_hash_dir is not None else None
         self.preprocess, self.train_scans, self.val_scans = load_scans(

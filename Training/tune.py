@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc
 from SCPMNoduleLib.inference import Detector, InferenceConfig
-from SCPMNoduleLib.io import Findings, read_scan
+from SCPMNoduleLib.io import Findings, read_annotations, read_scan
 from SCPMNoduleLib.models import resolve_model
 
 from .cache import find_luna16_scans
@@ -58,6 +58,8 @@ def sweep_postprocessing(checkpoint: str | os.PathLike, data_dir: str | os.PathL
         (distance ratio, SIoU threshold, top-n).
     """
     data_dir = Path(data_dir)
+    scans = find_luna16_scans(data_dir)
+    annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
     model, preprocess = load_model(resolve_model(checkpoint)[0])
     base = InferenceConfig(score_threshold=score_threshold)
     detector = Detector(model, preprocess, base, device)
@@ -66,15 +68,13 @@ def sweep_postprocessing(checkpoint: str | os.PathLike, data_dir: str | os.PathL
                              (base.top_n,) if top_ns is None else top_ns)
     settings = [replace(base, nms_distance_ratio=ratio, nms_iou_threshold=iou, top_n=top_n)
                 for ratio, iou, top_n in grid]
-    scans = find_luna16_scans(data_dir)
     tables: list[list[Findings]] = [[] for _ in settings]
     for scan in tqdm(scans, desc="scans", unit="scan", disable=not progress):
         maps, prepared = detector.predict_maps(read_scan(scan.source))
         for table, setting in zip(tables, settings):
             table.append(Findings.from_detections(scan.seriesuid, detector.decode(maps, prepared, setting)))
-    excluded = read_excluded(data_dir)
     uids = [scan.seriesuid for scan in scans]
-    return [(setting, evaluate_froc(data_dir / "annotations.csv", excluded, uids, Findings.concat(table),
+    return [(setting, evaluate_froc(annotations, excluded, uids, Findings.concat(table),
                                     EvaluationConfig(n_bootstraps=0)))
             for setting, table in zip(settings, tables)]
 

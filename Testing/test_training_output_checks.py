@@ -1,0 +1,122 @@
+"""Outputs checked before the work, OS errors as one sentence, and export's all-or-nothing replacement
+(in process; ``test_training_bad_input.py`` runs the command itself)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_torch_file, save_checkpoint
+from SCPMNoduleLib.errors import UserInputError, check_output_file, check_output_folder, os_error_message
+from SCPMNoduleLib.io import sha256_of
+from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
+from SCPMNoduleLib.preprocess import PreprocessConfig
+from Training import export
+from Training.config import TrainConfig
+from Training.state import save_state
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: sha256_of(p) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("where, message", [
+    ("a_file", r"^--out {root}/a_file: the output folder is an existing file, not a folder\.$"),
+    ("a_file/run", r"^--out {root}/a_file/run: {root}/a_file is a file, not a folder\.$"),
+])
+def test_an_output_folder_that_is_a_file_is_refused_and_nothing_is_created(tmp_path, where, message):
+    (tmp_path / "a_file").write_text("x", encoding="utf-8")
+    with pytest.raises(UserInputError, match=message.format(root=tmp_path)):
+        check_output_folder(tmp_path / where)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_new_output_folder_is_accepted_without_being_created(tmp_path):
+    check_output_folder(tmp_path / "new" / "deeper")
+    check_output_file(tmp_path / "new" / "demo.pt")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserInputError, match=r"^--out .*: an existing folder, not a file\.$"):
+        check_output_file(tmp_path)
+
+
+@pytest.mark.parametrize("error, done, message", [
+    (PermissionError(errno.EACCES, "Permission denied", "/x/run/last.pt"), "written",
+     "/x/run/last.pt: could not be written (Permission denied)."),
+    (OSError(errno.ENOSPC, "No space left on device", "/x/.demo.pt.ab_12c.tmp"), "written",
+     "/x/demo.pt: could not be written (No space left on device)."),  # our temporary file: its target
+    (OSError(errno.EXDEV, "Invalid cross-device link", "/a/.m.json.x.tmp", None, "/b/m.json"), None,
+     "/b/m.json: Invalid cross-device link."),  # a rename: its target
+])
+def test_an_os_error_is_one_sentence_naming_the_file_the_user_knows(error, done, message):
+    assert os_error_message(error, done) == message
+
+
+def test_the_torch_loader_never_repeats_the_advice_to_disable_weights_only(tmp_path):
+    torch.save({"format": CHECKPOINT_FORMAT, "array": np.zeros(2)}, tmp_path / "numpy.pt")
+    with pytest.raises(UserInputError) as raised:
+        load_torch_file(tmp_path / "numpy.pt", "checkpoint")
+    assert "weights_only" not in str(raised.value) and "numpy" in str(raised.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UserInputError, match=r"empty.pt: the file is not a readable checkpoint \(the file is empty\)"):
+        load_torch_file(tmp_path / "empty.pt", "checkpoint")
+
+
+@pytest.fixture
+def installed(tmp_path):
+    """A training state and an installed model (Resources/demo.pt + Models.json naming it)."""
+    config = TrainConfig.from_dict({"model": asdict(SCPMNetConfig.tiny())})
+    model = SCPMNet(config.model)
+    save_state(tmp_path / "last.pt", {
+        "epoch": 1, "step": 2, "fold": None, "best_cpm": -1.0, "best_epoch": -1, "model": model.state_dict(),
+        "weight_average": None, "config": config.to_dict(), "preprocess": PreprocessConfig().to_dict(),
+        "train_seriesuids": ["a"]})
+    resources = tmp_path / "Resources"
+    resources.mkdir()
+    save_checkpoint(resources / "demo.pt", model, PreprocessConfig(), {"trained": False})
+    export.export_model(tmp_path / "last.pt", resources / "demo.pt", name="demo", version="0", training_data="x",
+                        manifest=resources / "Models.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize("failing", ["demo.pt", "Models.json"])
+def test_a_failed_replacement_puts_every_old_file_back(installed, monkeypatch, failing):
+    resources = installed / "Resources"
+    before = _snapshot(resources)
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        if Path(target).name == failing and Path(source).name.startswith(f".{failing}."):
+            raise OSError(errno.ENOSPC, "No space left on device", str(source), None, str(target))
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(UserInputError, match=rf"^{resources / failing}: could not be written \(No space left"):
+        export.export_model(installed / "last.pt", resources / "demo.pt", name="demo", version="1",
+                            training_data="y", manifest=resources / "Models.json")
+    assert _snapshot(resources) == before  # no temporary file, no new bytes
+
+
+def test_a_new_checkpoint_is_removed_when_its_manifest_cannot_be_replaced(installed, monkeypatch):
+    resources = installed / "Resources"
+    before = _snapshot(resources)
+    real_replace = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        if Path(target).name == "Models.json" and Path(source).name.startswith(".Models.json."):
+            raise KeyboardInterrupt
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_model(installed / "last.pt", resources / "other.pt", name="other", version="1",
+                            training_data="y", manifest=resources / "Models.json")
+    assert _snapshot(resources) == before
+    assert [m["name"] for m in json.loads((resources / "Models.json").read_text(encoding="utf-8"))["models"]] == [
+        "demo"]
