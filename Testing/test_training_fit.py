@@ -9,7 +9,7 @@ import torch
 from SCPMNoduleLib.checkpoint import load_checkpoint
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import Detector
-from SCPMNoduleLib.io import write_annotations
+from SCPMNoduleLib.io import sha256_of, write_annotations
 from SCPMNoduleLib.matching import MatchingConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import build_cache, load_cache
@@ -175,6 +175,16 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
                  training_data="two tiny test scans", manifest=manifest)
     assert [m["version"] for m in json.loads(manifest.read_text(encoding="utf-8"))["models"]] == ["0.2"]
     assert detector.trained
+    # re-exporting the exported checkpoint in place: same weights and training record, new metrics and version
+    before, _, before_metadata = load_checkpoint(tmp_path / "Resources" / "model.pt")
+    export_model(tmp_path / "Resources" / "model.pt", tmp_path / "Resources" / "model.pt", name="tiny",
+                 version="0.3", training_data="two tiny test scans", froc_summary=summary, manifest=manifest)
+    after, _, after_metadata = load_checkpoint(tmp_path / "Resources" / "model.pt")
+    for name, value in before.state_dict().items():
+        assert torch.equal(value, after.state_dict()[name]), name
+    assert after_metadata["training"] == before_metadata["training"] and after_metadata["version"] == "0.3"
+    (listed,) = json.loads(manifest.read_text(encoding="utf-8"))["models"]
+    assert listed["version"] == "0.3" and listed["sha256"] == sha256_of(tmp_path / "Resources" / "model.pt")
 
 
 def test_cross_validation_of_no_fold_is_refused_in_one_sentence(cache, tmp_path):

@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(run=_run_tune)
 
     export = commands.add_parser("export", help="write a detector checkpoint and its Models.json entry")
-    export.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
+    export.add_argument("--checkpoint", required=True,
+                        help="best.pt or last.pt of a training run, or an exported checkpoint to re-export "
+                             "(same weights, new metrics and version)")
     export.add_argument("--out", required=True, help="detector checkpoint to write, e.g. Resources/demo.pt")
     export.add_argument("--name", default="demo", help="model name in the manifest")
     export.add_argument("--model-version", default="1.0.0", help="version string of the model")

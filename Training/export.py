@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.checkpoint import save_checkpoint
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError, check_output_file, reported_os_errors
 from SCPMNoduleLib.io import atomic_write, sha256_of
+from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.models import (
     check_model_name,
     entry_file,
@@ -36,7 +37,7 @@ from SCPMNoduleLib.models import (
 from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
-from .state import load_state, model_from_state
+from .state import file_format, load_state, model_from_state
 
 __all__ = ["architecture_summary", "export_model", "froc_metrics"]
 
@@ -120,6 +121,25 @@ def _replaced_together() -> Iterator[dict[Path, Path]]:
                 os.unlink(leftover)
 
 
+def _exported_source(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, TrainConfig, dict[str, Any]]:
+    """The network, pre-processing, training config and training record to export from ``path``:
+    a training state, or an exported checkpoint (a re-export: same weights and training record,
+    new metrics, and its pre-processing as this program reads it, e.g. after the lung finder
+    replaced the coarse mask)."""
+    if file_format(path) == CHECKPOINT_FORMAT:
+        model, preprocess, metadata = load_checkpoint(path)
+        training = metadata.get("training")
+        if not isinstance(training, dict) or not isinstance(training.get("config"), dict):
+            raise UserInputError(f"{path}: the checkpoint records no training (no training config to re-export).")
+        return model, preprocess, TrainConfig.from_dict(training["config"]), training
+    state = load_state(path)
+    training = {"epochs": state["epoch"], "steps": state["step"], "fold": state["fold"],
+                "train_scans": len(state["train_seriesuids"]), "best_epoch": state["best_epoch"],
+                "validation_cpm": state["best_cpm"], "config": json.loads(json.dumps(state["config"]))}
+    return (model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"]),
+            TrainConfig.from_dict(state["config"]), training)
+
+
 def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, name: str, version: str,
                  training_data: str, froc_summary: str | os.PathLike | None = None,
                  manifest: str | os.PathLike | None = None, description: str = "") -> dict[str, Any]:
@@ -131,7 +151,8 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     the old manifest stay as they were.
 
     Args:
-        state_path: ``last.pt`` or ``best.pt`` of a training run.
+        state_path: ``last.pt`` or ``best.pt`` of a training run, or an exported checkpoint to
+            re-export (its weights and training record, new metrics and version).
         out_path: the checkpoint to write.
         name: the model's name in the manifest (``demo`` is what ``Detector.from_checkpoint`` loads by default).
         version: the model's version string.
@@ -152,10 +173,7 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     check_model_name(name)
     if not version:
         raise UserInputError("--model-version: the version string is empty.")
-    state = load_state(state_path)
-    config = TrainConfig.from_dict(state["config"])
-    model = model_from_state(state, str(state_path))
-    preprocess = PreprocessConfig.from_dict(state["preprocess"])
+    model, preprocess, config, training = _exported_source(state_path)
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
     check_output_file(out_path, "--out")
     if manifest is not None:
@@ -170,10 +188,7 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         entry_file(out_path, manifest)
     metadata = {
         "trained": True, "name": name, "version": version, "library_version": __version__,
-        "description": description, "training_data": training_data, "metrics": metrics,
-        "training": {"epochs": state["epoch"], "steps": state["step"], "fold": state["fold"],
-                     "train_scans": len(state["train_seriesuids"]), "best_epoch": state["best_epoch"],
-                     "validation_cpm": state["best_cpm"], "config": json.loads(json.dumps(state["config"]))},
+        "description": description, "training_data": training_data, "metrics": metrics, "training": training,
     }
     with reported_os_errors("written"), _replaced_together() as staged:
         out_path.parent.mkdir(parents=True, exist_ok=True)
