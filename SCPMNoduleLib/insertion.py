@@ -6,7 +6,8 @@ part-solid) and rendered into the scan's own grid the way the scanner would have
 
 1. **Partial volume.** Each voxel's value is the shape's average over the voxel's extent,
    including the slice thickness (the voxel's extent along the slice axis; contiguous slices).
-   The voxel is cut into ``n = ⌈spacing / subvoxel_mm⌉`` sub-cells per axis and the phantom's
+   The voxel is cut into ``n = ⌈spacing / h⌉`` sub-cells per axis, ``h = max(subvoxel_mm,
+   radius · subvoxel_fraction)`` (the soft edge is exact to second order in h / radius), and the phantom's
    soft-edged rasteriser draws the shape on that fine grid (its sub-cell ramp is exact to second
    order), then each voxel takes the mean of its ``n_z·n_y·n_x`` sub-cells: the cover
    ``c ∈ [0, 1]``. So a 4 mm nodule in a 5 mm slice has the low contrast a scanner gives it.
@@ -18,8 +19,9 @@ part-solid) and rendered into the scan's own grid the way the scanner would have
    a voxel holds rather than replacing it. A lesion of HU μ fills the air of the parenchyma
    (level ``P``, the median of the lung around it); a voxel already denser than μ (a vessel, an
    airway wall, the chest wall) gets nothing: with ``T₀ = P + V`` the voxel's own density, where
-   ``V = max(0, S - P - 2σ)`` is what denser structures add (``S`` the scan smoothed over
-   ``smooth_mm`` in-plane, ``σ`` the parenchyma's noise), the lesion leaves
+   ``V = max(0, S - P - 2σ, I - P - 3σ)`` is what denser structures add (``I`` the scan, ``S``
+   it smoothed over ``smooth_mm`` in-plane, ``σ`` the parenchyma's noise: the smoothed term finds
+   wide vessels without following the noise, the other the peak of a thin one), the lesion leaves
    ``T = T₀ + c · max(0, μ - T₀)`` (a part-solid core repeats this on ``T``). Ground glass
    (-650 … -350 HU) thus keeps every vessel through it visible; a solid lesion (0 … 60 HU) hides
    thin vessels as a real one does.
@@ -36,44 +38,36 @@ radius + gap; juxtapleural: centre 0.4-0.8 radii inside the pleura; juxtavascula
 vessel), where vessels and airways take at most ``max_hidden_fraction`` of the ball
 (:func:`~SCPMNoduleLib.phantom.findings.taken_share`), away from earlier nodules and from the
 findings a scan already holds (:class:`Box`), which go to ``annotations_excluded.csv``.
-Everything is drawn from the seed. :func:`write_inserted_dataset` writes LUNA16's layout.
+Everything is drawn from the seed. :mod:`~SCPMNoduleLib.insertion_writer` writes datasets in
+LUNA16's layout.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import UserInputError
-from .io import Findings, atomic_write, map_in_processes, read_scan, write_annotations, write_seriesuids
 from .lungs import LungFinding, find_lungs
 from .phantom.config import NODULE_KINDS, NODULE_LOCATIONS, NODULE_MARGINS, PhantomConfig
 from .phantom.findings import margin_bumps, power_law, taken_share
 from .phantom.raster import draw_sphere
-from .phantom.scanner import Nodule, annotation_table
-from .phantom.writer import series_uid
+from .phantom.scanner import Nodule
 from .quasirandom import unit_ball_samples
 from .scan_geometry import ScanGeometry
 
-__all__ = ["INSERTION_UID_STREAM", "Box", "InsertedNodule", "InsertionConfig", "NoduleRequest", "ScanForInsertion",
-           "insert_nodules", "lesion_cover", "read_boxes", "write_inserted_dataset"]
+__all__ = ["Box", "InsertedNodule", "InsertionConfig", "NoduleRequest", "ScanForInsertion", "insert_nodules",
+           "lesion_cover", "read_boxes"]
 
 log = logging.getLogger(__name__)
 
-INSERTION_UID_STREAM = 0x1A5E27
-"""The :func:`~SCPMNoduleLib.phantom.writer.series_uid` stream of inserted datasets (phantoms use
-another, so a phantom and an inserted dataset of one seed never share a uid)."""
 _BALL = unit_ball_samples(512)
 _DIRECTIONS = unit_ball_samples(4096) / np.linalg.norm(unit_ball_samples(4096), axis=1, keepdims=True)
 _FINE_CELLS = 1 << 22
@@ -91,7 +85,8 @@ class InsertionConfig:
     Attributes:
         diameter_mm: sizes, drawn from p(d) ∝ d^-``diameter_exponent``.
         psf_sigma_mm: the scanner's in-plane point spread (Gaussian standard deviation).
-        subvoxel_mm: largest sub-cell of the partial-volume integration.
+        subvoxel_mm, subvoxel_fraction: the partial-volume integration's sub-cells are at most
+            the larger of ``subvoxel_mm`` and this fraction of the radius.
         smooth_mm: in-plane scale of the background estimate that finds vessels under a lesion.
         max_hidden_fraction: largest share of a placed nodule's ball that vessels and airways take.
         gap_mm: least distance between a nodule and another nodule or an existing finding.
@@ -108,6 +103,7 @@ class InsertionConfig:
     part_solid_core: tuple[float, float] = PhantomConfig.part_solid_core
     psf_sigma_mm: float = 0.6
     subvoxel_mm: float = 0.35
+    subvoxel_fraction: float = 0.125
     smooth_mm: float = 1.0
     max_hidden_fraction: float = PhantomConfig.max_hidden_fraction
     gap_mm: float = PhantomConfig.nodule_gap_mm
@@ -214,7 +210,8 @@ def _reach(radius: float, bumps: tuple[np.ndarray, np.ndarray, np.ndarray] | Non
 
 def lesion_cover(geometry: ScanGeometry, center_xyz_mm: np.ndarray, radius_mm: float,
                  bumps_xyz: tuple[np.ndarray, np.ndarray, np.ndarray] | None, start_zyx: np.ndarray,
-                 stop_zyx: np.ndarray, subvoxel_mm: float = InsertionConfig.subvoxel_mm) -> np.ndarray:
+                 stop_zyx: np.ndarray, subvoxel_mm: float = InsertionConfig.subvoxel_mm,
+                 subvoxel_fraction: float = InsertionConfig.subvoxel_fraction) -> np.ndarray:
     """The share of each voxel of the box ``[start, stop)`` that the blob fills: ``(stop - start)``
     float32 in [0, 1] (module docstring, step 1).
 
@@ -225,10 +222,11 @@ def lesion_cover(geometry: ScanGeometry, center_xyz_mm: np.ndarray, radius_mm: f
         bumps_xyz: lobes or spicules as :func:`~SCPMNoduleLib.phantom.raster.draw_sphere` takes
             them, directions in world (x, y, z); None for a sphere.
         start_zyx, stop_zyx: the box in voxels.
-        subvoxel_mm: largest sub-cell.
+        subvoxel_mm, subvoxel_fraction: sub-cells are at most the larger of ``subvoxel_mm`` and
+            ``subvoxel_fraction · radius_mm``.
     """
     spacing = geometry.spacing_xyz_mm[::-1].astype(np.float64)
-    n = np.maximum(1, np.ceil(spacing / subvoxel_mm - 1e-9)).astype(np.int64)
+    n = np.maximum(1, np.ceil(spacing / max(subvoxel_mm, subvoxel_fraction * radius_mm) - 1e-9)).astype(np.int64)
     fine = spacing / n
     start, stop = np.asarray(start_zyx, np.int64), np.asarray(stop_zyx, np.int64)
     shape = stop - start
@@ -373,7 +371,8 @@ class ScanForInsertion:
         start = np.maximum(np.floor(center_index).astype(np.int64) - half, 0)
         stop = np.minimum(np.floor(center_index).astype(np.int64) + half + 2, shape)
         box = tuple(slice(a, b) for a, b in zip(start, stop))
-        cover = lesion_cover(self.geometry, center_xyz_mm, radius, bumps, start, stop, config.subvoxel_mm)
+        cover = lesion_cover(self.geometry, center_xyz_mm, radius, bumps, start, stop, config.subvoxel_mm,
+                             config.subvoxel_fraction)
         scan = hu[box].astype(np.float32)
         smooth_sigma = np.where(np.arange(3) == self.axial, 0.0, config.smooth_mm / spacing)
         smooth = ndimage.gaussian_filter(scan, smooth_sigma, mode="nearest")
@@ -385,10 +384,11 @@ class ScanForInsertion:
             noise = float(1.4826 * np.median(np.abs(scan[shell] - level)))
         else:
             level, noise = self.parenchyma_median, self.noise
-        own = level + np.maximum(smooth - level - 2.0 * noise, 0.0)
+        own = level + np.maximum(np.maximum(smooth - level - 2.0 * noise, scan - level - 3.0 * noise), 0.0)
         lesion = own + cover * np.maximum(lesion_hu - own, 0.0)
         if core is not None:
-            core_cover = lesion_cover(self.geometry, core[0], core[1], None, start, stop, config.subvoxel_mm)
+            core_cover = lesion_cover(self.geometry, core[0], core[1], None, start, stop, config.subvoxel_mm,
+                                      config.subvoxel_fraction)
             lesion += core_cover * np.maximum(core[2] - lesion, 0.0)
         psf = np.where(np.arange(3) == self.axial, 0.0, config.psf_sigma_mm / spacing)
         added = ndimage.gaussian_filter(lesion - own, psf, mode="constant")
@@ -400,9 +400,20 @@ class ScanForInsertion:
         return level, noise
 
 
-def _plan(rng: np.random.Generator, request: NoduleRequest, config: InsertionConfig,
-          largest_mm: float) -> NoduleRequest:
-    """A request with every field drawn that it leaves open (in a fixed order, for determinism)."""
+@dataclass(frozen=True)
+class _Plan:
+    """A request with every appearance field decided."""
+
+    diameter_mm: float
+    kind: str
+    margin: str
+    location: str
+    center_xyz_mm: tuple[float, float, float] | None
+    hu: float | None
+
+
+def _plan(rng: np.random.Generator, request: NoduleRequest, config: InsertionConfig, largest_mm: float) -> _Plan:
+    """A request with every field drawn that it leaves open (all drawn, in a fixed order, for determinism)."""
     high = max(config.diameter_mm[0], min(config.diameter_mm[1], largest_mm))
     diameter = power_law(rng, config.diameter_mm[0], high, config.diameter_exponent) \
         if config.diameter_mm[0] < high else config.diameter_mm[0]
@@ -410,9 +421,9 @@ def _plan(rng: np.random.Generator, request: NoduleRequest, config: InsertionCon
     margin = _choose(rng, NODULE_MARGINS, config.margin_weights)
     location = _choose(rng, NODULE_LOCATIONS, config.location_weights)
     kind = request.kind or kind
-    return replace(request, diameter_mm=request.diameter_mm or diameter, kind=kind,
-                   margin=request.margin or ("smooth" if kind == "ground_glass" else margin),
-                   location=request.location or location)
+    margin = request.margin or ("smooth" if kind == "ground_glass" else margin)
+    return _Plan(request.diameter_mm or diameter, kind, margin, request.location or location, request.center_xyz_mm,
+                 request.hu)
 
 
 def insert_nodules(scan: ScanForInsertion, count: int, rng: np.random.Generator,
@@ -474,106 +485,11 @@ def insert_nodules(scan: ScanForInsertion, count: int, rng: np.random.Generator,
         level, noise = scan.render(hu, center, radius, bumps, lesion_hu, core)
         taken.append((center, radius))
         index = scan.geometry.world_to_index(center)
-        nodule = Nodule(tuple(float(v) for v in center), tuple(float(v) for v in index), plan.diameter_mm,
-                        plan.kind, location, plan.margin, True)
+        x, y, z = (float(v) for v in center)
+        index_z, index_y, index_x = (float(v) for v in index)
+        nodule = Nodule((x, y, z), (index_z, index_y, index_x), plan.diameter_mm, plan.kind, location, plan.margin,
+                        True)
         inserted.append(InsertedNodule(nodule, lesion_hu, core[2] if core else None, level, noise, share))
     image = sitk.GetImageFromArray(hu)
     image.CopyInformation(scan.image)
     return image, inserted
-
-
-_DETAIL_COLUMNS = ("seriesuid", "source", "coordX", "coordY", "coordZ", "diameter_mm", "kind", "margin",
-                   "location", "hu", "core_hu", "parenchyma_hu", "noise_hu", "hidden_share")
-
-
-def _insert_scan(job: tuple) -> list[tuple[str, str, list[InsertedNodule]]]:
-    """Every copy of one source scan, written into ``work``; each copy's uid, source and nodules."""
-    work, path, index, copies, subsets, count, seed, config, requests, boxes = job
-    scan = ScanForInsertion(read_scan(path), str(path), config)
-    written = []
-    for copy in range(copies):
-        uid = series_uid(seed, index * copies + copy, INSERTION_UID_STREAM)
-        image, inserted = insert_nodules(scan, count, np.random.default_rng([seed, index, copy]), requests, boxes)
-        sitk.WriteImage(image, str(work / f"subset{index % subsets}" / f"{uid}.mhd"))
-        written.append((uid, str(path), inserted))
-    return written
-
-
-def write_inserted_dataset(scans: Sequence[str | os.PathLike], out_dir: str | os.PathLike, nodules: int,
-                           seed: int, copies: int = 1, subsets: int = 1, config: InsertionConfig | None = None,
-                           boxes: Mapping[str, Sequence[Box]] | None = None,
-                           requests: Mapping[str, Sequence[NoduleRequest]] | None = None, workers: int = 1,
-                           progress: Callable[[int, int], None] | None = None) -> dict[str, list[InsertedNodule]]:
-    """Insert nodules into ``copies`` copies of each scan and write them in LUNA16's layout;
-    return each new seriesuid's nodules, in order.
-
-    Layout: ``subsetK/<uid>.mhd + .raw`` (every copy of scan i in subset i mod ``subsets``, so
-    folds never share a patient), ``annotations.csv`` (the nodules), ``annotations_excluded.csv``
-    (each of a scan's ``boxes``, keyed by the scan's path as given, as the sphere through its
-    corners), ``seriesuids.csv`` and ``insertions.csv`` (each nodule's source scan, kind, margin,
-    location, HU, the parenchyma's level and noise around it, its hidden share). Copy j of scan i
-    is drawn from the seed (seed, i, j): the same bytes for the same arguments, whatever
-    ``workers``. Built in a temporary folder beside ``out_dir``, renamed onto it at the end.
-
-    Raises:
-        UserInputError: ``out_dir`` exists and is not empty, a count is not positive, or a scan
-            cannot be read or has no lungs.
-    """
-    out_dir = Path(out_dir)
-    for name, value in (("nodules", nodules + 1), ("copies", copies), ("subsets", subsets), ("workers", workers)):
-        if int(value) < 1:
-            raise UserInputError(f"the number of {name} must be at least {1 if name != 'nodules' else 0}.")
-    if int(seed) < 0:
-        raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
-    if not scans:
-        raise UserInputError("no scans given.")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
-    config = config or InsertionConfig()
-    boxes, requests = boxes or {}, requests or {}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        for k in range(subsets):
-            (work / f"subset{k}").mkdir()
-        jobs = [(work, Path(path), i, copies, subsets, nodules, seed, config, tuple(requests.get(str(path), ())),
-                 tuple(boxes.get(str(path), ()))) for i, path in enumerate(scans)]
-        written: dict[str, list[InsertedNodule]] = {}
-        tables, excluded, details = [], [], []
-        with map_in_processes(_insert_scan, jobs, workers) as results:
-            for done, (job, copies_written) in enumerate(zip(jobs, results), 1):
-                for uid, source, inserted in copies_written:
-                    written[uid] = inserted
-                    tables.append(annotation_table(uid, [n.nodule for n in inserted]))
-                    spheres = [box.sphere for box in job[-1]]
-                    excluded.append(Findings.from_columns([uid] * len(spheres), [c for c, _ in spheres],
-                                                          [d for _, d in spheres]))
-                    details += [(uid, source, *n.nodule.center_xyz_mm, n.nodule.diameter_mm, n.nodule.kind,
-                                 n.nodule.margin, n.nodule.location, n.hu, n.core_hu, n.parenchyma_hu, n.noise_hu,
-                                 n.hidden_share) for n in inserted]
-                if progress is not None:
-                    progress(done, len(jobs))
-        write_annotations(work / "annotations.csv", Findings.concat(tables))
-        write_annotations(work / "annotations_excluded.csv", Findings.concat(excluded))
-        write_seriesuids(work / "seriesuids.csv", list(written))
-        with atomic_write(work / "insertions.csv", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(_DETAIL_COLUMNS)
-            writer.writerows([_format(value) for value in row] for row in details)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    log.info("wrote %d scans with %d inserted nodules to %s", len(written),
-             sum(map(len, written.values())), out_dir)
-    return written
-
-
-def _format(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else ""
-    return str(value)
