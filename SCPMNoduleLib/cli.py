@@ -353,7 +353,83 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_evaluate, _add_phantom, _add_detect, _add_demo]
+def _add_insert(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "insert",
+        help="insert synthetic nodules into real chest CTs; write them in LUNA16's layout",
+        description="Render synthetic nodules (solid, part-solid, ground-glass; smooth, lobulated or "
+        "spiculated) into the lungs of chest CTs with the scanner's partial volume, blur and noise, "
+        "and write subsetK/<seriesuid>.mhd, annotations.csv, annotations_excluded.csv, seriesuids.csv "
+        "and insertions.csv into a new folder, for scpm-nodule evaluate and scpm-train; the same bytes "
+        "for the same seed.",
+    )
+    parser.add_argument("scans", nargs="+", metavar="SCAN", help="chest CT file, folder of scans, or DICOM folder")
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--nodules", type=int, required=True, help="nodules per copy of each scan")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--copies", type=int, default=1, help="copies of each scan, each with its own nodules")
+    parser.add_argument("--subsets", type=int, default=1,
+                        help="number of subsetK folders (the copies of one scan share one)")
+    parser.add_argument("--sizes", default="3,30", metavar="LOW,HIGH", help="diameters in mm (default 3,30)")
+    for name, values in (("kinds", "solid,ground_glass,part_solid"), ("margins", "smooth,lobulated,spiculated"),
+                         ("locations", "isolated,juxtavascular,juxtapleural")):
+        parser.add_argument(f"--{name}", default=None, metavar=name.upper(),
+                            help=f"comma-separated, drawn with equal weights, from {values} "
+                                 "(default: all, weighted as the phantoms)")
+    parser.add_argument("--boxes", action="append", default=[], metavar="[SCAN=]CSV",
+                        help="findings the scan already holds (a *_boxes.csv: world boxes per slice), kept "
+                             "free and listed in annotations_excluded.csv; without SCAN= for every scan")
+    parser.add_argument("--psf-mm", type=float, default=None, help="scanner in-plane blur σ in mm (default 0.6)")
+    parser.add_argument("--max-hidden", type=float, default=None,
+                        help="largest share of a nodule that vessels and airways may take (default 0.2)")
+    parser.add_argument("--workers", type=int, default=1, help="scans processed at once (same bytes for any)")
+    parser.set_defaults(run=_run_insert)
+
+
+def _run_insert(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .insertion import InsertionConfig, read_boxes
+    from .insertion_writer import write_inserted_dataset
+    from .io import list_scans
+    from .phantom import NODULE_KINDS, NODULE_LOCATIONS, NODULE_MARGINS
+
+    changes: dict = {}
+    try:
+        low, high = (float(v) for v in args.sizes.split(","))
+    except ValueError:
+        raise UserInputError(f"--sizes {args.sizes}: expected LOW,HIGH in mm, e.g. 4,30.") from None
+    changes["diameter_mm"] = (low, high)
+    for option, names, field_name in ((args.kinds, NODULE_KINDS, "kind_weights"),
+                                      (args.margins, NODULE_MARGINS, "margin_weights"),
+                                      (args.locations, NODULE_LOCATIONS, "location_weights")):
+        if option is not None:
+            chosen = option.split(",")
+            unknown = set(chosen) - set(names)
+            if unknown:
+                raise UserInputError(f"{', '.join(sorted(unknown))}: not one of {', '.join(names)}.")
+            changes[field_name] = tuple(float(name in chosen) for name in names)
+    if args.psf_mm is not None:
+        changes["psf_sigma_mm"] = args.psf_mm
+    if args.max_hidden is not None:
+        changes["max_hidden_fraction"] = args.max_hidden
+    scans = list_scans(args.scans)
+    boxes: dict[str, list] = {}
+    for item in args.boxes:
+        scan, sep, table = item.rpartition("=")
+        for target in ([scan] if sep else [str(path) for path in scans]):
+            boxes.setdefault(target, []).extend(read_boxes(table))
+    unknown = set(boxes) - {str(path) for path in scans}
+    if unknown:
+        raise UserInputError(f"--boxes {', '.join(sorted(unknown))}: not one of the scans given.")
+    written = write_inserted_dataset(scans, args.out, args.nodules, args.seed, copies=args.copies,
+                                     subsets=args.subsets, config=replace(InsertionConfig(), **changes),
+                                     boxes=boxes, workers=args.workers)
+    print(f"wrote {len(written)} scans with {sum(map(len, written.values()))} inserted nodules to {args.out}")
+    return 0
+
+
+_COMMANDS: list = [_add_evaluate, _add_phantom, _add_detect, _add_demo, _add_insert]
 
 if __name__ == "__main__":
     sys.exit(main())

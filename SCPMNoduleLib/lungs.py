@@ -191,11 +191,6 @@ def _sample(image: sitk.Image, coarse: ScanGeometry) -> tuple[np.ndarray, np.nda
     return sitk.GetArrayFromImage(sampled), inside
 
 
-def _axial_axis(direction: np.ndarray) -> int:
-    """The array axis (z, y, x order) that runs closest to the patient's head-foot axis."""
-    return 2 - int(np.argmax(np.abs(direction[2, :])))
-
-
 def _in_plane(normal: int) -> np.ndarray:
     structure = np.zeros((3, 3, 3), dtype=bool)
     index: list[slice | int] = [slice(None)] * 3
@@ -307,7 +302,7 @@ def _find_at(image: sitk.Image, grid: ScanGeometry, block: int, config: LungFind
     coarse = grid.coarsened(block)
     hu, inside = _sample(image, coarse)
     spacing_zyx = coarse.spacing_xyz_mm[::-1]
-    axial = _axial_axis(coarse.direction)
+    axial = coarse.axial_axis
     body = _body(hu, config)
     if not body.any():
         return _no_lungs(coarse, block, grid, 0.0,

@@ -43,6 +43,11 @@ class ScanGeometry:
                    np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3))
 
     @property
+    def axial_axis(self) -> int:
+        """The array axis (z, y, x order) that runs closest to the patient's head-foot axis."""
+        return 2 - int(np.argmax(np.abs(self.direction[2, :])))
+
+    @property
     def index_to_world_matrix(self) -> np.ndarray:
         """``(3, 3)`` matrix ``D · diag(s)`` acting on index_xyz."""
         return self.direction * self.spacing_xyz_mm[None, :]

@@ -21,7 +21,7 @@ from .anatomy import Geometry, LungMap
 from .config import NODULE_KINDS, NODULE_LOCATIONS, NODULE_MARGINS, PhantomConfig
 from .raster import Tubes, draw_sphere
 
-__all__ = ["Finding", "draw_findings", "power_law"]
+__all__ = ["Finding", "draw_findings", "margin_bumps", "power_law", "taken_share"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,11 @@ def _choose(rng: np.random.Generator, names: Sequence[str], weights: Sequence[fl
     return names[rng.choice(len(names), p=np.asarray(weights, np.float64) / sum(weights))]
 
 
-def _margin_bumps(rng: np.random.Generator, margin: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def margin_bumps(rng: np.random.Generator, margin: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The bumps of a ``smooth`` (None), ``lobulated`` (4-7 broad ones) or ``spiculated`` (6-14
+    narrow ones) margin, as :func:`~.raster.draw_sphere` takes them: (unit directions (J, 3),
+    heights (J,) in radii, powers (J,)); directions are isotropic, in whatever frame the caller
+    draws in."""
     if margin == "smooth":
         return None
     lobulated = margin == "lobulated"
@@ -83,9 +87,16 @@ def _hidden_share(volume: np.ndarray, labels: np.ndarray, spacing: np.ndarray, c
     points = centers[:, None, :] + radius * _BALL_SAMPLES[None]
     index = np.clip(np.rint(points / spacing).astype(np.int64), 0, np.asarray(volume.shape) - 1)
     index = tuple(np.moveaxis(index, -1, 0))
-    hu = volume[index]
-    taken = ((hu < parenchyma_hu[0] - _PARENCHYMA_MARGIN_HU) | (hu > parenchyma_hu[1] + _PARENCHYMA_MARGIN_HU))
-    return (taken & (labels[index] > 0)).mean(axis=1)
+    return taken_share(volume[index], labels[index] > 0, parenchyma_hu)
+
+
+def taken_share(hu: np.ndarray, in_lung: np.ndarray, parenchyma_hu: tuple[float, float],
+                margin_hu: float = _PARENCHYMA_MARGIN_HU) -> np.ndarray:
+    """Share of each ball that the lung's contents already take, from ``(N, M)`` HU and in-lung
+    flags at M points filling each of N balls: lung points whose HU lies more than ``margin_hu``
+    outside ``parenchyma_hu`` (vessels, airway walls and lumens, findings); ``(N,)``."""
+    taken = (hu < parenchyma_hu[0] - margin_hu) | (hu > parenchyma_hu[1] + margin_hu)
+    return (taken & in_lung).mean(axis=1)
 
 
 def _place(rng: np.random.Generator, radius: float, location: str, lungs: LungMap, labels: np.ndarray,
@@ -169,7 +180,7 @@ def draw_findings(rng: np.random.Generator, geo: Geometry, config: PhantomConfig
             log.debug("no room for a %.1f mm %s %s finding; skipped", diameter, location, kind)
             continue
         findings.append(Finding(center, radius, kind, location, margin, included))
-        bumps = _margin_bumps(rng, margin)
+        bumps = margin_bumps(rng, margin)
         if kind == "solid":
             draw_sphere(volume, spacing, center, radius, rng.uniform(*config.hu_solid), bumps)
         elif kind == "calcified":

@@ -26,10 +26,11 @@ UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 """LIDC-IDRI's series-uid root, which every LUNA16 seriesuid starts with."""
 
 
-def series_uid(seed: int, index: int) -> str:
+def series_uid(seed: int, index: int, stream: int = 0x5EED) -> str:
     """A LIDC-style series uid, ``1.3.6.1.4.1.14519.5.2.1.6279.6001.`` + 30 digits, from
-    (seed, index)."""
-    digits = np.random.default_rng([seed, index, 0x5EED]).integers(0, 10, 30)
+    (seed, index); another ``stream`` (inserted nodules' datasets) gives other uids for the same
+    (seed, index), so datasets of both kinds can be joined."""
+    digits = np.random.default_rng([seed, index, stream]).integers(0, 10, 30)
     digits[0] = 1 + digits[0] % 9
     return UID_PREFIX + "".join(map(str, digits))
 
