@@ -4,9 +4,8 @@ On the five real volumes of ``../shared/realct`` (when present; the derivatives 
 ``Testing/data/realct`` otherwise) and on ``--phantoms`` full-size phantoms generated in memory
 (seeds 1000, 1001, ...), prints per scan the seconds (best of ``--repeats``), the lungs found and
 their volume, then the median and worst seconds per scan: on the network's 1 mm grid with the
-default blocks of 4 voxels. (The coarse mask it replaced took 0.11 s median, 0.36 s worst on the
-real volumes and 0.07 / 0.15 s on the phantoms, measured with this script before it went; it took
-the colon for lungs.)
+default blocks of 4 voxels. (The coarse mask it replaced was cheaper, about a third of the time when
+both were measured side by side on a loaded machine, and took the colon for lungs.)
 
     python benchmarks/lung_finder.py [--phantoms 20] [--repeats 3] [--realct ../shared/realct]
 """
