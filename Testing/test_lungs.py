@@ -13,6 +13,7 @@ from SCPMNoduleLib.io import read_scan
 from SCPMNoduleLib.lungs import LEFT, RIGHT, find_lungs
 from SCPMNoduleLib.phantom import LUNG_LABELS, generate_phantom, phantom_config
 from SCPMNoduleLib.preprocess import resampled_geometry
+from SCPMNoduleLib.scan_geometry import ScanGeometry
 
 DATA = Path(__file__).parent / "data" / "realct"
 CHESTS = ["A0001_5mm_L", "A0001_5mm_B", "A0002_8mm_B70f", "A0002_8mm_B40f"]
@@ -140,3 +141,22 @@ def test_box_in_voxels_and_world_agree():
     assert np.allclose(found.box_max_xyz_mm, geometry.index_to_world(found.box_stop_zyx - 1))
     inside = found.contains(np.argwhere(found.region) * found.block + found.block // 2)
     assert inside.all()
+
+
+def test_one_lung_is_enough_after_a_pneumonectomy():
+    """The left hemithorax filled with fluid (40 HU), as after a pneumonectomy: one lung, the right,
+    with its own volume; the scan is a chest CT and is not refused."""
+    image = read_scan(DATA / "A0002_8mm_B70f.nii.gz")
+    both = _find(image)
+    hu = sitk.GetArrayFromImage(image)
+    air = np.argwhere(hu < -400)
+    world = ScanGeometry.from_image(image).index_to_world(air)
+    in_lungs = both.contains(resampled_geometry(image, (1.0, 1.0, 1.0)).world_to_index(world))
+    centers_x = [both.coarse.index_to_world(np.argwhere(both.labels == side).mean(axis=0))[0] for side in (RIGHT, LEFT)]
+    hu[tuple(air[in_lungs & (world[:, 0] > np.mean(centers_x))].T)] = 40
+    filled = sitk.GetImageFromArray(hu)
+    filled.CopyInformation(image)
+    one = _find(filled)
+    assert one.found and one.n_lungs == 1, one.reason
+    assert one.volumes_ml[1] == 0.0
+    assert one.volumes_ml[0] == pytest.approx(both.volumes_ml[0], rel=0.05)
