@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,12 @@ import numpy as np
 
 from .config_dict import invalid_setting
 from .errors import UserInputError
+from .evaluation_inputs import TableLike, as_findings, as_seriesuids
 from .froc import BootstrapBands, FROCCurve, FROCEntries, bootstrap_bands, froc_curve
 from .io import (
-    ANNOTATION_COLUMNS,
-    CANDIDATE_COLUMNS,
     Findings,
     atomic_write,
     csv_text,
-    read_annotations,
-    read_candidates,
-    read_seriesuids,
     write_annotations,
 )
 from .plotting import fp_rate_label, plot_froc
@@ -73,7 +69,6 @@ log = logging.getLogger(__name__)
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
-TableLike = str | os.PathLike | Findings | Any
 """A LUNA16 table: a CSV path, a :class:`Findings`, or a pandas-like DataFrame in LUNA16 columns."""
 
 
@@ -221,92 +216,6 @@ class FROCResult:
 
 def _nan_to_none(values: np.ndarray) -> list:
     return [None if math.isnan(v) else float(v) for v in values]
-
-
-# ----------------------------------------------------------------------------------- inputs
-
-
-def _findings_from_frame(frame: Any, columns: Sequence[str], name: str) -> Findings:
-    """A pandas-like DataFrame (``.columns``, ``frame[col]``) in LUNA16 columns -> Findings."""
-    missing = [c for c in columns if c not in list(frame.columns)]
-    if missing:
-        raise UserInputError(f"{name}: the table lacks the columns {', '.join(missing)}.")
-    try:
-        centers = np.stack([np.asarray(frame[c], np.float64) for c in ("coordX", "coordY", "coordZ")], 1)
-        extra = {c: np.asarray(frame[c], np.float64) for c in ("diameter_mm", "probability")
-                 if c in list(frame.columns)}
-    except (TypeError, ValueError) as error:
-        raise UserInputError(f"{name}: a coordinate, diameter or probability is not a number ({error}).") from None
-    uids = np.asarray(frame["seriesuid"]).astype(str)
-    return Findings.from_columns(uids, centers.reshape(len(uids), 3), extra.get("diameter_mm"),
-                                 extra.get("probability"))
-
-
-def _as_findings(table: TableLike, candidates: bool, name: str) -> Findings:
-    """Path, Findings or DataFrame -> Findings, with the values the evaluation needs checked."""
-    columns = CANDIDATE_COLUMNS if candidates else ANNOTATION_COLUMNS
-    if isinstance(table, Findings):
-        findings = table
-    elif hasattr(table, "columns"):
-        findings = _findings_from_frame(table, columns, name)
-    else:
-        name = str(table)
-        findings = read_candidates(table) if candidates else read_annotations(table)
-    value = findings.probabilities if candidates else findings.diameters_mm
-    if not (np.isfinite(findings.centers_xyz_mm).all() and np.isfinite(value).all()):
-        what = "probability" if candidates else "diameter_mm"
-        raise UserInputError(f"{name}: a coordinate or {what} is missing, NaN or infinite.")
-    if candidates:
-        _warn_probabilities_outside_unit(findings, name)
-    else:
-        _check_diameters(findings, name)
-    return findings
-
-
-def _first_column(frame: Any) -> list:
-    """The first column of a pandas-like DataFrame (``.columns``, ``frame[col]``), as a list."""
-    return list(np.asarray(frame[list(frame.columns)[0]]))
-
-
-def _check_diameters(findings: Findings, name: str) -> None:
-    """Refuse a diameter that is neither positive nor LUNA16's -1 ("not measured", in
-    annotations_excluded.csv): another negative or a zero is a typo or a sign error, and a sphere of
-    that size would silently get the 10 mm default or never be hit."""
-    bad = (findings.diameters_mm <= 0.0) & (findings.diameters_mm != -1.0)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise UserInputError(f"{name}: seriesuid {findings.seriesuids[row]} has diameter_mm "
-                             f"{findings.diameters_mm[row]:g}; a diameter is positive, or -1 for "
-                             "'not measured' as in LUNA16's annotations_excluded.csv.")
-
-
-def _warn_probabilities_outside_unit(findings: Findings, name: str) -> None:
-    """Warn about, but accept, candidate scores outside [0, 1]: the FROC uses only their order,
-    so scores such as logits give the right curve (the official LUNA16 script accepts them too),
-    but the thresholds written are then not probabilities, and such values often mean that
-    another column (a diameter) was taken for the probability."""
-    outside = (findings.probabilities < 0.0) | (findings.probabilities > 1.0)
-    if outside.any():
-        log.warning("%s: %d of %d candidate probabilities lie outside [0, 1] (from %g to %g); the FROC uses only "
-                    "their order, so the curve is right but its thresholds are not probabilities; check that the "
-                    "probability column holds probabilities", name, int(outside.sum()), len(findings),
-                    float(findings.probabilities.min()), float(findings.probabilities.max()))
-
-
-def _as_seriesuids(seriesuids: str | os.PathLike | Iterable[str] | Any) -> np.ndarray:
-    if isinstance(seriesuids, (str, os.PathLike)):
-        name, listed = str(seriesuids), read_seriesuids(seriesuids)
-    elif hasattr(seriesuids, "columns"):
-        name, listed = "series table", _first_column(seriesuids)
-    else:
-        name, listed = "series list", list(seriesuids)
-    uids = np.asarray([str(uid).strip() for uid in listed], dtype=str)
-    if len(uids) == 0:
-        raise UserInputError(f"{name}: the series list names no scan.")
-    unique, counts = np.unique(uids, return_counts=True)
-    if (counts > 1).any():
-        raise UserInputError(f"{name}: seriesuid {unique[counts > 1][0]} is listed more than once.")
-    return uids
 
 
 def _scan_index(seriesuids: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -480,11 +389,11 @@ def evaluate_froc(annotations: TableLike, excluded: TableLike, seriesuids: Any, 
             included nodule on the listed scans (sensitivity undefined).
     """
     config = config or EvaluationConfig()
-    uids = _as_seriesuids(seriesuids)
+    uids = as_seriesuids(seriesuids)
     n_scans = len(uids)
-    annotations = _as_findings(annotations, False, "annotations table")
-    excluded = _as_findings(excluded, False, "excluded-findings table")
-    candidates = _as_findings(candidates, True, "candidates table")
+    annotations = as_findings(annotations, False, "annotations table")
+    excluded = as_findings(excluded, False, "excluded-findings table")
+    candidates = as_findings(candidates, True, "candidates table")
     nodules, nodule_scan, _ = _on_listed_scans(annotations, uids)
     excluded, excluded_scan, _ = _on_listed_scans(excluded, uids)
     found, candidate_scan, n_unknown = _on_listed_scans(candidates, uids)
@@ -541,9 +450,9 @@ def evaluate_runs(annotations: TableLike, excluded: TableLike, seriesuids: Any,
                   runs: Mapping[str, TableLike],
                   config: EvaluationConfig | None = None) -> dict[str, FROCResult]:
     """:func:`evaluate_froc` for several candidate sets (label -> candidates), tables read once."""
-    uids = _as_seriesuids(seriesuids)
-    included = _as_findings(annotations, False, "annotations table")
-    excluded = _as_findings(excluded, False, "excluded-findings table")
+    uids = as_seriesuids(seriesuids)
+    included = as_findings(annotations, False, "annotations table")
+    excluded = as_findings(excluded, False, "excluded-findings table")
     return {label: evaluate_froc(included, excluded, uids, candidates, config)
             for label, candidates in runs.items()}
 
