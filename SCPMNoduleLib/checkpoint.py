@@ -50,7 +50,7 @@ def save_torch_file(path: str | os.PathLike, document: dict[str, Any]) -> None:
     """
     buffer = io.BytesIO()
     torch.save(document, buffer)
-    with reported_os_errors("written", path), atomic_write(path, "wb") as handle:
+    with reported_os_errors("write", path), atomic_write(path, "wb") as handle:
         handle.write(buffer.getbuffer())
 
 

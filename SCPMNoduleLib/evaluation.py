@@ -490,7 +490,7 @@ def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLi
     distance to the nearest candidate on the scan, ``nearest_candidate_mm``, and its
     ``nearest_candidate_probability``) and ``froc.png``.
     """
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_output_folder(out_dir, None)
     paths = {name: out_dir / name for name in ("froc_curve.csv", "froc_summary.json", "missed_nodules.csv",
                                                 "froc.png")}
     with atomic_write(paths["froc_curve.csv"], newline="") as handle:

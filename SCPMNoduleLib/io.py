@@ -18,7 +18,7 @@ leading ``'`` and read back without it (:func:`csv_text`, :func:`csv_name`); LUN
 (DICOM UIDs: digits and dots) never start so, and are written verbatim, as LUNA16's readers need.
 
 Outputs are written atomically (:func:`atomic_write`) through temporary files named by
-:mod:`~SCPMNoduleLib.temp_files`, which also cleans those a killed run left.
+:mod:`~SCPMNoduleLib.temp_names`; :mod:`~SCPMNoduleLib.temp_files` cleans those a killed run left.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ import SimpleITK as sitk
 from .detection import Detection
 from .errors import UserInputError, os_error
 from .image_files import data_problem, itk_output_captured, itk_problem
-from .temp_files import current_umask, temp_prefix
+from .temp_files import current_umask
+from .temp_names import temp_prefix
 
 if TYPE_CHECKING:  # pydicom is imported only when a DICOM folder is read
     from .dicom_series import DicomSeries
@@ -164,7 +165,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     C locale, whose default encoding is ASCII.
 
     A reader never sees a half-written file, and an exception (or Ctrl-C) leaves no file behind.
-    An :class:`OSError` (a full disk) names ``path``, not the temporary file.
+    An :class:`OSError` (a full disk) names ``path``, not the temporary file, and stays an
+    :class:`OSError` (a batch stops on it); :func:`~SCPMNoduleLib.errors.os_error` makes it the
+    sentence ``"<path>: could not write (no space left on the device)."``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,7 +185,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         if isinstance(error, OSError) and error.filename in (None, tmp_name):
-            raise OSError(error.errno, error.strerror, str(path)) from error
+            raise OSError(error.errno, error.strerror or str(error) or type(error).__name__, str(path)) from error
         raise
 
 

@@ -251,7 +251,7 @@ def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
             written, or an operating-system error while writing (a full disk): the batch stops;
             the scans done keep their files, and no batch file is left half there.
     """
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_output_folder(out_dir, None)
     paths = list_scans(inputs)
     if not paths:
         raise UserInputError(f"{', '.join(map(str, inputs))}: no scans found.")
@@ -288,7 +288,7 @@ def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detec
     except BaseException as error:
         _remove(paths)
         if isinstance(error, OSError):
-            raise os_error(error) from None
+            raise os_error(error, action="write") from None
         raise
 
 
@@ -335,7 +335,7 @@ def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size
     from .phantom import annotation_table, make_phantom
 
     start = time.perf_counter()
-    out_dir = check_output_folder(out_dir)
+    out_dir = check_output_folder(out_dir, None)
     made_folder = not out_dir.exists()
     scan_path, truth_path, png_path = (out_dir / name for name in (
         "demo_phantom.mha", "demo_truth.csv", "demo_detections.png"))
@@ -356,7 +356,7 @@ def run_demo(out_dir: str | os.PathLike, detector: Detector, seed: int = 0, size
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         if isinstance(error, OSError):
-            raise os_error(error) from None
+            raise os_error(error, action="write") from None
         raise
     outputs = {"scan": str(scan_path), "truth": str(truth_path), **result.outputs, "png": str(png_path)}
     return DemoResult(result.detections, truth_xyz, truth_diameters,

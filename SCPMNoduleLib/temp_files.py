@@ -1,12 +1,16 @@
-"""Our temporary files and folders, and the output folder check made before any work.
+"""Our temporary files and folders, and the output places checked before any work.
 
-Writers put a file (or a dataset's folder) beside its target under a hidden temporary name,
-``.<target>.<pid>.<8 random characters>.tmp`` (plus an image suffix where ITK needs one), and
-rename it onto the target once complete (:func:`~SCPMNoduleLib.io.atomic_write`,
-:func:`atomic_write_image`, :func:`temp_dir_beside`): a reader never sees half a file. A run
-killed by SIGKILL or a power cut cannot remove its temporaries; the next run into the same folder
-does (:func:`remove_stale_temps`, called by :func:`check_output_folder`), recognising them by
-that name and a process id that no longer runs.
+Writers put a file (or a dataset's folder) beside its target under a hidden temporary name
+(:mod:`~SCPMNoduleLib.temp_names`: ``.<target>.<pid>.<8 random characters>.tmp``, plus an
+image suffix where ITK needs one), and rename it onto the target once complete
+(:func:`~SCPMNoduleLib.io.atomic_write`, :func:`atomic_write_image`, :func:`temp_dir_beside`): a
+reader never sees half a file. A run killed by SIGKILL or a power cut cannot remove its
+temporaries; the next run into the same place does (:func:`remove_stale_temps`, called by
+:func:`check_output_folder` and :func:`check_output_file`), recognising them by that name and a
+process id that no longer runs.
+
+The output checks live here, not in :mod:`~SCPMNoduleLib.errors`, because they are about the
+output place (a probe file, the stale temporaries) and only their sentence is an error.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -23,10 +26,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import UserInputError
+from .errors import UserInputError, os_error_reason
+from .temp_names import TEMP_NAME, temp_prefix
 
-__all__ = ["STALE_TEMP_AGE_S", "atomic_write_image", "check_output_folder", "current_umask",
-           "remove_stale_temps", "temp_dir_beside", "temp_prefix", "write_image"]
+__all__ = ["STALE_TEMP_AGE_S", "atomic_write_image", "check_output_file", "check_output_folder", "current_umask",
+           "remove_stale_temps", "temp_dir_beside", "write_image"]
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +42,8 @@ def current_umask() -> int:
     return mask
 
 
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
-"""Our temporary entries: ``.<target>.<pid>.<8 random characters>.tmp`` (+ an image suffix)."""
 STALE_TEMP_AGE_S = 24 * 3600.0
 """A temporary entry this old is stale whatever its process id says (ids are reused)."""
-
-
-def temp_prefix(path: Path) -> str:
-    """The start of a temporary name for ``path`` (``mkstemp``/``mkdtemp`` add the rest)."""
-    return f".{path.name}.{os.getpid()}."
 
 
 def _process_gone(pid: int) -> bool:
@@ -63,9 +60,9 @@ def _process_gone(pid: int) -> bool:
 
 def remove_stale_temps(folder: str | os.PathLike, target: str | None = None) -> list[Path]:
     """Remove the temporary files and folders our writers left in ``folder`` when their process
-    was killed (SIGKILL, a power cut): entries named as :func:`temp_prefix` starts them, whose
-    process is gone, or older than :data:`STALE_TEMP_AGE_S`; with ``target``, only those for that
-    name. A live run's temporaries are left alone. Returns what was removed (logged)."""
+    was killed (SIGKILL, a power cut): entries named as :data:`~SCPMNoduleLib.temp_names.TEMP_NAME`
+    says, whose process is gone, or older than :data:`STALE_TEMP_AGE_S`; with ``target``, only
+    those for that name. A live run's temporaries are left alone. Returns what was removed (logged)."""
     folder = Path(folder)
     removed: list[Path] = []
     try:
@@ -74,7 +71,7 @@ def remove_stale_temps(folder: str | os.PathLike, target: str | None = None) -> 
         return removed
     now = time.time()
     for entry in entries:
-        match = _TEMP_NAME.match(entry.name)
+        match = TEMP_NAME.match(entry.name)
         if match is None or (target is not None and match["target"] != target):
             continue
         with contextlib.suppress(OSError):
@@ -89,29 +86,72 @@ def remove_stale_temps(folder: str | os.PathLike, target: str | None = None) -> 
     return removed
 
 
-def check_output_folder(path: str | os.PathLike) -> Path:
-    """Check, before any work starts, that ``path`` is a folder we can write in, or can be made one.
-
-    It is not created here (a run that fails on its input leaves nothing); the temporaries that
-    killed runs left in it are removed (:func:`remove_stale_temps`).
-
-    Raises:
-        UserInputError: ``path`` or a folder above it is a file, or the nearest existing folder
-            cannot be written in (permissions, a read-only file system).
-    """
-    path = Path(path)
-    existing = path
+def _check_creatable(path: Path, folder: Path, option: str | None) -> None:
+    """Refuse when no file can be created in ``folder`` or, if it does not exist yet, in the nearest
+    existing folder above it (where it would be created); the sentence starts with ``option path``."""
+    shown = f"{option} {path}" if option else str(path)
+    existing = folder
     while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():  # a dangling link: creating the folder would fail
+            raise UserInputError(f"{shown}: {existing} is a broken symbolic link.")
         existing = existing.parent
     if not existing.is_dir():
-        what = "the output folder" if existing == path else f"a folder above the output folder {path}"
-        raise UserInputError(f"{existing}: {what} is an existing file; choose a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = hasattr(os, "statvfs") and os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1)
-        reason = "the file system is read-only" if read_only else "permission denied"
-        raise UserInputError(f"{existing}: cannot write the outputs into it ({reason}).")
-    if existing == path:
+        what = "the output folder is an existing file" if existing == path else f"{existing} is a file"
+        raise UserInputError(f"{shown}: {what}, not a folder.")
+    try:  # permission bits say nothing for root or on a read-only file system: try it
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(Path("probe")), suffix=".tmp", dir=existing)
+    except OSError as error:
+        raise UserInputError(f"{shown}: no file can be created in {existing} ({os_error_reason(error)}).") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_folder(path: str | os.PathLike, option: str | None = "--out") -> Path:
+    """Check, before any work starts, that ``path`` is a folder we can write in, or can be made one.
+
+    A probe file is created in the folder (or, when it does not exist yet, in the nearest existing
+    folder above it) and removed at once; nothing else is created (a run that fails on its input
+    leaves nothing). The temporaries that killed runs left in it, or left for it beside it, are
+    removed (:func:`remove_stale_temps`).
+
+    Args:
+        path: the output folder.
+        option: the command-line option that gave ``path``, which starts the sentence (``None``
+            for a library call: the sentence starts with ``path``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        UserInputError: ``path`` or a folder above it is a file, or no file can be created there
+            (permissions, a read-only file system), e.g. ``"--out det: the output folder is an
+            existing file, not a folder."``.
+    """
+    path = Path(path)
+    _check_creatable(path, path, option)
+    if path.exists():
         remove_stale_temps(path)
+    if path.parent.exists():
+        remove_stale_temps(path.parent, target=path.name)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, option: str | None = "--out") -> Path:
+    """Check, before any work starts, that the file ``path`` can be written; create nothing.
+
+    The temporaries that killed runs left for ``path`` beside it are removed.
+
+    Raises:
+        UserInputError: ``path`` is an existing folder, a folder above it is a file, or no file
+            can be created in its folder (:func:`check_output_folder`).
+    """
+    path = Path(path)
+    shown = f"{option} {path}" if option else str(path)
+    if path.is_dir():
+        raise UserInputError(f"{shown}: the output file is an existing folder, not a file.")
+    _check_creatable(path, path.parent, option)
+    if path.parent.exists():
+        remove_stale_temps(path.parent, target=path.name)
     return path
 
 

@@ -93,13 +93,13 @@ def _output_cases(tmp_path, checkpoint):
     model = ["--model", str(checkpoint)]
     return {
         "detect --out a file": (["detect", str(scan), "--out", str(blocker), *model, *FAST],
-                                f"{blocker}: the output folder is an existing file"),
+                                f"--out {blocker}: the output folder is an existing file, not a folder."),
         "detect --out under a file": (["detect", str(scan), "--out", str(blocker / "out"), *model, *FAST],
-                                      f"{blocker}: a folder above the output folder"),
+                                      f"--out {blocker / 'out'}: {blocker} is a file, not a folder."),
         "demo --out a file": (["demo", "--out", str(blocker), "--size", "small", *model, *FAST],
-                              f"{blocker}: the output folder is an existing file"),
+                              f"--out {blocker}: the output folder is an existing file, not a folder."),
         "phantom --out under a file": (["phantom", "--out", str(blocker / "ph"), "--scans", "1"],
-                                       f"{blocker}: a folder above the output folder"),
+                                       f"--out {blocker / 'ph'}: {blocker} is a file, not a folder."),
     }
 
 
@@ -110,7 +110,7 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, checkpoin
     before = _tree(tmp_path)
     assert main(argv) == 2
     out, err = capsys.readouterr()
-    assert message in _one_line(err)
+    assert _one_line(err).endswith(f": error: {message}")
     assert out == ""  # no scan was read, no detection ran
     assert _tree(tmp_path) == before and (tmp_path / "blocker.txt").read_text() == "mine\n"
 
@@ -121,20 +121,23 @@ def test_evaluate_refuses_an_output_file_before_it_evaluates(tmp_path, capsys):
     missing = str(tmp_path / "absent.csv")  # the output is checked before the inputs are read
     assert main(["evaluate", "--annotations", missing, "--excluded", missing, "--seriesuids", missing,
                  "--candidates", missing, "--out", str(blocker)]) == 2
-    assert f"{blocker}: the output folder is an existing file" in _one_line(capsys.readouterr().err)
+    assert _one_line(capsys.readouterr().err).endswith(
+        f": error: --out {blocker}: the output folder is an existing file, not a folder.")
 
 
 @pytest.mark.parametrize("command", ["detect", "phantom", "demo"])
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoint, capsys, command):
     scan = _scan(tmp_path / "s.mha")
     with _tmpfs(tmp_path / "ro", "size=1m,ro") as read_only:
-        argv = {"detect": ["detect", str(scan), "--out", str(read_only / "det"), "--model", str(checkpoint), *FAST],
-                "phantom": ["phantom", "--out", str(read_only / "ph"), "--scans", "1"],
-                "demo": ["demo", "--out", str(read_only / "demo"), "--size", "small", "--model", str(checkpoint),
+        out_dir = read_only / command
+        argv = {"detect": ["detect", str(scan), "--out", str(out_dir), "--model", str(checkpoint), *FAST],
+                "phantom": ["phantom", "--out", str(out_dir), "--scans", "1"],
+                "demo": ["demo", "--out", str(out_dir), "--size", "small", "--model", str(checkpoint),
                          *FAST]}[command]
         assert main(argv) == 2
         out, err = capsys.readouterr()
-        assert f"{read_only}: cannot write the outputs into it (the file system is read-only)." in _one_line(err)
+        assert _one_line(err).endswith(
+            f": error: --out {out_dir}: no file can be created in {read_only} (the file system is read-only).")
         assert out == "" and _tree(read_only) == []
 
 

@@ -135,7 +135,7 @@ CASES = {
     "export outside the manifest's folder": ([*EXPORT, "--out", "demo.pt", "--manifest", "Resources/Models.json"],
                                              r"demo.pt: a manifest entry's file must lie in Resources or below it\.$"),
     "export --out is a folder": ([*EXPORT, "--out", "Resources"],
-                                 r"--out Resources: an existing folder, not a file\.$"),
+                                 r"--out Resources: the output file is an existing folder, not a file\.$"),
     "export --out under a file": ([*EXPORT, "--out", "a_file/demo.pt"], r"--out a_file/demo.pt: a_file is a file"),
     "export a name read as a path": ([*EXPORT, "--out", "Resources/demo.pt", "--name", "./demo"],
                                      r"model name './demo': .* or it would be read as a file\.$"),
@@ -218,7 +218,8 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(root
     before = _snapshot(root)
     done = scpm_train(*args, cwd=root)
     assert_refused(done, command, rf"{re.escape(str(where))}.*: no file can be created in "
-                                  rf"{re.escape(str(read_only_folder))} \((Read-only file system|Permission denied)\)")
+                                  rf"{re.escape(str(read_only_folder))} "
+                                  r"\((the file system is read-only|permission denied)\)\.$")
     assert _snapshot(root) == before and list(read_only_folder.iterdir()) == []
 
 
@@ -235,8 +236,8 @@ def test_a_full_disk_during_export_leaves_the_old_checkpoint_and_manifest(root, 
     with _mounted_tmpfs(tmp_path / "small", f"size={size}") as folder:
         before = _installed_model(folder)
         done = scpm_train(*EXPORT, "--out", folder / "demo.pt", "--manifest", folder / "Models.json", cwd=root)
-        assert_refused(done, "export", rf"{re.escape(str(folder / 'demo.pt'))}: could not be written "
-                                       r"\(No space left on device\)\.$")
+        assert_refused(done, "export", rf"{re.escape(str(folder / 'demo.pt'))}: could not write "
+                                       r"\(no space left on the device\)\.$")
         assert _snapshot(folder) == before
 
 

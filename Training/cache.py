@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from SCPMNoduleLib.documents import DocumentError, read_document
-from SCPMNoduleLib.errors import UserInputError, check_output_folder
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.io import (
     Findings,
     atomic_write,
@@ -48,6 +48,7 @@ from SCPMNoduleLib.io import (
 )
 from SCPMNoduleLib.preprocess import RETIRED_SETTINGS, PreprocessConfig, prepare_scan
 from SCPMNoduleLib.scan_geometry import ScanGeometry
+from SCPMNoduleLib.temp_files import check_output_folder
 
 __all__ = [
     "CACHE_FORMAT",

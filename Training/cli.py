@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import check_bootstraps, check_threshold, run_command
-from SCPMNoduleLib.errors import UserInputError, reported_os_errors
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.models import MODEL_HELP
 
 INTERRUPTED = {
@@ -222,14 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = "" if rank == 0 else f"[rank {rank}] "
     logging.basicConfig(level=level if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    run = args.run
-
-    def run_reporting_os_errors(parsed: argparse.Namespace) -> int:
-        with reported_os_errors():  # a full disk, a read-only folder: one sentence naming the file
-            return run(parsed)
-
-    args.run = run_reporting_os_errors
-    try:
+    try:  # bad input and OS errors (a full disk): one sentence, exit 2, as scpm-nodule's commands
         return run_command("scpm-train", args, interrupted=INTERRUPTED[args.command])
     finally:
         shutdown_distributed()

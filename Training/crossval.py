@@ -14,9 +14,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from SCPMNoduleLib.errors import UserInputError, check_output_folder
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.io import Findings, write_candidates
+from SCPMNoduleLib.temp_files import check_output_folder
 
 from .cache import load_cache, read_cache_info
 from .config import TrainConfig

@@ -23,7 +23,7 @@ from typing import Any
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from SCPMNoduleLib.documents import read_json
-from SCPMNoduleLib.errors import UserInputError, check_output_file, reported_os_errors
+from SCPMNoduleLib.errors import UserInputError, reported_os_errors
 from SCPMNoduleLib.io import atomic_write, sha256_of
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.models import (
@@ -35,6 +35,8 @@ from SCPMNoduleLib.models import (
     write_manifest,
 )
 from SCPMNoduleLib.preprocess import PreprocessConfig
+from SCPMNoduleLib.temp_files import check_output_file
+from SCPMNoduleLib.temp_names import temp_prefix
 
 from .config import TrainConfig
 from .state import file_format, load_state, model_from_state
@@ -77,8 +79,10 @@ def architecture_summary(config: TrainConfig) -> str:
 
 
 def _staging_path(target: Path) -> Path:
-    """A new empty temporary file beside ``target``, named as :func:`SCPMNoduleLib.io.atomic_write` names its own."""
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """A new empty temporary file beside ``target``, named as every temporary is
+    (:func:`~SCPMNoduleLib.temp_names.temp_prefix`): an error names ``target``, and the next run
+    removes it when this process is killed."""
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     return Path(name)
 
@@ -190,7 +194,7 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         "trained": True, "name": name, "version": version, "library_version": __version__,
         "description": description, "training_data": training_data, "metrics": metrics, "training": training,
     }
-    with reported_os_errors("written"), _replaced_together() as staged:
+    with reported_os_errors("write"), _replaced_together() as staged:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         staged[out_path] = _staging_path(out_path)
         save_checkpoint(staged[out_path], model, preprocess, metadata)
@@ -201,6 +205,6 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
             document = updated_manifest(manifest, entry)
             manifest.parent.mkdir(parents=True, exist_ok=True)
             staged[manifest] = _staging_path(manifest)
-            with reported_os_errors("written", manifest), atomic_write(staged[manifest]) as handle:
+            with reported_os_errors("write", manifest), atomic_write(staged[manifest]) as handle:
                 write_manifest(handle, document)
     return entry

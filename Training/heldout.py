@@ -20,12 +20,12 @@ import torch.distributed as dist
 from torch import nn
 
 from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from SCPMNoduleLib.errors import check_output_folder
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
+from SCPMNoduleLib.temp_files import check_output_folder
 
 from .cache import find_luna16_scans
 from .state import file_format, load_state, model_from_state

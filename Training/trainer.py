@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from SCPMNoduleLib.errors import UserInputError, check_output_folder
+from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import InferenceConfig
 from SCPMNoduleLib.io import Findings
@@ -44,6 +44,7 @@ from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from SCPMNoduleLib.runtime import autocast, autocast_dtype
+from SCPMNoduleLib.temp_files import check_output_folder
 
 from .averaging import WeightAverage
 from .cache import CachedScan, load_cache, read_cache_info

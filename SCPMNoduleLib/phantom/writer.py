@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import UserInputError, os_error
 from ..io import LUNG_MASK_FOLDER, Findings, map_in_processes, write_annotations, write_seriesuids
 from ..plotting import save_orthogonal_slices
-from ..temp_files import check_output_folder, remove_stale_temps, temp_dir_beside, write_image
+from ..temp_files import check_output_folder, temp_dir_beside, write_image
 from .config import PhantomConfig, phantom_config
 from .generator import generate_phantom
 from .scanner import Nodule, Phantom, annotation_table
@@ -94,12 +94,11 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
     config = phantom_config(size, **options)
-    check_output_folder(out_dir)
-    remove_stale_temps(out_dir.parent, target=out_dir.name)
+    check_output_folder(out_dir, None)  # also removes what a killed run left beside it
     try:
         written = _write_dataset(out_dir, n_scans, seed, subsets, config, lung_masks, preview, progress, workers)
     except OSError as error:  # named by the dataset: the files in the temporary folder are gone
-        raise os_error(error, out_dir) from None
+        raise os_error(error, out_dir, "write") from None
     log.info("wrote %d phantom scans to %s", n_scans, out_dir)
     return written
 
