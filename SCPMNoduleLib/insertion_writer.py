@@ -7,19 +7,17 @@ import csv
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import UserInputError
 from .insertion import Box, InsertedNodule, InsertionConfig, NoduleRequest, ScanForInsertion, insert_nodules
 from .io import Findings, atomic_write, map_in_processes, read_scan, write_annotations, write_seriesuids
 from .phantom.scanner import annotation_table
 from .phantom.writer import series_uid
+from .temp_files import folder_built_in_place, write_image
 
 __all__ = ["INSERTION_UID_STREAM", "write_inserted_dataset"]
 
@@ -41,7 +39,7 @@ def _insert_scan(job: tuple) -> list[tuple[str, str, list[InsertedNodule]]]:
     for copy in range(copies):
         uid = series_uid(seed, index * copies + copy, INSERTION_UID_STREAM)
         image, inserted = insert_nodules(scan, count, np.random.default_rng([seed, index, copy]), requests, boxes)
-        sitk.WriteImage(image, str(work / f"subset{index % subsets}" / f"{uid}.mhd"))
+        write_image(image, work / f"subset{index % subsets}" / f"{uid}.mhd")
         written.append((uid, str(path), inserted))
     return written
 
@@ -60,7 +58,8 @@ def write_inserted_dataset(scans: Sequence[str | os.PathLike], out_dir: str | os
     corners), ``seriesuids.csv`` and ``insertions.csv`` (each nodule's source scan, kind, margin,
     location, HU, the parenchyma's level and noise around it, its hidden share). Copy j of scan i
     is drawn from the seed (seed, i, j): the same bytes for the same arguments, whatever
-    ``workers``. Built in a temporary folder beside ``out_dir``, renamed onto it at the end.
+    ``workers``. Built in a temporary folder beside ``out_dir``, renamed onto it at the end
+    (:func:`~SCPMNoduleLib.temp_files.folder_built_in_place`).
 
     Raises:
         UserInputError: ``out_dir`` exists and is not empty, a count is not positive, or a scan
@@ -74,13 +73,9 @@ def write_inserted_dataset(scans: Sequence[str | os.PathLike], out_dir: str | os
         raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
     if not scans:
         raise UserInputError("no scans given.")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
     config = config or InsertionConfig()
     boxes, requests = boxes or {}, requests or {}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with folder_built_in_place(out_dir) as work:
         for k in range(subsets):
             (work / f"subset{k}").mkdir()
         jobs = [(work, Path(path), i, copies, subsets, nodules, seed, config, tuple(requests.get(str(path), ())),
@@ -107,12 +102,6 @@ def write_inserted_dataset(scans: Sequence[str | os.PathLike], out_dir: str | os
             writer = csv.writer(handle)
             writer.writerow(_DETAIL_COLUMNS)
             writer.writerows([_format(value) for value in row] for row in details)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     log.info("wrote %d scans with %d inserted nodules to %s", len(written),
              sum(map(len, written.values())), out_dir)
     return written

@@ -22,15 +22,16 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import SimpleITK as sitk
 
-from .errors import UserInputError, os_error_reason
+from .errors import UserInputError, os_error, os_error_reason
 from .temp_names import TEMP_NAME, temp_prefix
 
 __all__ = ["STALE_TEMP_AGE_S", "atomic_write_image", "check_output_file", "check_output_folder", "current_umask",
-           "remove_stale_temps", "temp_dir_beside", "write_image"]
+           "folder_built_in_place", "remove_stale_temps", "temp_dir_beside", "write_image"]
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +197,31 @@ def temp_dir_beside(path: str | os.PathLike) -> Path:
     work = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     os.chmod(work, 0o777 & ~current_umask())
     return work
+
+
+@contextlib.contextmanager
+def folder_built_in_place(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """A new folder ``out_dir`` (absent or empty) that appears whole or not at all: the block
+    builds it in a temporary folder beside it (:func:`temp_dir_beside`), renamed onto ``out_dir``
+    when the block ends; an error or an interrupt removes the temporary folder.
+
+    Raises:
+        UserInputError: ``out_dir`` exists and is not an empty folder, or cannot be made
+            (:func:`check_output_folder`, which also removes what a killed run left beside it); an
+            operating-system error while building (a full disk), naming ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
+    check_output_folder(out_dir, None)
+    work = temp_dir_beside(out_dir)
+    try:
+        yield work
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(work, out_dir)
+    except BaseException as error:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(error, OSError):  # named by the folder: the files in the temporary one are gone
+            raise os_error(error, out_dir, "write") from None
+        raise

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserInputError, os_error
+from ..errors import UserInputError
 from ..io import LUNG_MASK_FOLDER, Findings, map_in_processes, write_annotations, write_seriesuids
 from ..plotting import save_orthogonal_slices
-from ..temp_files import check_output_folder, temp_dir_beside, write_image
+from ..temp_files import folder_built_in_place, write_image
 from .config import PhantomConfig, phantom_config
 from .generator import generate_phantom
 from .scanner import Nodule, Phantom, annotation_table
@@ -91,46 +90,33 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
             raise UserInputError(f"the number of {name} must be at least 1, not {value}.")
     if int(seed) < 0:
         raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserInputError(f"{out_dir}: already exists and is not an empty folder; choose a new one.")
     config = phantom_config(size, **options)
-    check_output_folder(out_dir, None)  # also removes what a killed run left beside it
-    try:
-        written = _write_dataset(out_dir, n_scans, seed, subsets, config, lung_masks, preview, progress, workers)
-    except OSError as error:  # named by the dataset: the files in the temporary folder are gone
-        raise os_error(error, out_dir, "write") from None
+    with folder_built_in_place(out_dir) as work:
+        written = _write_dataset(work, n_scans, seed, subsets, config, lung_masks, preview, progress, workers)
     log.info("wrote %d phantom scans to %s", n_scans, out_dir)
     return written
 
 
-def _write_dataset(out_dir: Path, n_scans: int, seed: int, subsets: int, config: PhantomConfig, lung_masks: bool,
+def _write_dataset(work: Path, n_scans: int, seed: int, subsets: int, config: PhantomConfig, lung_masks: bool,
                    preview: bool, progress: Callable[[int, int], None] | None,
                    workers: int) -> dict[str, list[Nodule]]:
-    """:func:`write_luna16_dataset`'s work, once its arguments are checked."""
-    work = temp_dir_beside(out_dir)
-    try:
-        for k in range(subsets):
-            (work / f"subset{k}").mkdir()
-        for name, wanted in ((LUNG_MASK_FOLDER, lung_masks), ("preview", preview)):
-            if wanted:
-                (work / name).mkdir()
-        written: dict[str, list[Nodule]] = {}
-        tables: dict[bool, list[Findings]] = {True: [], False: []}
-        jobs = [(work, seed, i, subsets, config, lung_masks, preview) for i in range(n_scans)]
-        with map_in_processes(_write_scan, jobs, workers) as results:  # in scan order, so the tables too
-            for done, (uid, nodules) in enumerate(results, 1):
-                for included in (True, False):
-                    tables[included].append(annotation_table(uid, [n for n in nodules if n.included == included]))
-                written[uid] = nodules
-                if progress is not None:
-                    progress(done, n_scans)
-        for included, name in ((True, "annotations.csv"), (False, "annotations_excluded.csv")):
-            write_annotations(work / name, Findings.concat(tables[included]))
-        write_seriesuids(work / "seriesuids.csv", list(written))
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    """:func:`write_luna16_dataset`'s work into the folder ``work``, once its arguments are checked."""
+    for k in range(subsets):
+        (work / f"subset{k}").mkdir()
+    for name, wanted in ((LUNG_MASK_FOLDER, lung_masks), ("preview", preview)):
+        if wanted:
+            (work / name).mkdir()
+    written: dict[str, list[Nodule]] = {}
+    tables: dict[bool, list[Findings]] = {True: [], False: []}
+    jobs = [(work, seed, i, subsets, config, lung_masks, preview) for i in range(n_scans)]
+    with map_in_processes(_write_scan, jobs, workers) as results:  # in scan order, so the tables too
+        for done, (uid, nodules) in enumerate(results, 1):
+            for included in (True, False):
+                tables[included].append(annotation_table(uid, [n for n in nodules if n.included == included]))
+            written[uid] = nodules
+            if progress is not None:
+                progress(done, n_scans)
+    for included, name in ((True, "annotations.csv"), (False, "annotations_excluded.csv")):
+        write_annotations(work / name, Findings.concat(tables[included]))
+    write_seriesuids(work / "seriesuids.csv", list(written))
     return written
