@@ -26,15 +26,6 @@ REAL_CT = Path(__file__).parent / "data" / "realct"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny network whose pre-processing looks for no lungs, for the noise scans below."""
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(lung_mask=False), {"trained": True})
-    return path
-
-
-@pytest.fixture(scope="module")
 def chest_checkpoint(tmp_path_factory):
     """The same network with the default pre-processing, which finds the lungs."""
     path = tmp_path_factory.mktemp("model") / "tiny_lungs.pt"

@@ -13,11 +13,9 @@ import highdicom as hd
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from dicom_helpers import write_ct_series
 from pydicom.sr.codedict import codes
 
-from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.dicom_export import (
     PRIVATE_SCHEME,
@@ -28,9 +26,7 @@ from SCPMNoduleLib.dicom_export import (
     write_segmentation,
 )
 from SCPMNoduleLib.dicom_series import find_series
-from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.phantom import make_phantom
-from SCPMNoduleLib.preprocess import PreprocessConfig
 
 ALGORITHM = Algorithm("scpm-net-test", "0.1")
 STATUS_NAME = hd.sr.CodedConcept("review-status", PRIVATE_SCHEME, "Reader review status")
@@ -139,15 +135,6 @@ def test_sr_references_the_source_series_and_names_the_algorithm(tmp_path):
         ds.SOPInstanceUID for ds in sources}
     text = str(sr)
     assert "scpm-net-test" in text and "0.1" in text
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(lung_mask=False),
-                    {"trained": True, "name": "tiny", "version": "0.0.1"})
-    return path
 
 
 FAST = ["--threshold", "0", "--max-detections", "4", "--device", "cpu", "--progress", "none"]

@@ -17,25 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
+from fault_helpers import mounted_tmpfs
 
 from SCPMNoduleLib import pipeline
-from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.cli import main
 from SCPMNoduleLib.io import Findings, write_annotations
-from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
-from SCPMNoduleLib.preprocess import PreprocessConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--threshold", "0", "--max-detections", "5", "--device", "cpu", "--progress", "none"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(lung_mask=False), {"trained": True})
-    return path
 
 
 def _scan(path, shape_zyx=(20, 40, 36), seed=0):
@@ -60,19 +49,6 @@ def _tree(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-@contextlib.contextmanager
-def _tmpfs(where: Path, options: str):
-    """A tmpfs mounted on ``where`` for the block; the test is skipped where mounting is not allowed."""
-    where.mkdir()
-    if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; this runs as an ordinary user")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"this machine does not allow mounting a tmpfs ({done.stderr.decode().strip()})")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def _fill(folder: Path) -> None:
@@ -128,7 +104,7 @@ def test_evaluate_refuses_an_output_file_before_it_evaluates(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["detect", "phantom", "demo"])
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoint, capsys, command):
     scan = _scan(tmp_path / "s.mha")
-    with _tmpfs(tmp_path / "ro", "size=1m,ro") as read_only:
+    with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as read_only:
         out_dir = read_only / command
         argv = {"detect": ["detect", str(scan), "--out", str(out_dir), "--model", str(checkpoint), *FAST],
                 "phantom": ["phantom", "--out", str(out_dir), "--scans", "1"],
@@ -146,7 +122,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoi
 
 def test_a_full_disk_while_writing_a_scan_stops_the_batch_and_leaves_no_half_file(tmp_path, checkpoint, capsys):
     scans = [_scan(tmp_path / "scans" / f"{name}.mha", seed=k) for k, name in enumerate("ab")]
-    with _tmpfs(tmp_path / "small", "size=2m") as small:
+    with mounted_tmpfs(tmp_path / "small", "size=2m") as small:
         out = small / "det"
         out.mkdir()
         (out / "a.json").write_text("an earlier run's report\n")
@@ -159,7 +135,7 @@ def test_a_full_disk_while_writing_a_scan_stops_the_batch_and_leaves_no_half_fil
 
 def test_a_full_disk_while_writing_the_batch_files_leaves_neither(tmp_path, checkpoint, capsys, monkeypatch):
     scan = _scan(tmp_path / "s.mha")
-    with _tmpfs(tmp_path / "small", "size=2m") as small:
+    with mounted_tmpfs(tmp_path / "small", "size=2m") as small:
         out = small / "det"
         real = pipeline.write_candidates
 
@@ -175,7 +151,7 @@ def test_a_full_disk_while_writing_the_batch_files_leaves_neither(tmp_path, chec
 
 
 def test_a_full_disk_while_writing_a_phantom_dataset_leaves_nothing(tmp_path, capsys):
-    with _tmpfs(tmp_path / "small", "size=2m") as small:
+    with mounted_tmpfs(tmp_path / "small", "size=2m") as small:
         assert main(["phantom", "--out", str(small / "ph"), "--scans", "2", "--subsets", "1"]) == 2
         line = _one_line(capsys.readouterr().err, progress_bar="phantoms:")
         assert line.endswith(f"{small / 'ph'}: could not write (no space left on the device).")

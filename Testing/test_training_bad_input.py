@@ -7,7 +7,6 @@ Every case runs the real command in a subprocess; the tree it works in is hashed
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_helpers import mounted_tmpfs
 
 from SCPMNoduleLib.io import sha256_of
 from Training.cache import build_cache
@@ -180,19 +180,6 @@ def test_scpm_nodule_and_scpm_train_share_the_threshold_and_bootstrap_checks():
 # ---------------------------------------------------------------------------------- file-system faults
 
 
-@contextlib.contextmanager
-def _mounted_tmpfs(folder: Path, options: str):
-    """A tmpfs at ``folder`` (root with CAP_SYS_ADMIN only; the test is skipped otherwise)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if shutil.which("mount") is None or os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root and mount(8)")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode(errors='replace').strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.fixture
@@ -206,7 +193,7 @@ def read_only_folder(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    with _mounted_tmpfs(folder, "ro,size=64k"):
+    with mounted_tmpfs(folder, "ro,size=64k"):
         yield folder
 
 
@@ -233,7 +220,7 @@ def _installed_model(folder: Path) -> dict[str, str]:
 def test_a_full_disk_during_export_leaves_the_old_checkpoint_and_manifest(root, tmp_path):
     """The tmpfs holds the old files but not a second checkpoint beside them."""
     size = sum((REPO / "Resources" / name).stat().st_size for name in ("demo.pt", "Models.json")) + 16384
-    with _mounted_tmpfs(tmp_path / "small", f"size={size}") as folder:
+    with mounted_tmpfs(tmp_path / "small", f"size={size}") as folder:
         before = _installed_model(folder)
         done = scpm_train(*EXPORT, "--out", folder / "demo.pt", "--manifest", folder / "Models.json", cwd=root)
         assert_refused(done, "export", rf"{re.escape(str(folder / 'demo.pt'))}: could not write "
