@@ -1,7 +1,7 @@
 """The plain values of a review: a nodule's status, its row, how nodules look.
 
-No MRML here (VTK data objects at most): :mod:`.review` keeps these values in the scene,
-:mod:`.sidecar` and :mod:`.exports` write them to files.
+No MRML here (VTK data objects at most): :mod:`.review` keeps these values in the scene (the
+table layout is :mod:`.table`'s), :mod:`.sidecar` and :mod:`.exports` write them to files.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ from SCPMNoduleLib.errors import UserInputError
 
 from .volumes import ras_to_lps
 
-__all__ = [
-    "DIAMETER_COLUMN", "ID_COLUMN", "NOTE_COLUMN", "PROBABILITY_COLUMN", "RAS_COLUMNS", "STATUS_COLUMN",
-    "TABLE_COLUMNS", "TEXT_COLUMNS", "Nodule", "ReviewStatus", "ReviewStyle", "column_array", "describe",
-    "nodule_color", "probability_color", "sphere_polydata",
-]
+__all__ = ["Nodule", "ReviewStatus", "ReviewStyle", "describe", "nodule_color", "probability_color", "sphere_polydata"]
 
 
 class ReviewStatus(str, Enum):
@@ -48,14 +44,6 @@ class ReviewStatus(str, Enum):
             return cls(text)
         except ValueError:
             raise UserInputError(f"Status '{text}' is not one of {', '.join(s.value for s in cls)}.") from None
-
-
-ID_COLUMN, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, NOTE_COLUMN = (
-    "ID", "Diameter (mm)", "Probability", "Status", "Note")
-RAS_COLUMNS = ("R", "A", "S")
-TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, NOTE_COLUMN)
-TEXT_COLUMNS = (ID_COLUMN, STATUS_COLUMN, NOTE_COLUMN)
-"""Columns of text (the others hold numbers)."""
 
 
 @dataclass(frozen=True)
@@ -132,12 +120,3 @@ def sphere_polydata(center_ras_mm: Sequence[float], diameter_mm: float, resoluti
     source.Update()
     return source.GetOutput()
 
-
-def column_array(name: str, rows: int):
-    """An empty (``rows`` blank values) table column: text for ID, status and note, else numbers."""
-    array = vtk.vtkStringArray() if name in TEXT_COLUMNS else vtk.vtkDoubleArray()
-    array.SetName(name)
-    array.SetNumberOfValues(rows)
-    if rows and name not in TEXT_COLUMNS:
-        array.Fill(0.0)
-    return array
