@@ -73,8 +73,8 @@ class Nodule:
 
     Why a shape of its own rather than a :class:`~SCPMNoduleLib.detection.Detection`: the center is
     in Slicer's RAS frame, as the markups and models in the scene hold it, and the row carries
-    the reader's review status, note and label; it is read back from the point list, which is the
-    record. :attr:`center_xyz_mm` gives the LPS position that files use.
+    the reader's review status, note, corrections and label; it is read back from the point list,
+    which is the record. :attr:`center_xyz_mm` gives the LPS position that files use.
     """
 
     label: str
@@ -84,6 +84,15 @@ class Nodule:
     status: ReviewStatus
     note: str = ""
     """The reader's free-text note on this nodule."""
+    moved: bool = False
+    """The reader moved this detection (its centre is the reader's, not the detector's)."""
+    resized: bool = False
+    """The reader changed this detection's diameter (the diameter is the reader's)."""
+
+    @property
+    def corrections(self) -> tuple[str, ...]:
+        """``("moved", "resized")``, either or neither: the reader's corrections of this detection."""
+        return tuple(name for name, done in (("moved", self.moved), ("resized", self.resized)) if done)
 
     @property
     def center_xyz_mm(self) -> tuple[float, float, float]:
@@ -104,10 +113,11 @@ def nodule_color(probability: float, status: ReviewStatus, style: ReviewStyle) -
             ReviewStatus.ADDED: style.added_color}.get(status) or probability_color(probability, style)
 
 
-def describe(probability: float, diameter_mm: float, status: ReviewStatus, note: str = "") -> str:
-    """The control point's description, e.g. ``p=0.93, d=6.2 mm, accepted; spiculated``."""
-    text = f"p={probability:.2f}, d={diameter_mm:.1f} mm, {status}"
-    return f"{text}; {note}" if note else text
+def describe(nodule: Nodule) -> str:
+    """The control point's description, e.g. ``p=0.93, d=6.2 mm, accepted, moved; spiculated``."""
+    text = ", ".join((f"p={nodule.probability:.2f}", f"d={nodule.diameter_mm:.1f} mm", nodule.status.value,
+                      *nodule.corrections))
+    return f"{text}; {nodule.note}" if nodule.note else text
 
 
 def sphere_polydata(center_ras_mm: Sequence[float], diameter_mm: float, resolution: int):

@@ -9,7 +9,7 @@ hierarchy:
 * one sphere model per nodule (node references ``SCPMNodule.Sphere`` of the point list, in point
   order), colored by probability while pending, by status once reviewed;
 * a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status, the
-  reader's note (its layout: :mod:`.table`).
+  reader's corrections (moved, resized) and note (its layout: :mod:`.table`).
 
 How these nodes are marked in the scene and found again is :mod:`.scene`'s.
 
@@ -17,7 +17,11 @@ The table is the record of the review (diameter, probability, status); the point
 record of the positions. Both are saved with the scene, so a saved and reloaded scene keeps the
 review: :meth:`NoduleReview.find` re-attaches to it. Moving a control point (in a view or by
 code) moves its sphere and updates its row through an observer on the point list; placing a new
-point adds an ``added`` nodule; removing one removes its sphere and row. After every change
+point adds an ``added`` nodule; removing one removes its sphere and row. A detection the reader
+moves (in a view or by :meth:`NoduleReview.move`) is marked *moved*, one resized
+(:meth:`NoduleReview.set_diameter`) *resized*, in the same edit (undo takes the mark back with
+it); a nodule the reader added is not marked, its centre and size being the reader's anyway.
+After every change
 the review calls its :attr:`NoduleReview.on_persist` callbacks (while a point is dragged in a
 view, once, when it is dropped); the crash-recovery file (:mod:`.sidecar`) subscribes there.
 
@@ -52,7 +56,16 @@ from .scene import (
     nodes_by_class,
     review_point_lists,
 )
-from .table import DIAMETER_COLUMN, NOTE_COLUMN, RAS_COLUMNS, STATUS_COLUMN, NoduleTable
+from .table import (
+    DIAMETER_COLUMN,
+    FLAG,
+    MOVED_COLUMN,
+    NOTE_COLUMN,
+    RAS_COLUMNS,
+    RESIZED_COLUMN,
+    STATUS_COLUMN,
+    NoduleTable,
+)
 from .volumes import lps_to_ras
 
 __all__ = ["NoduleReview", "remove_reviews"]
@@ -241,19 +254,21 @@ class NoduleReview:
         self.set_status(index, ReviewStatus.REJECTED)
 
     def set_diameter(self, index: int, diameter_mm: float) -> None:
-        """Resize nodule ``index``: its sphere, its row and its description."""
+        """Resize nodule ``index``: its sphere, its row and its description (a detection is marked
+        resized)."""
         self._check_index(index)
         if not (math.isfinite(diameter_mm) and diameter_mm > 0):
             raise UserInputError(f"Diameter {diameter_mm} mm is not a positive number of millimetres.")
         if float(diameter_mm) == self._table.value(index, DIAMETER_COLUMN):
             return
         self._record(("diameter", index))
-        self._table.set_values(index, {DIAMETER_COLUMN: float(diameter_mm)})
+        self._table.set_values(index, {DIAMETER_COLUMN: float(diameter_mm), **self._correction(index, RESIZED_COLUMN)})
         self._update_geometry(index)
         self._changed()
 
     def move(self, index: int, center_ras_mm: Sequence[float]) -> None:
-        """Move nodule ``index``; the point-list observer moves the sphere and updates the row."""
+        """Move nodule ``index``; the point-list observer moves the sphere and updates the row (a
+        detection is marked moved)."""
         self._check_index(index)
         self.markups_node.SetNthControlPointPosition(index, *map(float, center_ras_mm))
 
@@ -370,9 +385,12 @@ class NoduleReview:
         self._describe(index)
 
     def _describe(self, index: int) -> None:
-        nodule = self.nodule(index)
-        self.markups_node.SetNthControlPointDescription(
-            index, describe(nodule.probability, nodule.diameter_mm, nodule.status, nodule.note))
+        self.markups_node.SetNthControlPointDescription(index, describe(self.nodule(index)))
+
+    def _correction(self, index: int, column: str) -> dict[str, str]:
+        """The cell that marks a correction (``column``: moved or resized) of nodule ``index``;
+        none for a nodule the reader added."""
+        return {} if self._table.value(index, STATUS_COLUMN) == ReviewStatus.ADDED.value else {column: FLAG}
 
     def _show_status(self, index: int) -> None:
         nodule = self.nodule(index)
@@ -448,6 +466,7 @@ class NoduleReview:
         elif self._drag_snapshot is not None:  # the first move of a drag: the edit starts here
             self._history.push(self._drag_snapshot)
             self._drag_snapshot = None
+        self._table.set_values(index, self._correction(index, MOVED_COLUMN))
         self._update_geometry(index)
         self._changed()
 

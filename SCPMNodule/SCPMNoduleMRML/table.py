@@ -1,8 +1,10 @@
 """The review's table node, read and written as :class:`~.nodules.Nodule` rows.
 
-Row ``i`` is nodule ``i``: ID, R, A, S, diameter (mm), probability, status, note. Columns are
-found by name, so a table saved by an older version, which lacks a later column, still reads once
-:meth:`NoduleTable.add_missing_columns` gave it that column, empty. The R, A, S columns record
+Row ``i`` is nodule ``i``: ID, R, A, S, diameter (mm), probability, status, moved, resized, note
+(``Moved`` and ``Resized`` hold :data:`FLAG` where the reader corrected the detection, else
+nothing). Columns are found by name, so a table saved by an older version, which lacks a later
+column (the note, the corrections), still reads once :meth:`NoduleTable.add_missing_columns` gave
+it that column, blank: no note, no correction. The R, A, S columns record
 where the nodule was at its last recorded change: they lag the point list while a point is being
 dragged (:meth:`NoduleTable.snapshot` is the state before the drag).
 """
@@ -16,20 +18,25 @@ import vtk
 from .nodules import Nodule, ReviewStatus
 
 __all__ = [
-    "DIAMETER_COLUMN", "ID_COLUMN", "NOTE_COLUMN", "PROBABILITY_COLUMN", "RAS_COLUMNS", "STATUS_COLUMN",
-    "TABLE_COLUMNS", "TEXT_COLUMNS", "NoduleTable", "column_array",
+    "DIAMETER_COLUMN", "FLAG", "ID_COLUMN", "MOVED_COLUMN", "NOTE_COLUMN", "PROBABILITY_COLUMN", "RAS_COLUMNS",
+    "RESIZED_COLUMN", "STATUS_COLUMN", "TABLE_COLUMNS", "TEXT_COLUMNS", "NoduleTable", "column_array",
 ]
 
 ID_COLUMN, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, NOTE_COLUMN = (
     "ID", "Diameter (mm)", "Probability", "Status", "Note")
+MOVED_COLUMN, RESIZED_COLUMN = "Moved", "Resized"
 RAS_COLUMNS = ("R", "A", "S")
-TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, NOTE_COLUMN)
-TEXT_COLUMNS = (ID_COLUMN, STATUS_COLUMN, NOTE_COLUMN)
-"""Columns of text (the others hold numbers)."""
+TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, MOVED_COLUMN,
+                 RESIZED_COLUMN, NOTE_COLUMN)
+TEXT_COLUMNS = (ID_COLUMN, STATUS_COLUMN, MOVED_COLUMN, RESIZED_COLUMN, NOTE_COLUMN)
+"""Columns of text (the others hold numbers). The corrections are text, not a ``vtkBitArray``:
+Slicer's table reader cannot read back the bit columns its writer writes."""
+FLAG = "yes"
+"""A correction's cell: this text where the reader made it, blank where not."""
 
 
 def column_array(name: str, rows: int):
-    """An empty (``rows`` blank values) table column: text for ID, status and note, else numbers."""
+    """An empty (``rows`` blank values) table column: text for :data:`TEXT_COLUMNS`, else numbers."""
     array = vtk.vtkStringArray() if name in TEXT_COLUMNS else vtk.vtkDoubleArray()
     array.SetName(name)
     array.SetNumberOfValues(rows)
@@ -68,7 +75,8 @@ class NoduleTable:
         return Nodule(
             self.value(index, ID_COLUMN), tuple(center_ras_mm), self.value(index, DIAMETER_COLUMN),
             self.value(index, PROBABILITY_COLUMN), ReviewStatus.parse(self.value(index, STATUS_COLUMN)),
-            self.value(index, NOTE_COLUMN),
+            self.value(index, NOTE_COLUMN), self.value(index, MOVED_COLUMN) == FLAG,
+            self.value(index, RESIZED_COLUMN) == FLAG,
         )
 
     def recorded_center(self, index: int) -> tuple[float, float, float]:
@@ -87,7 +95,8 @@ class NoduleTable:
         self.set_values(row, {
             ID_COLUMN: nodule.label, **dict(zip(RAS_COLUMNS, map(float, nodule.center_ras_mm))),
             DIAMETER_COLUMN: nodule.diameter_mm, PROBABILITY_COLUMN: nodule.probability,
-            STATUS_COLUMN: ReviewStatus.parse(nodule.status).value, NOTE_COLUMN: nodule.note})
+            STATUS_COLUMN: ReviewStatus.parse(nodule.status).value, MOVED_COLUMN: FLAG if nodule.moved else "",
+            RESIZED_COLUMN: FLAG if nodule.resized else "", NOTE_COLUMN: nodule.note})
 
     def remove(self, index: int) -> None:
         self.node.RemoveRow(index)
