@@ -8,8 +8,14 @@ those UIDs (:func:`check_referable`).
   (TID 1410) per nodule with its tracking identifier (``N1``...) and tracking UID, its centre as a
   SCOORD3D ``POINT`` in the series' frame of reference (geometric purpose *Center*), its diameter
   (SCT *Diameter*, mm), the model's probability (DCM *Certainty of Finding*, no units, 0-1) and,
-  after a review, the reader's status as a qualitative evaluation in this project's private coding
-  scheme ``99SCPM``. The observer is the algorithm (device), named with its version.
+  after a review, qualitative evaluations in this project's private coding scheme ``99SCPM``:
+  exactly one *Reader review status* (pending, accepted, rejected or added: the reader's decision
+  on the finding) and one *Reader correction* per correction the reader made to a detection
+  (moved: the centre is the reader's; resized: the diameter is the reader's). A decision and the
+  corrections are independent facts (a detection can be accepted, moved and resized), so they are
+  two concepts rather than one status folding several facts into one code: a PACS reader sees
+  "Reader review status: Accepted" and "Reader correction: Resized" side by side. The observer is
+  the algorithm (device), named with its version.
 * **SEG** (binary Segmentation): one segment per nodule, the voxels of the source grid whose
   centre lies within the nodule's sphere (the nearest voxel for a sphere that holds none; a nodule
   outside the images is refused), coded
@@ -37,14 +43,18 @@ from .dicom_series import DicomSeries
 from .errors import UserInputError
 from .io import atomic_write
 
-__all__ = ["PRIVATE_SCHEME", "REVIEW_STATUSES", "Algorithm", "ReportedNodule", "check_referable",
+__all__ = ["PRIVATE_SCHEME", "REVIEW_CORRECTIONS", "REVIEW_STATUSES", "Algorithm", "ReportedNodule", "check_referable",
            "nodules_from_detections", "read_sources", "sphere_masks", "write_measurement_report",
            "write_segmentation"]
 
 PRIVATE_SCHEME = "99SCPM"
 """The coding scheme of the review status (DICOM's ``99`` prefix marks a private scheme)."""
-REVIEW_STATUSES = ("pending", "accepted", "rejected", "added", "moved", "resized")
+REVIEW_STATUSES = ("pending", "accepted", "rejected", "added")
+"""The reader's decision on a nodule (one per reviewed nodule)."""
+REVIEW_CORRECTIONS = ("moved", "resized")
+"""What the reader corrected on a detection (any of them, in this order)."""
 _REVIEW_STATUS_NAME = Code("review-status", PRIVATE_SCHEME, "Reader review status")
+_REVIEW_CORRECTION_NAME = Code("review-correction", PRIVATE_SCHEME, "Reader correction")
 _NO_UNITS = Code("1", "UCUM", "no units")
 
 
@@ -60,14 +70,16 @@ class Algorithm:
 @dataclass(frozen=True)
 class ReportedNodule:
     """One nodule as the DICOM outputs carry it: label (tracking identifier), centre in world LPS
-    mm, diameter in mm, the model's probability (``None`` for one a reader added without one) and
-    the review status (``None`` before a review; else one of :data:`REVIEW_STATUSES`)."""
+    mm, diameter in mm, the model's probability (``None`` for one a reader added without one), the
+    review status (``None`` before a review; else one of :data:`REVIEW_STATUSES`) and the reader's
+    corrections (members of :data:`REVIEW_CORRECTIONS`)."""
 
     label: str
     center_xyz_mm: tuple[float, float, float]
     diameter_mm: float
     probability: float | None = None
     status: str | None = None
+    corrections: tuple[str, ...] = ()
 
 
 def nodules_from_detections(detections: Sequence[Detection]) -> list[ReportedNodule]:
@@ -157,11 +169,14 @@ def _measurement_group(nodule: ReportedNodule, frame_of_reference_uid: str,
         measurements.append(hd.sr.Measurement(name=codes.DCM.CertaintyOfFinding, value=nodule.probability,
                                               unit=_NO_UNITS))
     evaluations = []
-    if nodule.status is not None:
-        if nodule.status not in REVIEW_STATUSES:
-            raise ValueError(f"review status {nodule.status!r} is not one of {', '.join(REVIEW_STATUSES)}")
-        evaluations.append(hd.sr.QualitativeEvaluation(
-            name=_REVIEW_STATUS_NAME, value=Code(nodule.status, PRIVATE_SCHEME, nodule.status.capitalize())))
+    for name, values, allowed in ((_REVIEW_STATUS_NAME, [nodule.status] if nodule.status is not None else [],
+                                   REVIEW_STATUSES),
+                                  (_REVIEW_CORRECTION_NAME, nodule.corrections, REVIEW_CORRECTIONS)):
+        for value in values:
+            if value not in allowed:
+                raise ValueError(f"{name.meaning.lower()} {value!r} is not one of {', '.join(allowed)}")
+            evaluations.append(hd.sr.QualitativeEvaluation(
+                name=name, value=Code(value, PRIVATE_SCHEME, value.capitalize())))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=nodule.label),
         referenced_region=hd.sr.ImageRegion3D(

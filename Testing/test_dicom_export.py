@@ -30,6 +30,7 @@ from SCPMNoduleLib.phantom import make_phantom
 
 ALGORITHM = Algorithm("scpm-net-test", "0.1")
 STATUS_NAME = hd.sr.CodedConcept("review-status", PRIVATE_SCHEME, "Reader review status")
+CORRECTION_NAME = hd.sr.CodedConcept("review-correction", PRIVATE_SCHEME, "Reader correction")
 
 
 def _dciodvfy(path: Path) -> None:
@@ -42,18 +43,21 @@ def _dciodvfy(path: Path) -> None:
 
 
 def read_report(path: Path) -> dict[str, dict]:
-    """label -> centre (LPS mm), diameter, probability, status, from the SR as highdicom reads it."""
+    """label -> centre (LPS mm), diameter, probability, status (at most one), corrections, from the
+    SR as highdicom reads it."""
     sr = hd.sr.srread(path)
     found = {}
     for group in sr.content.get_planar_roi_measurement_groups():
         assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
         status = group.get_qualitative_evaluations(name=STATUS_NAME)
         probability = group.get_measurements(name=codes.DCM.CertaintyOfFinding)
+        assert len(status) <= 1
         found[group.tracking_identifier] = {
             "center": group.roi.value[0], "frame": group.roi.frame_of_reference_uid,
             "diameter": group.get_measurements(name=codes.SCT.Diameter)[0].value,
             "probability": probability[0].value if probability else None,
-            "status": status[0].value.value if status else None}
+            "status": status[0].value.value if status else None,
+            "corrections": tuple(e.value.value for e in group.get_qualitative_evaluations(name=CORRECTION_NAME))}
     return found
 
 
@@ -93,9 +97,11 @@ def test_sr_and_seg_carry_every_phantom_nodule(tmp_path, kind):
             original.TransformPhysicalPointToContinuousIndex(n.center_xyz_mm))}) for n in truth]
     written = write_ct_series(image, tmp_path / "series")
     series = find_series(written.folder)
-    statuses = ["accepted", "rejected", "added", "moved", "resized", None]
+    reviews = [("accepted", ("moved",)), ("rejected", ()), ("added", ()), ("accepted", ("moved", "resized")),
+               ("pending", ("resized",)), (None, ())]
+    first = {"axial": 0, "flipped": 3, "oblique": 1}[kind]  # the phantom has 3 nodules: every review once
     nodules = [ReportedNodule(f"N{k + 1}", tuple(n.center_xyz_mm), n.diameter_mm, 0.1 + 0.1 * k,
-                              statuses[k % len(statuses)]) for k, n in enumerate(truth)]
+                              *reviews[(first + k) % len(reviews)]) for k, n in enumerate(truth)]
     assert nodules
     sources = read_sources(series.files)
     write_measurement_report(tmp_path / "n.sr.dcm", sources, nodules, ALGORITHM)
@@ -111,7 +117,7 @@ def test_sr_and_seg_carry_every_phantom_nodule(tmp_path, kind):
         assert found["frame"] == written.frame_of_reference_uid
         assert found["diameter"] == pytest.approx(nodule.diameter_mm, abs=1e-6)
         assert found["probability"] == pytest.approx(nodule.probability, abs=1e-6)
-        assert found["status"] == nodule.status
+        assert (found["status"], found["corrections"]) == (nodule.status, nodule.corrections)
 
     voxels = segment_voxels_world(tmp_path / "n.seg.dcm")
     for nodule in nodules:
@@ -135,6 +141,17 @@ def test_sr_references_the_source_series_and_names_the_algorithm(tmp_path):
         ds.SOPInstanceUID for ds in sources}
     text = str(sr)
     assert "scpm-net-test" in text and "0.1" in text
+
+
+@pytest.mark.parametrize("nodule, message", [
+    (ReportedNodule("N1", (0, 0, 0), 5.0, 0.5, "moved"), "reader review status 'moved' is not one of pending"),
+    (ReportedNodule("N1", (0, 0, 0), 5.0, 0.5, "accepted", ("nudged",)),
+     "reader correction 'nudged' is not one of moved, resized")])
+def test_a_status_or_correction_outside_the_vocabulary_is_refused(tmp_path, nodule, message):
+    image, _ = make_phantom(9, "small")
+    sources = read_sources(find_series(write_ct_series(image, tmp_path / "series").folder).files)
+    with pytest.raises(ValueError, match=message):
+        write_measurement_report(tmp_path / "n.sr.dcm", sources, [nodule], ALGORITHM)
 
 
 FAST = ["--threshold", "0", "--max-detections", "4", "--device", "cpu", "--progress", "none"]

@@ -1,6 +1,7 @@
 """The Slicer module's DICOM export (logic on slicer-core): a reviewed volume loaded from DICOM
-becomes a TID 1500 SR with each nodule's status and a SEG without the rejected ones, both on the
-volume's series; a volume not from DICOM, or from an anonymised series, is refused in one sentence."""
+becomes a TID 1500 SR with each nodule's status and corrections and a SEG without the rejected
+ones, both on the volume's series; a volume not from DICOM, or from an anonymised series, is
+refused in one sentence."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_reviewed_dicom_volume_exports_sr_with_statuses_and_seg_without_rejected
         np.testing.assert_allclose(entry["center"], nodule.center_xyz_mm, atol=0.01)
         assert entry["diameter"] == pytest.approx(nodule.diameter_mm)
         assert entry["status"] == nodule.status.value
+        assert entry["corrections"] == ()
     assert [report[label]["status"] for label in ("N1", "N2", "N3")] == ["accepted", "rejected", "pending"]
     segments = segment_voxels_world(Path(outputs["seg"]))
     assert sorted(segments) == ["N1", "N3"]
@@ -66,6 +68,30 @@ def test_reviewed_dicom_volume_exports_sr_with_statuses_and_seg_without_rejected
         if nodule.label in segments:
             distance = np.linalg.norm(segments[nodule.label] - nodule.center_xyz_mm, axis=1)
             assert len(distance) > 10 and distance.max() <= nodule.diameter_mm / 2 + 1e-3
+
+
+def test_moved_and_resized_nodules_carry_their_corrections_into_the_sr(tmp_path):
+    scene = make_scene().scene
+    volume, written = _dicom_volume(scene, tmp_path / "series")
+    extra = Detection(tuple(MIDDLE + (0.0, -8.0, 5.0)), 6.0, 0.5, 0)
+    review = logic.NoduleReview.create(volume, [*DETECTIONS, extra])
+    review.move(0, np.add(review.nodule(0).center_ras_mm, (2.0, -1.0, 1.5)))
+    review.accept(0)
+    review.set_diameter(1, 6.5)
+    review.reject(1)
+    review.set_diameter(2, 10.0)  # resized, still pending
+    review.accept(3)
+    added = review.add_nodule(review.nodule(3).center_ras_mm, 4.0)
+    review.move(added, np.add(review.nodule(added).center_ras_mm, (0.0, 0.0, -6.0)))
+    outputs = write_review_dicom(tmp_path / "out", review, written.files, "scpm-net-test", "0.1")
+    _dciodvfy(Path(outputs["sr"]))
+    report = read_report(Path(outputs["sr"]))
+    assert {label: (entry["status"], entry["corrections"]) for label, entry in report.items()} == {
+        "N1": ("accepted", ("moved",)), "N2": ("rejected", ("resized",)), "N3": ("pending", ("resized",)),
+        "N4": ("accepted", ()), "N5": ("added", ())}
+    for nodule in review.nodules():
+        np.testing.assert_allclose(report[nodule.label]["center"], nodule.center_xyz_mm, atol=0.01)
+        assert report[nodule.label]["diameter"] == pytest.approx(nodule.diameter_mm)
 
 
 def test_a_nodule_outside_the_series_is_refused_for_the_segmentation(tmp_path):

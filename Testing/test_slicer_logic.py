@@ -486,7 +486,7 @@ def test_markups_json_export_is_lps_and_follows_slicers_schema(mrml, tmp_path):
     points = markup["controlPoints"]
     assert [p["label"] for p in points] == ["N1", "N2", "N3"]
     assert np.allclose([p["position"] for p in points], [d.center_xyz_mm for d in DETECTIONS])
-    assert points[0]["description"] == "p=0.93, d=11.0 mm, pending"
+    assert points[0]["description"] == "p=0.93, d=11.0 mm, pending, resized"
 
 
 def test_table_csv_export(mrml, tmp_path):

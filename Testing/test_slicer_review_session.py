@@ -165,6 +165,82 @@ def test_a_table_saved_before_notes_existed_gets_an_empty_note_column(mrml, tmp_
     assert logic.read_sidecar(tmp_path / "old.json")[0].note == ""
 
 
+def test_moving_and_resizing_a_detection_marks_it_and_undo_takes_the_mark_back(mrml):
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
+    review.move(0, (1.0, 2.0, 3.0))
+    markups = review.markups_node
+    markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointStartInteractionEvent)
+    markups.SetNthControlPointPosition(1, 4.0, 5.0, 6.0)  # a drag in a view
+    markups.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    for diameter in (9.0, 9.5):
+        review.set_diameter(1, diameter)
+    review.accept(1)
+    assert [n.corrections for n in review.nodules()] == [("moved",), ("moved", "resized"), ()]
+    rows = table_rows(review.table_node)
+    assert [(r["Moved"], r["Resized"]) for r in rows] == [("yes", ""), ("yes", "yes"), ("", "")]
+    assert markups.GetNthControlPointDescription(1) == "p=0.61, d=9.5 mm, accepted, moved, resized"
+    assert_consistent(review)
+
+    added = review.add_nodule((7.0, 7.0, 7.0), 5.0)  # the reader's own nodule: nothing to correct
+    review.move(added, (8.0, 8.0, 8.0))
+    review.set_diameter(added, 6.0)
+    assert review.nodule(added).corrections == ()
+
+    for _ in range(3):  # the added nodule's resize, move and addition
+        assert review.undo()
+    assert review.undo() and [n.corrections for n in review.nodules()] == [("moved",), ("moved", "resized"), ()]
+    assert review.undo() and [n.corrections for n in review.nodules()] == [("moved",), ("moved",), ()]
+    assert review.undo() and [n.corrections for n in review.nodules()] == [("moved",), (), ()]
+    assert review.undo() and [n.corrections for n in review.nodules()] == [(), (), ()]
+    assert [(r["Moved"], r["Resized"]) for r in table_rows(review.table_node)] == [("", "")] * 3
+    assert not review.can_undo
+    assert_consistent(review)
+
+
+def test_corrections_reach_the_recovery_file_and_the_csv_and_older_files_load(mrml, tmp_path):
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
+    review.move(0, (1.0, 2.0, 3.0))
+    review.set_diameter(2, 4.0)
+    review.reject(2)
+    sidecar = tmp_path / "r.json"
+    logic.write_sidecar(sidecar, review)
+    entries = json.loads(sidecar.read_text(encoding="utf-8"))["nodules"]
+    assert [(e["moved"], e["resized"]) for e in entries] == [(True, False), (False, False), (False, True)]
+    assert logic.read_sidecar(sidecar) == review.nodules()
+    restored = logic.restore_review(review.volume_node, sidecar)
+    assert restored.nodules() == review.nodules()
+    assert_consistent(restored)
+
+    logic.write_review_csv(tmp_path / "n.csv", review, include_rejected=True)
+    with open(tmp_path / "n.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["status"], r["moved"], r["resized"]) for r in rows] == [
+        ("pending", "1", "0"), ("pending", "0", "0"), ("rejected", "0", "1")]
+
+    for entry in entries:  # a file written before corrections existed
+        del entry["moved"], entry["resized"]
+    (tmp_path / "old.json").write_text(json.dumps({**json.loads(sidecar.read_text(encoding="utf-8")),
+                                                   "nodules": entries}), encoding="utf-8")
+    assert [n.corrections for n in logic.read_sidecar(tmp_path / "old.json")] == [(), (), ()]
+    entries[0]["moved"] = "yes"
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "scpm-nodule-review", "version": 1, "nodules": entries}),
+                                       encoding="utf-8")
+    with pytest.raises(UserInputError, match="bad.json: a nodule entry is incomplete or malformed .*'moved' is 'yes'"):
+        logic.read_sidecar(tmp_path / "bad.json")
+
+
+def test_a_table_saved_before_corrections_existed_reads_as_uncorrected(mrml):
+    review = logic.NoduleReview.create(chest_volume(mrml), DETECTIONS)
+    review.detach()
+    for column in ("Moved", "Resized"):
+        review.table_node.RemoveColumn(review.table_node.GetColumnIndex(column))
+    old = logic.NoduleReview.find(mrml.scene)
+    assert [n.corrections for n in old.nodules()] == [(), (), ()]
+    old.set_diameter(1, 3.0)
+    assert table_rows(old.table_node)[1]["Resized"] == "yes" and old.nodule(1).resized
+    assert_consistent(old)
+
+
 # ---------------------------------------------------------------- views: click, jump
 
 

@@ -73,11 +73,14 @@ def test_a_state_of_another_format_or_version_is_refused_in_one_sentence(saved, 
         load_state(tmp_path / "future.pt")
 
 
-def test_the_shipped_demo_checkpoint_loads_with_the_padding_it_was_trained_with():
-    """Resources/demo.pt predates ``PreprocessConfig.pad_hu`` (the detector's setting then): its
-    pre-processing holds no such key and gets the default, -1200 HU, which it was trained and tuned with."""
-    path = Path(__file__).resolve().parents[1] / "Resources" / "demo.pt"
-    assert "pad_hu" not in torch.load(path, map_location="cpu", weights_only=True)["preprocess_config"]
-    _, preprocess = load_model(path)
+def test_a_checkpoint_without_pad_hu_loads_with_the_padding_it_was_trained_with(tmp_path):
+    """Checkpoints exported before ``PreprocessConfig.pad_hu`` (the detector's setting then; demo 1.3.0)
+    hold no such key and get the default, -1200 HU, which they were trained and tuned with."""
+    shipped = torch.load(Path(__file__).resolve().parents[1] / "Resources" / "demo.pt", map_location="cpu",
+                         weights_only=True)
+    del shipped["preprocess_config"]["pad_hu"]
+    old = tmp_path / "old.pt"
+    torch.save(shipped, old)
+    _, preprocess = load_model(old)
     assert preprocess.pad_hu == -1200.0
     assert preprocess == PreprocessConfig()

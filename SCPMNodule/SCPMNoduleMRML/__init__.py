@@ -15,7 +15,7 @@ from .exports import (
     write_review_dicom,
     write_table_csv,
 )
-from .nodules import TABLE_COLUMNS, Nodule, ReviewStatus, ReviewStyle, nodule_color, probability_color
+from .nodules import Nodule, ReviewStatus, ReviewStyle, nodule_color, probability_color
 from .process import (
                       DetectionProcess,
                       DetectionRun,
@@ -42,6 +42,7 @@ from .sidecar import (
                       sidecar_path,
                       write_sidecar,
 )
+from .table import TABLE_COLUMNS
 from .volumes import (
                       apply_lung_window,
                       check_input_volume,

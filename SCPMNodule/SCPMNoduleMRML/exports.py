@@ -17,14 +17,17 @@ from .volumes import series_uid
 
 __all__ = ["REVIEW_CSV_COLUMNS", "export_review", "write_markups_json", "write_review_csv", "write_table_csv"]
 
-REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status", "note")
+REVIEW_CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm", "probability", "status", "moved",
+                      "resized", "note")
 
 
 def write_review_csv(path: str | os.PathLike, review: NoduleReview, include_rejected: bool = False) -> int:
-    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm,probability,status,note`` (world LPS mm).
+    """Write ``seriesuid,coordX,coordY,coordZ,diameter_mm,probability,status,moved,resized,note``
+    (world LPS mm).
 
     LUNA16's annotation columns first, so LUNA16 tools read the file as annotations; then the
-    review status and the reader's note; rejected nodules are left out unless
+    review status, the reader's corrections (``moved``, ``resized``: 1 where the reader moved or
+    resized the detection, else 0) and note; rejected nodules are left out unless
     ``include_rejected``. Returns the number of rows written.
     """
     uid = series_uid(review.volume_node)
@@ -34,7 +37,8 @@ def write_review_csv(path: str | os.PathLike, review: NoduleReview, include_reje
         writer.writerow(REVIEW_CSV_COLUMNS)
         for nodule in nodules:
             writer.writerow([uid, *map(repr, nodule.center_xyz_mm), repr(nodule.diameter_mm),
-                             repr(nodule.probability), nodule.status.value, nodule.note])
+                             repr(nodule.probability), nodule.status.value, int(nodule.moved), int(nodule.resized),
+                             nodule.note])
     return len(nodules)
 
 
@@ -55,7 +59,8 @@ def write_markups_json(path: str | os.PathLike, review: NoduleReview) -> None:
 
 
 def write_table_csv(path: str | os.PathLike, review: NoduleReview) -> None:
-    """Write the review table (ID, R, A, S, Diameter (mm), Probability, Status, Note) as CSV."""
+    """Write the review table (ID, R, A, S, Diameter (mm), Probability, Status, Moved, Resized, Note)
+    as CSV (``Moved``, ``Resized``: ``yes`` or blank)."""
     from slicer import vtkMRMLTableStorageNode
 
     _write_with_storage_node(vtkMRMLTableStorageNode(), review.table_node, Path(path), "nodule table")
@@ -87,7 +92,7 @@ def write_review_dicom(out_dir: str | os.PathLike, review: NoduleReview, source_
                        algorithm_name: str, algorithm_version: str,
                        include_rejected_in_seg: bool = False) -> dict[str, str]:
     """Write the review as ``<series uid>.sr.dcm`` (TID 1500 SR: every nodule with its centre,
-    diameter, probability and review status, rejected ones included) and ``<series uid>.seg.dcm``
+    diameter, probability, review status and corrections, rejected ones included) and ``<series uid>.seg.dcm``
     (one segment per nodule, rejected ones left out unless ``include_rejected_in_seg``), both
     referencing the DICOM series of ``source_files`` (the volume's instances, any order).
 
@@ -116,7 +121,7 @@ def write_review_dicom(out_dir: str | os.PathLike, review: NoduleReview, source_
     sources = read_sources(series.files)
     algorithm = Algorithm(algorithm_name, algorithm_version)
     nodules = [ReportedNodule(n.label, tuple(float(v) for v in n.center_xyz_mm), float(n.diameter_mm),
-                              float(n.probability), n.status.value) for n in review.nodules()]
+                              float(n.probability), n.status.value, n.corrections) for n in review.nodules()]
     out_dir = Path(out_dir)
     stem = safe_file_name(series.name)
     segmented = [n for n in nodules if include_rejected_in_seg or n.status != ReviewStatus.REJECTED.value]

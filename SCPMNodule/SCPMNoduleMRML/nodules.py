@@ -1,7 +1,7 @@
 """The plain values of a review: a nodule's status, its row, how nodules look.
 
-No MRML here (VTK data objects at most): :mod:`.review` keeps these values in the scene,
-:mod:`.sidecar` and :mod:`.exports` write them to files.
+No MRML here (VTK data objects at most): :mod:`.review` keeps these values in the scene (the
+table layout is :mod:`.table`'s), :mod:`.sidecar` and :mod:`.exports` write them to files.
 """
 
 from __future__ import annotations
@@ -17,11 +17,7 @@ from SCPMNoduleLib.errors import UserInputError
 
 from .volumes import ras_to_lps
 
-__all__ = [
-    "DIAMETER_COLUMN", "ID_COLUMN", "NOTE_COLUMN", "PROBABILITY_COLUMN", "RAS_COLUMNS", "STATUS_COLUMN",
-    "TABLE_COLUMNS", "TEXT_COLUMNS", "Nodule", "ReviewStatus", "ReviewStyle", "column_array", "describe",
-    "nodule_color", "probability_color", "sphere_polydata",
-]
+__all__ = ["Nodule", "ReviewStatus", "ReviewStyle", "describe", "nodule_color", "probability_color", "sphere_polydata"]
 
 
 class ReviewStatus(str, Enum):
@@ -48,14 +44,6 @@ class ReviewStatus(str, Enum):
             return cls(text)
         except ValueError:
             raise UserInputError(f"Status '{text}' is not one of {', '.join(s.value for s in cls)}.") from None
-
-
-ID_COLUMN, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, NOTE_COLUMN = (
-    "ID", "Diameter (mm)", "Probability", "Status", "Note")
-RAS_COLUMNS = ("R", "A", "S")
-TABLE_COLUMNS = (ID_COLUMN, *RAS_COLUMNS, DIAMETER_COLUMN, PROBABILITY_COLUMN, STATUS_COLUMN, NOTE_COLUMN)
-TEXT_COLUMNS = (ID_COLUMN, STATUS_COLUMN, NOTE_COLUMN)
-"""Columns of text (the others hold numbers)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +73,8 @@ class Nodule:
 
     Why a shape of its own rather than a :class:`~SCPMNoduleLib.detection.Detection`: the center is
     in Slicer's RAS frame, as the markups and models in the scene hold it, and the row carries
-    the reader's review status, note and label; it is read back from the point list, which is the
-    record. :attr:`center_xyz_mm` gives the LPS position that files use.
+    the reader's review status, note, corrections and label; it is read back from the point list,
+    which is the record. :attr:`center_xyz_mm` gives the LPS position that files use.
     """
 
     label: str
@@ -96,6 +84,15 @@ class Nodule:
     status: ReviewStatus
     note: str = ""
     """The reader's free-text note on this nodule."""
+    moved: bool = False
+    """The reader moved this detection (its centre is the reader's, not the detector's)."""
+    resized: bool = False
+    """The reader changed this detection's diameter (the diameter is the reader's)."""
+
+    @property
+    def corrections(self) -> tuple[str, ...]:
+        """``("moved", "resized")``, either or neither: the reader's corrections of this detection."""
+        return tuple(name for name, done in (("moved", self.moved), ("resized", self.resized)) if done)
 
     @property
     def center_xyz_mm(self) -> tuple[float, float, float]:
@@ -116,10 +113,11 @@ def nodule_color(probability: float, status: ReviewStatus, style: ReviewStyle) -
             ReviewStatus.ADDED: style.added_color}.get(status) or probability_color(probability, style)
 
 
-def describe(probability: float, diameter_mm: float, status: ReviewStatus, note: str = "") -> str:
-    """The control point's description, e.g. ``p=0.93, d=6.2 mm, accepted; spiculated``."""
-    text = f"p={probability:.2f}, d={diameter_mm:.1f} mm, {status}"
-    return f"{text}; {note}" if note else text
+def describe(nodule: Nodule) -> str:
+    """The control point's description, e.g. ``p=0.93, d=6.2 mm, accepted, moved; spiculated``."""
+    text = ", ".join((f"p={nodule.probability:.2f}", f"d={nodule.diameter_mm:.1f} mm", nodule.status.value,
+                      *nodule.corrections))
+    return f"{text}; {nodule.note}" if nodule.note else text
 
 
 def sphere_polydata(center_ras_mm: Sequence[float], diameter_mm: float, resolution: int):
@@ -132,12 +130,3 @@ def sphere_polydata(center_ras_mm: Sequence[float], diameter_mm: float, resoluti
     source.Update()
     return source.GetOutput()
 
-
-def column_array(name: str, rows: int):
-    """An empty (``rows`` blank values) table column: text for ID, status and note, else numbers."""
-    array = vtk.vtkStringArray() if name in TEXT_COLUMNS else vtk.vtkDoubleArray()
-    array.SetName(name)
-    array.SetNumberOfValues(rows)
-    if rows and name not in TEXT_COLUMNS:
-        array.Fill(0.0)
-    return array

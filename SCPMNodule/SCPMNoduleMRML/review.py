@@ -9,19 +9,25 @@ hierarchy:
 * one sphere model per nodule (node references ``SCPMNodule.Sphere`` of the point list, in point
   order), colored by probability while pending, by status once reviewed;
 * a table node, row ``i`` = nodule ``i``: ID, R, A, S, diameter (mm), probability, status, the
-  reader's note.
+  reader's corrections (moved, resized) and note (its layout: :mod:`.table`).
+
+How these nodes are marked in the scene and found again is :mod:`.scene`'s.
 
 The table is the record of the review (diameter, probability, status); the point list is the
 record of the positions. Both are saved with the scene, so a saved and reloaded scene keeps the
 review: :meth:`NoduleReview.find` re-attaches to it. Moving a control point (in a view or by
 code) moves its sphere and updates its row through an observer on the point list; placing a new
-point adds an ``added`` nodule; removing one removes its sphere and row. After every change
+point adds an ``added`` nodule; removing one removes its sphere and row. A detection the reader
+moves (in a view or by :meth:`NoduleReview.move`) is marked *moved*, one resized
+(:meth:`NoduleReview.set_diameter`) *resized*, in the same edit (undo takes the mark back with
+it); a nodule the reader added is not marked, its centre and size being the reader's anyway.
+After every change
 the review calls its :attr:`NoduleReview.on_persist` callbacks (while a point is dragged in a
 view, once, when it is dropped); the crash-recovery file (:mod:`.sidecar`) subscribes there.
 
 Every edit of the review (status, note, resize, move, add, delete) can be undone, last first
-(:meth:`NoduleReview.undo`); the history holds the table as it was before each edit, a run of
-resizes (or note edits) of one nodule counting as one edit. Display choices (opacity, hiding
+(:meth:`NoduleReview.undo`); the history (:mod:`.history`) holds the table as it was before
+each edit, a run of resizes (or note edits) of one nodule counting as one edit. Display choices (opacity, hiding
 rejected nodules) are not edits: they are neither undone nor written to the recovery file.
 """
 
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import vtk
@@ -38,36 +44,35 @@ from SCPMNoduleLib.detection import Detection
 from SCPMNoduleLib.errors import UserInputError
 
 from .hierarchy import file_beside, place_in_folder, remove_with_folder
-from .nodules import (
+from .history import EditHistory
+from .nodules import Nodule, ReviewStatus, ReviewStyle, describe, nodule_color, sphere_polydata
+from .scene import (
+    HIDE_REJECTED_ATTRIBUTE,
+    OPACITY_ATTRIBUTE,
+    ROLE_ATTRIBUTE,
+    SPHERE_REFERENCE,
+    TABLE_REFERENCE,
+    VOLUME_REFERENCE,
+    nodes_by_class,
+    review_point_lists,
+)
+from .table import (
     DIAMETER_COLUMN,
-    ID_COLUMN,
+    FLAG,
+    MOVED_COLUMN,
     NOTE_COLUMN,
-    PROBABILITY_COLUMN,
     RAS_COLUMNS,
+    RESIZED_COLUMN,
     STATUS_COLUMN,
-    TABLE_COLUMNS,
-    Nodule,
-    ReviewStatus,
-    ReviewStyle,
-    column_array,
-    describe,
-    nodule_color,
-    sphere_polydata,
+    NoduleTable,
 )
 from .volumes import lps_to_ras
 
 __all__ = ["NoduleReview", "remove_reviews"]
 
-ROLE_ATTRIBUTE = "SCPMNodule.Role"
-HIDE_REJECTED_ATTRIBUTE = "SCPMNodule.HideRejected"
-OPACITY_ATTRIBUTE = "SCPMNodule.Opacity"
-SPHERE_REFERENCE = "SCPMNodule.Sphere"
-TABLE_REFERENCE = "SCPMNodule.Table"
-VOLUME_REFERENCE = "SCPMNodule.Volume"
 MOVING_POINT_ATTRIBUTE = "Markups.MovingMarkupIndex"
 """Slicer's markups widget sets it to the index of the point grabbed in a view, then invokes
 ``PointStartInteractionEvent`` (which carries no index)."""
-UNDO_DEPTH = 100  # edits that undo() can take back
 
 
 class NoduleReview:
@@ -96,9 +101,9 @@ class NoduleReview:
         self._observer_tags: list[int] = []
         self._dragging = False
         self._drag_snapshot: list[Nodule] | None = None
-        self._history: list[tuple[Hashable, list[Nodule]]] = []
-        self._grouped = False
-        self._add_missing_columns()
+        self._history = EditHistory()
+        if self.table_node is not None:  # a table saved by an older version lacks the later columns
+            self._table.add_missing_columns()
         self._observe()
 
     # ------------------------------------------------------------------ building
@@ -131,8 +136,7 @@ class NoduleReview:
         markups.SetNodeReferenceID(VOLUME_REFERENCE, volume_node.GetID())
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(f"{name} table"))
         table.SetAttribute(ROLE_ATTRIBUTE, "nodule-table")
-        for column in TABLE_COLUMNS:
-            table.AddColumn(column_array(column, 0))
+        NoduleTable(table).add_missing_columns()
         table.SetUseColumnTitleAsColumnHeader(True)
         table.SetLocked(True)
         markups.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
@@ -140,7 +144,7 @@ class NoduleReview:
         with review._quiet():
             for nodule in nodules:
                 index = markups.AddControlPoint(vtk.vtkVector3d(*nodule.center_ras_mm), nodule.label)
-                review._append_row(nodule)
+                review._table.append(nodule)
                 review._append_sphere(index)
                 review._show_status(index)
         place_in_folder(volume_node, (markups, table, *review.sphere_nodes), f"{markups.GetName()} (SCPM-Net)",
@@ -155,7 +159,7 @@ class NoduleReview:
     def find(cls, scene, volume_node=None, style: ReviewStyle | None = None,
              on_change: Callable[[], None] | None = None) -> NoduleReview | None:
         """Re-attach to the newest review in ``scene`` (of ``volume_node``, if given), or None."""
-        found = _review_point_lists(scene, volume_node)
+        found = review_point_lists(scene, volume_node)
         return cls(found[-1], style, on_change) if found else None
 
     # ------------------------------------------------------------------ records
@@ -174,6 +178,10 @@ class NoduleReview:
         return self.markups_node.GetNodeReference(TABLE_REFERENCE)
 
     @property
+    def _table(self) -> NoduleTable:
+        return NoduleTable(self.table_node)
+
+    @property
     def volume_node(self):
         return self.markups_node.GetNodeReference(VOLUME_REFERENCE)
 
@@ -186,9 +194,6 @@ class NoduleReview:
         """The number of nodules: rows of the table (a point still being placed is not one yet)."""
         return self.table_node.GetNumberOfRows()
 
-    def _column(self, name: str):
-        return self.table_node.GetTable().GetColumnByName(name)
-
     def center_ras_mm(self, index: int) -> tuple[float, float, float]:
         position = [0.0, 0.0, 0.0]
         self.markups_node.GetNthControlPointPosition(index, position)
@@ -196,14 +201,7 @@ class NoduleReview:
 
     def nodule(self, index: int) -> Nodule:
         self._check_index(index)
-        return self._row(index, self.center_ras_mm(index))
-
-    def _row(self, index: int, center_ras_mm: Sequence[float]) -> Nodule:
-        return Nodule(
-            self._column(ID_COLUMN).GetValue(index), tuple(center_ras_mm),
-            self._column(DIAMETER_COLUMN).GetValue(index), self._column(PROBABILITY_COLUMN).GetValue(index),
-            ReviewStatus.parse(self._column(STATUS_COLUMN).GetValue(index)), self._column(NOTE_COLUMN).GetValue(index),
-        )
+        return self._table.row(index, self.center_ras_mm(index))
 
     def nodules(self) -> list[Nodule]:
         return [self.nodule(i) for i in range(len(self))]
@@ -234,8 +232,7 @@ class NoduleReview:
         self._check_index(index)
         status = ReviewStatus.parse(status)
         self._record()
-        self._column(STATUS_COLUMN).SetValue(index, status.value)
-        self._table_modified()
+        self._table.set_values(index, {STATUS_COLUMN: status.value})
         self._show_status(index)
         self._changed()
 
@@ -243,11 +240,10 @@ class NoduleReview:
         """Record the reader's note on nodule ``index`` (one line; exported with the nodule)."""
         self._check_index(index)
         note = " ".join(str(note).split())
-        if note == self._column(NOTE_COLUMN).GetValue(index):
+        if note == self._table.value(index, NOTE_COLUMN):
             return
         self._record(("note", index))
-        self._column(NOTE_COLUMN).SetValue(index, note)
-        self._table_modified()
+        self._table.set_values(index, {NOTE_COLUMN: note})
         self._describe(index)
         self._changed()
 
@@ -258,20 +254,21 @@ class NoduleReview:
         self.set_status(index, ReviewStatus.REJECTED)
 
     def set_diameter(self, index: int, diameter_mm: float) -> None:
-        """Resize nodule ``index``: its sphere, its row and its description."""
+        """Resize nodule ``index``: its sphere, its row and its description (a detection is marked
+        resized)."""
         self._check_index(index)
         if not (math.isfinite(diameter_mm) and diameter_mm > 0):
             raise UserInputError(f"Diameter {diameter_mm} mm is not a positive number of millimetres.")
-        if float(diameter_mm) == self._column(DIAMETER_COLUMN).GetValue(index):
+        if float(diameter_mm) == self._table.value(index, DIAMETER_COLUMN):
             return
         self._record(("diameter", index))
-        self._column(DIAMETER_COLUMN).SetValue(index, float(diameter_mm))
-        self._table_modified()
+        self._table.set_values(index, {DIAMETER_COLUMN: float(diameter_mm), **self._correction(index, RESIZED_COLUMN)})
         self._update_geometry(index)
         self._changed()
 
     def move(self, index: int, center_ras_mm: Sequence[float]) -> None:
-        """Move nodule ``index``; the point-list observer moves the sphere and updates the row."""
+        """Move nodule ``index``; the point-list observer moves the sphere and updates the row (a
+        detection is marked moved)."""
         self._check_index(index)
         self.markups_node.SetNthControlPointPosition(index, *map(float, center_ras_mm))
 
@@ -279,7 +276,7 @@ class NoduleReview:
         """Add a nodule the detector missed; returns its index. Its status is ``added``."""
         if not (math.isfinite(diameter_mm) and diameter_mm > 0):
             raise UserInputError(f"Diameter {diameter_mm} mm is not a positive number of millimetres.")
-        with self._one_edit():
+        with self._history.one_edit(self._table.snapshot):
             index = self.markups_node.AddControlPoint(vtk.vtkVector3d(*map(float, center_ras_mm)), "")
             self.set_diameter(index, diameter_mm)
         return index
@@ -295,9 +292,9 @@ class NoduleReview:
 
     def undo(self) -> bool:
         """Take back the last edit; False when there is none."""
-        if not self._history:
+        nodules = self._history.pop()
+        if nodules is None:
             return False
-        _, nodules = self._history.pop()
         self._rebuild(nodules)
         self._changed()
         return True
@@ -342,9 +339,9 @@ class NoduleReview:
         self._check_index(index)
         r, a, s = self._world_center(index)
         vtkMRMLSliceNode.JumpAllSlices(self.scene, r, a, s, vtkMRMLSliceNode.CenteredJumpSlice)
-        for crosshair in _nodes_by_class(self.scene, "vtkMRMLCrosshairNode"):
+        for crosshair in nodes_by_class(self.scene, "vtkMRMLCrosshairNode"):
             crosshair.SetCrosshairRAS(r, a, s)
-        for camera in _nodes_by_class(self.scene, "vtkMRMLCameraNode"):
+        for camera in nodes_by_class(self.scene, "vtkMRMLCameraNode"):
             shift = np.array([r, a, s]) - np.array(camera.GetFocalPoint())
             camera.SetPosition(*(np.array(camera.GetPosition()) + shift))
             camera.SetFocalPoint(r, a, s)
@@ -366,18 +363,6 @@ class NoduleReview:
         self._observer_tags = []
 
     # ------------------------------------------------------------------ consistency
-    def _append_row(self, nodule: Nodule) -> None:
-        table = self.table_node.GetTable()
-        row = table.InsertNextBlankRow()
-        self._column(ID_COLUMN).SetValue(row, nodule.label)
-        for name, value in zip(RAS_COLUMNS, nodule.center_ras_mm):
-            self._column(name).SetValue(row, float(value))
-        self._column(DIAMETER_COLUMN).SetValue(row, nodule.diameter_mm)
-        self._column(PROBABILITY_COLUMN).SetValue(row, nodule.probability)
-        self._column(STATUS_COLUMN).SetValue(row, ReviewStatus.parse(nodule.status).value)
-        self._column(NOTE_COLUMN).SetValue(row, nodule.note)
-        self._table_modified()
-
     def _append_sphere(self, index: int) -> None:
         scene = self.scene
         label = self.markups_node.GetNthControlPointLabel(index)
@@ -396,15 +381,16 @@ class NoduleReview:
         nodule = self.nodule(index)
         self.sphere_nodes[index].SetAndObservePolyData(
             sphere_polydata(nodule.center_ras_mm, nodule.diameter_mm, self.style.sphere_resolution))
-        for name, value in zip(RAS_COLUMNS, nodule.center_ras_mm):
-            self._column(name).SetValue(index, float(value))
-        self._table_modified()
+        self._table.set_values(index, dict(zip(RAS_COLUMNS, map(float, nodule.center_ras_mm))))
         self._describe(index)
 
     def _describe(self, index: int) -> None:
-        nodule = self.nodule(index)
-        self.markups_node.SetNthControlPointDescription(
-            index, describe(nodule.probability, nodule.diameter_mm, nodule.status, nodule.note))
+        self.markups_node.SetNthControlPointDescription(index, describe(self.nodule(index)))
+
+    def _correction(self, index: int, column: str) -> dict[str, str]:
+        """The cell that marks a correction (``column``: moved or resized) of nodule ``index``;
+        none for a nodule the reader added."""
+        return {} if self._table.value(index, STATUS_COLUMN) == ReviewStatus.ADDED.value else {column: FLAG}
 
     def _show_status(self, index: int) -> None:
         nodule = self.nodule(index)
@@ -415,10 +401,6 @@ class NoduleReview:
         self.markups_node.SetNthControlPointVisibility(index, visible)
         self.markups_node.SetNthControlPointSelected(index, nodule.status != ReviewStatus.REJECTED)
         self._describe(index)
-
-    def _table_modified(self) -> None:
-        self.table_node.GetTable().Modified()
-        self.table_node.Modified()
 
     def _changed(self) -> None:
         """Call the :attr:`on_persist` callbacks unless a point is being dragged (then at the drop),
@@ -433,39 +415,10 @@ class NoduleReview:
         if self.on_change is not None:
             self.on_change()
 
-    def _add_missing_columns(self) -> None:
-        """Add the columns a table saved by an older version lacks (the note), empty."""
-        table = self.table_node.GetTable() if self.table_node is not None else None
-        if table is None:
-            return
-        for column in TABLE_COLUMNS:
-            if table.GetColumnByName(column) is None:
-                table.AddColumn(column_array(column, table.GetNumberOfRows()))
-
     # ------------------------------------------------------------------ undo
-    def _snapshot(self) -> list[Nodule]:
-        """The review as its table records it (positions from the R, A, S columns, which lag the
-        point list while a point is being moved: this is the state before the move)."""
-        return [self._row(i, [self._column(name).GetValue(i) for name in RAS_COLUMNS]) for i in range(len(self))]
-
-    def _record(self, key: Hashable | None = None) -> None:
+    def _record(self, key: tuple[str, int] | None = None) -> None:
         """Push the state before an edit; an edit with the same ``key`` as the last one joins it."""
-        if self._grouped:
-            return
-        if key is not None and self._history and self._history[-1][0] == key:
-            return
-        self._history.append((key, self._snapshot()))
-        del self._history[:-UNDO_DEPTH]
-
-    @contextlib.contextmanager
-    def _one_edit(self) -> Iterator[None]:
-        """A context whose changes undo as one edit."""
-        self._record()
-        self._grouped = True
-        try:
-            yield
-        finally:
-            self._grouped = False
+        self._history.record(self._table.snapshot, key)
 
     def _rebuild(self, nodules: Sequence[Nodule]) -> None:
         """Make the point list, spheres and table hold exactly ``nodules``."""
@@ -474,10 +427,10 @@ class NoduleReview:
             for sphere in self.sphere_nodes:
                 self.scene.RemoveNode(sphere)
             self.markups_node.RemoveNodeReferenceIDs(SPHERE_REFERENCE)
-            self.table_node.GetTable().SetNumberOfRows(0)
+            self._table.clear()
             for nodule in nodules:
                 index = self.markups_node.AddControlPoint(vtk.vtkVector3d(*nodule.center_ras_mm), nodule.label)
-                self._append_row(nodule)
+                self._table.append(nodule)
                 self._append_sphere(index)
                 self._show_status(index)
 
@@ -506,20 +459,20 @@ class NoduleReview:
         rows = self.table_node.GetNumberOfRows()
         if not 0 <= index < min(rows, len(self.sphere_nodes)):
             return
-        if np.allclose(self.center_ras_mm(index),
-                       [self._column(name).GetValue(index) for name in RAS_COLUMNS], rtol=0, atol=1e-9):
+        if np.allclose(self.center_ras_mm(index), self._table.recorded_center(index), rtol=0, atol=1e-9):
             return
         if not self._dragging:
             self._record()
         elif self._drag_snapshot is not None:  # the first move of a drag: the edit starts here
-            self._history.append((None, self._drag_snapshot))
+            self._history.push(self._drag_snapshot)
             self._drag_snapshot = None
+        self._table.set_values(index, self._correction(index, MOVED_COLUMN))
         self._update_geometry(index)
         self._changed()
 
     def _on_drag_start(self, caller, event) -> None:
         self._dragging = True
-        self._drag_snapshot = self._snapshot()
+        self._drag_snapshot = self._table.snapshot()
         grabbed = caller.GetAttribute(MOVING_POINT_ATTRIBUTE)
         if self.on_select is not None and grabbed and grabbed.lstrip("-").isdigit() \
                 and 0 <= int(grabbed) < len(self):
@@ -539,7 +492,7 @@ class NoduleReview:
         self._record()
         label = self._next_label()
         self.markups_node.SetNthControlPointLabel(index, label)
-        self._append_row(Nodule(label, self.center_ras_mm(index), self.style.default_diameter_mm,
+        self._table.append(Nodule(label, self.center_ras_mm(index), self.style.default_diameter_mm,
                                 self.style.added_probability, ReviewStatus.ADDED))
         self._append_sphere(index)
         self._show_status(index)
@@ -547,8 +500,7 @@ class NoduleReview:
 
     def _next_label(self) -> str:
         """``N<k>``, one past the highest number in use (so a label is never given twice)."""
-        numbers = [int(label[1:]) for label in (self._column(ID_COLUMN).GetValue(i) for i in range(len(self)))
-                   if label[:1] == "N" and label[1:].isdigit()]
+        numbers = [int(label[1:]) for label in self._table.labels() if label[:1] == "N" and label[1:].isdigit()]
         return f"N{max(numbers, default=0) + 1}"
 
     @vtk.calldata_type(vtk.VTK_INT)
@@ -565,7 +517,7 @@ class NoduleReview:
         self._changed()
 
     def _remove_row(self, index: int) -> None:
-        self.table_node.RemoveRow(index)
+        self._table.remove(index)
         sphere = self.sphere_nodes[index]
         self.markups_node.RemoveNthNodeReferenceID(SPHERE_REFERENCE, index)
         self.scene.RemoveNode(sphere)
@@ -575,8 +527,8 @@ class NoduleReview:
         labels = [self.markups_node.GetNthControlPointLabel(i)
                   for i in range(self.markups_node.GetNumberOfControlPoints())]
         keep, point = [], 0
-        for row in range(self.table_node.GetNumberOfRows()):
-            if point < len(labels) and self._column(ID_COLUMN).GetValue(row) == labels[point]:
+        for row, label in enumerate(self._table.labels()):
+            if point < len(labels) and label == labels[point]:
                 keep.append(row)
                 point += 1
         doomed = [row for row in range(self.table_node.GetNumberOfRows()) if row not in keep]
@@ -594,20 +546,9 @@ def remove_reviews(volume_node, keep: NoduleReview | None = None) -> int:
     One review per volume: a new detection (or a restored review) replaces the old one, whose
     points would otherwise stay in the views, draggable but untracked, labelled N1, N2... twice.
     """
-    doomed = [markups for markups in _review_point_lists(volume_node.GetScene(), volume_node)
+    doomed = [markups for markups in review_point_lists(volume_node.GetScene(), volume_node)
               if keep is None or markups is not keep.markups_node]
     for markups in doomed:
         NoduleReview(markups).remove()
     return len(doomed)
 
-
-def _review_point_lists(scene, volume_node=None) -> list:
-    """The point lists of the reviews in ``scene`` (of ``volume_node`` if given), oldest first."""
-    return [markups for markups in _nodes_by_class(scene, "vtkMRMLMarkupsFiducialNode")
-            if markups.GetAttribute(ROLE_ATTRIBUTE) == "nodules"
-            and (volume_node is None or markups.GetNodeReferenceID(VOLUME_REFERENCE) == volume_node.GetID())]
-
-
-def _nodes_by_class(scene, class_name: str) -> list:
-    collection = scene.GetNodesByClass(class_name)
-    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]

@@ -4,9 +4,11 @@ Layout (world positions in LPS mm, as every file this project writes)::
 
     {"format": "scpm-nodule-review", "version": 1, "volume": name, "seriesuid": uid,
      "nodules": [{"id": "N1", "center_xyz_mm": [x, y, z], "diameter_mm": d,
-                  "probability": p, "status": "pending|accepted|rejected|added", "note": text}, ...]}
+                  "probability": p, "status": "pending|accepted|rejected|added",
+                  "moved": bool, "resized": bool, "note": text}, ...]}
 
-(``note`` may be missing: files written before notes existed.) The file is replaced atomically,
+(``note``, ``moved`` and ``resized`` may be missing: files written before notes and corrections
+existed, read as no note and no correction.) The file is replaced atomically,
 so a crash while writing leaves the previous version. It is kept by subscribing a
 :class:`SidecarWriter` to the review's :attr:`~.review.NoduleReview.on_persist` hook
 (:func:`attach_sidecar`); its path is recorded on the point list, so that the review of a saved
@@ -53,7 +55,8 @@ def review_to_dict(review: NoduleReview) -> dict:
         "seriesuid": series_uid(volume) if volume else None,
         "nodules": [
             {"id": n.label, "center_xyz_mm": list(n.center_xyz_mm), "diameter_mm": n.diameter_mm,
-             "probability": n.probability, "status": n.status.value, "note": n.note}
+             "probability": n.probability, "status": n.status.value, "moved": n.moved, "resized": n.resized,
+             "note": n.note}
             for n in review.nodules()
         ],
     }
@@ -173,7 +176,7 @@ def _read(path: str | os.PathLike) -> tuple[str | None, list[Nodule]]:
         nodules = [
             Nodule(str(n["id"]), tuple(float(v) for v in lps_to_ras(n["center_xyz_mm"])),
                    float(n["diameter_mm"]), float(n["probability"]), ReviewStatus.parse(str(n["status"])),
-                   " ".join(str(n.get("note") or "").split()))
+                   " ".join(str(n.get("note") or "").split()), _flag(n, "moved"), _flag(n, "resized"))
             for n in content["nodules"]
         ]
     except UserInputError as error:
@@ -182,6 +185,18 @@ def _read(path: str | os.PathLike) -> tuple[str | None, list[Nodule]]:
         raise UserInputError(f"{path}: a nodule entry is incomplete or malformed ({error!r}).") from None
     uid = content.get("seriesuid")
     return (str(uid) if uid else None), nodules
+
+
+def _flag(entry: dict, name: str) -> bool:
+    """A nodule entry's correction ``name``: false where missing (an older file), else a JSON boolean.
+
+    Raises:
+        ValueError: the value is not ``true`` or ``false``.
+    """
+    value = entry.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"'{name}' is {value!r}, not true or false")
+    return value
 
 
 def restore_review(volume_node, path: str | os.PathLike, style: ReviewStyle | None = None,
