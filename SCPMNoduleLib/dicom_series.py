@@ -81,15 +81,11 @@ class SeriesIdentity:
 
 @dataclass(frozen=True)
 class DicomSeries:
-    """One checked series of a folder: its files in slice order and its identity.
-
-    ``slice_gap_mm`` is the distance between neighbouring slices along the normal.
-    """
+    """One checked series of a folder: its files in slice order and its identity."""
 
     folder: Path
     files: tuple[Path, ...]
     identity: SeriesIdentity
-    slice_gap_mm: float
 
     @property
     def name(self) -> str:
@@ -143,10 +139,10 @@ def _float_list(dataset: pydicom.Dataset, keyword: str, count: int, path: Path) 
     return values
 
 
-def _check_slices(files: list[Path], headers: dict[Path, pydicom.Dataset]) -> tuple[list[Path], float]:
+def _check_slices(files: list[Path], headers: dict[Path, pydicom.Dataset]) -> list[Path]:
     """Sort the files along the slice normal and check that they make one evenly spaced volume.
 
-    Returns the files in slice order and the gap between neighbouring slices (mm).
+    Returns the files in slice order.
     """
     first = headers[files[0]]
     orientation = _float_list(first, "ImageOrientationPatient", 6, files[0])
@@ -173,7 +169,7 @@ def _check_slices(files: list[Path], headers: dict[Path, pydicom.Dataset]) -> tu
     order = np.argsort(heights, kind="stable")
     files, heights, positions_mm = [files[i] for i in order], heights[order], positions_mm[order]
     if len(files) < 2:
-        return files, 0.0
+        return files
     gaps = np.diff(heights)
     same = np.flatnonzero(gaps < SPACING_TOLERANCE[0])
     if same.size:
@@ -194,7 +190,7 @@ def _check_slices(files: list[Path], headers: dict[Path, pydicom.Dataset]) -> tu
     if shear > tolerance:
         raise UserInputError(f"{files[0].parent}: the slices are sheared by {shear:.2f} mm along the stack "
                              "(gantry tilt); resample the series to an orthogonal grid first.")
-    return files, gap
+    return files
 
 
 def _identity(files: Sequence[Path], headers: dict[Path, pydicom.Dataset]) -> SeriesIdentity:
@@ -243,8 +239,8 @@ def find_series(folder: str | os.PathLike, series_uid: str | None = None) -> Dic
         if uid != chosen:
             log.info("%s: also holds DICOM series %s (%d images), not read; choose it with --series",
                      folder, uid or "without a UID", len(paths))
-    files, gap = _check_slices(by_series[chosen], headers)
-    return DicomSeries(folder, tuple(files), _identity(files, headers), gap)
+    files = _check_slices(by_series[chosen], headers)
+    return DicomSeries(folder, tuple(files), _identity(files, headers))
 
 
 def series_from_files(files: Sequence[str | os.PathLike]) -> DicomSeries:
@@ -268,8 +264,8 @@ def series_from_files(files: Sequence[str | os.PathLike]) -> DicomSeries:
     if len(uids) > 1:
         raise UserInputError(f"{paths[0].parent}: the files belong to {len(uids)} series ({', '.join(uids)}), "
                              "not one.")
-    ordered, gap = _check_slices(paths, headers)
-    return DicomSeries(ordered[0].parent, tuple(ordered), _identity(ordered, headers), gap)
+    ordered = _check_slices(paths, headers)
+    return DicomSeries(ordered[0].parent, tuple(ordered), _identity(ordered, headers))
 
 
 def _unreadable_file(files: Sequence[Path]) -> Path | None:
