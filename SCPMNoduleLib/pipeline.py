@@ -176,18 +176,22 @@ def _model_summary(detector: Detector, device: str) -> dict:
 
 
 def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence[str],
-                progress: ScanProgress | None = None, series_uid: str | None = None) -> ScanResult:
+                progress: ScanProgress | None = None, series_uid: str | None = None,
+                name: str | None = None) -> ScanResult:
     """Detect on one scan and write its outputs; failures become the result's ``error``, and
     remove the scan's outputs of an earlier run (they would pass for this run's).
 
     ``series_uid`` picks the series of a DICOM folder that holds several. DICOM outputs (``sr``,
-    ``seg``) are checked to be possible (a DICOM series with its UIDs) before detection.
+    ``seg``) are checked to be possible (a DICOM series with its UIDs) before detection. ``name``
+    is :func:`~SCPMNoduleLib.io.scan_name`'s, when the caller has it already (a DICOM folder's
+    headers are then not read once more for it).
 
     Raises:
         UserInputError: an operating-system error (a full disk, no permission in ``out_dir``),
             which is not this scan's fault; the scan's outputs are removed first.
     """
-    name = scan_name(path, series_uid)
+    name = name or scan_name(path, series_uid)
+    outputs = [out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES.values()]
     report = progress or (lambda scan, fraction, stage: None)
     result = ScanResult(scan=name, path=str(path))
     start = time.perf_counter()
@@ -219,12 +223,13 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
     except (DetectionCancelled, KeyboardInterrupt):
         raise
     except OSError as error:  # raised in an except clause, so not caught by the one below
+        _remove(outputs)
         raise os_error(error) from None
     except Exception as error:  # one scan's crash must not stop the batch
         log.exception("detection failed on %s", path)
         result.error = f"{path}: detection failed ({type(error).__name__}: {error})."
     if not result.ok:
-        stale = _remove(out_dir / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES.values())
+        stale = _remove(outputs)
         if stale:
             log.warning("%s: removed %s, the outputs of an earlier run (this run failed)", name, ", ".join(stale))
     result.seconds = time.perf_counter() - start
@@ -264,8 +269,8 @@ def detect_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     if duplicates:
         raise UserInputError(f"several scans are named {duplicates[0]}; their outputs would overwrite each other.")
     results = []
-    for path in paths:
-        result = detect_scan(path, out_dir, detector, formats, progress, series_uid)
+    for path, name in zip(paths, names):
+        result = detect_scan(path, out_dir, detector, formats, progress, series_uid, name)
         results.append(result)
         if on_result is not None:
             on_result(result)
