@@ -57,11 +57,12 @@ from scipy import ndimage
 from .errors import UserInputError
 from .lungs import LungFinding, find_lungs
 from .phantom.config import NODULE_KINDS, NODULE_LOCATIONS, NODULE_MARGINS, PhantomConfig
-from .phantom.findings import margin_bumps, power_law, taken_share
+from .phantom.findings import choose, margin_bumps, part_solid_core, power_law, taken_share
 from .phantom.raster import draw_sphere
 from .phantom.scanner import Nodule
 from .quasirandom import unit_ball_samples
 from .scan_geometry import ScanGeometry
+from .triples import float_triple
 
 __all__ = ["Box", "InsertedNodule", "InsertionConfig", "NoduleRequest", "ScanForInsertion", "insert_nodules",
            "lesion_cover", "read_boxes"]
@@ -191,11 +192,7 @@ def read_boxes(path: str | os.PathLike) -> list[Box]:
     steps = np.diff(np.unique(values[:, 2]))
     thickness = float(np.median(steps)) if len(steps) else 1.0
     half = np.column_stack([values[:, 3] / 2, values[:, 4] / 2, np.full(len(values), thickness / 2)])
-    return [Box(tuple(c - h), tuple(c + h)) for c, h in zip(values[:, :3], half)]
-
-
-def _choose(rng: np.random.Generator, names: Sequence[str], weights: Sequence[float]) -> str:
-    return names[int(rng.choice(len(names), p=np.asarray(weights, np.float64) / sum(weights)))]
+    return [Box(float_triple(c - h), float_triple(c + h)) for c, h in zip(values[:, :3], half)]
 
 
 def _reach(radius: float, bumps: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> float:
@@ -417,9 +414,9 @@ def _plan(rng: np.random.Generator, request: NoduleRequest, config: InsertionCon
     high = max(config.diameter_mm[0], min(config.diameter_mm[1], largest_mm))
     diameter = power_law(rng, config.diameter_mm[0], high, config.diameter_exponent) \
         if config.diameter_mm[0] < high else config.diameter_mm[0]
-    kind = _choose(rng, NODULE_KINDS, config.kind_weights)
-    margin = _choose(rng, NODULE_MARGINS, config.margin_weights)
-    location = _choose(rng, NODULE_LOCATIONS, config.location_weights)
+    kind = choose(rng, NODULE_KINDS, config.kind_weights)
+    margin = choose(rng, NODULE_MARGINS, config.margin_weights)
+    location = choose(rng, NODULE_LOCATIONS, config.location_weights)
     kind = request.kind or kind
     margin = request.margin or ("smooth" if kind == "ground_glass" else margin)
     return _Plan(request.diameter_mm or diameter, kind, margin, request.location or location, request.center_xyz_mm,
@@ -478,17 +475,13 @@ def insert_nodules(scan: ScanForInsertion, count: int, rng: np.random.Generator,
             rng.uniform(*(config.hu_ground_glass if ground_glass else config.hu_solid)))
         core = None
         if plan.kind == "part_solid":
-            core_radius = radius * rng.uniform(*config.part_solid_core)
-            shift = rng.normal(size=3)
-            shift *= 0.5 * (radius - core_radius) * rng.uniform() / np.linalg.norm(shift)
-            core = (center + shift, core_radius, float(rng.uniform(*config.hu_solid)))
+            core_center, core_radius = part_solid_core(rng, center, radius, config.part_solid_core)
+            core = (core_center, core_radius, float(rng.uniform(*config.hu_solid)))
         level, noise = scan.render(hu, center, radius, bumps, lesion_hu, core)
         taken.append((center, radius))
         index = scan.geometry.world_to_index(center)
-        x, y, z = (float(v) for v in center)
-        index_z, index_y, index_x = (float(v) for v in index)
-        nodule = Nodule((x, y, z), (index_z, index_y, index_x), plan.diameter_mm, plan.kind, location, plan.margin,
-                        True)
+        nodule = Nodule(float_triple(center), float_triple(index), plan.diameter_mm, plan.kind, location,
+                        plan.margin, True)
         inserted.append(InsertedNodule(nodule, lesion_hu, core[2] if core else None, level, noise, share))
     image = sitk.GetImageFromArray(hu)
     image.CopyInformation(scan.image)

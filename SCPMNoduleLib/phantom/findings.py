@@ -21,7 +21,7 @@ from .anatomy import Geometry, LungMap
 from .config import NODULE_KINDS, NODULE_LOCATIONS, NODULE_MARGINS, PhantomConfig
 from .raster import Tubes, draw_sphere
 
-__all__ = ["Finding", "draw_findings", "margin_bumps", "power_law", "taken_share"]
+__all__ = ["Finding", "choose", "draw_findings", "margin_bumps", "part_solid_core", "power_law", "taken_share"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,19 @@ def power_law(rng: np.random.Generator, low: float, high: float, exponent: float
     return float((low ** e + u * (high ** e - low ** e)) ** (1.0 / e))
 
 
-def _choose(rng: np.random.Generator, names: Sequence[str], weights: Sequence[float]) -> str:
-    return names[rng.choice(len(names), p=np.asarray(weights, np.float64) / sum(weights))]
+def choose(rng: np.random.Generator, names: Sequence[str], weights: Sequence[float]) -> str:
+    """One of ``names``, drawn with probabilities proportional to ``weights``."""
+    return names[int(rng.choice(len(names), p=np.asarray(weights, np.float64) / sum(weights)))]
+
+
+def part_solid_core(rng: np.random.Generator, center_mm: np.ndarray, radius_mm: float,
+                    core_fraction: tuple[float, float]) -> tuple[np.ndarray, float]:
+    """The solid core of a part-solid nodule: radius ``radius · U(core_fraction)``, its center moved
+    from the nodule's in a random direction by up to half the room left, so it stays inside."""
+    core_radius = radius_mm * rng.uniform(*core_fraction)
+    shift = rng.normal(size=3)
+    shift *= 0.5 * (radius_mm - core_radius) * rng.uniform() / np.linalg.norm(shift)
+    return center_mm + shift, core_radius
 
 
 def margin_bumps(rng: np.random.Generator, margin: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -158,9 +169,9 @@ def draw_findings(rng: np.random.Generator, geo: Geometry, config: PhantomConfig
     for _ in range(int(rng.integers(config.nodules[0], config.nodules[1] + 1))):
         diameter = power_law(rng, config.diameter_mm[0], max(high, config.diameter_mm[0]),
                              config.diameter_exponent)
-        kind = _choose(rng, NODULE_KINDS, config.kind_weights)
-        location = _choose(rng, NODULE_LOCATIONS, config.location_weights)
-        margin = _choose(rng, NODULE_MARGINS, config.margin_weights)
+        kind = choose(rng, NODULE_KINDS, config.kind_weights)
+        location = choose(rng, NODULE_LOCATIONS, config.location_weights)
+        margin = choose(rng, NODULE_MARGINS, config.margin_weights)
         plans.append((diameter, kind, location, "smooth" if kind == "ground_glass" else margin, True))
     for _ in range(int(rng.integers(config.excluded[0], config.excluded[1] + 1))):
         if rng.uniform() < 0.5:
@@ -188,8 +199,6 @@ def draw_findings(rng: np.random.Generator, geo: Geometry, config: PhantomConfig
         else:
             draw_sphere(volume, spacing, center, radius, rng.uniform(*config.hu_ground_glass), bumps)
             if kind == "part_solid":
-                core = radius * rng.uniform(*config.part_solid_core)
-                shift = rng.normal(size=3)
-                shift *= 0.5 * (radius - core) * rng.uniform() / np.linalg.norm(shift)
-                draw_sphere(volume, spacing, center + shift, core, rng.uniform(*config.hu_solid))
+                core_center, core_radius = part_solid_core(rng, center, radius, config.part_solid_core)
+                draw_sphere(volume, spacing, core_center, core_radius, rng.uniform(*config.hu_solid))
     return findings
