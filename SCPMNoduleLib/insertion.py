@@ -54,6 +54,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .config_dict import check_choice, invalid_setting
 from .errors import UserInputError
 from .lungs import LungFinding, find_lungs
 from .phantom.config import NODULE_KINDS, NODULE_LOCATIONS, NODULE_MARGINS, PhantomConfig
@@ -113,11 +114,11 @@ class InsertionConfig:
     def __post_init__(self) -> None:
         low, high = self.diameter_mm
         if not 0 < low <= high:
-            raise UserInputError(f"nodule sizes {low}-{high} mm: expected 0 < smallest <= largest.")
-        for name, weights in (("kind", self.kind_weights), ("margin", self.margin_weights),
-                              ("location", self.location_weights)):
+            raise invalid_setting(self, "diameter_mm", "is not 0 < smallest <= largest")
+        for name in ("kind_weights", "margin_weights", "location_weights"):
+            weights = getattr(self, name)
             if min(weights) < 0 or sum(weights) <= 0:
-                raise UserInputError(f"the {name} weights {weights} must be non-negative, not all zero.")
+                raise invalid_setting(self, name, "is not non-negative weights, not all zero")
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,11 @@ class NoduleRequest:
     location: str | None = None
     center_xyz_mm: tuple[float, float, float] | None = None
     hu: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, choices in (("kind", NODULE_KINDS), ("margin", NODULE_MARGINS), ("location", NODULE_LOCATIONS)):
+            if getattr(self, name) is not None:
+                check_choice(self, name, choices)
 
 
 @dataclass(frozen=True)
@@ -433,15 +439,10 @@ def insert_nodules(scan: ScanForInsertion, count: int, rng: np.random.Generator,
     geometry) and the nodules, in the order placed.
 
     Raises:
-        UserInputError: a requested centre outside the scan's lungs, or an unknown kind, margin
-            or location.
+        UserInputError: a requested centre outside the scan's lungs.
     """
     config = scan.config
     for request in requests:
-        for value, names in ((request.kind, NODULE_KINDS), (request.margin, NODULE_MARGINS),
-                             (request.location, NODULE_LOCATIONS)):
-            if value is not None and value not in names:
-                raise UserInputError(f"{value!r} is not one of {', '.join(names)}.")
         if request.center_xyz_mm is not None and not scan.in_lung(
                 scan.geometry.world_to_index(np.asarray(request.center_xyz_mm, np.float64))):
             x, y, z = request.center_xyz_mm

@@ -254,3 +254,16 @@ def test_insert_command_writes_a_dataset_that_evaluate_reads(tmp_path, capsys):
     assert main(["insert", str(REALCT / "abdomen_6mm.nii.gz"), "--out", str(tmp_path / "x"), "--nodules", "2"]) == 2
     assert "no lungs found" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("make, sentence", [
+    (lambda: NoduleRequest(kind="calcified"),
+     "NoduleRequest.kind: 'calcified' is not one of solid, ground_glass, part_solid."),
+    (lambda: NoduleRequest(location="hilar"), "NoduleRequest.location: 'hilar' is not one of isolated, juxtavascular"),
+    (lambda: InsertionConfig(diameter_mm=(8.0, 4.0)), "InsertionConfig.diameter_mm: (8.0, 4.0) is not 0 < smallest"),
+    (lambda: InsertionConfig(kind_weights=(0.0, 0.0, 0.0)), "InsertionConfig.kind_weights: (0.0, 0.0, 0.0) is not"),
+])
+def test_requests_and_configs_refuse_what_cannot_be_drawn(make, sentence):
+    with pytest.raises(UserInputError) as raised:
+        make()
+    assert str(raised.value).startswith(sentence)
