@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
-"""A LUNA16 table: a CSV path, a :class:`Findings`, or a pandas-like DataFrame in LUNA16 columns."""
-
 
 @dataclass(frozen=True)
 class EvaluationConfig:

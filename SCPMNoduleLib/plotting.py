@@ -23,7 +23,9 @@ from .scan_geometry import ScanGeometry
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["CT_WINDOW_HU", "FROCBand", "FROCCurveLike", "FROCRun", "fp_rate_label", "plot_froc",
+    from .froc import BootstrapBands, FROCCurve
+
+__all__ = ["CT_WINDOW_HU", "FROCRun", "fp_rate_label", "plot_froc",
            "save_detection_slices", "save_orthogonal_slices"]
 
 CT_WINDOW_HU = (-1350.0, 150.0)
@@ -133,33 +135,6 @@ def save_detection_slices(image: sitk.Image, detections: Sequence[Detection], tr
     _save_png(figure, path, dpi=80)
 
 
-class FROCCurveLike(Protocol):
-    """What :func:`plot_froc` reads of a FROC curve (``froc.FROCCurve``)."""
-
-    def at(self, fp_rates: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Sensitivity at ``fp_rates``."""
-        ...
-
-
-class FROCBand(Protocol):
-    """What :func:`plot_froc` reads of a bootstrap band (``froc.BootstrapBands``)."""
-
-    @property
-    def n_resamples(self) -> int: ...
-    @property
-    def confidence(self) -> float: ...
-    @property
-    def cpm_lower(self) -> float: ...
-    @property
-    def cpm_upper(self) -> float: ...
-    @property
-    def grid_fps_per_scan(self) -> np.ndarray: ...
-    @property
-    def grid_lower(self) -> np.ndarray: ...
-    @property
-    def grid_upper(self) -> np.ndarray: ...
-
-
 class FROCRun(Protocol):
     """What :func:`plot_froc` reads of one evaluated run (``evaluation.FROCResult``)."""
 
@@ -170,9 +145,9 @@ class FROCRun(Protocol):
     @property
     def cpm(self) -> float: ...
     @property
-    def curve(self) -> FROCCurveLike: ...
+    def curve(self) -> FROCCurve: ...
     @property
-    def bootstrap(self) -> FROCBand | None: ...
+    def bootstrap(self) -> BootstrapBands | None: ...
 
 
 def fp_rate_label(rate: float) -> str:
