@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .coder import grid_positions_vox
+from .coder import grid_points_zyx_vox
 
 __all__ = ["ModelCost", "ReceptiveField", "count_flops", "gradient_receptive_field"]
 
@@ -103,11 +103,8 @@ def gradient_receptive_field(
     y[tuple([0, 0, *center])].backward()
     assert x.grad is not None
     weight = x.grad.abs().sum(dim=(0, 1)).flatten().double()
-    point = torch.stack([grid_positions_vox(j + 1, stride, dtype=torch.float64)[j] for j in center])
-    index = torch.stack(
-        torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in x.shape[2:]), indexing="ij"),
-        dim=-1,
-    ).reshape(-1, 3)
+    point = grid_points_zyx_vox(y.shape[2:], stride, dtype=torch.float64)[tuple(center)]
+    index = grid_points_zyx_vox(x.shape[2:], 1, dtype=torch.float64).reshape(-1, 3)  # stride 1: the voxels
     distance = (index - point).abs().amax(dim=1)
     order = torch.argsort(distance)
     distance, cumulative = distance[order], torch.cumsum(weight[order], dim=0)
