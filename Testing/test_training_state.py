@@ -10,8 +10,7 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.config import load_config
-from Training.heldout import load_model
-from Training.state import STATE_FORMAT, STATE_VERSION, file_format, load_state, save_state
+from Training.state import STATE_FORMAT, STATE_VERSION, file_format, load_deployable, load_state, save_state
 
 TINY = ["model.stem_channels=4", "model.encoder_channels=[4,8,8,8]", "model.encoder_blocks=[1,1,1,1]",
         "model.head_channels=8", "model.se_reduction=2", "model.se_context=16"]
@@ -25,7 +24,8 @@ def saved(tmp_path):
     preprocess = PreprocessConfig()
     state_path, checkpoint_path = tmp_path / "last.pt", tmp_path / "detector.pt"
     save_state(state_path, {"config": config.to_dict(), "model": model.state_dict(), "weight_average": None,
-                            "preprocess": preprocess.to_dict()})
+                            "preprocess": preprocess.to_dict(), "epoch": 3, "step": 30, "fold": 0,
+                            "train_seriesuids": ["a", "b"], "best_epoch": 2, "best_cpm": 0.5})
     save_checkpoint(checkpoint_path, model, preprocess)
     return model, state_path, checkpoint_path
 
@@ -50,16 +50,18 @@ def test_file_format_names_states_and_checkpoints_and_nothing_else(saved, tmp_pa
 
 def test_held_out_evaluation_loads_the_same_network_from_a_state_or_a_checkpoint(saved, tmp_path):
     model, state_path, checkpoint_path = saved
-    for path in (state_path, checkpoint_path):
-        loaded, preprocess = load_model(path)
+    for path, training in ((state_path, {"epochs": 3, "steps": 30, "fold": 0, "train_scans": 2, "best_epoch": 2,
+                                         "validation_cpm": 0.5}), (checkpoint_path, None)):
+        loaded, preprocess, record = load_deployable(path)
         assert preprocess == PreprocessConfig()
+        assert (record and {k: v for k, v in record.items() if k != "config"}) == training
         for (name, expected), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
             assert torch.equal(expected, got), name
     (tmp_path / "notes.pt").write_text("not a torch file", encoding="utf-8")
     with pytest.raises(UserInputError, match="not a readable training checkpoint"):
-        load_model(tmp_path / "notes.pt")
+        load_deployable(tmp_path / "notes.pt")
     with pytest.raises(UserInputError, match="not found"):
-        load_model(tmp_path / "absent.pt")
+        load_deployable(tmp_path / "absent.pt")
 
 
 def test_a_state_of_another_format_or_version_is_refused_in_one_sentence(saved, tmp_path):
@@ -81,6 +83,6 @@ def test_a_checkpoint_without_pad_hu_loads_with_the_padding_it_was_trained_with(
     del shipped["preprocess_config"]["pad_hu"]
     old = tmp_path / "old.pt"
     torch.save(shipped, old)
-    _, preprocess = load_model(old)
+    _, preprocess, _ = load_deployable(old)
     assert preprocess.pad_hu == -1200.0
     assert preprocess == PreprocessConfig()

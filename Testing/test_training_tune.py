@@ -14,7 +14,8 @@ from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import find_luna16_scans
 from Training.cli import main
 from Training.config import load_config
-from Training.heldout import detect_scans, load_model
+from Training.heldout import detect_scans
+from Training.state import load_deployable
 from Training.tune import sweep_postprocessing
 
 from training_helpers import write_tiny_luna16
@@ -40,7 +41,7 @@ def test_every_setting_scores_as_the_detector_configured_with_it(tuning_set):
                                    top_ns=[20, 2000], score_threshold=0.0, device="cpu", progress=False)
     assert [(s.nms_distance_ratio, s.nms_iou_threshold, s.top_n) for s, _ in results] == [
         (0.2, 0.1, 20), (0.2, 0.1, 2000), (0.5, 0.1, 20), (0.5, 0.1, 2000)]
-    model, preprocess = load_model(checkpoint)
+    model, preprocess, _ = load_deployable(checkpoint)
     scans = find_luna16_scans(data)
     counts = []
     for setting, result in results:

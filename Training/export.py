@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError, reported_os_errors
 from SCPMNoduleLib.io import atomic_write, sha256_of
-from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.models import (
     check_model_name,
     entry_file,
@@ -34,12 +33,11 @@ from SCPMNoduleLib.models import (
     updated_manifest,
     write_manifest,
 )
-from SCPMNoduleLib.preprocess import PreprocessConfig
 from SCPMNoduleLib.temp_files import check_output_file
 from SCPMNoduleLib.temp_names import temp_prefix
 
 from .config import TrainConfig
-from .state import file_format, load_state, model_from_state
+from .state import load_deployable
 
 __all__ = ["architecture_summary", "export_model", "froc_metrics"]
 
@@ -125,25 +123,6 @@ def _replaced_together() -> Iterator[dict[Path, Path]]:
                 os.unlink(leftover)
 
 
-def _exported_source(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, TrainConfig, dict[str, Any]]:
-    """The network, pre-processing, training config and training record to export from ``path``:
-    a training state, or an exported checkpoint (a re-export: same weights and training record,
-    new metrics, and its pre-processing as this program reads it, e.g. after the lung finder
-    replaced the coarse mask)."""
-    if file_format(path) == CHECKPOINT_FORMAT:
-        model, preprocess, metadata = load_checkpoint(path)
-        training = metadata.get("training")
-        if not isinstance(training, dict) or not isinstance(training.get("config"), dict):
-            raise UserInputError(f"{path}: the checkpoint records no training (no training config to re-export).")
-        return model, preprocess, TrainConfig.from_dict(training["config"]), training
-    state = load_state(path)
-    training = {"epochs": state["epoch"], "steps": state["step"], "fold": state["fold"],
-                "train_scans": len(state["train_seriesuids"]), "best_epoch": state["best_epoch"],
-                "validation_cpm": state["best_cpm"], "config": json.loads(json.dumps(state["config"]))}
-    return (model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"]),
-            TrainConfig.from_dict(state["config"]), training)
-
-
 def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, name: str, version: str,
                  training_data: str, froc_summary: str | os.PathLike | None = None,
                  manifest: str | os.PathLike | None = None, description: str = "") -> dict[str, Any]:
@@ -177,7 +156,11 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     check_model_name(name)
     if not version:
         raise UserInputError("--model-version: the version string is empty.")
-    model, preprocess, config, training = _exported_source(state_path)
+    model, preprocess, training = load_deployable(state_path)
+    if training is None or not isinstance(training.get("config"), dict):
+        raise UserInputError(f"{state_path}: the checkpoint records no training (no training config to export).")
+    training = json.loads(json.dumps(training))
+    config = TrainConfig.from_dict(training["config"])
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
     check_output_file(out_path, "--out")
     if manifest is not None:

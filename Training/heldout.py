@@ -19,18 +19,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
-from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from SCPMNoduleLib.temp_files import check_output_folder
 
 from .cache import find_luna16_scans
-from .state import file_format, load_state, model_from_state
+from .state import load_deployable
 
-__all__ = ["Scan", "detect_scans", "detect_sharded", "evaluate_folder", "load_model", "read_excluded"]
+__all__ = ["Scan", "detect_scans", "detect_sharded", "evaluate_folder", "read_excluded"]
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +80,6 @@ def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequen
     return Findings.concat([part for part in gathered if part is not None])
 
 
-def load_model(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig]:
-    """The network and pre-processing of a training state (``best.pt``) or of a detector checkpoint."""
-    if file_format(path) == CHECKPOINT_FORMAT:  # anything else: load_state names the problem
-        model, preprocess, _ = load_checkpoint(path)
-        return model, preprocess
-    state = load_state(path)
-    return model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"])
-
-
 def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                     device: str = "auto", score_threshold: float = 0.01, bootstraps: int = 1000,
                     mirror_axes: str = "") -> FROCResult:
@@ -108,7 +97,7 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     check_output_folder(out_dir, "--out")
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
-    model, preprocess = load_model(checkpoint)
+    model, preprocess, _ = load_deployable(checkpoint)
     candidates = detect_scans(model, preprocess, scans, device, config)
     result = evaluate_froc(annotations, excluded, [scan.seriesuid for scan in scans], candidates, evaluation)
     write_candidates(out_dir / "candidates.csv", candidates)

@@ -18,15 +18,16 @@ import torch
 from torch import nn
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.checkpoint import load_torch_file, save_torch_file
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_torch_file, save_torch_file
 from SCPMNoduleLib.documents import check_document
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.preprocess import PreprocessConfig
 
 from .config import TrainConfig
 
 __all__ = [
-    "STATE_FORMAT", "STATE_VERSION", "file_format", "load_state", "load_weights", "model_from_state",
+    "STATE_FORMAT", "STATE_VERSION", "file_format", "load_deployable", "load_state", "load_weights", "model_from_state",
     "parameter_digest", "restore_rng_state", "rng_state", "save_state",
 ]
 
@@ -93,6 +94,24 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str)
     except RuntimeError:
         raise UserInputError(f"{where}: the checkpoint's weights do not fit its network config "
                              "(saved by another version of the network code?).") from None
+
+
+def load_deployable(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, dict[str, Any] | None]:
+    """The network, pre-processing and training record of a training state (``best.pt``,
+    ``last.pt``) or of a detector checkpoint (``None`` when the checkpoint records no training).
+
+    The record is what ``export`` writes into a checkpoint's metadata: epochs, steps, fold,
+    training scans, best epoch, validation CPM and the training config.
+    """
+    if file_format(path) == CHECKPOINT_FORMAT:  # anything else: load_state names the problem
+        model, preprocess, metadata = load_checkpoint(path)
+        training = metadata.get("training")
+        return model, preprocess, training if isinstance(training, dict) else None
+    state = load_state(path)
+    training = {"epochs": state["epoch"], "steps": state["step"], "fold": state["fold"],
+                "train_scans": len(state["train_seriesuids"]), "best_epoch": state["best_epoch"],
+                "validation_cpm": state["best_cpm"], "config": state["config"]}
+    return model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"]), training
 
 
 def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:

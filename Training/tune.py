@@ -24,7 +24,8 @@ from SCPMNoduleLib.io import Findings, read_annotations, read_scan
 from SCPMNoduleLib.models import resolve_model
 
 from .cache import find_luna16_scans
-from .heldout import load_model, read_excluded
+from .heldout import read_excluded
+from .state import load_deployable
 
 __all__ = ["DISTANCE_RATIOS", "IOU_THRESHOLDS", "format_sweep", "sweep_postprocessing"]
 
@@ -60,7 +61,7 @@ def sweep_postprocessing(checkpoint: str | os.PathLike, data_dir: str | os.PathL
     data_dir = Path(data_dir)
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
-    model, preprocess = load_model(resolve_model(checkpoint)[0])
+    model, preprocess, _ = load_deployable(resolve_model(checkpoint)[0])
     base = InferenceConfig(score_threshold=score_threshold)
     detector = Detector(model, preprocess, base, device)
     grid = itertools.product(DISTANCE_RATIOS if distance_ratios is None else distance_ratios,
