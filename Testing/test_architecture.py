@@ -7,6 +7,7 @@ functions: such an import hides a cycle from Python's import machinery but not f
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ PACKAGES = {"SCPMNoduleLib": ROOT / "SCPMNoduleLib", "Training": ROOT / "Trainin
 MAX_LINES = 600
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     """Every Python module of the three packages, by dotted name (``SCPMNodule.py`` is ``SCPMNodule``)."""
     modules: dict[str, Path] = {}
@@ -59,6 +61,7 @@ def _imported(name: str, path: Path, node: ast.Import | ast.ImportFrom, known: s
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports anywhere in its body (module or function level)."""
     modules = _modules()

@@ -2,6 +2,7 @@
 phantoms, whose own lung labels are the reference."""
 
 import csv
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,12 @@ def _find(image: sitk.Image):
     return find_lungs(image, resampled_geometry(image, (1.0, 1.0, 1.0)), block=4)
 
 
+@functools.cache
+def _found_in(name: str):
+    """:func:`_find` on a real-CT derivative, once per test session."""
+    return _find(read_scan(DATA / f"{name}.nii.gz"))
+
+
 def _air_reference(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
     """An independent extent of the lungs: voxels below -400 HU in 3-D components of at least
     500 mL that do not touch the image's in-plane border (the outside air does); world corners."""
@@ -43,7 +50,7 @@ def _air_reference(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("name", CHESTS)
 def test_chest_ct_has_two_adult_lungs_inside_the_box(name):
     image = read_scan(DATA / f"{name}.nii.gz")
-    found = _find(image)
+    found = _found_in(name)
     assert found.found and found.n_lungs == 2, found.reason
     assert 2000.0 < found.volume_ml < 9000.0
     assert min(found.volumes_ml) > 800.0
@@ -68,14 +75,14 @@ def test_chest_ct_has_two_adult_lungs_inside_the_box(name):
 
 
 def test_the_two_kernels_of_one_scan_agree():
-    volumes = [_find(read_scan(DATA / f"{name}.nii.gz")).volume_ml for name in CHESTS]
+    volumes = [_found_in(name).volume_ml for name in CHESTS]
     assert volumes[0] == pytest.approx(volumes[1], rel=0.02)
     assert volumes[2] == pytest.approx(volumes[3], rel=0.02)
 
 
 @pytest.mark.parametrize("name", ["abdomen_6mm", "pelvis_dicom_2mm"])
 def test_scans_without_lungs_are_refused_with_a_reason(name):
-    found = _find(read_scan(DATA / f"{name}.nii.gz"))
+    found = _found_in(name)
     assert not found.found and found.n_lungs == 0 and found.volume_ml == 0.0
     assert "mL" in found.reason and "body size" in found.reason
     assert not found.region.any()

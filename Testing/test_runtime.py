@@ -52,9 +52,12 @@ def test_out_of_memory_is_told_by_type_and_by_the_cpu_allocators_failure():
     assert not is_out_of_memory(ValueError("can't allocate memory"))
 
 
-def test_devices():
+def test_devices(monkeypatch):
     assert resolve_device("cpu") == CPU
-    assert resolve_device("auto") == (CUDA if torch.cuda.is_available() else CPU)
+    for present, expected in ((True, CUDA), (False, CPU)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda present=present: present)
+        assert resolve_device("auto") == expected
+    monkeypatch.undo()
     with pytest.raises(UserInputError, match="expected auto, cpu or cuda"):
         resolve_device("tpu")
     if not torch.cuda.is_available():

@@ -7,7 +7,6 @@ Every case runs the real command in a subprocess; the tree it works in is hashed
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -272,4 +271,3 @@ def test_export_replaces_checkpoint_and_manifest_together(root, tmp_path):
     after = _snapshot(folder)
     assert sorted(after) == ["Models.json", "demo.pt"] and after["demo.pt"] != before["demo.pt"]
     assert f'"sha256": "{after["demo.pt"]}"' in (folder / "Models.json").read_text(encoding="utf-8")
-    assert hashlib.sha256((folder / "demo.pt").read_bytes()).hexdigest() == after["demo.pt"]
