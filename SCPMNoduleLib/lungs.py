@@ -167,27 +167,25 @@ def _sample(image: sitk.Image, coarse: ScanGeometry) -> tuple[np.ndarray, np.nda
     spacing = np.asarray(image.GetSpacing())
     factors = np.clip(np.floor(coarse.spacing_xyz_mm / spacing + 1e-6), 1, image.GetSize()).astype(int)
     shrunk = sitk.BinShrink(image, [int(f) for f in factors]) if factors.max() > 1 else image
-    sampled = sitk.Resample(
-        shrunk, [int(n) for n in coarse.shape_zyx[::-1]], sitk.Transform(), sitk.sitkLinear,
-        [float(v) for v in coarse.origin_xyz_mm], [float(v) for v in coarse.spacing_xyz_mm],
-        [float(v) for v in coarse.direction.ravel()], -1024.0, sitk.sitkFloat32, True)
+    sampled = coarse.resample(shrunk, outside_value=-1024.0, extrapolate=True)
+    # The image index of coarse index c is affine in c, so it is built axis by axis from three
+    # ramps (a few additions per block) instead of mapping every block's center through
+    # ScanGeometry.contains_world (a 3x3 solve per block: on A0001's 920k blocks 0.12 s against
+    # 0.03 s for this whole function).
     image_grid = ScanGeometry.from_image(image)
-    corner = coarse.index_to_world(np.zeros(3))
-    steps = coarse.direction * coarse.spacing_xyz_mm[None, :]
-    to_image = np.linalg.inv(image_grid.direction * image_grid.spacing_xyz_mm[None, :])
-    # image index (x, y, z) of coarse index c: to_image · (corner + steps · c - origin), affine in c
-    base = to_image @ (corner - image_grid.origin_xyz_mm)
-    per_axis = to_image @ steps
+    to_image = np.linalg.inv(image_grid.index_to_world_matrix)
+    base = to_image @ (coarse.index_to_world(np.zeros(3)) - image_grid.origin_xyz_mm)
+    per_axis = to_image @ coarse.index_to_world_matrix
     size = np.asarray(image.GetSize())
     inside = np.ones(coarse.shape_zyx, dtype=bool)
-    for axis_xyz in range(3):  # each image axis's index is a sum of one term per coarse axis
+    for axis_xyz in range(3):  # each image axis's index is a sum of one ramp per coarse axis
         value = np.full(coarse.shape_zyx, base[axis_xyz])
         for c_xyz in range(3):
             n = coarse.shape_zyx[2 - c_xyz]
             shape = [1, 1, 1]
             shape[2 - c_xyz] = n
             value = value + (per_axis[axis_xyz, c_xyz] * np.arange(n)).reshape(shape)
-        inside &= (value > -0.5) & (value < size[axis_xyz] - 0.5)
+        inside &= (value >= -0.5) & (value <= size[axis_xyz] - 0.5)
     return sitk.GetArrayFromImage(sampled), inside
 
 

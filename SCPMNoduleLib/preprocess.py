@@ -42,7 +42,6 @@ __all__ = [
     "PreprocessConfig",
     "RETIRED_SETTINGS",
     "prepare_scan",
-    "resample_onto",
     "resampled_geometry",
 ]
 
@@ -138,23 +137,6 @@ def resampled_geometry(image: sitk.Image, spacing_xyz_mm: tuple[float, float, fl
     return ScanGeometry(int_triple(size_xyz[::-1]), old.origin_xyz_mm, new_spacing, old.direction)
 
 
-def resample_onto(image: sitk.Image, geometry: ScanGeometry, start_zyx=(0, 0, 0),
-                  shape_zyx: tuple[int, int, int] | None = None) -> sitk.Image:
-    """Linear resampling of ``image`` onto the box ``[start, start + shape)`` of ``geometry``, float32.
-
-    The box's voxels are exactly the grid's voxels there (its origin is the grid's point at
-    ``start``), so resampling a box equals cropping the whole resampled grid. Points outside
-    the image get 0.
-    """
-    shape_zyx = geometry.shape_zyx if shape_zyx is None else shape_zyx
-    origin = geometry.index_to_world(np.asarray(start_zyx, dtype=np.float64))
-    return sitk.Resample(
-        image, [int(n) for n in shape_zyx[::-1]], sitk.Transform(), sitk.sitkLinear,
-        [float(v) for v in origin], [float(v) for v in geometry.spacing_xyz_mm],
-        [float(v) for v in geometry.direction.ravel()], 0.0, sitk.sitkFloat32,
-    )
-
-
 class NoLungsError(UserInputError):
     """No lung-sized, lung-like air in a scan: it is not a chest CT (or not a whole one).
 
@@ -190,8 +172,7 @@ class PreparedScan:
         voxels (index ``-0.5 .. n - 0.5`` of :attr:`source` on every axis); the padding around a
         crop or a small scan is not the patient."""
         points = np.asarray(points_zyx_vox, dtype=np.float64).reshape(-1, 3)
-        index = self.source.world_to_index(self.geometry.index_to_world(points)).reshape(-1, 3)
-        return np.all((index >= -0.5) & (index <= np.asarray(self.source.shape_zyx) - 0.5), axis=1)
+        return self.source.contains_world(self.geometry.index_to_world(points))
 
     def keep(self, points_zyx_vox: np.ndarray) -> np.ndarray:
         """``(N, 3)`` points in voxels of :attr:`geometry` -> ``(N,)`` bool: inside the scan and,
@@ -225,6 +206,6 @@ def prepare_scan(image: sitk.Image, config: PreprocessConfig, align: int = 1) ->
             raise NoLungsError(lungs.reason)
         start, stop = lungs.box_start_zyx // align * align, lungs.box_stop_zyx
         log.info("lung crop %s of %s voxels", tuple(int(n) for n in stop - start), geometry.shape_zyx)
-    crop = resample_onto(image, geometry, start, int_triple(stop - start))
+    crop = geometry.resample(image, start, int_triple(stop - start))
     return PreparedScan(config.normalize(sitk.GetArrayViewFromImage(crop)), geometry, start, lungs,
                         ScanGeometry.from_image(image))

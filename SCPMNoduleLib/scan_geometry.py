@@ -78,3 +78,26 @@ class ScanGeometry:
                             for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
         world = self.index_to_world(corners)
         return world.min(axis=0), world.max(axis=0)
+
+    def contains_world(self, world_xyz_mm: np.ndarray) -> np.ndarray:
+        """``(..., 3)`` world LPS mm -> ``(...)`` bool: within this grid's voxels (index
+        ``-0.5 .. n - 0.5`` on every axis, the voxels' own extent)."""
+        index = self.world_to_index(world_xyz_mm)
+        return np.all((index >= -0.5) & (index <= np.asarray(self.shape_zyx) - 0.5), axis=-1)
+
+    def resample(self, image: sitk.Image, start_zyx=(0, 0, 0), shape_zyx: tuple[int, int, int] | None = None,
+                 outside_value: float = 0.0, extrapolate: bool = False) -> sitk.Image:
+        """Linear resampling of ``image`` onto the box ``[start, start + shape)`` of this grid, float32.
+
+        The box's voxels are exactly the grid's voxels there (its origin is the grid's point at
+        ``start``), so resampling a box equals cropping the whole resampled grid. Points outside
+        the image get ``outside_value``, or with ``extrapolate`` the nearest image value.
+        """
+        shape_zyx = self.shape_zyx if shape_zyx is None else shape_zyx
+        origin = self.index_to_world(np.asarray(start_zyx, dtype=np.float64))
+        return sitk.Resample(
+            image, [int(n) for n in shape_zyx[::-1]], sitk.Transform(), sitk.sitkLinear,
+            [float(v) for v in origin], [float(v) for v in self.spacing_xyz_mm],
+            [float(v) for v in self.direction.ravel()], float(outside_value), sitk.sitkFloat32, extrapolate,
+        )
+

@@ -11,7 +11,6 @@ from SCPMNoduleLib.preprocess import (
     NoLungsError,
     PreprocessConfig,
     prepare_scan,
-    resample_onto,
     resampled_geometry,
 )
 from SCPMNoduleLib.scan_geometry import ScanGeometry
@@ -51,7 +50,7 @@ def test_resampling_keeps_the_world_map_exactly_for_a_linear_ramp():
     ramp = (geometry.index_to_world(grid) @ gradient).astype(np.float32)
     image = _image((12, 20, 18), (0.7, 0.7, 2.5), (10.0, -5.0, 40.0), direction, ramp)
 
-    out = resample_onto(image, resampled_geometry(image, (1.0, 1.0, 1.0)))
+    out = resampled_geometry(image, (1.0, 1.0, 1.0)).resample(image)
     assert out.GetSpacing() == (1.0, 1.0, 1.0)
     np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin())
     np.testing.assert_allclose(out.GetDirection(), image.GetDirection())
