@@ -30,7 +30,6 @@ import logging
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,7 @@ import SimpleITK as sitk
 from .detection import Detection
 from .errors import UserInputError, os_error
 from .image_files import data_problem, itk_output_captured, itk_problem
-from .temp_files import current_umask
-from .temp_names import temp_prefix
+from .temp_files import file_replaced_on_success
 
 if TYPE_CHECKING:  # pydicom is imported only when a DICOM folder is read
     from .dicom_series import DicomSeries
@@ -169,24 +167,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     :class:`OSError` (a batch stops on it); :func:`~SCPMNoduleLib.errors.os_error` makes it the
     sentence ``"<path>: could not write (no space left on the device)."``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if "b" not in mode:
         open_kwargs.setdefault("encoding", "utf-8")
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~current_umask())
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        if isinstance(error, OSError) and error.filename in (None, tmp_name):
-            raise OSError(error.errno, error.strerror or str(error) or type(error).__name__, str(path)) from error
-        raise
+    with file_replaced_on_success(path) as tmp_name, open(tmp_name, mode, **open_kwargs) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _use_one_itk_thread() -> None:

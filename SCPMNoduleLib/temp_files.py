@@ -31,7 +31,7 @@ from .errors import UserInputError, os_error, os_error_reason
 from .temp_names import TEMP_NAME, temp_prefix
 
 __all__ = ["STALE_TEMP_AGE_S", "atomic_write_image", "check_output_file", "check_output_folder", "current_umask",
-           "folder_built_in_place", "remove_stale_temps", "temp_dir_beside", "write_image"]
+           "file_replaced_on_success", "folder_built_in_place", "remove_stale_temps", "temp_dir_beside", "write_image"]
 
 log = logging.getLogger(__name__)
 
@@ -156,25 +156,37 @@ def check_output_file(path: str | os.PathLike, option: str | None = "--out") -> 
     return path
 
 
-def atomic_write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = False) -> None:
-    """``sitk.WriteImage`` into a temporary file beside ``path``, renamed onto it when complete.
+@contextlib.contextmanager
+def file_replaced_on_success(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """The name of a new, empty temporary file beside ``path`` for the block to write; when the
+    block succeeds it gets the mode the umask gives and replaces ``path``, else it is removed.
 
-    For single-file formats (``.mha``, ``.nrrd``, ``.nii(.gz)``); an error or interrupt leaves
-    no file behind.
+    A reader never sees a half-written ``path``. An :class:`OSError` about the temporary file (a
+    full disk) is raised again naming ``path``, and stays an :class:`OSError` (a batch stops on it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp" + suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write_image(image, tmp_name, compress, shown_as=path)
+        yield tmp_name
         os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        if isinstance(error, OSError) and error.filename in (None, tmp_name):
+            raise OSError(error.errno, error.strerror or str(error) or type(error).__name__, str(path)) from error
         raise
+
+
+def atomic_write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = False) -> None:
+    """``sitk.WriteImage`` of a single-file format (``.mha``, ``.nrrd``, ``.nii(.gz)``) through
+    :func:`file_replaced_on_success`: ``path`` appears complete or not at all."""
+    path = Path(path)
+    suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
+    with file_replaced_on_success(path, ".tmp" + suffix) as tmp_name:
+        write_image(image, tmp_name, compress, shown_as=path)
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = False,
