@@ -16,7 +16,7 @@ from .errors import UserInputError
 from .insertion import Box, InsertedNodule, InsertionConfig, NoduleRequest, ScanForInsertion, insert_nodules
 from .io import Findings, atomic_write, map_in_processes, read_scan, write_annotations, write_seriesuids
 from .phantom.scanner import annotation_table
-from .phantom.writer import series_uid
+from .phantom.writer import check_dataset_arguments, series_uid
 from .temp_files import folder_built_in_place, write_image
 
 __all__ = ["INSERTION_UID_STREAM", "write_inserted_dataset"]
@@ -66,11 +66,8 @@ def write_inserted_dataset(scans: Sequence[str | os.PathLike], out_dir: str | os
             cannot be read or has no lungs.
     """
     out_dir = Path(out_dir)
-    for name, value in (("nodules", nodules + 1), ("copies", copies), ("subsets", subsets), ("workers", workers)):
-        if int(value) < 1:
-            raise UserInputError(f"the number of {name} must be at least {1 if name != 'nodules' else 0}.")
-    if int(seed) < 0:
-        raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
+    check_dataset_arguments(seed, nodules=(nodules, 0), copies=(copies, 1), subsets=(subsets, 1),
+                            workers=(workers, 1))
     if not scans:
         raise UserInputError("no scans given.")
     config = config or InsertionConfig()
@@ -83,11 +80,11 @@ def write_inserted_dataset(scans: Sequence[str | os.PathLike], out_dir: str | os
         written: dict[str, list[InsertedNodule]] = {}
         tables, excluded, details = [], [], []
         with map_in_processes(_insert_scan, jobs, workers) as results:
-            for done, (job, copies_written) in enumerate(zip(jobs, results), 1):
+            for done, (path, copies_written) in enumerate(zip(scans, results), 1):
                 for uid, source, inserted in copies_written:
                     written[uid] = inserted
                     tables.append(annotation_table(uid, [n.nodule for n in inserted]))
-                    spheres = [box.sphere for box in job[-1]]
+                    spheres = [box.sphere for box in boxes.get(str(path), ())]
                     excluded.append(Findings.from_columns([uid] * len(spheres), np.array([c for c, _ in spheres]),
                                                           [d for _, d in spheres]))
                     details += [(uid, source, *n.nodule.center_xyz_mm, n.nodule.diameter_mm, n.nodule.kind,

@@ -17,7 +17,7 @@ from .config import PhantomConfig, phantom_config
 from .generator import generate_phantom
 from .scanner import Nodule, Phantom, annotation_table
 
-__all__ = ["UID_PREFIX", "series_uid", "write_luna16_dataset"]
+__all__ = ["UID_PREFIX", "check_dataset_arguments", "series_uid", "write_luna16_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ def _write_scan(job: tuple[Path, int, int, int, PhantomConfig, bool, bool]) -> t
     return uid, phantom.nodules
 
 
+def check_dataset_arguments(seed: int, **counts: tuple[int, int]) -> None:
+    """Refuse a negative seed, or a count below its minimum (``counts``: name=(value, minimum)),
+    before a dataset writer starts."""
+    for name, (value, minimum) in counts.items():
+        if int(value) < minimum:
+            raise UserInputError(f"the number of {name} must be at least {minimum}, not {value}.")
+    if int(seed) < 0:
+        raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
+
+
 def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, subsets: int = 10,
                          size: str = "small", lung_masks: bool = True, preview: bool = False,
                          progress: Callable[[int, int], None] | None = None, workers: int = 1,
@@ -85,11 +95,7 @@ def write_luna16_dataset(out_dir: str | os.PathLike, n_scans: int, seed: int, su
             operating-system error (``out_dir`` cannot be written, a full disk).
     """
     out_dir = Path(out_dir)
-    for name, value in (("scans", n_scans), ("subsets", subsets), ("workers", workers)):
-        if int(value) < 1:
-            raise UserInputError(f"the number of {name} must be at least 1, not {value}.")
-    if int(seed) < 0:
-        raise UserInputError(f"the seed must be a non-negative integer, not {seed}.")
+    check_dataset_arguments(seed, scans=(n_scans, 1), subsets=(subsets, 1), workers=(workers, 1))
     config = phantom_config(size, **options)
     with folder_built_in_place(out_dir) as work:
         written = _write_dataset(work, n_scans, seed, subsets, config, lung_masks, preview, progress, workers)
