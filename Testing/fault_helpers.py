@@ -1,4 +1,5 @@
-"""Helpers for the fault tests: a small file system to fill, or a read-only one."""
+"""Helpers for the bad-input and fault tests: a small or read-only file system, a snapshot of a
+folder to show what a command left, and a scan with nothing to find."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
+
+from SCPMNoduleLib.io import sha256_of
 
 
 @contextlib.contextmanager
@@ -28,3 +33,21 @@ def mounted_tmpfs(folder: Path, options: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root``, hidden ones too: relative path -> SHA-256 of a file, ``"dir"`` for
+    a folder; ``{}`` when ``root`` does not exist. Two equal snapshots are the same tree, byte for byte."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): ("dir" if p.is_dir() else sha256_of(p)) for p in sorted(root.rglob("*"))}
+
+
+def noise_scan(path: Path, shape_zyx=(20, 40, 36), seed: int = 0, origin_xyz_mm=(-20.0, 10.0, -100.0)) -> Path:
+    """A scan of Gaussian noise around -700 HU (no lungs to find), 0.9 x 0.9 x 1.5 mm, written to ``path``."""
+    image = sitk.GetImageFromArray(np.random.default_rng(seed).normal(-700, 200, shape_zyx).astype(np.float32))
+    image.SetSpacing((0.9, 0.9, 1.5))
+    image.SetOrigin(origin_xyz_mm)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path

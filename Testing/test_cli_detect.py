@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from fault_helpers import noise_scan
 
 from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.cli import main
@@ -34,20 +35,13 @@ def chest_checkpoint(tmp_path_factory):
     return path
 
 
-def _scan(path, shape_zyx=(20, 40, 36), seed=0):
-    values = np.random.default_rng(seed).normal(-700, 200, shape_zyx).astype(np.float32)
-    image = sitk.GetImageFromArray(values)
-    image.SetSpacing((0.9, 0.9, 1.5))
-    image.SetOrigin((-20.0, 10.0, -100.0))
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def test_detect_writes_every_format_and_a_batch_summary(tmp_path, checkpoint, capsys):
     scans = tmp_path / "scans"
     scans.mkdir()
-    _scan(scans / "a.mha", seed=1)
-    _scan(scans / "b.nii.gz", seed=2)
+    noise_scan(scans / "a.mha", seed=1)
+    noise_scan(scans / "b.nii.gz", seed=2)
     out = tmp_path / "out"
     code = main(["detect", str(scans), "--out", str(out), "--model", str(checkpoint),
                  "--progress", "none", *FAST])
@@ -69,7 +63,7 @@ def test_detect_writes_every_format_and_a_batch_summary(tmp_path, checkpoint, ca
 
 
 def test_a_failing_scan_does_not_stop_the_batch_and_leaves_no_files(tmp_path, checkpoint, capsys):
-    good = _scan(tmp_path / "good.mha")
+    good = noise_scan(tmp_path / "good.mha")
     out = tmp_path / "out"
     code = main(["detect", str(tmp_path / "missing.mhd"), str(good), "--out", str(out),
                  "--model", str(checkpoint), "--progress", "none", *FAST])
@@ -80,7 +74,7 @@ def test_a_failing_scan_does_not_stop_the_batch_and_leaves_no_files(tmp_path, ch
 
 
 def test_jsonl_progress_is_one_event_a_line(tmp_path, checkpoint, capsys):
-    scan = _scan(tmp_path / "s.nrrd")
+    scan = noise_scan(tmp_path / "s.nrrd")
     code = main(["detect", str(scan), "--out", str(tmp_path / "out"), "--formats", "json",
                  "--model", str(checkpoint), "--progress", "jsonl", *FAST])
     assert code == 0
@@ -123,7 +117,7 @@ def test_bad_scans_give_one_sentence_exit_2_and_no_files(tmp_path, checkpoint, c
 
 
 def test_bad_checkpoints_give_one_sentence_exit_2_and_no_files(tmp_path, checkpoint, capsys):
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(checkpoint.read_bytes()[:5000])
     other = tmp_path / "other.pt"
@@ -138,7 +132,7 @@ def test_bad_checkpoints_give_one_sentence_exit_2_and_no_files(tmp_path, checkpo
 
 
 def test_bad_options_are_refused(tmp_path, checkpoint, capsys):
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     for options, message in ((["--formats", "csv,xml"], "--formats 'csv,xml'"),
                              (["--threshold", "1.5"], "--threshold 1.5"),
                              (["--mirror", "xq"], "InferenceConfig.mirror_axes: 'xq' is not distinct"),
@@ -268,7 +262,7 @@ def test_nan_weights_are_refused_when_the_checkpoint_loads(tmp_path, checkpoint,
                            for k, v in state["state_dict"].items()}
     diverged = tmp_path / "diverged.pt"
     torch.save(state, diverged)
-    code = main(["detect", str(_scan(tmp_path / "s.mha")), "--out", str(tmp_path / "out"),
+    code = main(["detect", str(noise_scan(tmp_path / "s.mha")), "--out", str(tmp_path / "out"),
                  "--model", str(diverged), *FAST])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
@@ -277,7 +271,7 @@ def test_nan_weights_are_refused_when_the_checkpoint_loads(tmp_path, checkpoint,
 
 
 def test_a_scan_that_now_fails_loses_its_old_outputs(tmp_path, checkpoint, capsys, caplog):
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     out = tmp_path / "out"
     assert main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST]) == 0
     scan.write_bytes(b"no longer an image")
@@ -291,9 +285,9 @@ def test_a_scan_that_now_fails_loses_its_old_outputs(tmp_path, checkpoint, capsy
 def test_a_phantom_folder_is_detected_without_its_lung_masks(tmp_path, checkpoint, capsys):
     for folder in ("subset0", "seg-lungs-LUNA16"):
         (tmp_path / "data" / folder).mkdir(parents=True)
-    _scan(tmp_path / "data" / "subset0" / "1.2.3.mhd")
-    _scan(tmp_path / "data" / "seg-lungs-LUNA16" / "1.2.3.mhd")
-    _scan(tmp_path / "data" / "subset0" / ".1.2.3.mha.99999.abcdefgh.tmp.mha")  # a killed run's temporary
+    noise_scan(tmp_path / "data" / "subset0" / "1.2.3.mhd")
+    noise_scan(tmp_path / "data" / "seg-lungs-LUNA16" / "1.2.3.mhd")
+    noise_scan(tmp_path / "data" / "subset0" / ".1.2.3.mha.99999.abcdefgh.tmp.mha")  # a killed run's temporary
     out = tmp_path / "out"
     assert main(["detect", str(tmp_path / "data"), "--out", str(out), "--model", str(checkpoint),
                  "--progress", "none", *FAST]) == 0
@@ -301,7 +295,7 @@ def test_a_phantom_folder_is_detected_without_its_lung_masks(tmp_path, checkpoin
 
 
 def test_scan_names_a_spreadsheet_would_run_are_written_safe_and_read_back(tmp_path, checkpoint, capsys):
-    scan = _scan(tmp_path / "=HYPERLINK(1).mha")
+    scan = noise_scan(tmp_path / "=HYPERLINK(1).mha")
     out = tmp_path / "out"
     assert main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), "--progress", "none", *FAST]) == 0
     for name in ("candidates.csv", "=HYPERLINK(1).candidates.csv"):

@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
-from fault_helpers import mounted_tmpfs
+from fault_helpers import mounted_tmpfs, noise_scan, snapshot
 
 from SCPMNoduleLib import pipeline
 from SCPMNoduleLib.cli import main
@@ -27,13 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--threshold", "0", "--max-detections", "5", "--device", "cpu", "--progress", "none"]
 
 
-def _scan(path, shape_zyx=(20, 40, 36), seed=0):
-    values = np.random.default_rng(seed).normal(-700, 200, shape_zyx).astype(np.float32)
-    image = sitk.GetImageFromArray(values)
-    image.SetSpacing((0.9, 0.9, 1.5))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def _one_line(err: str, progress_bar: str | None = None) -> str:
@@ -44,9 +35,6 @@ def _one_line(err: str, progress_bar: str | None = None) -> str:
     return lines[0]
 
 
-def _tree(folder: Path) -> list[str]:
-    """Every entry under ``folder`` (hidden ones too), relative, sorted."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
 
@@ -63,7 +51,7 @@ def _fill(folder: Path) -> None:
 
 
 def _output_cases(tmp_path, checkpoint):
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     blocker = tmp_path / "blocker.txt"
     blocker.write_text("mine\n")
     model = ["--model", str(checkpoint)]
@@ -83,12 +71,12 @@ def _output_cases(tmp_path, checkpoint):
                                   "phantom --out under a file"])
 def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, checkpoint, capsys, case):
     argv, message = _output_cases(tmp_path, checkpoint)[case]
-    before = _tree(tmp_path)
+    before = sorted(snapshot(tmp_path))
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert _one_line(err).endswith(f": error: {message}")
     assert out == ""  # no scan was read, no detection ran
-    assert _tree(tmp_path) == before and (tmp_path / "blocker.txt").read_text() == "mine\n"
+    assert sorted(snapshot(tmp_path)) == before and (tmp_path / "blocker.txt").read_text() == "mine\n"
 
 
 def test_evaluate_refuses_an_output_file_before_it_evaluates(tmp_path, capsys):
@@ -103,7 +91,7 @@ def test_evaluate_refuses_an_output_file_before_it_evaluates(tmp_path, capsys):
 
 @pytest.mark.parametrize("command", ["detect", "phantom", "demo"])
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoint, capsys, command):
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     with mounted_tmpfs(tmp_path / "ro", "size=1m,ro") as read_only:
         out_dir = read_only / command
         argv = {"detect": ["detect", str(scan), "--out", str(out_dir), "--model", str(checkpoint), *FAST],
@@ -114,14 +102,14 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, checkpoi
         out, err = capsys.readouterr()
         assert _one_line(err).endswith(
             f": error: --out {out_dir}: no file can be created in {read_only} (the file system is read-only).")
-        assert out == "" and _tree(read_only) == []
+        assert out == "" and sorted(snapshot(read_only)) == []
 
 
 # ------------------------------------------------------------------------------ full disk
 
 
 def test_a_full_disk_while_writing_a_scan_stops_the_batch_and_leaves_no_half_file(tmp_path, checkpoint, capsys):
-    scans = [_scan(tmp_path / "scans" / f"{name}.mha", seed=k) for k, name in enumerate("ab")]
+    scans = [noise_scan(tmp_path / "scans" / f"{name}.mha", seed=k) for k, name in enumerate("ab")]
     with mounted_tmpfs(tmp_path / "small", "size=2m") as small:
         out = small / "det"
         out.mkdir()
@@ -130,11 +118,11 @@ def test_a_full_disk_while_writing_a_scan_stops_the_batch_and_leaves_no_half_fil
         assert main(["detect", *map(str, scans), "--out", str(out), "--model", str(checkpoint), *FAST]) == 2
         line = _one_line(capsys.readouterr().err)
         assert str(out / "a") in line and "no space left on the device" in line
-        assert _tree(out) == []  # neither a temporary, nor a's old report, nor any batch file
+        assert sorted(snapshot(out)) == []  # neither a temporary, nor a's old report, nor any batch file
 
 
 def test_a_full_disk_while_writing_the_batch_files_leaves_neither(tmp_path, checkpoint, capsys, monkeypatch):
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     with mounted_tmpfs(tmp_path / "small", "size=2m") as small:
         out = small / "det"
         real = pipeline.write_candidates
@@ -147,7 +135,7 @@ def test_a_full_disk_while_writing_the_batch_files_leaves_neither(tmp_path, chec
         assert main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), *FAST]) == 2
         line = _one_line(capsys.readouterr().err)
         assert "detect_summary.json" in line and "no space left on the device" in line
-        assert _tree(out) == ["s.candidates.csv", "s.json", "s.mrk.json"]
+        assert sorted(snapshot(out)) == ["s.candidates.csv", "s.json", "s.mrk.json"]
 
 
 def test_a_full_disk_while_writing_a_phantom_dataset_leaves_nothing(tmp_path, capsys):
@@ -155,7 +143,7 @@ def test_a_full_disk_while_writing_a_phantom_dataset_leaves_nothing(tmp_path, ca
         assert main(["phantom", "--out", str(small / "ph"), "--scans", "2", "--subsets", "1"]) == 2
         line = _one_line(capsys.readouterr().err, progress_bar="phantoms:")
         assert line.endswith(f"{small / 'ph'}: could not write (no space left on the device).")
-        assert _tree(small) == []
+        assert sorted(snapshot(small)) == []
 
 
 # ------------------------------------------------------------------- CSV that is not text
@@ -200,8 +188,9 @@ def _wait_for(predicate, seconds=120.0):
         time.sleep(0.02)
 
 
-def test_ctrl_c_during_detection_exits_130_and_leaves_no_file_of_that_scan(tmp_path, checkpoint):
-    scans = [_scan(tmp_path / "scans" / f"{name}.mha", shape_zyx=(64, 96, 96), seed=k) for k, name in enumerate("ab")]
+def test_ctrl_c_during_detection_exits_130_and_leaves_no_file_of_thatnoise_scan(tmp_path, checkpoint):
+    scans = [noise_scan(tmp_path / "scans" / f"{name}.mha", shape_zyx=(64, 96, 96), seed=k)
+             for k, name in enumerate("ab")]
     out = tmp_path / "out"
     process = subprocess.Popen(_command("detect", *map(str, scans), "--out", str(out), "--model", str(checkpoint),
                                         "--device", "cpu", "--threshold", "0", "--mirror", "zyx",
@@ -215,7 +204,7 @@ def test_ctrl_c_during_detection_exits_130_and_leaves_no_file_of_that_scan(tmp_p
     rest, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert _one_line(err) == "scpm-nodule detect: cancelled"
-    assert _tree(out) == ["a.candidates.csv", "a.json", "a.mrk.json"]
+    assert sorted(snapshot(out)) == ["a.candidates.csv", "a.json", "a.mrk.json"]
 
 
 def test_ctrl_c_in_the_demo_leaves_nothing(tmp_path, checkpoint):
@@ -251,9 +240,10 @@ def test_a_run_after_sigkill_removes_what_the_killed_run_left(tmp_path, checkpoi
     assert len(left) == 1 and left[0].startswith(f".s.json.{writer.pid}.")
     assert [p for p in os.listdir(tmp_path) if p.startswith(".ph.")]
 
-    scan = _scan(tmp_path / "s.mha")
+    scan = noise_scan(tmp_path / "s.mha")
     assert main(["detect", str(scan), "--out", str(out), "--model", str(checkpoint), *FAST]) == 0
-    assert _tree(out) == ["candidates.csv", "detect_summary.json", "s.candidates.csv", "s.json", "s.mrk.json"]
+    assert sorted(snapshot(out)) == ["candidates.csv", "detect_summary.json", "s.candidates.csv", "s.json",
+                                     "s.mrk.json"]
     assert main(["phantom", "--out", str(tmp_path / "ph"), "--scans", "1", "--subsets", "1"]) == 0
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
@@ -265,6 +255,6 @@ def test_a_live_runs_temporary_file_is_left_alone(tmp_path, checkpoint):
     live.write_text("being written")
     foreign = out / ".notes.txt.tmp"  # not a name of ours
     foreign.write_text("someone else's")
-    assert main(["detect", str(_scan(tmp_path / "s.mha")), "--out", str(out), "--model", str(checkpoint),
+    assert main(["detect", str(noise_scan(tmp_path / "s.mha")), "--out", str(out), "--model", str(checkpoint),
                  *FAST]) == 0
     assert live.exists() and foreign.exists()

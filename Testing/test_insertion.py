@@ -5,13 +5,13 @@ background is known), small phantoms (flipped and oblique), and the real-CT deri
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from fault_helpers import snapshot
 from scipy import ndimage
 from scipy.special import erf
 
@@ -214,9 +214,6 @@ def test_placed_nodules_are_in_the_lungs_clear_of_vessels_and_of_each_other():
     assert gaps[~np.eye(len(nodules), dtype=bool)].min() >= scan.config.gap_mm
 
 
-def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_dataset_layout_boxes_excluded_and_same_seed_same_bytes(tmp_path):
@@ -226,8 +223,8 @@ def test_dataset_layout_boxes_excluded_and_same_seed_same_bytes(tmp_path):
     written = write_inserted_dataset([scan], tmp_path / "a", seed=3, **options)
     write_inserted_dataset([scan], tmp_path / "b", seed=3, **options)
     write_inserted_dataset([scan], tmp_path / "c", seed=4, **options)
-    assert digest(tmp_path / "a") == digest(tmp_path / "b")
-    assert digest(tmp_path / "a") != digest(tmp_path / "c")
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
+    assert snapshot(tmp_path / "a") != snapshot(tmp_path / "c")
     uids = read_seriesuids(tmp_path / "a" / "seriesuids.csv")
     assert uids == list(written) and len(uids) == 2
     names = {f"{uid}.{suffix}" for uid in uids for suffix in ("mhd", "raw")}

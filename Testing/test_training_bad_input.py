@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_helpers import mounted_tmpfs
+from fault_helpers import mounted_tmpfs, snapshot
 
-from SCPMNoduleLib.io import sha256_of
 from Training.cache import build_cache
 from Training.config import load_config
 from Training.trainer import Trainer
@@ -73,9 +72,6 @@ class _Payload:
         return (os.getcwd, ())
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (relative path -> SHA-256) and every folder (-> ``"dir"``)."""
-    return {str(p.relative_to(root)): ("dir" if p.is_dir() else sha256_of(p)) for p in sorted(root.rglob("*"))}
 
 
 def scpm_train(*args, cwd: Path) -> subprocess.CompletedProcess:
@@ -162,10 +158,10 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_sentence_exit_2_and_leaves_the_files_as_they_were(root, case):
     args, message = CASES[case]
-    before = _snapshot(root)
+    before = snapshot(root)
     done = scpm_train(*args, cwd=root)
     assert_refused(done, args[0], message)
-    assert _snapshot(root) == before
+    assert snapshot(root) == before
 
 
 def test_scpm_nodule_and_scpm_train_share_the_threshold_and_bootstrap_checks():
@@ -201,19 +197,19 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_work(root
     where = read_only_folder / "out"
     args = {"fit": [*FIT, "--out", where], "preprocess": ["preprocess", "--data", "data", "--cache", where],
             "export": [*EXPORT, "--out", where / "demo.pt"], "evaluate": [*EVALUATE, "--out", where]}[command]
-    before = _snapshot(root)
+    before = snapshot(root)
     done = scpm_train(*args, cwd=root)
     assert_refused(done, command, rf"{re.escape(str(where))}.*: no file can be created in "
                                   rf"{re.escape(str(read_only_folder))} "
                                   r"\((the file system is read-only|permission denied)\)\.$")
-    assert _snapshot(root) == before and list(read_only_folder.iterdir()) == []
+    assert snapshot(root) == before and list(read_only_folder.iterdir()) == []
 
 
 def _installed_model(folder: Path) -> dict[str, str]:
     """A copy of the shipped demo.pt and Models.json in ``folder``; returns their SHA-256s."""
     for name in ("demo.pt", "Models.json"):
         shutil.copy(REPO / "Resources" / name, folder / name)
-    return _snapshot(folder)
+    return snapshot(folder)
 
 
 def test_a_full_disk_during_export_leaves_the_old_checkpoint_and_manifest(root, tmp_path):
@@ -224,7 +220,7 @@ def test_a_full_disk_during_export_leaves_the_old_checkpoint_and_manifest(root, 
         done = scpm_train(*EXPORT, "--out", folder / "demo.pt", "--manifest", folder / "Models.json", cwd=root)
         assert_refused(done, "export", rf"{re.escape(str(folder / 'demo.pt'))}: could not write "
                                        r"\(no space left on the device\)\.$")
-        assert _snapshot(folder) == before
+        assert snapshot(folder) == before
 
 
 INTERRUPT_BETWEEN_THE_RENAMES = textwrap.dedent("""
@@ -258,7 +254,7 @@ def test_ctrl_c_between_checkpoint_and_manifest_puts_the_old_checkpoint_back(roo
     assert done.returncode == 130, done.stderr
     assert done.stderr.splitlines() == [
         "scpm-train export: interrupted; the checkpoint and the manifest are as they were"]
-    assert _snapshot(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_export_replaces_checkpoint_and_manifest_together(root, tmp_path):
@@ -268,6 +264,6 @@ def test_export_replaces_checkpoint_and_manifest_together(root, tmp_path):
     before = _installed_model(folder)
     done = scpm_train(*EXPORT, "--out", folder / "demo.pt", "--manifest", folder / "Models.json", cwd=root)
     assert done.returncode == 0, done.stderr
-    after = _snapshot(folder)
+    after = snapshot(folder)
     assert sorted(after) == ["Models.json", "demo.pt"] and after["demo.pt"] != before["demo.pt"]
     assert f'"sha256": "{after["demo.pt"]}"' in (folder / "Models.json").read_text(encoding="utf-8")

@@ -14,20 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fault_helpers import snapshot
 
 from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_torch_file, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError, os_error
-from SCPMNoduleLib.io import atomic_write, sha256_of
+from SCPMNoduleLib.io import atomic_write
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from SCPMNoduleLib.temp_files import check_output_file, check_output_folder
 from Training import export
 from Training.config import TrainConfig
 from Training.state import save_state
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {p.name: sha256_of(p) for p in sorted(folder.iterdir())}
 
 
 @pytest.mark.parametrize("where, message", [
@@ -128,7 +125,7 @@ def installed(tmp_path):
 @pytest.mark.parametrize("failing", ["demo.pt", "Models.json"])
 def test_a_failed_replacement_puts_every_old_file_back(installed, monkeypatch, failing):
     resources = installed / "Resources"
-    before = _snapshot(resources)
+    before = snapshot(resources)
     real_replace = os.replace
 
     def replace(source, target, *args, **kwargs):
@@ -141,12 +138,12 @@ def test_a_failed_replacement_puts_every_old_file_back(installed, monkeypatch, f
                        match=rf"^{resources / failing}: could not write \(no space left on the device\)\.$"):
         export.export_model(installed / "last.pt", resources / "demo.pt", name="demo", version="1",
                             training_data="y", manifest=resources / "Models.json")
-    assert _snapshot(resources) == before  # no temporary file, no new bytes
+    assert snapshot(resources) == before  # no temporary file, no new bytes
 
 
 def test_a_new_checkpoint_is_removed_when_its_manifest_cannot_be_replaced(installed, monkeypatch):
     resources = installed / "Resources"
-    before = _snapshot(resources)
+    before = snapshot(resources)
     real_replace = os.replace
 
     def replace(source, target, *args, **kwargs):
@@ -158,6 +155,6 @@ def test_a_new_checkpoint_is_removed_when_its_manifest_cannot_be_replaced(instal
     with pytest.raises(KeyboardInterrupt):
         export.export_model(installed / "last.pt", resources / "other.pt", name="other", version="1",
                             training_data="y", manifest=resources / "Models.json")
-    assert _snapshot(resources) == before
+    assert snapshot(resources) == before
     assert [m["name"] for m in json.loads((resources / "Models.json").read_text(encoding="utf-8"))["models"]] == [
         "demo"]
