@@ -22,26 +22,10 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from realct import real_scans  # noqa: E402
 
 from SCPMNoduleLib.insertion import ScanForInsertion, insert_nodules, read_boxes  # noqa: E402
 from SCPMNoduleLib.io import read_scan  # noqa: E402
-
-REAL = {"lung-pet-ct-dx-A0001/ct_5mm_L.nii.gz": "lung-pet-ct-dx-A0001/ct_5mm_L_boxes.csv",
-        "lung-pet-ct-dx-A0001/ct_5mm_B.nii.gz": "lung-pet-ct-dx-A0001/ct_5mm_L_boxes.csv",
-        "lung-pet-ct-dx-A0002/ct_8mm_B70f.nii.gz": "lung-pet-ct-dx-A0002/ct_8mm_B70f_boxes.csv",
-        "lung-pet-ct-dx-A0002/ct_8mm_B40f.nii.gz": "lung-pet-ct-dx-A0002/ct_8mm_B70f_boxes.csv"}
-DERIVATIVES = Path(__file__).resolve().parent.parent / "Testing" / "data" / "realct"
-
-
-def _scans(realct: Path):
-    """(name, scan path, boxes path) of each chest CT."""
-    if realct.is_dir():
-        for scan, boxes in REAL.items():
-            yield scan, realct / scan, realct / boxes
-    else:
-        for scan, boxes in (("A0001_5mm_L", "A0001_5mm_L"), ("A0001_5mm_B", "A0001_5mm_L"),
-                            ("A0002_8mm_B70f", "A0002_8mm_B70f"), ("A0002_8mm_B40f", "A0002_8mm_B70f")):
-            yield f"{scan} (derivative)", DERIVATIVES / f"{scan}.nii.gz", DERIVATIVES / f"{boxes}_boxes.csv"
 
 
 def main() -> None:
@@ -51,7 +35,7 @@ def main() -> None:
     parser.add_argument("--realct", type=Path, default=Path("../shared/realct"))
     args = parser.parse_args()
     prepare_s, per_scan_s, per_nodule_s = [], [], []
-    for name, path, boxes_path in _scans(args.realct):
+    for name, path, boxes_path in real_scans(args.realct, chests_only=True):
         image, boxes = read_scan(path), read_boxes(boxes_path)
         best_prepare, best_insert, count = float("inf"), float("inf"), 0
         for repeat in range(args.repeats):

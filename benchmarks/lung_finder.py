@@ -20,38 +20,20 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import SimpleITK as sitk  # noqa: E402
+from realct import best_of, real_scans  # noqa: E402
 
 from SCPMNoduleLib.io import read_scan  # noqa: E402
 from SCPMNoduleLib.lungs import find_lungs  # noqa: E402
 from SCPMNoduleLib.phantom import generate_phantom, phantom_config  # noqa: E402
 from SCPMNoduleLib.preprocess import PreprocessConfig, resampled_geometry  # noqa: E402
 
-REAL = ["lung-pet-ct-dx-A0001/ct_5mm_L.nii.gz", "lung-pet-ct-dx-A0001/ct_5mm_B.nii.gz",
-        "lung-pet-ct-dx-A0002/ct_8mm_B70f.nii.gz", "lung-pet-ct-dx-A0002/ct_8mm_B40f.nii.gz",
-        "totalsegmentator-example/abdomen_3mm.nii.gz", "totalsegmentator-example/ct_dicom"]
-DERIVATIVES = Path(__file__).resolve().parent.parent / "Testing" / "data" / "realct"
-
-
-def _best(function, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return min(times), result
-
 
 def _scans(realct: Path, phantoms: int):
-    if realct.is_dir():
-        for name in REAL:
-            yield name, read_scan(realct / name)
-    else:
-        for path in sorted(DERIVATIVES.glob("*.nii.gz")):
-            yield f"{path.name} (derivative)", read_scan(path)
+    for name, path, _ in real_scans(realct):
+        yield name, read_scan(path)
     for i in range(phantoms):
         yield f"phantom full seed {1000 + i}", generate_phantom(1000 + i, phantom_config("full")).image
 
@@ -68,7 +50,7 @@ def main() -> None:
     for name, image in _scans(args.realct, args.phantoms):
         kind = "phantom" if name.startswith("phantom") else "real"
         geometry = resampled_geometry(image, config.spacing_xyz_mm)
-        seconds, found = _best(functools.partial(find_lungs, image, geometry, config.mask_block,
+        seconds, found = best_of(functools.partial(find_lungs, image, geometry, config.mask_block,
                                                  config.lung_finder()), args.repeats)
         seconds_of[kind].append(seconds)
         what = (f"{found.n_lungs} lungs, {found.volume_ml:.0f} mL" if found.found
