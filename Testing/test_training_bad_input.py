@@ -99,7 +99,8 @@ CASES = {
     "garbage cache.json": (["fit", "--cache", "garbage_cache", "--out", "new_run", "--device", "cpu"],
                            r"garbage_cache/cache.json: the file is not valid JSON .*; run scpm-train preprocess"),
     "cache.json without settings": (["fit", "--cache", "hollow_cache", "--out", "new_run", "--device", "cpu"],
-                                    r"hollow_cache/cache.json: the cache description lacks its data_dir or preprocess"),
+                                    r"hollow_cache/cache.json: the cache description lacks its data folders or "
+                                    r"preprocess"),
     "NaN weight decay": ([*FIT, "--out", "new_run", "--set", "optim.weight_decay=NaN"],
                          r"config optim.weight_decay: nan is not a finite number of at least 0\.$"),
     "NaN learning rate": ([*FIT, "--out", "new_run", "--set", "optim.lr_schedule=[[0,NaN]]"],

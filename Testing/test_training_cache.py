@@ -113,3 +113,34 @@ def test_cache_files_of_another_version_or_damaged_name_the_file_and_the_remedy(
         load_cache(cache)
     assert str(raised.value) == (f"{cache / 'cache.json'}: the file is not a scpm-train cache description (its "
                                  "format is 'other', not 'scpm-train-cache'); run scpm-train preprocess again.")
+
+
+def test_one_cache_from_several_folders_keeps_each_scans_fold_and_findings(tmp_path):
+    first = write_tiny_luna16(tmp_path / "phantoms", n_scans=2, subsets=2, seed=1)
+    second = write_tiny_luna16(tmp_path / "inserted", n_scans=1, subsets=1, seed=2)
+    summary = build_cache([tmp_path / "phantoms", tmp_path / "inserted"], tmp_path / "cache", progress=False)
+    assert summary == {"scans": 3, "built": 3, "skipped": 0}
+    scans = {scan.seriesuid: scan for scan in load_cache(tmp_path / "cache")}
+    assert {uid: scan.fold for uid, scan in scans.items()} == {
+        "1.3.6.1.4.1.14519.5.2.1.1.0": 0, "1.3.6.1.4.1.14519.5.2.1.1.1": 1, "1.3.6.1.4.1.14519.5.2.1.2.0": 0}
+    for findings in (first, second):
+        for uid in set(findings.seriesuids):
+            rows = findings.seriesuids == uid
+            np.testing.assert_allclose(scans[uid].annotations.centers_xyz_mm, findings.centers_xyz_mm[rows])
+            np.testing.assert_allclose(scans[uid].radii_vox, findings.diameters_mm[rows] / 2)
+    info = json.loads((tmp_path / "cache" / "cache.json").read_text(encoding="utf-8"))
+    assert info["data_dirs"] == [str((tmp_path / "phantoms").resolve()), str((tmp_path / "inserted").resolve())]
+    # the second folder again, beside the first: its scan is the first folder's too
+    write_tiny_luna16(tmp_path / "again", n_scans=1, subsets=1, seed=1)
+    with pytest.raises(UserInputError, match=r"again/subset0/1\.3\.6\.1\.4\.1\.14519\.5\.2\.1\.1\.0\.mhd: seriesuid .* "
+                                             r"is also .*phantoms/subset0/.*; the folders of one cache must not"):
+        build_cache([tmp_path / "phantoms", tmp_path / "again"], tmp_path / "cache2", progress=False)
+
+
+def test_a_cache_written_with_one_data_dir_still_reads(cached):
+    tmp_path, _, _ = cached
+    path = tmp_path / "cache" / "cache.json"
+    info = json.loads(path.read_text(encoding="utf-8"))
+    info["data_dir"] = info.pop("data_dirs")[0]
+    path.write_text(json.dumps(info), encoding="utf-8")
+    assert len(load_cache(tmp_path / "cache")) == 3

@@ -236,3 +236,26 @@ def test_evaluate_folder_scores_the_checkpoints_detections_against_the_folders_a
     assert hit.sum() == result.counts.n_detected
     summary = json.loads((tmp_path / "eval" / "froc_summary.json").read_text(encoding="utf-8"))
     assert summary["runs"]["last.pt"]["cpm"] == pytest.approx(result.cpm)
+
+
+@pytest.mark.slow
+def test_a_run_can_start_from_another_runs_or_a_checkpoints_weights(cache, tmp_path):
+    from Training.state import parameter_digest
+
+    Trainer(_config("optim.epochs=1"), cache, tmp_path / "first", device="cpu").fit()
+    first = model_from_state(load_state(tmp_path / "first" / "last.pt"), "last.pt")
+    export_model(tmp_path / "first" / "last.pt", tmp_path / "first.pt", name="tiny", version="0.1",
+                 training_data="two tiny test scans")
+    # at learning rate 0 the parameters stay where the run started: the given weights, not the seed's
+    for start in (tmp_path / "first" / "last.pt", tmp_path / "first.pt"):
+        out = tmp_path / f"from_{start.stem}"
+        Trainer(_config("optim.epochs=1", "seed=5", "optim.lr_schedule=[[0,0.0]]", f"init_weights={start}"),
+                cache, out, device="cpu").fit()
+        assert parameter_digest(model_from_state(load_state(out / "last.pt"), "last.pt")) == parameter_digest(first)
+        assert json.loads((out / "config.json").read_text(encoding="utf-8"))["init_weights"] == str(start)
+    seeded = Trainer(_config("seed=5"), cache, tmp_path / "unused", device="cpu").model
+    assert parameter_digest(seeded) != parameter_digest(first)
+    with pytest.raises(UserInputError, match="first.pt: config init_weights is of another network"):
+        Trainer(_config("optim.epochs=1", "model.head_channels=4", f"init_weights={tmp_path / 'first.pt'}"),
+                cache, tmp_path / "other", device="cpu").fit()
+    assert not (tmp_path / "other" / "last.pt").exists()

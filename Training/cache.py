@@ -270,19 +270,24 @@ def scan_problem(metadata_path: Path, preprocess: dict | None = None, checksum: 
 
 
 def build_cache(
-    data_dir: str | os.PathLike,
+    data_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     cache_dir: str | os.PathLike,
     config: PreprocessConfig | None = None,
     workers: int = 1,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Cache every scan of a LUNA16-layout folder; skip scans already cached and valid.
+    """Cache every scan of one or several LUNA16-layout folders; skip scans already cached and valid.
+
+    Several folders make one training set (phantoms and nodules inserted into real CT, say): each
+    scan keeps its own folder's subset as its fold and its own folder's annotations; a seriesuid
+    in two folders is refused.
 
     Resumable: a scan's metadata is written last and atomically, so an interrupted run leaves
     only complete scans or none; invalid ones (truncated, corrupt, other config) are rebuilt.
 
     Args:
-        data_dir: ``subset<k>/<uid>.mhd``, ``annotations.csv``, optional ``annotations_excluded.csv``.
+        data_dirs: folder(s) of ``subset<k>/<uid>.mhd``, ``annotations.csv``, optional
+            ``annotations_excluded.csv``.
         cache_dir: the cache folder (created).
         config: pre-processing (default: the library's defaults, 1 mm isotropic).
         workers: processes resampling scans in parallel.
@@ -295,24 +300,19 @@ def build_cache(
     spacing = np.asarray(config.spacing_xyz_mm)
     if not np.allclose(spacing, spacing[0]):
         raise UserInputError(f"pre-processing spacing {tuple(spacing)}: training needs an isotropic spacing.")
-    data_dir, cache_dir = Path(data_dir).resolve(), Path(cache_dir)
+    folders = [Path(data_dirs)] if isinstance(data_dirs, (str, os.PathLike)) else [Path(d) for d in data_dirs]
+    folders = [folder.resolve() for folder in folders]
+    cache_dir = Path(cache_dir)
     check_output_folder(cache_dir, "--cache")
-    scans = find_luna16_scans(data_dir)
+    scans: list[SourceScan] = []
     spheres: dict[str, dict[str, _Spheres]] = defaultdict(dict)
-    for kind, name, required in (("annotations", "annotations.csv", True),
-                                 ("excluded", "annotations_excluded.csv", False)):
-        path = data_dir / name
-        if not path.is_file() and not required:
-            continue
-        for uid, value in _findings_by_uid(read_annotations(path)).items():
-            spheres[uid][kind] = value
-    unknown = sorted(set(spheres) - {scan.seriesuid for scan in scans})
-    if unknown:
-        log.warning("%d annotated seriesuid(s) have no scan, e.g. %s", len(unknown), unknown[0])
+    for data_dir in folders:
+        scans += _folder_scans(data_dir, {scan.seriesuid: scan.source for scan in scans}, spheres)
+    scans.sort(key=lambda scan: scan.seriesuid)
     scans_dir = cache_dir / "scans"
     scans_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(cache_dir / "cache.json") as handle:
-        json.dump({"format": CACHE_FORMAT, "version": CACHE_VERSION, "data_dir": str(data_dir),
+        json.dump({"format": CACHE_FORMAT, "version": CACHE_VERSION, "data_dirs": [str(d) for d in folders],
                    "preprocess": config.to_dict()}, handle, indent=2)
     preprocess = json.loads(json.dumps(config.to_dict()))
     todo = []
@@ -330,8 +330,32 @@ def build_cache(
     return {"scans": len(scans), "built": len(todo), "skipped": len(scans) - len(todo)}
 
 
+def _folder_scans(data_dir: Path, known: dict[str, Path], spheres: dict[str, dict[str, _Spheres]]
+                  ) -> list[SourceScan]:
+    """The scans of one LUNA16-layout folder, with its findings added to ``spheres`` (by uid);
+    a uid already in ``known`` (an earlier folder's scans) is refused."""
+    scans = find_luna16_scans(data_dir)
+    for scan in scans:
+        if scan.seriesuid in known:
+            raise UserInputError(f"{scan.source}: seriesuid {scan.seriesuid} is also {known[scan.seriesuid]}; "
+                                 "the folders of one cache must not share scans.")
+    for kind, name, required in (("annotations", "annotations.csv", True),
+                                 ("excluded", "annotations_excluded.csv", False)):
+        path = data_dir / name
+        if not path.is_file() and not required:
+            continue
+        for uid, value in _findings_by_uid(read_annotations(path)).items():
+            spheres[uid][kind] = value
+    unknown = sorted(set(spheres) - {scan.seriesuid for scan in scans} - set(known))
+    if unknown:
+        log.warning("%s: %d annotated seriesuid(s) have no scan, e.g. %s", data_dir, len(unknown), unknown[0])
+    return scans
+
+
 def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
-    """``cache.json``: format, version, ``data_dir`` and the ``preprocess`` config dict."""
+    """``cache.json``: format, version, ``data_dirs`` (the folders it was built from; a cache
+    written before several folders were possible names one, as ``data_dir``) and the
+    ``preprocess`` config dict."""
     path = Path(cache_dir) / "cache.json"
     if not path.is_file():
         raise UserInputError(f"{cache_dir}: not a training cache (no cache.json); run scpm-train preprocess.")
@@ -339,8 +363,12 @@ def read_cache_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
         info = read_document(path, CACHE_FORMAT, CACHE_VERSION, "a scpm-train cache description")
     except DocumentError as error:
         raise UserInputError(f"{path}: {error.reason}; run scpm-train preprocess again.") from None
-    if not isinstance(info.get("data_dir"), str) or not isinstance(info.get("preprocess"), dict):
-        raise UserInputError(f"{path}: the cache description lacks its data_dir or preprocess settings; "
+    if isinstance(info.get("data_dir"), str) and "data_dirs" not in info:
+        info["data_dirs"] = [info.pop("data_dir")]
+    folders = info.get("data_dirs")
+    if (not isinstance(folders, list) or not folders or not all(isinstance(d, str) for d in folders)
+            or not isinstance(info.get("preprocess"), dict)):
+        raise UserInputError(f"{path}: the cache description lacks its data folders or preprocess settings; "
                              "run scpm-train preprocess again.")
     try:
         PreprocessConfig.from_dict(info["preprocess"])
@@ -385,8 +413,8 @@ def load_cache(cache_dir: str | os.PathLike, checksum: bool = True,
         problem = scan_problem(path, info["preprocess"], checksum)
         if problem is not None:
             raise UserInputError(
-                f"{path}: {problem}; run scpm-train preprocess --data {info['data_dir']} --cache {cache_dir} "
-                "to rebuild it."
+                f"{path}: {problem}; run scpm-train preprocess --data {' '.join(info['data_dirs'])} "
+                f"--cache {cache_dir} to rebuild it."
             )
         metadata = read_document(path, CACHE_FORMAT, CACHE_VERSION, _SCAN_METADATA)
         nodules, excluded = metadata["nodules"], metadata["excluded"]

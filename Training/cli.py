@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pre = commands.add_parser("preprocess", help="resample, window and cache every scan once")
-    pre.add_argument("--data", required=True, help="LUNA16-layout folder: subset0..9/, annotations.csv")
+    pre.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                     help="LUNA16-layout folder(s): subset0..9/, annotations.csv; several make one training set")
     pre.add_argument("--cache", required=True, help="cache folder to fill (resumable)")
     pre.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel processes")
     pre.add_argument("--preprocess", help="pre-processing config JSON (default: 1 mm, HU -1200..600, lung crop)")

@@ -155,6 +155,10 @@ class TrainConfig:
         channels_last: keep weights and patches in the channels-last-3d memory format (the demo
             network's training step took 0.45 s instead of 0.58 s per batch of four 64^3 patches
             on two CPU cores; the inference default too).
+        init_weights: start from these weights instead of the seed's initialisation (fine-tuning):
+            a training state (``best.pt``, ``last.pt``, its moving average when it kept one) or a
+            detector checkpoint, of the same network (``model``) and pre-processing as the cache.
+            Read once, when the run starts; ``--resume`` continues from ``last.pt`` without it.
     """
 
     seed: int = 0
@@ -170,6 +174,7 @@ class TrainConfig:
     log_every_steps: int = 10
     cudnn_benchmark: bool = True
     channels_last: bool = True
+    init_weights: str = ""
 
     def __post_init__(self) -> None:
         self.validate()

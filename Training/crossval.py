@@ -82,5 +82,5 @@ def cross_validate(config: TrainConfig, cache_dir: str | os.PathLike, out_dir: s
         write_candidates(out_dir / "candidates.csv", candidates)
         write_evaluation({"cross-validation": result}, out_dir / "report",
                          inputs={"cache": str(Path(cache_dir).resolve()), "folds": ",".join(map(str, folds)),
-                                 "data": read_cache_info(cache_dir)["data_dir"]})
+                                 "data": " ".join(read_cache_info(cache_dir)["data_dirs"])})
     return result

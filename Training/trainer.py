@@ -53,7 +53,7 @@ from .data import EpochSampler, MatchingCollate, PatchDataset
 from .distributed import Distributed, init_distributed
 from .heldout import detect_sharded
 from .run_log import LOG_COLUMNS, RunLog
-from .state import load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
+from .state import load_deployable, load_state, load_weights, parameter_digest, restore_rng_state, rng_state, save_state
 
 __all__ = ["Trainer", "build_loader", "build_model", "load_scans", "make_optimizer", "split_folds"]
 
@@ -235,6 +235,20 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_cpm, self.best_epoch = float(state["best_cpm"]), int(state["best_epoch"])
 
+    def _start_from(self, path: str) -> None:
+        """Replace the seed's initial weights by those of ``path`` (``config.init_weights``); the
+        optimiser starts afresh, the moving average (if kept) from these weights."""
+        model, preprocess, _ = load_deployable(path)
+        if model.config != self.config.model:
+            raise UserInputError(f"{path}: config init_weights is of another network configuration than config model.")
+        if preprocess != self.preprocess:
+            raise UserInputError(
+                f"{path}: config init_weights was trained with another pre-processing than this cache.")
+        self.model.load_state_dict(model.state_dict())  # copies into the existing tensors: memory format kept
+        if self.average is not None:
+            self.average = WeightAverage(self.model, self.config.optim.ema_decay)
+        log.info("starting from the weights of %s", path)
+
     def _save(self, name: str) -> None:
         save_state(self.out_dir / name, self.state_dict())
 
@@ -253,6 +267,8 @@ class Trainer:
         if resume and last.is_file():
             self.load_state_dict(load_state(last), str(last))
             log.info("resumed from %s at epoch %d (step %d)", last, self.epoch, self.step)
+        elif self.config.init_weights:
+            self._start_from(self.config.init_weights)
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.out_dir / "config.json")
