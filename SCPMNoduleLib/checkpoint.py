@@ -31,7 +31,7 @@ from .model import SCPMNet, SCPMNetConfig
 from .preprocess import PreprocessConfig
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "load_torch_file", "save_checkpoint",
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "bf16_holds", "load_checkpoint", "load_torch_file", "save_checkpoint",
     "save_torch_file",
 ]
 
@@ -68,6 +68,14 @@ def save_checkpoint(path: str | os.PathLike, model: SCPMNet, preprocess: Preproc
         "metadata": dict(metadata or {}),
     }
     save_torch_file(path, checkpoint)
+
+
+def bf16_holds(metadata: dict) -> bool:
+    """Whether a checkpoint's metadata records that its detections hold in bf16
+    (``metadata["precision_check"]["bf16_holds"]``, written by ``scpm-train export
+    --bf16-evaluation``); ``False`` without such a record, so that ``auto`` stays fp32 on the CPU."""
+    check = metadata.get("precision_check")
+    return isinstance(check, dict) and check.get("bf16_holds") is True
 
 
 def _load_problem(path: Path, error: Exception) -> str:

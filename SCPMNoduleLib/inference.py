@@ -43,7 +43,7 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import bf16_holds, load_checkpoint
 from .coder import decode_detections
 from .config_dict import check_choice, invalid_setting
 from .detection import Detection
@@ -54,7 +54,7 @@ from .lungs import LungFinding
 from .model import SCPMNet, fuse_batch_norm
 from .models import resolve_model
 from .preprocess import PreparedScan, PreprocessConfig, prepare_scan
-from .runtime import PRECISIONS, autocast, autocast_dtype, is_out_of_memory, precision_name, resolve_device
+from .runtime import PRECISIONS, autocast, detection_precision, is_out_of_memory, precision_name, resolve_device
 from .tiling import Tile, average_mirrored_maps, plan_tiles
 from .triples import float_triple, int_triple
 
@@ -93,7 +93,8 @@ class InferenceConfig:
             rounded up to a multiple of the network's size divisor.
         min_side_vox: a crop shorter than this along an axis is padded to it (rounded up to the
             size divisor), so small scans get the context the network was trained with.
-        precision: ``auto`` (bf16, else fp16 autocast on CUDA; fp32 on the CPU, see
+        precision: ``auto`` (bf16, else fp16 autocast on CUDA; on the CPU bf16 where it is native
+            and the checkpoint records that its detections hold in bf16, else fp32: see
             :func:`~SCPMNoduleLib.runtime.autocast_dtype`), ``fp32``, ``bf16`` or ``fp16``
             (CUDA only; fp32 elsewhere).
         channels_last: use the channels-last-3d memory format (faster 3-D convolutions).
@@ -146,6 +147,8 @@ class DetectionResult:
         device: where the network ran (``cpu`` when memory ran out on the detector's GPU even
             with the smallest tiles; the next scan starts on the GPU again).
         precision: the autocast type it ran in: ``fp32``, ``bf16`` or ``fp16``.
+        precision_reason: why, in a few words (``asked for``, ``auto: the CPU has no native bf16``...:
+            :func:`~SCPMNoduleLib.runtime.detection_precision`).
         tile_voxels: voxels of each tile it ran on (below the plan for ``max_tile_voxels``
             when memory ran out and the tiles were halved).
         lungs: what the lung finder found (volume, box), ``None`` when it did not run.
@@ -157,6 +160,7 @@ class DetectionResult:
     precision: str
     tile_voxels: int
     lungs: LungFinding | None = None
+    precision_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,8 @@ class Detector:
         config: tiling, decoding and filtering.
         device: where the network runs (a scan that runs out of memory there, even with the
             smallest tiles, runs on the CPU; the next one starts here again).
-        info: name, version and metadata of the checkpoint (for reports).
+        info: name, version and metadata of the checkpoint (for reports; its
+            ``metadata["precision_check"]`` decides whether ``auto`` may run bf16 on the CPU).
     """
 
     model: nn.Module
@@ -220,6 +225,19 @@ class Detector:
         return bool(self.info.get("trained", True))
 
     @property
+    def bf16_holds(self) -> bool:
+        """Whether the checkpoint records that its detections hold in bf16
+        (:func:`~SCPMNoduleLib.checkpoint.bf16_holds` of ``info["metadata"]``)."""
+        return bf16_holds(self.info.get("metadata", {}))
+
+    def precision(self, device: torch.device | None = None) -> tuple[torch.dtype | None, str]:
+        """The autocast type the network runs in on ``device`` (default: the detector's; ``None``:
+        float32) and why: :func:`~SCPMNoduleLib.runtime.detection_precision` of the config's
+        precision and the checkpoint's bf16 record."""
+        return detection_precision(torch.device(device or self.device), self.config.precision,
+                                   bf16_holds=self.bf16_holds)
+
+    @property
     def size_divisor(self) -> int:
         """The network's ``size_divisor`` ``q``: every padded crop and tile side is a multiple of it."""
         return cast(int, self.model.size_divisor)  # an attribute nn.Module's stub types as Tensor | Module
@@ -251,9 +269,9 @@ class Detector:
         detections = self.decode(forward.maps, prepared)
         timings_s["decode"] = time.perf_counter() - start
         report(1.0, "decode")
-        precision = precision_name(autocast_dtype(forward.device, self.config.precision))
-        return DetectionResult(tuple(detections), timings_s, str(forward.device), precision, forward.tile_voxels,
-                               prepared.lungs)
+        dtype, reason = self.precision(forward.device)
+        return DetectionResult(tuple(detections), timings_s, str(forward.device), precision_name(dtype),
+                               forward.tile_voxels, prepared.lungs, reason)
 
     def predict_maps(self, image: sitk.Image, progress: Progress | None = None,
                      cancel: threading.Event | None = None) -> tuple[list[dict[str, Tensor]], PreparedScan]:
@@ -338,7 +356,7 @@ class Detector:
                    report: Progress, cancel: threading.Event | None) -> list[dict[str, Tensor]]:
         shape = tuple(volume.shape[2:])
         log.debug("%d tile(s) of %s over %s on %s", len(tiles), tiles[0].size, shape, device)
-        dtype = autocast_dtype(device, self.config.precision)
+        dtype, _ = self.precision(device)
         memory_format = torch.channels_last_3d if self.config.channels_last else torch.contiguous_format
         scan_shape = torch.tensor([prepared.geometry.shape_zyx], device=device)
         maps: list[dict[str, Tensor]] | None = None

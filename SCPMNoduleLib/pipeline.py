@@ -92,6 +92,8 @@ class ScanResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     device: str | None = None
     """Where the network ran (the CPU when memory ran out on the detector's GPU)."""
+    precision: dict[str, str] | None = None
+    """The autocast type it ran in and why: ``{"precision": "bf16", "precision_reason": "..."}``."""
     lungs: dict | None = None
     """:func:`lung_summary` of the scan, ``None`` when the lungs were not looked for."""
     error: str | None = None
@@ -169,9 +171,11 @@ def _remove(paths: Iterable[str | os.PathLike]) -> list[str]:
     return removed
 
 
-def _model_summary(detector: Detector, device: str) -> dict:
+def _model_summary(detector: Detector, device: str, precision: dict[str, str] | None = None) -> dict:
+    """The ``model`` record of the reports; ``precision``: what one scan ran in and why (the
+    batch summary has it per scan)."""
     return {"name": detector.info.get("name"), "version": detector.info.get("version"),
-            "trained": detector.trained, "device": device,
+            "trained": detector.trained, "device": device, **(precision or {}),
             "inference": asdict(detector.config), "preprocess": detector.preprocess.to_dict()}
 
 
@@ -203,6 +207,7 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
         result.timings_s["read"] = time.perf_counter() - start
         detection = detector.detect(scan.image, progress=lambda f, s: report(name, 0.05 + 0.9 * f, s))
         result.detections, result.device = list(detection.detections), detection.device
+        result.precision = {"precision": detection.precision, "precision_reason": detection.precision_reason}
         result.lungs = lung_summary(detection.lungs) if detection.lungs is not None else None
         low, high = ADULT_LUNG_VOLUME_ML
         if detection.lungs is not None and not low <= detection.lungs.volume_ml <= high:
@@ -212,8 +217,8 @@ def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence
         report(name, 0.95, "write")
         write_start = time.perf_counter()
         result.outputs = _write_outputs(out_dir, scan, result.detections, path,
-                                        _model_summary(detector, detection.device), formats, result.timings_s,
-                                        result.lungs)
+                                        _model_summary(detector, detection.device, result.precision), formats,
+                                        result.timings_s, result.lungs)
         result.timings_s["write"] = time.perf_counter() - write_start
         report(name, 1.0, "write")
     except NoLungsError as error:  # the one input error found after reading, so without the file's name
@@ -300,7 +305,8 @@ def _write_batch_files(out_dir: Path, results: list[ScanResult], detector: Detec
 def _batch_summary(results: list[ScanResult], detector: Detector) -> dict:
     return {"model": _model_summary(detector, str(detector.device)), "scans": [
         {"scan": r.scan, "path": r.path, "ok": r.ok, "detections": len(r.detections), "device": r.device,
-         "lungs": r.lungs, "seconds": r.seconds, "timings_s": r.timings_s, "outputs": r.outputs, "error": r.error}
+         **(r.precision or {}), "lungs": r.lungs, "seconds": r.seconds, "timings_s": r.timings_s,
+         "outputs": r.outputs, "error": r.error}
         for r in results]}
 
 
