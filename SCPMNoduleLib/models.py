@@ -144,7 +144,7 @@ def entry_file(checkpoint: str | os.PathLike, manifest: str | os.PathLike | None
 def manifest_entry(checkpoint: str | os.PathLike, *, name: str, version: str, architecture: str,
                    training_data: str, description: str = "", metrics: dict[str, Any] | None = None,
                    trained: bool = True, manifest: str | os.PathLike | None = None,
-                   sha256: str | None = None) -> dict[str, Any]:
+                   sha256: str | None = None, precision_check: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest entry of a checkpoint file.
 
     Args:
@@ -159,11 +159,14 @@ def manifest_entry(checkpoint: str | os.PathLike, *, name: str, version: str, ar
         manifest: the manifest the entry is for (:func:`entry_file`).
         sha256: the file's SHA-256, when the bytes are not yet at ``checkpoint`` (a file about to
             be moved there); computed from the file otherwise.
+        precision_check: whether its detections hold in bf16 (the checkpoint's
+            ``metadata["precision_check"]``); the entry has none when it is ``None``.
     """
     return {"name": name, "version": version, "file": entry_file(checkpoint, manifest),
             "sha256": sha256 if sha256 is not None else sha256_of(checkpoint),
             "trained": trained, "architecture": architecture, "training_data": training_data,
-            "description": description, "metrics": dict(metrics or {})}
+            "description": description, "metrics": dict(metrics or {}),
+            **({"precision_check": dict(precision_check)} if precision_check is not None else {})}
 
 
 def updated_manifest(path: str | os.PathLike, entry: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from SCPMNoduleLib import __version__
 from SCPMNoduleLib.cli import check_bootstraps, check_threshold, run_command
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.models import MODEL_HELP
+from SCPMNoduleLib.runtime import PRECISIONS
 
 INTERRUPTED = {
     "preprocess": "interrupted; run it again to finish (the scans cached so far are kept)",
@@ -97,7 +98,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .heldout import evaluate_folder
 
     result = evaluate_folder(args.checkpoint, args.data, args.out, args.device, check_threshold(args.threshold),
-                             check_bootstraps(args.bootstraps), args.mirror)
+                             check_bootstraps(args.bootstraps), args.mirror, args.precision)
     print(f"CPM {result.cpm:.3f} ({_sensitivities(result)}) -> {args.out}")
     return 0
 
@@ -126,7 +127,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     entry = export_model(args.checkpoint, args.out, name=args.name, version=args.model_version,
                          training_data=args.training_data, froc_summary=args.froc, manifest=args.manifest,
-                         description=args.description)
+                         description=args.description, bf16_evaluation=args.bf16_evaluation)
     print(json.dumps(entry, indent=1))
     return 0
 
@@ -176,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bootstraps", type=int, default=1000, help="bootstrap resamples for the CPM's CI")
     evaluate.add_argument("--mirror", default="", metavar="AXES",
                           help="test-time mirroring along every combination of these axes (e.g. zyx)")
+    evaluate.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                          help="the network's precision (default fp32: the model's own figures, and the reference "
+                               "a bf16 evaluation is compared with at export); recorded in froc_summary.json")
     evaluate.set_defaults(run=_run_evaluate)
 
     tune = commands.add_parser(
@@ -208,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model-version", default="1.0.0", help="version string of the model")
     export.add_argument("--training-data", required=True, help="what the model was trained on, in words")
     export.add_argument("--froc", help="froc_summary.json of its held-out evaluation")
+    export.add_argument("--bf16-evaluation", metavar="DIR",
+                        help="an evaluate folder of the same checkpoint and data as --froc's, run with --precision "
+                             "bf16 (--froc's with fp32): records whether its detections hold in bf16, which lets "
+                             "precision auto run bf16 on CPUs with native bf16")
     export.add_argument("--manifest", help="Models.json to add the entry to, e.g. Resources/Models.json")
     export.add_argument("--description", default="", help="intended use and limitations")
     export.set_defaults(run=_run_export)

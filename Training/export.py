@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.checkpoint import save_checkpoint
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError, reported_os_errors
 from SCPMNoduleLib.io import atomic_write, sha256_of
+from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.models import (
     check_model_name,
     entry_file,
@@ -37,9 +38,10 @@ from SCPMNoduleLib.temp_files import check_output_file
 from SCPMNoduleLib.temp_names import temp_prefix
 
 from .config import TrainConfig
-from .state import load_deployable
+from .precision_check import precision_check_record
+from .state import file_format, load_deployable, parameter_digest
 
-__all__ = ["architecture_summary", "export_model", "froc_metrics"]
+__all__ = ["architecture_summary", "export_model", "froc_metrics", "precision_record"]
 
 
 def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
@@ -66,6 +68,20 @@ def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
     if not all(math.isfinite(value) for value in figures):
         raise UserInputError(f"{path}: the evaluation's figures hold NaN or infinite values.")
     return metrics
+
+
+def precision_record(model: SCPMNet, froc_summary: str | os.PathLike | None,
+                     bf16_evaluation: str | os.PathLike | None, previous: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``precision_check`` export writes: computed from ``--froc``'s folder and
+    ``--bf16-evaluation`` (:func:`~Training.precision_check.precision_check_record`); without
+    ``--bf16-evaluation``, the record of the checkpoint being re-exported (``previous``, its
+    metadata), which still describes the same weights; ``None`` for a training state."""
+    if bf16_evaluation is None:
+        kept = previous.get("precision_check")
+        return kept if isinstance(kept, dict) else None
+    if froc_summary is None:
+        raise UserInputError("--bf16-evaluation: needs --froc, the fp32 evaluation it is compared with.")
+    return precision_check_record(Path(froc_summary).parent, bf16_evaluation, parameter_digest(model))
 
 
 def architecture_summary(config: TrainConfig) -> str:
@@ -125,7 +141,8 @@ def _replaced_together() -> Iterator[dict[Path, Path]]:
 
 def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, name: str, version: str,
                  training_data: str, froc_summary: str | os.PathLike | None = None,
-                 manifest: str | os.PathLike | None = None, description: str = "") -> dict[str, Any]:
+                 manifest: str | os.PathLike | None = None, description: str = "",
+                 bf16_evaluation: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the detector checkpoint of a training state and (optionally) its manifest entry.
 
     Everything is checked before anything is written (the state, the evaluation summary, the
@@ -144,6 +161,10 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         manifest: ``Models.json`` to add or replace the entry ``name`` in; the checkpoint must lie
             in the manifest's folder or below it.
         description: free text (limitations, intended use).
+        bf16_evaluation: an evaluate folder of the same checkpoint and data as ``froc_summary``'s
+            folder, run in bf16 (that one in fp32): recorded as ``precision_check``
+            (:func:`precision_record`), which ``precision="auto"`` reads. Without it, re-exporting
+            an exported checkpoint keeps that checkpoint's record, and a training state gets none.
 
     Returns:
         The manifest entry (also when no manifest is written).
@@ -162,6 +183,8 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     training = json.loads(json.dumps(training))
     config = TrainConfig.from_dict(training["config"])
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
+    previous = load_checkpoint(state_path)[2] if file_format(state_path) == CHECKPOINT_FORMAT else {}
+    precision_check = precision_record(model, froc_summary, bf16_evaluation, previous)
     check_output_file(out_path, "--out")
     if manifest is not None:
         manifest = Path(manifest)
@@ -177,13 +200,16 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         "trained": True, "name": name, "version": version, "library_version": __version__,
         "description": description, "training_data": training_data, "metrics": metrics, "training": training,
     }
+    if precision_check is not None:
+        metadata["precision_check"] = precision_check
     with reported_os_errors("write"), _replaced_together() as staged:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         staged[out_path] = _staging_path(out_path)
         save_checkpoint(staged[out_path], model, preprocess, metadata)
         entry = manifest_entry(out_path, name=name, version=version, architecture=architecture_summary(config),
                                training_data=training_data, description=description, metrics=metrics,
-                               manifest=manifest, sha256=sha256_of(staged[out_path]))
+                               manifest=manifest, sha256=sha256_of(staged[out_path]),
+                               precision_check=precision_check)
         if manifest is not None:
             document = updated_manifest(manifest, entry)
             manifest.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import copy
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -19,14 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, bf16_holds, load_checkpoint
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
 from SCPMNoduleLib.preprocess import PreprocessConfig
+from SCPMNoduleLib.runtime import detection_precision, device_name, precision_name, resolve_device
 from SCPMNoduleLib.temp_files import check_output_folder
 
 from .cache import find_luna16_scans
-from .state import load_deployable
+from .state import file_format, load_deployable, parameter_digest
 
 __all__ = ["Scan", "detect_scans", "detect_sharded", "evaluate_folder", "read_excluded"]
 
@@ -82,26 +85,41 @@ def detect_sharded(model: nn.Module, preprocess: PreprocessConfig, scans: Sequen
 
 def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                     device: str = "auto", score_threshold: float = 0.01, bootstraps: int = 1000,
-                    mirror_axes: str = "") -> FROCResult:
+                    mirror_axes: str = "", precision: str = "fp32") -> FROCResult:
     """Detect on every scan of a LUNA16-layout folder and evaluate with LUNA16's FROC.
 
     Writes ``candidates.csv`` and the evaluation (``froc_summary.json``, ``froc_curve.csv``,
     ``froc.png``, ``missed_nodules.csv``) to ``out_dir``; ``froc_summary.json`` is what
     ``scpm-train export --froc`` records as the model's metrics. ``mirror_axes``: test-time
-    mirroring (:class:`InferenceConfig`). The settings, the output folder, the scans, the
+    mirroring (:class:`InferenceConfig`). ``precision``: the network's (:class:`InferenceConfig`);
+    fp32 by default, so that the figures export records are the model's own on any machine and the
+    reference that a ``--precision bf16`` evaluation is compared with
+    (:mod:`~Training.precision_check`). ``auto`` is resolved as the detector would resolve it for
+    this checkpoint, and the summary's ``inputs`` record the precision that ran, the weights'
+    digest, the threshold and the device. The settings, the output folder, the scans, the
     annotations and the checkpoint are all checked before the first scan is detected.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    config = InferenceConfig(score_threshold=score_threshold, mirror_axes=mirror_axes)
+    config = InferenceConfig(score_threshold=score_threshold, mirror_axes=mirror_axes, precision=precision)
     evaluation = EvaluationConfig(n_bootstraps=bootstraps)
     check_output_folder(out_dir, "--out")
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
     model, preprocess, _ = load_deployable(checkpoint)
-    candidates = detect_scans(model, preprocess, scans, device, config)
+    dtype, reason = detection_precision(resolve_device(str(device)), precision, bf16_holds=_bf16_holds(checkpoint))
+    ran = precision_name(dtype)
+    log.info("%s precision (%s)", ran, reason)
+    candidates = detect_scans(model, preprocess, scans, device, replace(config, precision=ran))
     result = evaluate_froc(annotations, excluded, [scan.seriesuid for scan in scans], candidates, evaluation)
     write_candidates(out_dir / "candidates.csv", candidates)
     write_evaluation({Path(checkpoint).name: result}, out_dir,
                      inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve()),
-                             "mirror_axes": mirror_axes})
+                             "mirror_axes": mirror_axes, "threshold": repr(float(score_threshold)),
+                             "precision": ran, "weights_sha256": parameter_digest(model),
+                             "device_name": device_name(resolve_device(str(device)))})
     return result
+
+
+def _bf16_holds(checkpoint: str | os.PathLike) -> bool:
+    """A detector checkpoint's bf16 record (it decides ``auto``); ``False`` for a training state."""
+    return file_format(checkpoint) == CHECKPOINT_FORMAT and bf16_holds(load_checkpoint(checkpoint)[2])
