@@ -137,17 +137,17 @@ def test_mismatched_evaluations_are_refused_in_one_sentence_and_nothing_is_writt
     state = tmp_path / "tiny.pt"
     save_checkpoint(state, SCPMNet(SCPMNetConfig.tiny()), PreprocessConfig(),
                     {"training": load_checkpoint(resolve_model("demo")[0])[2]["training"]})
+    demo = resolve_model("demo")[0]
     cases = {
-        "other data": (resolve_model("demo")[0], fp32, root / "other",
-                       r"^--froc and --bf16-evaluation are evaluations of different data \(.*\); run both on the same\.$"),
-        "fp32 twice": (resolve_model("demo")[0], fp32, root / "fp32",
-                       r"^--bf16-evaluation .*fp32: an evaluation run in fp32 precision, not bf16 \(run scpm-train "
-                       r"evaluate --precision bf16\)\.$"),
+        "other data": (demo, fp32, root / "other", r"^--froc and --bf16-evaluation are evaluations of different "
+                                                   r"data \(.*\); run both on the same\.$"),
+        "fp32 twice": (demo, fp32, root / "fp32", r"^--bf16-evaluation .*fp32: an evaluation run in fp32 precision, "
+                                                  r"not bf16 \(run scpm-train evaluate --precision bf16\)\.$"),
         "other weights": (state, fp32, root / "bf16",
                           r"^--froc .*fp32: an evaluation of other weights than the checkpoint exported\.$"),
-        "no evaluation": (resolve_model("demo")[0], fp32, tmp_path,
-                          r"^--bf16-evaluation .*: not a scpm-train evaluate folder \(froc_summary.json not found\)\.$"),
-        "no --froc": (resolve_model("demo")[0], None, root / "bf16",
+        "no evaluation": (demo, fp32, tmp_path, r"^--bf16-evaluation .*: not a scpm-train evaluate folder "
+                                                r"\(froc_summary.json not found\)\.$"),
+        "no --froc": (demo, None, root / "bf16",
                       r"^--bf16-evaluation: needs --froc, the fp32 evaluation it is compared with\.$"),
     }
     shutil.copy(REPO / "Resources" / "Models.json", tmp_path / "Models.json")

@@ -9,20 +9,39 @@ in fresh processes (so that each one's peak RSS is its own):
   and precision) over the whole resampled volume padded to the size divisor, timed alone;
 * ``forward crop``: the same over the padded lung crop only.
 
-Each measurement is repeated (``--repeats``, round robin, each run in a fresh process) and the
-fastest run reported, since other work on the machine only ever adds time. Printed: seconds per
-stage, end-to-end seconds, the ratio end-to-end / forward whole (the pipeline's overhead, goal
-< 1.15; the lung crop can make it < 1), the ratio to forward crop, tiles used, and peak RSS (plus
-peak CUDA memory on a GPU).
+Each measurement runs in every precision asked for (``--precisions fp32,bf16``: the detector's
+``InferenceConfig.precision``, autocast around the plain forward passes too) and is repeated
+(``--repeats``, round robin, each run in a fresh process); the fastest run is reported, since
+other work on the machine only ever adds time. Printed per precision: seconds per stage,
+end-to-end seconds, the ratio end-to-end / forward whole (the pipeline's overhead, goal < 1.15;
+the lung crop can make it < 1), the ratio to forward crop, tiles used, and peak RSS (plus peak
+CUDA memory on a GPU); then the precisions side by side: end-to-end and crop seconds and the
+network's achieved GFLOP/s on the crop against the CPU's peak.
+
+Achieved GFLOP/s: the FLOPs of one forward pass over the padded lung crop, counted by
+``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; convolutions and matrix
+products only, which is nearly all of the network's work), divided by the crop's forward time.
+The CPU's peak is estimated two ways:
+
+* theoretical: threads (one per core) x clock (``lscpu``'s max MHz, else ``/proc/cpuinfo``'s
+  ``cpu MHz``; ``--clock-ghz`` overrides) x FLOPs per cycle per core for the ISA (:func:`_flops_per_cycle`):
+  fp32 FMA: 32 on Zen 4 (AMD family 0x19 with AVX-512: two 256-bit FMA pipes, a 512-bit op runs
+  as two halves), 64 on Zen 5 and on Intel AVX-512 (two 512-bit FMA units assumed), 32 with
+  AVX2+FMA; bf16: twice fp32 with AVX512-BF16 (``vdpbf16ps`` does two products per fp32 lane at
+  the FMA rate), 1024 with AMX tiles, and fp32's otherwise (emulated: far slower in practice);
+* measured: the best rate of ``torch.mm`` of two 2048 x 2048 matrices in that dtype on the same
+  threads (oneDNN/BLAS), the practical ceiling of a dense kernel on this machine.
 
     python benchmarks/inference.py [--model demo|paper] [--seeds 0 1] [--size full]
-                                   [--max-tile-voxels N] [--margin M] [--device cpu]
+                                   [--precisions fp32,bf16] [--max-tile-voxels N] [--margin M]
+                                   [--device cpu] [--threads N] [--clock-ghz G]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -66,17 +85,90 @@ def _peak_memory() -> dict:
     return figures
 
 
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _cpu_info() -> dict:
+    """Vendor, family, flags, model name and clock (GHz, and where it came from) of this CPU (Linux)."""
+    info: dict = {"vendor": "", "family": 0, "flags": set(), "name": "unknown CPU", "ghz": 0.0, "clock_from": "none"}
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "vendor_id" and not info["vendor"]:
+                info["vendor"] = value
+            elif key == "cpu family" and not info["family"]:
+                info["family"] = int(value)
+            elif key == "flags" and not info["flags"]:
+                info["flags"] = set(value.split())
+            elif key == "model name" and info["name"] == "unknown CPU":
+                info["name"] = value
+            elif key == "cpu MHz" and not info["ghz"]:
+                info["ghz"], info["clock_from"] = float(value) / 1000, "/proc/cpuinfo cpu MHz (current)"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        lscpu = ""
+    for line in lscpu.splitlines():
+        if line.startswith("CPU max MHz:"):
+            info["ghz"], info["clock_from"] = float(line.split(":")[1]) / 1000, "lscpu CPU max MHz"
+    return info
+
+
+def _flops_per_cycle(info: dict) -> dict[str, tuple[float, str]]:
+    """FLOPs per cycle per core for fp32 and bf16, each with the assumption it rests on (module text)."""
+    flags, amd = info["flags"], info["vendor"] == "AuthenticAMD"
+    if "avx512f" in flags and amd and info["family"] == 0x19:
+        fp32 = (32.0, "Zen 4: 2 x 256-bit FMA pipes, AVX-512 as two halves")
+    elif "avx512f" in flags:
+        fp32 = (64.0, "AVX-512: 2 x 512-bit FMA units")
+    elif {"avx2", "fma"} <= flags:
+        fp32 = (32.0, "AVX2: 2 x 256-bit FMA units")
+    else:
+        fp32 = (8.0, "SSE: no FMA")
+    if "amx_bf16" in flags:
+        bf16 = (1024.0, "AMX tiles")
+    elif "avx512_bf16" in flags:
+        bf16 = (2 * fp32[0], "AVX512-BF16 dot products: 2 products per fp32 lane at the FMA rate")
+    else:
+        bf16 = (fp32[0], "no native bf16 (emulated: far below this)")
+    return {"fp32": fp32, "bf16": bf16, "fp16": fp32}
+
+
+def _measured_peak(dtype: torch.dtype, threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of the fastest of ``repeats`` products of two ``size`` x ``size`` matrices."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def _forward_flops(model, volume, origin, shape) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(volume, origin, shape)
+    return int(counter.get_total_flops())
+
+
 def worker(options: dict) -> dict:
     from SCPMNoduleLib.inference import Detector, InferenceConfig
     from SCPMNoduleLib.io import read_scan
     from SCPMNoduleLib.pipeline import DEFAULT_FORMATS, detect_scan
     from SCPMNoduleLib.preprocess import prepare_scan
+    from SCPMNoduleLib.runtime import autocast, autocast_dtype
     from SCPMNoduleLib.tiling import plan_tiles
 
     if options["threads"]:
         torch.set_num_threads(options["threads"])
     model, preprocess = _model(options["model"])
-    config = InferenceConfig(score_threshold=0.0)
+    config = InferenceConfig(score_threshold=0.0, precision=options["precision"])
     if options["max_tile_voxels"]:
         config = replace(config, max_tile_voxels=options["max_tile_voxels"])
     if options["margin"] is not None:
@@ -89,8 +181,8 @@ def worker(options: dict) -> dict:
         if not results[0].ok:
             raise RuntimeError(results[0].error)
         best = min(results, key=lambda r: r.seconds)
-        return {"seconds": best.seconds, "stages": best.timings_s,
-                "detections": len(best.detections), **_peak_memory()}
+        return {"seconds": best.seconds, "stages": best.timings_s, "detections": len(best.detections),
+                "precision": (best.precision or {}).get("precision"), **_peak_memory()}
     prepared = prepare_scan(read_scan(path), replace(preprocess, lung_mask=options["mode"] == "forward crop"),
                             align=model.size_divisor)
     volume = detector._pad(prepared).to(detector.device).contiguous(memory_format=torch.channels_last_3d)
@@ -98,7 +190,8 @@ def worker(options: dict) -> dict:
                            config.max_tile_voxels))
     origin = torch.tensor([prepared.crop_start_zyx.tolist()], device=detector.device)
     shape = torch.tensor([prepared.geometry.shape_zyx], device=detector.device)
-    with torch.inference_mode():
+    dtype = autocast_dtype(detector.device, options["precision"])
+    with torch.inference_mode(), autocast(detector.device, dtype):
         if detector.device.type == "cuda":
             detector.model(volume[..., :32, :32, :32], origin, shape)  # warm-up
             torch.cuda.synchronize()
@@ -110,8 +203,10 @@ def worker(options: dict) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         seconds = min(times)
-    return {"seconds": seconds, "volume": list(volume.shape[2:]), "tiles_if_detect": tiles,
-            **_peak_memory()}
+    figures = {"seconds": seconds, "volume": list(volume.shape[2:]), "tiles_if_detect": tiles, **_peak_memory()}
+    if options["count_flops"]:  # after the timing and the peak memory, which it would disturb
+        figures["flops"] = _forward_flops(detector.model, volume, origin, shape)
+    return figures
 
 
 def _run(options: dict) -> dict:
@@ -122,16 +217,55 @@ def _run(options: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _print_runs(precision: str, detect: dict, whole: dict, crop: dict) -> None:
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in detect["stages"].items())
+    print(f"  [{precision}] detect end-to-end {detect['seconds']:7.2f} s  ({stages}); "
+          f"peak RSS {detect['peak_rss_mb']:.0f} MB; tiles {crop['tiles_if_detect']}; ran in {detect['precision']}")
+    print(f"  [{precision}] forward whole {'x'.join(map(str, whole['volume'])):>13} {whole['seconds']:7.2f} s  "
+          f"peak RSS {whole['peak_rss_mb']:.0f} MB")
+    print(f"  [{precision}] forward crop  {'x'.join(map(str, crop['volume'])):>13} {crop['seconds']:7.2f} s  "
+          f"peak RSS {crop['peak_rss_mb']:.0f} MB")
+    print(f"  [{precision}] ratio end-to-end / forward whole = {detect['seconds'] / whole['seconds']:.2f}; "
+          f"/ forward crop = {detect['seconds'] / crop['seconds']:.2f}")
+    if "peak_cuda_mb" in detect:
+        print(f"  [{precision}] peak CUDA MB: detect {detect['peak_cuda_mb']:.0f}, whole {whole['peak_cuda_mb']:.0f}")
+
+
+def _print_side_by_side(results: dict[str, tuple[dict, dict, dict]], flops: int,
+                        peaks: dict[str, tuple[float, float]]) -> None:
+    """Seconds, speed-up against the first precision, GFLOP/s and the share of both peaks."""
+    names = list(results)
+    first = names[0]
+    print(f"  {'':34}" + "".join(f"{name:>12}" for name in names))
+    rows = {
+        "detect end-to-end (s)": [results[n][0]["seconds"] for n in names],
+        "forward crop (s)": [results[n][2]["seconds"] for n in names],
+        f"speed-up end-to-end vs {first}": [results[first][0]["seconds"] / results[n][0]["seconds"] for n in names],
+        "network GFLOP/s (crop)": [flops / results[n][2]["seconds"] / 1e9 for n in names],
+    }
+    if peaks:
+        rows["theoretical peak GFLOP/s"] = [peaks[n][0] for n in names]
+        rows["  % of theoretical"] = [100 * flops / results[n][2]["seconds"] / 1e9 / peaks[n][0] for n in names]
+        rows["measured peak GFLOP/s (torch.mm)"] = [peaks[n][1] for n in names]
+        rows["  % of measured"] = [100 * flops / results[n][2]["seconds"] / 1e9 / peaks[n][1] for n in names]
+    for label, values in rows.items():
+        print(f"  {label:34}" + "".join(f"{value:12.2f}" for value in values))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("demo", "paper"), default="demo",
                         help="demo: the bundled checkpoint's network; paper: the default SCPMNetConfig")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 3])
     parser.add_argument("--size", choices=("small", "full"), default="full")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated precisions to run side by side (fp32, bf16, fp16)")
     parser.add_argument("--max-tile-voxels", type=int, default=0, help="0: the InferenceConfig default")
     parser.add_argument("--margin", type=int, default=None, help="tile margin (default: InferenceConfig's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--clock-ghz", type=float, default=0.0,
+                        help="clock for the theoretical peak (default: lscpu's max MHz, else /proc/cpuinfo's)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each measurement, each in a fresh process; the fastest is reported")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -142,36 +276,53 @@ def main() -> None:
 
     from SCPMNoduleLib.phantom import make_phantom
 
-    print(f"model {args.model}, device {args.device}, torch threads {args.threads or torch.get_num_threads()}, "
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not precisions or set(precisions) - set(_DTYPES):
+        parser.error(f"--precisions {args.precisions!r}: expected a comma-separated subset of fp32,bf16,fp16")
+    threads = args.threads or torch.get_num_threads()
+    print(f"model {args.model}, device {args.device}, torch threads {threads}, "
           f"max tile voxels {args.max_tile_voxels or 'default'}, margin {args.margin or 'default'}, "
-          f"fastest of {args.repeats} runs")
+          f"precisions {', '.join(precisions)}, fastest of {args.repeats} runs")
+    peaks: dict[str, tuple[float, float]] = {}
+    if args.device == "cpu":
+        from SCPMNoduleLib.runtime import native_bf16_cpu
+
+        info = _cpu_info()
+        ghz, clock_from = (args.clock_ghz, "--clock-ghz") if args.clock_ghz else (info["ghz"], info["clock_from"])
+        per_cycle = _flops_per_cycle(info)
+        print(f"CPU {info['name']} ({os.cpu_count()} logical CPUs), native bf16: {native_bf16_cpu()}; "
+              f"clock {ghz:.2f} GHz from {clock_from}")
+        for name in precisions:
+            flops_per_cycle, assumption = per_cycle[name]
+            theoretical = threads * ghz * flops_per_cycle
+            measured = _measured_peak(_DTYPES[name], threads)
+            peaks[name] = (theoretical, measured)
+            print(f"  {name} peak: theoretical {theoretical:.0f} GFLOP/s = {threads} cores x {ghz:.2f} GHz x "
+                  f"{flops_per_cycle:.0f} FLOP/cycle ({assumption}); measured {measured:.0f} GFLOP/s "
+                  f"(best torch.mm 2048^2 in {name})")
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             image, _ = make_phantom(seed, args.size)
             scan = Path(tmp) / f"phantom_{seed}.mha"
             sitk.WriteImage(image, str(scan))
             base = {"model": args.model, "scan": str(scan), "out": str(Path(tmp) / f"out_{seed}"),
-                    "device": args.device, "threads": args.threads,
+                    "device": args.device, "threads": args.threads, "count_flops": False,
                     "max_tile_voxels": args.max_tile_voxels, "margin": args.margin, "repeats": 1}
-            runs = {mode: [] for mode in ("detect", "forward whole", "forward crop")}
+            runs = {(p, mode): [] for p in precisions for mode in ("detect", "forward whole", "forward crop")}
             for _ in range(args.repeats):  # round robin, so that load from elsewhere hits all alike
-                for mode, results in runs.items():
-                    results.append(_run({**base, "mode": mode}))
-            detect, whole, crop = (min(results, key=lambda r: r["seconds"]) for results in runs.values())
+                for (precision, mode), found in runs.items():
+                    found.append(_run({**base, "mode": mode, "precision": precision}))
+            flops = _run({**base, "mode": "forward crop", "precision": "fp32", "count_flops": True})["flops"]
             size = "x".join(map(str, image.GetSize()))
-            stages = ", ".join(f"{k} {v:.2f}" for k, v in detect["stages"].items())
             print(f"\nphantom seed {seed}: {size} voxels, spacing "
-                  f"{', '.join(f'{s:.2f}' for s in image.GetSpacing())} mm")
-            print(f"  detect end-to-end   {detect['seconds']:7.2f} s  ({stages}); "
-                  f"peak RSS {detect['peak_rss_mb']:.0f} MB; tiles {crop['tiles_if_detect']}")
-            print(f"  forward whole {'x'.join(map(str, whole['volume'])):>13} {whole['seconds']:7.2f} s  "
-                  f"peak RSS {whole['peak_rss_mb']:.0f} MB")
-            print(f"  forward crop  {'x'.join(map(str, crop['volume'])):>13} {crop['seconds']:7.2f} s  "
-                  f"peak RSS {crop['peak_rss_mb']:.0f} MB")
-            print(f"  ratio end-to-end / forward whole = {detect['seconds'] / whole['seconds']:.2f}; "
-                  f"/ forward crop = {detect['seconds'] / crop['seconds']:.2f}")
-            if "peak_cuda_mb" in detect:
-                print(f"  peak CUDA MB: detect {detect['peak_cuda_mb']:.0f}, whole {whole['peak_cuda_mb']:.0f}")
+                  f"{', '.join(f'{s:.2f}' for s in image.GetSpacing())} mm; network on the crop: "
+                  f"{flops / 1e9:.1f} GFLOP")
+            results = {}
+            for precision in precisions:
+                results[precision] = tuple(min(runs[(precision, mode)], key=lambda r: r["seconds"])
+                                           for mode in ("detect", "forward whole", "forward crop"))
+                _print_runs(precision, *results[precision])
+            _print_side_by_side(results, flops, peaks)
 
 
 if __name__ == "__main__":
