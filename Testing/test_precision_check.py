@@ -144,7 +144,8 @@ def test_mismatched_evaluations_are_refused_in_one_sentence_and_nothing_is_writt
         "fp32 twice": (demo, fp32, root / "fp32", r"^--bf16-evaluation .*fp32: an evaluation run in fp32 precision, "
                                                   r"not bf16 \(run scpm-train evaluate --precision bf16\)\.$"),
         "other weights": (state, fp32, root / "bf16",
-                          r"^--froc .*fp32: an evaluation of other weights than the checkpoint exported\.$"),
+                          r"^--froc .*fp32/froc_summary.json: an evaluation of other weights than the checkpoint "
+                          r"exported\.$"),
         "no evaluation": (demo, fp32, tmp_path, r"^--bf16-evaluation .*: not a scpm-train evaluate folder "
                                                 r"\(froc_summary.json not found\)\.$"),
         "no --froc": (demo, None, root / "bf16",

@@ -81,7 +81,7 @@ def precision_record(model: SCPMNet, froc_summary: str | os.PathLike | None,
         return kept if isinstance(kept, dict) else None
     if froc_summary is None:
         raise UserInputError("--bf16-evaluation: needs --froc, the fp32 evaluation it is compared with.")
-    return precision_check_record(Path(froc_summary).parent, bf16_evaluation, parameter_digest(model))
+    return precision_check_record(froc_summary, bf16_evaluation, parameter_digest(model))
 
 
 def architecture_summary(config: TrainConfig) -> str:

@@ -80,11 +80,12 @@ def compare_candidates(fp32: Findings, bf16: Findings, cpm_fp32: float, cpm_bf16
 
 
 def _evaluation(folder: Path, option: str) -> tuple[dict[str, Any], float, Findings]:
-    """An evaluate folder's inputs, CPM and candidates, or one sentence saying what is missing."""
+    """An evaluate folder's inputs, CPM and candidates, or one sentence saying what is missing
+    (``option`` names the command-line option and what was given)."""
     summary_path, candidates_path = folder / "froc_summary.json", folder / "candidates.csv"
     for path in (summary_path, candidates_path):
         if not path.is_file():
-            raise UserInputError(f"{option} {folder}: not a scpm-train evaluate folder ({path.name} not found).")
+            raise UserInputError(f"{option}: not a scpm-train evaluate folder ({path.name} not found).")
     summary = read_json(summary_path)
     try:
         inputs, run = summary["inputs"], next(iter(summary["runs"].values()))
@@ -96,25 +97,27 @@ def _evaluation(folder: Path, option: str) -> tuple[dict[str, Any], float, Findi
     return {**inputs, "n_scans": n_scans}, cpm, read_candidates(candidates_path)
 
 
-def precision_check_record(fp32_folder: str | os.PathLike, bf16_folder: str | os.PathLike,
+def precision_check_record(froc_summary: str | os.PathLike, bf16_folder: str | os.PathLike,
                            weights_sha256: str) -> dict[str, Any]:
     """The record of two ``scpm-train evaluate`` folders of the checkpoint whose parameters have
-    digest ``weights_sha256`` (:func:`~Training.state.parameter_digest`): ``--froc``'s folder,
-    run with ``--precision fp32``, and ``--bf16-evaluation``'s, run with ``--precision bf16``.
+    digest ``weights_sha256`` (:func:`~Training.state.parameter_digest`): the folder of
+    ``froc_summary`` (``--froc``), run with ``--precision fp32``, and ``bf16_folder``
+    (``--bf16-evaluation``), run with ``--precision bf16``.
 
     Raises:
         UserInputError: in one sentence, a folder that is not an evaluation, one that ran in another
             precision, or two that differ in checkpoint, weights, data, scans or settings.
     """
-    folders = {"--froc": Path(fp32_folder), "--bf16-evaluation": Path(bf16_folder)}
+    folders = {f"--froc {froc_summary}": Path(froc_summary).parent,
+               f"--bf16-evaluation {bf16_folder}": Path(bf16_folder)}
     (fp32_inputs, cpm_fp32, fp32), (bf16_inputs, cpm_bf16, bf16) = (
         _evaluation(folder, option) for option, folder in folders.items())
-    for (option, folder), inputs, precision in zip(folders.items(), (fp32_inputs, bf16_inputs), ("fp32", "bf16")):
+    for option, inputs, precision in zip(folders, (fp32_inputs, bf16_inputs), ("fp32", "bf16")):
         if inputs.get("precision") != precision:
-            raise UserInputError(f"{option} {folder}: an evaluation run in {inputs.get('precision', 'an unrecorded')} "
+            raise UserInputError(f"{option}: an evaluation run in {inputs.get('precision', 'an unrecorded')} "
                                  f"precision, not {precision} (run scpm-train evaluate --precision {precision}).")
         if inputs.get("weights_sha256") != weights_sha256:
-            raise UserInputError(f"{option} {folder}: an evaluation of other weights than the checkpoint exported.")
+            raise UserInputError(f"{option}: an evaluation of other weights than the checkpoint exported.")
     for key in ("data", "n_scans", "threshold", "mirror_axes"):
         if fp32_inputs.get(key) != bf16_inputs.get(key):
             raise UserInputError(f"--froc and --bf16-evaluation are evaluations of different {key.replace('_', ' ')} "
