@@ -125,6 +125,11 @@ def test_export_records_the_comparison_and_auto_then_runs_bf16(evaluations):
     assert record["bf16_holds"], record
     detector = Detector.from_checkpoint(resources / "model.pt", device="cpu")
     assert detector.precision()[0] == torch.bfloat16
+    # and evaluate --precision auto resolves it as the detector does: the bf16 run's candidates again
+    evaluate_folder(resources / "model.pt", root / "data", root / "auto", "cpu", 0.01, 0, "", "auto")
+    inputs = json.loads((root / "auto" / "froc_summary.json").read_text(encoding="utf-8"))["inputs"]
+    assert inputs["precision"] == "bf16"
+    assert (root / "auto" / "candidates.csv").read_bytes() == (root / "bf16" / "candidates.csv").read_bytes()
     # re-exporting without --bf16-evaluation keeps the record of the same weights
     export_model(resources / "model.pt", resources / "again.pt", name="again", version="10", training_data="x")
     assert load_checkpoint(resources / "again.pt")[2]["precision_check"] == record

@@ -70,14 +70,17 @@ def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
-def precision_record(model: SCPMNet, froc_summary: str | os.PathLike | None,
-                     bf16_evaluation: str | os.PathLike | None, previous: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``precision_check`` export writes: computed from ``--froc``'s folder and
-    ``--bf16-evaluation`` (:func:`~Training.precision_check.precision_check_record`); without
-    ``--bf16-evaluation``, the record of the checkpoint being re-exported (``previous``, its
-    metadata), which still describes the same weights; ``None`` for a training state."""
+def precision_record(state_path: str | os.PathLike, model: SCPMNet, froc_summary: str | os.PathLike | None,
+                     bf16_evaluation: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The ``precision_check`` export writes for ``model`` (read from ``state_path``): computed
+    from ``--froc``'s folder and ``--bf16-evaluation``
+    (:func:`~Training.precision_check.precision_check_record`); without ``--bf16-evaluation``,
+    the record of the checkpoint being re-exported, which still describes the same weights;
+    ``None`` for a training state."""
     if bf16_evaluation is None:
-        kept = previous.get("precision_check")
+        if file_format(state_path) != CHECKPOINT_FORMAT:
+            return None
+        kept = load_checkpoint(state_path)[2].get("precision_check")
         return kept if isinstance(kept, dict) else None
     if froc_summary is None:
         raise UserInputError("--bf16-evaluation: needs --froc, the fp32 evaluation it is compared with.")
@@ -183,8 +186,7 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     training = json.loads(json.dumps(training))
     config = TrainConfig.from_dict(training["config"])
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
-    previous = load_checkpoint(state_path)[2] if file_format(state_path) == CHECKPOINT_FORMAT else {}
-    precision_check = precision_record(model, froc_summary, bf16_evaluation, previous)
+    precision_check = precision_record(state_path, model, froc_summary, bf16_evaluation)
     check_output_file(out_path, "--out")
     if manifest is not None:
         manifest = Path(manifest)

@@ -106,7 +106,8 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
     model, preprocess, _ = load_deployable(checkpoint)
-    dtype, reason = detection_precision(resolve_device(str(device)), precision, bf16_holds=_bf16_holds(checkpoint))
+    holds = precision == "auto" and _bf16_holds(checkpoint)  # the record matters to auto only
+    dtype, reason = detection_precision(resolve_device(str(device)), precision, bf16_holds=holds)
     ran = precision_name(dtype)
     log.info("%s precision (%s)", ran, reason)
     candidates = detect_scans(model, preprocess, scans, device, replace(config, precision=ran))
