@@ -150,6 +150,9 @@ def test_demo_runs_on_a_small_phantom_and_says_what_its_weights_are(tmp_path, ca
     assert code == 0
     if Detector.from_checkpoint("demo", device="cpu").trained:
         assert "trained on" in captured.out and "untrained" not in captured.out + captured.err
+        # the trained demo finds the 4.9 mm nodule of this phantom (its 3.1 mm one is beyond it), as its top detection
+        assert "T1: (    25.7,    -18.5,   -270.1)    4.9   found by: N1" in captured.out
+        assert next(line for line in captured.out.splitlines() if line.strip().startswith("N1:")).endswith("hits T1")
     else:
         assert "untrained" in captured.err and "untrained" in captured.out
     assert "true nodules" in captured.out
