@@ -185,6 +185,10 @@ def _add_detection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror", default="", metavar="AXES",
                         help="test-time augmentation: also run on the scan mirrored along every combination "
                              "of these axes and average (e.g. zyx: 8 passes; default: none)")
+    parser.add_argument("--precision", default="auto",
+                        help="auto, fp32, bf16 or fp16 (CUDA only). auto: bf16 on a GPU with it, and on a CPU "
+                             "with native bf16 when the checkpoint records that its detections hold in bf16; "
+                             "fp32 otherwise (the JSON says which ran)")
     parser.add_argument("--no-lung-mask", dest="lung_mask", action="store_false",
                         help="run on the whole volume: no lung finding, no crop, no refusal of scans without "
                              "lungs (research on crops; recorded in the JSON report)")
@@ -196,6 +200,10 @@ def _detector(args: argparse.Namespace):
     from .inference import Detector, InferenceConfig
 
     config = InferenceConfig(mirror_axes=args.mirror, lung_mask=args.lung_mask)
+    try:
+        config = replace(config, precision=args.precision)
+    except UserInputError as error:  # the config names its field; the user typed the option
+        raise UserInputError(f"--precision {args.precision}: {str(error).split(': ', 1)[-1]}") from None
     if args.threshold is not None:
         config = replace(config, score_threshold=check_threshold(args.threshold))
     if args.max_detections is not None:

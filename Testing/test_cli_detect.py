@@ -195,6 +195,21 @@ def test_no_lung_mask_runs_on_the_whole_volume_and_the_report_says_so(tmp_path, 
 
 
 
+def test_precision_is_the_users_choice_and_the_report_says_which_ran(tmp_path, chest_checkpoint, capsys):
+    scan = REAL_CT / "A0002_8mm_B70f.nii.gz"
+    for precision, reason in (("bf16", "asked for"), ("fp32", "asked for")):
+        out = tmp_path / precision
+        assert main(["detect", str(scan), "--out", str(out), "--model", str(chest_checkpoint), "--progress", "none",
+                     "--precision", precision, *FAST]) == 0
+        model = json.loads((out / "A0002_8mm_B70f.json").read_text(encoding="utf-8"))["model"]
+        assert (model["precision"], model["precision_reason"], model["inference"]["precision"]) == (
+            precision, reason, precision)
+    assert main(["detect", str(scan), "--out", str(tmp_path / "bad"), "--model", str(chest_checkpoint),
+                 "--precision", "fp8", *FAST]) == 2
+    assert "--precision fp8: 'fp8' is not one of auto, fp32, bf16, fp16." in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_lung_volume_outside_the_adult_range_is_a_warning(tmp_path, chest_checkpoint, caplog):
     from SCPMNoduleLib.phantom import make_phantom
 
