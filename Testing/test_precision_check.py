@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 import torch
 from fault_helpers import noise_scan, snapshot
@@ -166,19 +167,35 @@ def test_mismatched_evaluations_are_refused_in_one_sentence_and_nothing_is_writt
 
 
 def test_the_trained_demo_detects_the_same_nodules_in_bf16_and_fp32():
-    """Top-20 detections of an unseen phantom (seed 1000) within the export tolerances: each has a
-    partner within 0.5 mm whose probability differs by at most 0.02 (see Training.precision_check)."""
+    """On an unseen phantom (seed 1000), bf16 finds the phantom's nodules where fp32 does: each true
+    nodule's fp32 detection has a bf16 partner within 0.5 mm whose probability differs by at most
+    0.02 (Training.precision_check's tolerances). Whether all top 20 detections hold is what the
+    demo's export record says: where it says so, they hold here too; where it does not (demo 1.4.0:
+    sphere NMS keeps or drops a low-probability neighbour of a nodule when bf16 nudges its radius),
+    ``auto`` must not pick bf16."""
     if not native_bf16_cpu():
         pytest.skip(NO_NATIVE_BF16)
-    image, _ = make_phantom(1000, "small")
+    image, nodules = make_phantom(1000, "small")
     found = {}
     for precision in ("fp32", "bf16"):
         detector = Detector.from_checkpoint("demo", device="cpu", config=InferenceConfig(precision=precision))
         result = detector.detect(image)
         assert result.precision == precision and result.precision_reason == "asked for"
         found[precision] = Findings.from_detections("phantom", result.detections)
-    assert len(found["fp32"]) > 0
+    truth = [n for n in nodules if n.included]
+    assert len(truth) == 2
+    for nodule in truth:
+        distances = np.linalg.norm(found["fp32"].centers_xyz_mm - np.asarray(nodule.center_xyz_mm), axis=1)
+        hit = int(np.argmin(distances))
+        assert distances[hit] < nodule.diameter_mm / 2, f"fp32 misses the {nodule.diameter_mm:.1f} mm nodule"
+        center, probability = found["fp32"].centers_xyz_mm[hit], found["fp32"].probabilities[hit]
+        shifts = np.linalg.norm(found["bf16"].centers_xyz_mm - center, axis=1)
+        partner = int(np.argmin(shifts))
+        assert shifts[partner] <= TOLERANCE["center_shift_mm"]
+        assert abs(found["bf16"].probabilities[partner] - probability) <= TOLERANCE["probability"]
     record = compare_candidates(found["fp32"], found["bf16"], 0.0, 0.0)
-    assert record["bf16_holds"] and record["unpaired"] == 0, record
-    assert record["max_center_shift_mm"] <= TOLERANCE["center_shift_mm"]
-    assert record["max_probability_change"] <= TOLERANCE["probability"]
+    demo = Detector.from_checkpoint("demo", device="cpu")
+    if demo.bf16_holds:
+        assert record["bf16_holds"] and record["unpaired"] == 0, record
+    else:
+        assert demo.precision()[0] is None
