@@ -52,7 +52,7 @@ def test_held_out_evaluation_loads_the_same_network_from_a_state_or_a_checkpoint
     model, state_path, checkpoint_path = saved
     for path, training in ((state_path, {"epochs": 3, "steps": 30, "fold": 0, "train_scans": 2, "best_epoch": 2,
                                          "validation_cpm": 0.5}), (checkpoint_path, None)):
-        loaded, preprocess, record = load_deployable(path)
+        loaded, preprocess, record, _ = load_deployable(path)
         assert preprocess == PreprocessConfig()
         assert (record and {k: v for k, v in record.items() if k != "config"}) == training
         for (name, expected), (_, got) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
@@ -83,6 +83,6 @@ def test_a_checkpoint_without_pad_hu_loads_with_the_padding_it_was_trained_with(
     del shipped["preprocess_config"]["pad_hu"]
     old = tmp_path / "old.pt"
     torch.save(shipped, old)
-    _, preprocess, _ = load_deployable(old)
+    _, preprocess, _, _ = load_deployable(old)
     assert preprocess.pad_hu == -1200.0
     assert preprocess == PreprocessConfig()

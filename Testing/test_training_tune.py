@@ -41,7 +41,7 @@ def test_every_setting_scores_as_the_detector_configured_with_it(tuning_set):
                                    top_ns=[20, 2000], score_threshold=0.0, device="cpu", progress=False)
     assert [(s.nms_distance_ratio, s.nms_iou_threshold, s.top_n) for s, _ in results] == [
         (0.2, 0.1, 20), (0.2, 0.1, 2000), (0.5, 0.1, 20), (0.5, 0.1, 2000)]
-    model, preprocess, _ = load_deployable(checkpoint)
+    model, preprocess, _, _ = load_deployable(checkpoint)
     scans = find_luna16_scans(data)
     counts = []
     for setting, result in results:

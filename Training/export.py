@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
-from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError, reported_os_errors
 from SCPMNoduleLib.io import atomic_write, sha256_of
-from SCPMNoduleLib.model import SCPMNet
 from SCPMNoduleLib.models import (
     check_model_name,
     entry_file,
@@ -39,7 +38,7 @@ from SCPMNoduleLib.temp_names import temp_prefix
 
 from .config import TrainConfig
 from .precision_check import precision_check_record
-from .state import file_format, load_deployable, parameter_digest
+from .state import Deployable, load_deployable, parameter_digest
 
 __all__ = ["architecture_summary", "export_model", "froc_metrics", "precision_record"]
 
@@ -70,21 +69,19 @@ def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
     return metrics
 
 
-def precision_record(state_path: str | os.PathLike, model: SCPMNet, froc_summary: str | os.PathLike | None,
+def precision_record(loaded: Deployable, froc_summary: str | os.PathLike | None,
                      bf16_evaluation: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The ``precision_check`` export writes for ``model`` (read from ``state_path``): computed
-    from ``--froc``'s folder and ``--bf16-evaluation``
+    """The ``precision_check`` export writes for the network it ``loaded``: computed from
+    ``--froc``'s folder and ``--bf16-evaluation``
     (:func:`~Training.precision_check.precision_check_record`); without ``--bf16-evaluation``,
     the record of the checkpoint being re-exported, which still describes the same weights;
     ``None`` for a training state."""
     if bf16_evaluation is None:
-        if file_format(state_path) != CHECKPOINT_FORMAT:
-            return None
-        kept = load_checkpoint(state_path)[2].get("precision_check")
+        kept = loaded.metadata.get("precision_check")
         return kept if isinstance(kept, dict) else None
     if froc_summary is None:
         raise UserInputError("--bf16-evaluation: needs --froc, the fp32 evaluation it is compared with.")
-    return precision_check_record(froc_summary, bf16_evaluation, parameter_digest(model))
+    return precision_check_record(froc_summary, bf16_evaluation, parameter_digest(loaded.model))
 
 
 def architecture_summary(config: TrainConfig) -> str:
@@ -180,13 +177,14 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     check_model_name(name)
     if not version:
         raise UserInputError("--model-version: the version string is empty.")
-    model, preprocess, training = load_deployable(state_path)
+    loaded = load_deployable(state_path)
+    model, preprocess, training, _ = loaded
     if training is None or not isinstance(training.get("config"), dict):
         raise UserInputError(f"{state_path}: the checkpoint records no training (no training config to export).")
     training = json.loads(json.dumps(training))
     config = TrainConfig.from_dict(training["config"])
     metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
-    precision_check = precision_record(state_path, model, froc_summary, bf16_evaluation)
+    precision_check = precision_record(loaded, froc_summary, bf16_evaluation)
     check_output_file(out_path, "--out")
     if manifest is not None:
         manifest = Path(manifest)

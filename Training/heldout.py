@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from SCPMNoduleLib.checkpoint import CHECKPOINT_FORMAT, bf16_holds, load_checkpoint
+from SCPMNoduleLib.checkpoint import bf16_holds
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
@@ -29,7 +29,7 @@ from SCPMNoduleLib.runtime import detection_precision, device_name, precision_na
 from SCPMNoduleLib.temp_files import check_output_folder
 
 from .cache import find_luna16_scans
-from .state import file_format, load_deployable, parameter_digest
+from .state import load_deployable, parameter_digest
 
 __all__ = ["Scan", "detect_scans", "detect_sharded", "evaluate_folder", "read_excluded"]
 
@@ -105,9 +105,9 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     check_output_folder(out_dir, "--out")
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
-    model, preprocess, _ = load_deployable(checkpoint)
-    holds = precision == "auto" and _bf16_holds(checkpoint)  # the record matters to auto only
-    dtype, reason = detection_precision(resolve_device(str(device)), precision, bf16_holds=holds)
+    model, preprocess, _, metadata = load_deployable(checkpoint)
+    torch_device = resolve_device(str(device))
+    dtype, reason = detection_precision(torch_device, precision, bf16_holds=bf16_holds(metadata))
     ran = precision_name(dtype)
     log.info("%s precision (%s)", ran, reason)
     candidates = detect_scans(model, preprocess, scans, device, replace(config, precision=ran))
@@ -117,10 +117,6 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
                      inputs={"checkpoint": str(Path(checkpoint).resolve()), "data": str(data_dir.resolve()),
                              "mirror_axes": mirror_axes, "threshold": repr(float(score_threshold)),
                              "precision": ran, "weights_sha256": parameter_digest(model),
-                             "device_name": device_name(resolve_device(str(device)))})
+                             "device_name": device_name(torch_device)})
     return result
 
-
-def _bf16_holds(checkpoint: str | os.PathLike) -> bool:
-    """A detector checkpoint's bf16 record (it decides ``auto``); ``False`` for a training state."""
-    return file_format(checkpoint) == CHECKPOINT_FORMAT and bf16_holds(load_checkpoint(checkpoint)[2])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from SCPMNoduleLib.preprocess import PreprocessConfig
 from .config import TrainConfig
 
 __all__ = [
-    "STATE_FORMAT", "STATE_VERSION", "file_format", "load_deployable", "load_state", "load_weights", "model_from_state",
-    "parameter_digest", "restore_rng_state", "rng_state", "save_state",
+    "STATE_FORMAT", "STATE_VERSION", "Deployable", "file_format", "load_deployable", "load_state", "load_weights",
+    "model_from_state", "parameter_digest", "restore_rng_state", "rng_state", "save_state",
 ]
 
 STATE_FORMAT = "scpm-train-state"
@@ -96,22 +96,33 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], where: str)
                              "(saved by another version of the network code?).") from None
 
 
-def load_deployable(path: str | os.PathLike) -> tuple[SCPMNet, PreprocessConfig, dict[str, Any] | None]:
-    """The network, pre-processing and training record of a training state (``best.pt``,
-    ``last.pt``) or of a detector checkpoint (``None`` when the checkpoint records no training).
+class Deployable(NamedTuple):
+    """What :func:`load_deployable` reads from a training state or a detector checkpoint."""
 
-    The record is what ``export`` writes into a checkpoint's metadata: epochs, steps, fold,
-    training scans, best epoch, validation CPM and the training config.
-    """
+    model: SCPMNet
+    preprocess: PreprocessConfig
+    training: dict[str, Any] | None
+    """The training record (what ``export`` writes into a checkpoint's metadata: epochs, steps,
+    fold, training scans, best epoch, validation CPM and the training config); ``None`` when a
+    checkpoint records no training."""
+    metadata: dict[str, Any]
+    """A detector checkpoint's whole metadata (its ``precision_check`` among it); empty for a
+    training state."""
+
+
+def load_deployable(path: str | os.PathLike) -> Deployable:
+    """The network, pre-processing, training record and metadata of a training state (``best.pt``,
+    ``last.pt``) or of a detector checkpoint, read once."""
     if file_format(path) == CHECKPOINT_FORMAT:  # anything else: load_state names the problem
         model, preprocess, metadata = load_checkpoint(path)
         training = metadata.get("training")
-        return model, preprocess, training if isinstance(training, dict) else None
+        return Deployable(model, preprocess, training if isinstance(training, dict) else None, metadata)
     state = load_state(path)
     training = {"epochs": state["epoch"], "steps": state["step"], "fold": state["fold"],
                 "train_scans": len(state["train_seriesuids"]), "best_epoch": state["best_epoch"],
                 "validation_cpm": state["best_cpm"], "config": state["config"]}
-    return model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"]), training
+    return Deployable(model_from_state(state, str(path)), PreprocessConfig.from_dict(state["preprocess"]),
+                      training, {})
 
 
 def model_from_state(state: dict[str, Any], where: str) -> SCPMNet:

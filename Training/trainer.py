@@ -238,7 +238,7 @@ class Trainer:
     def _start_from(self, path: str) -> None:
         """Replace the seed's initial weights by those of ``path`` (``config.init_weights``); the
         optimiser starts afresh, the moving average (if kept) from these weights."""
-        model, preprocess, _ = load_deployable(path)
+        model, preprocess, _, _ = load_deployable(path)
         if model.config != self.config.model:
             raise UserInputError(f"{path}: config init_weights is of another network configuration than config model.")
         if preprocess != self.preprocess:

@@ -61,7 +61,7 @@ def sweep_postprocessing(checkpoint: str | os.PathLike, data_dir: str | os.PathL
     data_dir = Path(data_dir)
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
-    model, preprocess, _ = load_deployable(resolve_model(checkpoint)[0])
+    model, preprocess, _, _ = load_deployable(resolve_model(checkpoint)[0])
     base = InferenceConfig(score_threshold=score_threshold)
     detector = Detector(model, preprocess, base, device)
     grid = itertools.product(DISTANCE_RATIOS if distance_ratios is None else distance_ratios,
