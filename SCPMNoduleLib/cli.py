@@ -199,11 +199,8 @@ def _detector(args: argparse.Namespace):
 
     from .inference import Detector, InferenceConfig
 
-    config = InferenceConfig(mirror_axes=args.mirror, lung_mask=args.lung_mask)
-    try:
-        config = replace(config, precision=args.precision)
-    except UserInputError as error:  # the config names its field; the user typed the option
-        raise UserInputError(f"--precision {args.precision}: {str(error).split(': ', 1)[-1]}") from None
+    # a bad --mirror or --precision is refused by the config, in its own words (InferenceConfig.precision: ...)
+    config = InferenceConfig(mirror_axes=args.mirror, lung_mask=args.lung_mask, precision=args.precision)
     if args.threshold is not None:
         config = replace(config, score_threshold=check_threshold(args.threshold))
     if args.max_detections is not None:

@@ -206,7 +206,7 @@ def test_precision_is_the_users_choice_and_the_report_says_which_ran(tmp_path, c
             precision, reason, precision)
     assert main(["detect", str(scan), "--out", str(tmp_path / "bad"), "--model", str(chest_checkpoint),
                  "--precision", "fp8", *FAST]) == 2
-    assert "--precision fp8: 'fp8' is not one of auto, fp32, bf16, fp16." in capsys.readouterr().err
+    assert "InferenceConfig.precision: 'fp8' is not one of auto, fp32, bf16, fp16." in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
