@@ -18,9 +18,9 @@ the lung crop can make it < 1), the ratio to forward crop, tiles used, and peak 
 CUDA memory on a GPU); then the precisions side by side: end-to-end and crop seconds and the
 network's achieved GFLOP/s on the crop against the CPU's peak.
 
-Achieved GFLOP/s: the FLOPs of one forward pass over the padded lung crop, counted by
-``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2 FLOPs; convolutions and matrix
-products only, which is nearly all of the network's work), divided by the crop's forward time.
+Achieved GFLOP/s: the FLOPs of one forward pass over the padded lung crop
+(:func:`~SCPMNoduleLib.model_analysis.count_flops`: the convolutions' multiply-adds, 2 FLOPs
+each, which is nearly all of the network's work), divided by the crop's forward time.
 The CPU's peak is estimated two ways:
 
 * theoretical: threads (one per core) x clock (``lscpu``'s max MHz, else ``/proc/cpuinfo``'s
@@ -148,15 +148,6 @@ def _measured_peak(dtype: torch.dtype, threads: int, size: int = 2048, repeats: 
     return 2 * size**3 / best / 1e9
 
 
-def _forward_flops(model, volume, origin, shape) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(volume, origin, shape)
-    return int(counter.get_total_flops())
-
-
 def worker(options: dict) -> dict:
     from SCPMNoduleLib.inference import Detector, InferenceConfig
     from SCPMNoduleLib.io import read_scan
@@ -203,10 +194,7 @@ def worker(options: dict) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         seconds = min(times)
-    figures = {"seconds": seconds, "volume": list(volume.shape[2:]), "tiles_if_detect": tiles, **_peak_memory()}
-    if options["count_flops"]:  # after the timing and the peak memory, which it would disturb
-        figures["flops"] = _forward_flops(detector.model, volume, origin, shape)
-    return figures
+    return {"seconds": seconds, "volume": list(volume.shape[2:]), "tiles_if_detect": tiles, **_peak_memory()}
 
 
 def _run(options: dict) -> dict:
@@ -274,6 +262,7 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
+    from SCPMNoduleLib.model_analysis import count_flops
     from SCPMNoduleLib.phantom import make_phantom
 
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -300,27 +289,29 @@ def main() -> None:
             print(f"  {name} peak: theoretical {theoretical:.0f} GFLOP/s = {threads} cores x {ghz:.2f} GHz x "
                   f"{flops_per_cycle:.0f} FLOP/cycle ({assumption}); measured {measured:.0f} GFLOP/s "
                   f"(best torch.mm 2048^2 in {name})")
+    network = _model(args.model)[0]  # for counting its FLOPs (on the meta device: nothing computed)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             image, _ = make_phantom(seed, args.size)
             scan = Path(tmp) / f"phantom_{seed}.mha"
             sitk.WriteImage(image, str(scan))
             base = {"model": args.model, "scan": str(scan), "out": str(Path(tmp) / f"out_{seed}"),
-                    "device": args.device, "threads": args.threads, "count_flops": False,
+                    "device": args.device, "threads": args.threads,
                     "max_tile_voxels": args.max_tile_voxels, "margin": args.margin, "repeats": 1}
             runs = {(p, mode): [] for p in precisions for mode in ("detect", "forward whole", "forward crop")}
             for _ in range(args.repeats):  # round robin, so that load from elsewhere hits all alike
                 for (precision, mode), found in runs.items():
                     found.append(_run({**base, "mode": mode, "precision": precision}))
-            flops = _run({**base, "mode": "forward crop", "precision": "fp32", "count_flops": True})["flops"]
+            results = {precision: tuple(min(runs[(precision, mode)], key=lambda r: r["seconds"])
+                                        for mode in ("detect", "forward whole", "forward crop"))
+                       for precision in precisions}
+            crop_shape = results[precisions[0]][2]["volume"]
+            flops = 2 * count_flops(network, (1, 1, *crop_shape)).macs
             size = "x".join(map(str, image.GetSize()))
             print(f"\nphantom seed {seed}: {size} voxels, spacing "
                   f"{', '.join(f'{s:.2f}' for s in image.GetSpacing())} mm; network on the crop: "
                   f"{flops / 1e9:.1f} GFLOP")
-            results = {}
             for precision in precisions:
-                results[precision] = tuple(min(runs[(precision, mode)], key=lambda r: r["seconds"])
-                                           for mode in ("detect", "forward whole", "forward crop"))
                 _print_runs(precision, *results[precision])
             _print_side_by_side(results, flops, peaks)
 
