@@ -17,7 +17,11 @@ Pipeline of :meth:`Detector.detect`:
    sphere at grid point + offset with the predicted radius, levels merged), candidates whose
    center lies outside the scan's own voxels (the padding is not the patient) or outside the
    lungs dropped, SIoU-based NMS (:func:`~SCPMNoduleLib.geometry.sphere_nms`), at most
-   ``max_detections`` kept, and centers mapped to world LPS mm, radii to diameters in mm.
+   ``max_detections`` kept (:meth:`Detector.first_stage`);
+5. when the checkpoint's network carries a candidate classifier
+   (:mod:`~SCPMNoduleLib.candidate_classifier`), each kept candidate is re-scored from a 1 mm patch
+   of the crop around it and the candidates re-ranked (:meth:`Detector.rescore`); centers are mapped
+   to world LPS mm, radii to diameters in mm.
 
 Tiles, their margin and mirrored passes are :mod:`~SCPMNoduleLib.tiling`'s; devices, precision and
 out-of-memory detection :mod:`~SCPMNoduleLib.runtime`'s; checkpoints :mod:`~SCPMNoduleLib.checkpoint`'s
@@ -43,6 +47,7 @@ import SimpleITK as sitk
 import torch
 from torch import Tensor, nn
 
+from .candidate_classifier import CandidateClassifier, combine_logits, crop_patches
 from .checkpoint import bf16_holds, load_checkpoint
 from .coder import decode_detections
 from .config_dict import check_choice, invalid_setting
@@ -58,7 +63,7 @@ from .runtime import PRECISIONS, autocast, detection_precision, is_out_of_memory
 from .tiling import Tile, average_mirrored_maps, plan_tiles
 from .triples import float_triple, int_triple
 
-__all__ = ["DetectionCancelled", "DetectionResult", "Detector", "InferenceConfig", "Progress"]
+__all__ = ["Candidates", "DetectionCancelled", "DetectionResult", "Detector", "InferenceConfig", "Progress"]
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +166,29 @@ class DetectionResult:
     tile_voxels: int
     lungs: LungFinding | None = None
     precision_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One scan's candidates, most probable first: what :meth:`Detector.first_stage` keeps.
+
+    Attributes:
+        centers_zyx_vox: ``(N, 3)`` float64 centers in voxels of the whole resampled grid
+            (:attr:`PreparedScan.geometry <SCPMNoduleLib.preprocess.PreparedScan>`).
+        radii_mm: ``(N,)`` float64 radii in mm.
+        scores: ``(N,)`` float64 probabilities.
+        levels: ``(N,)`` head level of each.
+    """
+
+    centers_zyx_vox: np.ndarray
+    radii_mm: Tensor
+    scores: Tensor
+    levels: Tensor
+
+    def reordered(self, order: Tensor, scores: Tensor | None = None) -> Candidates:
+        """The same candidates in ``order``, with new ``scores`` (given in the old order) if given."""
+        scores = self.scores if scores is None else scores
+        return Candidates(self.centers_zyx_vox[order.numpy()], self.radii_mm[order], scores[order], self.levels[order])
 
 
 @dataclass(frozen=True)
@@ -389,8 +417,22 @@ class Detector:
     def decode(self, maps: list[dict[str, Tensor]], prepared: PreparedScan,
                config: InferenceConfig | None = None) -> list[Detection]:
         """Detections from :meth:`predict_maps`'s output, post-processed with ``config``
-        (default: the detector's): top-n per level above the score threshold, lung mask, SIoU
-        NMS, the ``max_detections`` cap; centers in world LPS mm, most probable first."""
+        (default: the detector's): :meth:`first_stage`'s candidates, re-scored by the model's
+        candidate classifier when it has one (:meth:`rescore`); centers in world LPS mm, most
+        probable first."""
+        candidates = self.first_stage(maps, prepared, config)
+        if self.candidate_classifier is not None and len(candidates.scores):
+            scores = self.rescore(prepared, candidates)
+            candidates = candidates.reordered(torch.argsort(scores, descending=True, stable=True), scores)
+        world = prepared.geometry.index_to_world(candidates.centers_zyx_vox)
+        return [Detection(float_triple(w), float(2.0 * r), float(p), int(lv))
+                for w, r, p, lv in zip(world, candidates.radii_mm.tolist(), candidates.scores.tolist(),
+                                       candidates.levels.tolist())]
+
+    def first_stage(self, maps: list[dict[str, Tensor]], prepared: PreparedScan,
+                    config: InferenceConfig | None = None) -> Candidates:
+        """The network's own candidates: top-n per level above the score threshold, inside the scan
+        and the lung mask, SIoU NMS, the ``max_detections`` cap; most probable first."""
         config = config or self.config
         decoded = decode_detections(maps, self.strides, top_n=config.top_n,
                                     score_threshold=config.score_threshold)[0]
@@ -404,7 +446,28 @@ class Detector:
         levels = decoded.levels.cpu()[torch.from_numpy(keep)]
         kept = sphere_nms(centers_mm, radii_mm, scores, iou_threshold=config.nms_iou_threshold,
                           distance_ratio_threshold=config.nms_distance_ratio)[: config.max_detections]
-        world = prepared.geometry.index_to_world(centers[keep][kept.numpy()])
-        return [Detection(float_triple(w), float(2.0 * r), float(p), int(lv))
-                for w, r, p, lv in zip(world, radii_mm[kept].tolist(), scores[kept].tolist(),
-                                       levels[kept].tolist())]
+        return Candidates(centers[keep][kept.numpy()], radii_mm[kept], scores[kept], levels[kept])
+
+    @property
+    def candidate_classifier(self) -> CandidateClassifier | None:
+        """The model's second stage (:mod:`~SCPMNoduleLib.candidate_classifier`), ``None`` without one."""
+        return cast(CandidateClassifier | None, getattr(self.model, "candidate_classifier", None))
+
+    def candidate_patches(self, prepared: PreparedScan, centers_zyx_vox: np.ndarray, side_vox: int) -> Tensor:
+        """``(N, 1, side, side, side)`` cubes of the prepared crop around ``(N, 3)`` points in voxels
+        of the resampled grid (as :class:`Candidates` holds them), padded as the network's input is."""
+        pad_value = float(self.preprocess.normalize(np.float32(self.preprocess.pad_hu)))
+        local = torch.from_numpy(np.asarray(centers_zyx_vox, np.float64).reshape(-1, 3) - prepared.crop_start_zyx)
+        return crop_patches(torch.from_numpy(prepared.image), local, side_vox, pad_value)
+
+    @torch.inference_mode()
+    def rescore(self, prepared: PreparedScan, candidates: Candidates) -> Tensor:
+        """The candidates' probabilities combined with the candidate classifier's opinion
+        (:func:`~SCPMNoduleLib.candidate_classifier.combine_logits`), ``(N,)`` float64; float32 on
+        the detector's device (a hundred small patches: no need for autocast)."""
+        classifier = self.candidate_classifier
+        assert classifier is not None, "rescore needs a model with a candidate classifier"
+        patches = self.candidate_patches(prepared, candidates.centers_zyx_vox, classifier.config.patch_vox)
+        second = classifier(patches.to(torch.device(self.device))).double().cpu()
+        combined = combine_logits(torch.logit(candidates.scores, eps=1e-6), second, classifier.config.weight)
+        return torch.sigmoid(combined)

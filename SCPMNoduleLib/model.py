@@ -45,8 +45,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .candidate_classifier import CandidateClassifier, CandidateClassifierConfig
 from .coder import grid_positions_vox
-from .config_dict import invalid_setting
+from .config_dict import dataclass_from_dict, invalid_setting
 
 __all__ = [
     "DetectionHead",
@@ -94,6 +95,10 @@ class SCPMNetConfig:
         prior_probability: initial center probability everywhere; the classification bias is
             initialised to log(p / (1 - p)) (RetinaNet's prior initialisation).
         head_init_std: standard deviation of the normal init of the heads' output convolutions.
+        candidate_classifier: the second stage that re-scores the decoded candidates from
+            fine-scale patches (:mod:`~SCPMNoduleLib.candidate_classifier`; not in the paper);
+            ``None`` (default): none. It is trained on its own (``scpm-train classifier``), with
+            the network frozen, and takes no part in :meth:`SCPMNet.forward`.
     """
 
     in_channels: int = 1
@@ -111,10 +116,14 @@ class SCPMNetConfig:
     dilations: tuple[int, ...] = (1, 2, 3)
     prior_probability: float = 0.01
     head_init_std: float = 0.01
+    candidate_classifier: CandidateClassifierConfig | None = None
 
     def __post_init__(self) -> None:
-        """Tuples from lists; refuse a topology the network cannot build
-        (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        """Tuples from lists, the classifier's config from its dict; refuse a topology the network
+        cannot build (:func:`~SCPMNoduleLib.config_dict.invalid_setting`)."""
+        if isinstance(self.candidate_classifier, dict):  # from JSON or dataclasses.asdict
+            object.__setattr__(self, "candidate_classifier", dataclass_from_dict(
+                CandidateClassifierConfig, self.candidate_classifier, "SCPMNetConfig.candidate_classifier"))
         for name in (*_TUPLE_FIELDS, "dilations"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         stages, levels = len(self.encoder_channels), len(self.decoder_blocks)
@@ -375,6 +384,8 @@ class SCPMNet(nn.Module):
         decoder_channels = [config.encoder_channels[finest + i - 1] for i in range(config.head_levels)]
         self.heads = nn.ModuleList(DetectionHead(c, config.head_channels) for c in decoder_channels)
         self._initialise()
+        self.candidate_classifier = (CandidateClassifier(config.candidate_classifier)
+                                     if config.candidate_classifier is not None else None)
 
     def _stage(self, in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
         config = self.config

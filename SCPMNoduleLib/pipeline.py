@@ -173,10 +173,13 @@ def _remove(paths: Iterable[str | os.PathLike]) -> list[str]:
 
 def _model_summary(detector: Detector, device: str, precision: dict[str, str] | None = None) -> dict:
     """The ``model`` record of the reports; ``precision``: what one scan ran in and why (the
-    batch summary has it per scan)."""
+    batch summary has it per scan); ``candidate_classifier``: the second stage that re-ranked the
+    candidates, ``None`` without one."""
+    classifier = detector.candidate_classifier
     return {"name": detector.info.get("name"), "version": detector.info.get("version"),
             "trained": detector.trained, "device": device, **(precision or {}),
-            "inference": asdict(detector.config), "preprocess": detector.preprocess.to_dict()}
+            "inference": asdict(detector.config), "preprocess": detector.preprocess.to_dict(),
+            "candidate_classifier": asdict(classifier.config) if classifier is not None else None}
 
 
 def detect_scan(path: Path, out_dir: Path, detector: Detector, formats: Sequence[str],

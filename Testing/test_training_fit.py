@@ -187,6 +187,32 @@ def test_export_writes_a_checkpoint_the_detector_loads_and_a_manifest_entry(cach
     assert listed["version"] == "0.3" and listed["sha256"] == sha256_of(tmp_path / "Resources" / "model.pt")
 
 
+@pytest.mark.slow
+def test_a_two_stage_detector_exports_with_its_classifier_and_fine_tunes_from_its_network(cache, tmp_path):
+    from SCPMNoduleLib.candidate_classifier import CandidateClassifierConfig
+    from Training.classifier import ClassifierTrainConfig, train_classifier_checkpoint
+
+    Trainer(_config("optim.epochs=1"), cache, tmp_path / "run", device="cpu").fit()
+    classifier = CandidateClassifierConfig(patch_vox=16, channels=(4, 8), weight=0.3)
+    record = train_classifier_checkpoint(tmp_path / "run" / "last.pt", [cache.parent / "data"], tmp_path / "two.pt",
+                                         classifier, ClassifierTrainConfig(steps=2), device="cpu", progress=False)
+    entry = export_model(tmp_path / "two.pt", tmp_path / "Resources" / "two.pt", name="two", version="0.1",
+                         training_data="two tiny test scans", manifest=tmp_path / "Resources" / "Models.json")
+    assert "candidate classifier on 16^3 patches, channels (4, 8), weight 0.3" in entry["architecture"]
+    exported, _, metadata = load_checkpoint(tmp_path / "Resources" / "two.pt")
+    assert metadata["candidate_classifier"] == record and exported.config.candidate_classifier == classifier
+    source, _, _ = load_checkpoint(tmp_path / "two.pt")
+    for name, value in source.state_dict().items():
+        assert torch.equal(value, exported.state_dict()[name]), name
+    # fine-tuning from it takes the network's weights (its classifier would not fit the tuned network):
+    # the same run as one started from the network it was made from
+    for start, out in ((tmp_path / "Resources" / "two.pt", "from_two"), (tmp_path / "run" / "last.pt", "from_one")):
+        Trainer(_config("optim.epochs=1", f"init_weights={start}"), cache, tmp_path / out, device="cpu").fit()
+    from_two, from_one = (load_state(tmp_path / out / "last.pt")["model"] for out in ("from_two", "from_one"))
+    assert from_two.keys() == from_one.keys() and not any("candidate_classifier" in name for name in from_two)
+    assert all(torch.equal(value, from_one[name]) for name, value in from_two.items())
+
+
 def test_cross_validation_of_no_fold_is_refused_in_one_sentence(cache, tmp_path):
     from Training.crossval import cross_validate
 

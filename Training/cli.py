@@ -1,4 +1,4 @@
-"""The ``scpm-train`` command line: preprocess, fit, cv, evaluate, tune, export.
+"""The ``scpm-train`` command line: preprocess, fit, cv, evaluate, tune, classifier, export.
 
 Multi-process training is the same command under torchrun:
 ``torchrun --nproc_per_node N -m Training.cli fit --cache DIR --fold K --out DIR``.
@@ -27,6 +27,7 @@ INTERRUPTED = {
     "cv": "interrupted; run the same command again to continue (finished epochs and folds are kept)",
     "evaluate": "interrupted",
     "tune": "interrupted",
+    "classifier": "interrupted; nothing was written",
     "export": "interrupted; the checkpoint and the manifest are as they were",
 }
 """What each command says on Ctrl-C (exit status 130)."""
@@ -122,6 +123,19 @@ def _run_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_classifier(args: argparse.Namespace) -> int:
+    from SCPMNoduleLib.candidate_classifier import CandidateClassifierConfig
+
+    from .classifier import ClassifierTrainConfig, train_classifier_checkpoint
+
+    config = CandidateClassifierConfig(weight=args.weight)
+    training = ClassifierTrainConfig(steps=args.steps, seed=args.seed)
+    record = train_classifier_checkpoint(args.checkpoint, args.data, args.out, config, training, args.device)
+    print(f"candidate classifier trained on {record['patches']} patches ({record['nodule_patches']} nodules) "
+          f"of {record['scans']} scans -> {args.out}")
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
@@ -202,6 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="detector probability threshold, as in evaluate (the FROC needs the low scores)")
     tune.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     tune.set_defaults(run=_run_tune)
+
+    classifier = commands.add_parser(
+        "classifier", help="train a second stage that re-scores a detector's candidates",
+        description="Run a trained detector on LUNA16-layout folders of scans it was not trained on, train a "
+                    "small 3-D CNN on 1 mm patches around its candidates and the annotated nodules, and write "
+                    "the detector's checkpoint again with that classifier in it: the detector then re-ranks "
+                    "its candidates by the two opinions combined (SCPMNoduleLib.candidate_classifier).")
+    classifier.add_argument("--checkpoint", required=True, help="the detector: best.pt of a run or a checkpoint")
+    classifier.add_argument("--data", required=True, nargs="+", metavar="DATA",
+                            help="LUNA16-layout folder(s) of scans the detector was not trained on")
+    classifier.add_argument("--out", required=True, help="the detector checkpoint with its classifier, to write")
+    classifier.add_argument("--weight", type=float, default=0.5,
+                            help="the classifier's weight w in the log-odds combination (0: the detector's "
+                                 "ranking, 1: the classifier's alone; default 0.5)")
+    classifier.add_argument("--steps", type=int, default=3000, help="optimiser steps (default 3000)")
+    classifier.add_argument("--seed", type=int, default=0, help="seeds sampling, augmentation and initial weights")
+    classifier.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                            help="where the detector runs (the classifier trains on the CPU)")
+    classifier.set_defaults(run=_run_classifier)
 
     export = commands.add_parser("export", help="write a detector checkpoint and its Models.json entry")
     export.add_argument("--checkpoint", required=True,

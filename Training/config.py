@@ -198,6 +198,9 @@ class TrainConfig:
         check their own values (``MatchingConfig.top_k: ...``).
         """
         check_choice(self, "amp", AMP_SETTINGS)
+        if self.model.candidate_classifier is not None:
+            raise UserInputError("config model.candidate_classifier: the candidate classifier is trained on a "
+                                 "trained detector by scpm-train classifier, not by fit; leave it out.")
         schedule = self.optim.lr_schedule
         if not schedule or schedule[0][0] != 0 or any(a[0] >= b[0] for a, b in zip(schedule, schedule[1:])):
             raise UserInputError(

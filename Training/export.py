@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from SCPMNoduleLib import __version__
+from SCPMNoduleLib.candidate_classifier import CandidateClassifierConfig
 from SCPMNoduleLib.checkpoint import save_checkpoint
 from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError, reported_os_errors
@@ -84,12 +85,17 @@ def precision_record(loaded: Deployable, froc_summary: str | os.PathLike | None,
     return precision_check_record(froc_summary, bf16_evaluation, parameter_digest(loaded.model))
 
 
-def architecture_summary(config: TrainConfig) -> str:
+def architecture_summary(config: TrainConfig, classifier: CandidateClassifierConfig | None = None) -> str:
+    """The network in one line, and its candidate classifier when it has one."""
     model = config.model
-    return (f"SCPM-Net: stem {model.stem_channels}, encoder {tuple(model.encoder_channels)} with "
-            f"{tuple(model.encoder_blocks)} blocks, decoder {tuple(model.decoder_blocks)}, "
-            f"{model.head_levels} head level(s) of {model.head_channels} channels; "
-            f"trained on {config.data.patch_size}^3 patches")
+    summary = (f"SCPM-Net: stem {model.stem_channels}, encoder {tuple(model.encoder_channels)} with "
+               f"{tuple(model.encoder_blocks)} blocks, decoder {tuple(model.decoder_blocks)}, "
+               f"{model.head_levels} head level(s) of {model.head_channels} channels; "
+               f"trained on {config.data.patch_size}^3 patches")
+    if classifier is not None:
+        summary += (f"; candidate classifier on {classifier.patch_vox}^3 patches, channels "
+                    f"{tuple(classifier.channels)}, weight {classifier.weight:g}")
+    return summary
 
 
 def _staging_path(target: Path) -> Path:
@@ -202,11 +208,14 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
     }
     if precision_check is not None:
         metadata["precision_check"] = precision_check
+    if isinstance(loaded.metadata.get("candidate_classifier"), dict):  # how its second stage was trained
+        metadata["candidate_classifier"] = loaded.metadata["candidate_classifier"]
     with reported_os_errors("write"), _replaced_together() as staged:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         staged[out_path] = _staging_path(out_path)
         save_checkpoint(staged[out_path], model, preprocess, metadata)
-        entry = manifest_entry(out_path, name=name, version=version, architecture=architecture_summary(config),
+        architecture = architecture_summary(config, model.config.candidate_classifier)
+        entry = manifest_entry(out_path, name=name, version=version, architecture=architecture,
                                training_data=training_data, description=description, metrics=metrics,
                                manifest=manifest, sha256=sha256_of(staged[out_path]),
                                precision_check=precision_check)
