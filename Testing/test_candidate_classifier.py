@@ -70,6 +70,17 @@ def test_a_bad_classifier_config_is_refused_in_one_sentence(values, sentence):
         CandidateClassifierConfig(**values)
 
 
+@pytest.mark.parametrize("values, sentence", [
+    ({"steps": 0}, "ClassifierTrainConfig.steps: 0 is not at least 1"),
+    ({"positive_fraction": 1.0}, "ClassifierTrainConfig.positive_fraction: 1.0 is not strictly between 0 and 1"),
+    ({"weight_decay": -1e-4}, "ClassifierTrainConfig.weight_decay: -0.0001 is negative"),
+    ({"jitter_vox": -1}, "ClassifierTrainConfig.jitter_vox: -1 is negative"),
+])
+def test_a_bad_training_setting_is_refused_in_one_sentence(values, sentence):
+    with pytest.raises(UserInputError, match=sentence):
+        ClassifierTrainConfig(**values)
+
+
 def test_fit_refuses_a_config_with_a_classifier():
     with pytest.raises(UserInputError, match="model.candidate_classifier: the candidate classifier is trained"):
         load_config(None, ["model.candidate_classifier={\"patch_vox\": 32}"])

@@ -83,6 +83,8 @@ class ClassifierTrainConfig:
             raise invalid_setting(self, "positive_fraction", "is not strictly between 0 and 1")
         if not self.learning_rate > 0.0:
             raise invalid_setting(self, "learning_rate", "is not positive")
+        if not self.weight_decay >= 0.0:
+            raise invalid_setting(self, "weight_decay", "is negative")
         if self.jitter_vox < 0:
             raise invalid_setting(self, "jitter_vox", "is negative")
 
