@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ __all__ = [
     "coordinate_map",
     "fast_bfloat16_available",
     "fuse_batch_norm",
+    "network_only",
+    "with_candidate_classifier",
 ]
 
 _TUPLE_FIELDS = ("encoder_channels", "encoder_blocks", "decoder_blocks")
@@ -494,6 +497,27 @@ class SCPMNet(nn.Module):
             decoded.append(x)
         finest_first = decoded[::-1]
         return [head(features) for head, features in zip(self.heads, finest_first)]
+
+
+_CLASSIFIER_PREFIX = "candidate_classifier."
+
+
+def network_only(model: SCPMNet) -> SCPMNet:
+    """A copy of ``model`` without its candidate classifier (the same weights otherwise), in eval
+    mode: what fine-tuning starts from, since a classifier trained on this network's candidates
+    would not fit a changed network."""
+    network = SCPMNet(dataclasses.replace(model.config, candidate_classifier=None))
+    network.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(_CLASSIFIER_PREFIX)})
+    return network.eval()
+
+
+def with_candidate_classifier(model: SCPMNet, classifier: CandidateClassifier) -> SCPMNet:
+    """A copy of ``model``'s network (without any classifier it had) that carries ``classifier``, in eval mode."""
+    two_stage = SCPMNet(dataclasses.replace(model.config, candidate_classifier=classifier.config))
+    weights = network_only(model).state_dict()
+    weights.update({_CLASSIFIER_PREFIX + k: v for k, v in classifier.state_dict().items()})
+    two_stage.load_state_dict(weights)
+    return two_stage.eval()
 
 
 def fuse_batch_norm(model: SCPMNet) -> SCPMNet:

@@ -20,7 +20,7 @@ from SCPMNoduleLib.checkpoint import load_checkpoint, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import read_scan
-from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig, fuse_batch_norm
+from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig, fuse_batch_norm, network_only, with_candidate_classifier
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import find_luna16_scans
 from Training.classifier import (
@@ -172,11 +172,7 @@ def test_candidates_are_labelled_by_the_luna16_rule_and_every_nodule_is_a_positi
 
 def test_a_two_stage_checkpoint_reranks_by_the_combined_opinion(tiny_set, tmp_path):
     model, preprocess, metadata = load_checkpoint(tiny_set / "tiny.pt")
-    two_stage = SCPMNet(dataclasses.replace(model.config, candidate_classifier=SMALL))
-    state = model.state_dict()
-    state.update({f"candidate_classifier.{k}": v
-                  for k, v in CandidateClassifier(SMALL).state_dict().items()})
-    two_stage.load_state_dict(state)
+    two_stage = with_candidate_classifier(model, CandidateClassifier(SMALL))
     # the classifier's opinion: the mean of its first channel's pooled features, a real function of the patch
     with torch.no_grad():
         linear = two_stage.candidate_classifier.classify
@@ -186,6 +182,9 @@ def test_a_two_stage_checkpoint_reranks_by_the_combined_opinion(tiny_set, tmp_pa
     save_checkpoint(tmp_path / "two.pt", two_stage, preprocess, metadata)
     reloaded, _, _ = load_checkpoint(tmp_path / "two.pt")
     assert reloaded.config.candidate_classifier == SMALL
+    network = network_only(reloaded)  # the detector it was made from, weight for weight
+    assert network.config == model.config and network.state_dict().keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in network.state_dict().items())
 
     image = read_scan(find_luna16_scans(tiny_set / "data")[0].source)
     first = Detector(model, preprocess, InferenceConfig(score_threshold=0.01))

@@ -2,7 +2,6 @@
 from an fp32 and a bf16 evaluation, the detector's choice under ``auto``, and the trained demo's
 detections in both precisions."""
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from SCPMNoduleLib.checkpoint import load_checkpoint, save_checkpoint
 from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_candidates
-from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig
+from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig, network_only
 from SCPMNoduleLib.models import resolve_model
 from SCPMNoduleLib.phantom import make_phantom
 from SCPMNoduleLib.pipeline import detect_scan
@@ -106,9 +105,7 @@ def evaluations(tmp_path_factory):
     write_tiny_luna16(root / "data", n_scans=2, subsets=1)
     write_tiny_luna16(root / "other", n_scans=2, subsets=1, seed=1)
     model, preprocess, metadata = load_checkpoint(resolve_model("demo")[0])
-    network = SCPMNet(dataclasses.replace(model.config, candidate_classifier=None))
-    network.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("candidate_classifier.")})
-    save_checkpoint(root / "network.pt", network, preprocess, metadata)
+    save_checkpoint(root / "network.pt", network_only(model), preprocess, metadata)
     for name, data, precision in (("fp32", "data", "fp32"), ("bf16", "data", "bf16"), ("other", "other", "bf16")):
         evaluate_folder(root / "network.pt", root / data, root / name, "cpu", 0.01, 0, "", precision)
     (root / "Resources").mkdir()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.evaluation import luna16_hit, squared_distance_mm2
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan
-from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.model import with_candidate_classifier
 from SCPMNoduleLib.temp_files import check_output_file
 
 from .cache import find_luna16_scans
@@ -231,10 +231,7 @@ def train_classifier_checkpoint(checkpoint: str | os.PathLike, data_dirs: Sequen
                              f"the detector's candidates and the annotations gave {data.n_positive} nodule and "
                              f"{len(data.labels) - data.n_positive} background patches.")
     classifier = train_candidate_classifier(data, config, training, progress)
-    model = SCPMNet(replace(loaded.model.config, candidate_classifier=config))
-    state = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("candidate_classifier.")}
-    state.update({f"candidate_classifier.{k}": v for k, v in classifier.state_dict().items()})
-    model.load_state_dict(state)
+    model = with_candidate_classifier(loaded.model, classifier)
     record = {"data": [str(Path(d).resolve()) for d in data_dirs], "scans": len(set(data.seriesuids)),
               "patches": len(data.labels), "nodule_patches": data.n_positive, "training": asdict(training),
               "detector": str(Path(checkpoint).resolve())}

@@ -41,7 +41,7 @@ from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc
 from SCPMNoduleLib.inference import InferenceConfig
 from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.losses import LOSS_TERMS, SCPMLoss
-from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.model import SCPMNet, network_only
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from SCPMNoduleLib.runtime import autocast, autocast_dtype
 from SCPMNoduleLib.temp_files import check_output_folder
@@ -239,15 +239,13 @@ class Trainer:
         """Replace the seed's initial weights by those of ``path`` (``config.init_weights``); the
         optimiser starts afresh, the moving average (if kept) from these weights."""
         model, preprocess, _, _ = load_deployable(path)
-        if dataclasses.replace(model.config, candidate_classifier=None) != self.config.model:
+        network = network_only(model)  # a two-stage detector gives its network's weights only
+        if network.config != self.config.model:
             raise UserInputError(f"{path}: config init_weights is of another network configuration than config model.")
         if preprocess != self.preprocess:
             raise UserInputError(
                 f"{path}: config init_weights was trained with another pre-processing than this cache.")
-        # a detector with a candidate classifier gives its network's weights only: the classifier
-        # was trained on this network's candidates and would no longer fit them
-        weights = {k: v for k, v in model.state_dict().items() if not k.startswith("candidate_classifier.")}
-        self.model.load_state_dict(weights)  # copies into the existing tensors: memory format kept
+        self.model.load_state_dict(network.state_dict())  # copies into the existing tensors: memory format kept
         if self.average is not None:
             self.average = WeightAverage(self.model, self.config.optim.ema_decay)
         log.info("starting from the weights of %s", path)
