@@ -185,9 +185,10 @@ class Candidates:
     scores: Tensor
     levels: Tensor
 
-    def reordered(self, order: Tensor, scores: Tensor | None = None) -> Candidates:
-        """The same candidates in ``order``, with new ``scores`` (given in the old order) if given."""
-        scores = self.scores if scores is None else scores
+    def reranked(self, scores: Tensor) -> Candidates:
+        """The same candidates with new ``scores`` (one per candidate, in this order), most probable
+        first (ties keep this order)."""
+        order = torch.argsort(scores, descending=True, stable=True)
         return Candidates(self.centers_zyx_vox[order.numpy()], self.radii_mm[order], scores[order], self.levels[order])
 
 
@@ -333,13 +334,17 @@ class Detector:
         timings_s["forward"] = time.perf_counter() - start
         return forward, prepared
 
+    @property
+    def _pad_value(self) -> float:
+        """What the network sees outside the scan: the pre-processing's ``pad_hu``, normalised."""
+        return float(self.preprocess.normalize(np.float32(self.preprocess.pad_hu)))
+
     def _pad(self, prepared: PreparedScan) -> Tensor:
         q = self.size_divisor
         volume = torch.from_numpy(prepared.image)
         smallest = math.ceil(self.config.min_side_vox / q) * q
         pad = [max(n + (-n) % q, smallest) - n for n in volume.shape]
-        pad_value = float(self.preprocess.normalize(np.float32(self.preprocess.pad_hu)))
-        volume = torch.nn.functional.pad(volume, (0, pad[2], 0, pad[1], 0, pad[0]), value=pad_value)
+        volume = torch.nn.functional.pad(volume, (0, pad[2], 0, pad[1], 0, pad[0]), value=self._pad_value)
         return volume[None, None]
 
     def _forward_tiled(self, prepared: PreparedScan, report: Progress,
@@ -422,8 +427,7 @@ class Detector:
         probable first."""
         candidates = self.first_stage(maps, prepared, config)
         if self.candidate_classifier is not None and len(candidates.scores):
-            scores = self.rescore(prepared, candidates)
-            candidates = candidates.reordered(torch.argsort(scores, descending=True, stable=True), scores)
+            candidates = candidates.reranked(self.rescore(prepared, candidates))
         world = prepared.geometry.index_to_world(candidates.centers_zyx_vox)
         return [Detection(float_triple(w), float(2.0 * r), float(p), int(lv))
                 for w, r, p, lv in zip(world, candidates.radii_mm.tolist(), candidates.scores.tolist(),
@@ -456,9 +460,8 @@ class Detector:
     def candidate_patches(self, prepared: PreparedScan, centers_zyx_vox: np.ndarray, side_vox: int) -> Tensor:
         """``(N, 1, side, side, side)`` cubes of the prepared crop around ``(N, 3)`` points in voxels
         of the resampled grid (as :class:`Candidates` holds them), padded as the network's input is."""
-        pad_value = float(self.preprocess.normalize(np.float32(self.preprocess.pad_hu)))
         local = torch.from_numpy(np.asarray(centers_zyx_vox, np.float64).reshape(-1, 3) - prepared.crop_start_zyx)
-        return crop_patches(torch.from_numpy(prepared.image), local, side_vox, pad_value)
+        return crop_patches(torch.from_numpy(prepared.image), local, side_vox, self._pad_value)
 
     @torch.inference_mode()
     def rescore(self, prepared: PreparedScan, candidates: Candidates) -> Tensor:
