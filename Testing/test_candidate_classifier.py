@@ -4,7 +4,6 @@ the detector re-ranks with."""
 
 import dataclasses
 import json
-import math
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from SCPMNoduleLib.errors import UserInputError
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import read_scan
 from SCPMNoduleLib.model import SCPMNet, SCPMNetConfig, fuse_batch_norm, network_only, with_candidate_classifier
+from SCPMNoduleLib.models import resolve_model
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import find_luna16_scans
 from Training.classifier import (
@@ -106,7 +106,7 @@ def test_the_classifier_learns_to_tell_small_spheres_from_vessel_like_tubes():
     labels = rng.random(400) < 0.5
     patches = np.stack([_sphere_or_tube(rng, side + 2 * jitter, bool(s)) for s in labels])
     data = CandidatePatches(torch.from_numpy(patches).half(), torch.from_numpy(labels).float(),
-                            torch.full((len(labels),), math.nan), np.full(len(labels), "x"))
+                            np.zeros(len(labels), bool), np.full(len(labels), "x"))
     classifier = train_candidate_classifier(data, SMALL, ClassifierTrainConfig(steps=300, batch_size=16,
                                                                                jitter_vox=jitter), progress=False)
     test_labels = rng.random(200) < 0.5
@@ -143,14 +143,15 @@ def tiny_set(tmp_path_factory):
 
 
 def test_candidates_are_labelled_by_the_luna16_rule_and_every_nodule_is_a_positive(tiny_set):
-    model, preprocess, _ = load_checkpoint(tiny_set / "tiny.pt")
+    # the trained demo, so that some candidates hit nodules and both labels are checked
+    model, preprocess, _ = load_checkpoint(resolve_model("demo")[0])
     detector = Detector(model, preprocess, InferenceConfig(score_threshold=0.01))
     data = collect_candidate_patches(detector, [tiny_set / "data"], 12, progress=False)
     from SCPMNoduleLib.io import read_annotations
 
     nodules = read_annotations(tiny_set / "data" / "annotations.csv")
     scans = find_luna16_scans(tiny_set / "data")
-    own = np.isnan(data.detector_scores.numpy())
+    own = ~data.from_candidates
     assert own.sum() == len(nodules) and data.labels.numpy()[own].all()
     # the center of each nodule's own patch is nodule (+40 HU), far above the lungs' -850 HU
     lung, nodule = (preprocess.normalize(np.float32(hu)) for hu in (-850.0, 40.0))
@@ -167,7 +168,12 @@ def test_candidates_are_labelled_by_the_luna16_rule_and_every_nodule_is_a_positi
         rows = (data.seriesuids == scan.seriesuid) & ~own
         assert rows.sum() == len(world)  # no excluded findings in this set: every candidate is kept
         np.testing.assert_array_equal(data.labels.numpy()[rows], np.array(hits, np.float32))
-        np.testing.assert_allclose(data.detector_scores.numpy()[rows], candidates.scores.numpy())
+        # the rows are the candidates in order: each patch is the crop around its candidate's center
+        expected = detector.candidate_patches(prepared, candidates.centers_zyx_vox, 12)[:, 0].half()
+        assert torch.equal(data.patches[torch.from_numpy(rows)], expected)
+    # both labels occur among the candidates
+    candidate_labels = data.labels.numpy()[data.from_candidates]
+    assert 0 < data.n_candidate_nodules == int(candidate_labels.sum()) < len(candidate_labels)
 
 
 def test_a_two_stage_checkpoint_reranks_by_the_combined_opinion(tiny_set, tmp_path):

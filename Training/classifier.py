@@ -96,19 +96,24 @@ class CandidatePatches:
     Attributes:
         patches: ``(N, S, S, S)`` float16 normalised intensities, each centred on its point.
         labels: ``(N,)`` float32, 1 for a nodule, 0 for background.
-        detector_scores: ``(N,)`` float64, the detector's probability (NaN for an annotated
-            center added as a positive).
+        from_candidates: ``(N,)`` bool, a candidate of the detector (``False``: an annotated
+            nodule's own center, added as a positive).
         seriesuids: ``(N,)`` the scan of each.
     """
 
     patches: Tensor
     labels: Tensor
-    detector_scores: Tensor
+    from_candidates: np.ndarray
     seriesuids: np.ndarray
 
     @property
     def n_positive(self) -> int:
         return int(self.labels.sum())
+
+    @property
+    def n_candidate_nodules(self) -> int:
+        """The detector's candidates that hit a nodule (the rest of the positives are annotated centers)."""
+        return int(self.labels.numpy()[self.from_candidates].sum())
 
 
 def _hits(points_xyz_mm: np.ndarray, findings: Findings, seriesuid: str) -> np.ndarray:
@@ -129,7 +134,7 @@ def collect_candidate_patches(detector: Detector, data_dirs: Sequence[str | os.P
     Raises:
         UserInputError: a folder without scans or without a readable ``annotations.csv``.
     """
-    parts: list[tuple[Tensor, Tensor, Tensor, np.ndarray]] = []
+    parts: list[tuple[Tensor, Tensor, np.ndarray, np.ndarray]] = []
     folders = [(find_luna16_scans(d), read_annotations(Path(d) / "annotations.csv"), read_excluded(d))
                for d in data_dirs]
     bar = tqdm(total=sum(len(scans) for scans, _, _ in folders), desc="candidates", unit="scan",
@@ -146,14 +151,14 @@ def collect_candidate_patches(detector: Detector, data_dirs: Sequence[str | os.P
             own_vox = own_vox[prepared.keep(own_vox)]
             points = np.concatenate([candidates.centers_zyx_vox[kept], own_vox])
             labels = np.concatenate([nodule[kept], np.ones(len(own_vox), bool)])
-            scores = np.concatenate([candidates.scores.numpy()[kept], np.full(len(own_vox), np.nan)])
+            from_candidates = np.arange(len(points)) < int(kept.sum())
             patches = detector.candidate_patches(prepared, points, side_vox)[:, 0].half()
-            parts.append((patches, torch.from_numpy(labels).float(), torch.from_numpy(scores),
+            parts.append((patches, torch.from_numpy(labels).float(), from_candidates,
                           np.full(len(points), scan.seriesuid)))
             bar.update()
     bar.close()
     return CandidatePatches(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                            torch.cat([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
+                            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]))
 
 
 def _augmented_batch(patches: Tensor, index: Tensor, side_vox: int, generator: torch.Generator) -> Tensor:
@@ -224,8 +229,8 @@ def train_classifier_checkpoint(checkpoint: str | os.PathLike, data_dirs: Sequen
     loaded = load_deployable(checkpoint)
     detector = Detector(loaded.model, loaded.preprocess, InferenceConfig(score_threshold=0.01), device)
     data = collect_candidate_patches(detector, data_dirs, config.patch_vox + 2 * training.jitter_vox, progress)
-    log.info("%d patches, %d of them nodules, from %d scans", len(data.labels), data.n_positive,
-             len(set(data.seriesuids)))
+    log.info("%d patches from %d scans: %d nodules, %d of them among the detector's candidates", len(data.labels),
+             len(set(data.seriesuids)), data.n_positive, data.n_candidate_nodules)
     if data.n_positive == 0 or data.n_positive == len(data.labels):
         raise UserInputError(f"--data {' '.join(map(str, data_dirs))}: the classifier needs nodules and background; "
                              f"the detector's candidates and the annotations gave {data.n_positive} nodule and "
@@ -233,7 +238,8 @@ def train_classifier_checkpoint(checkpoint: str | os.PathLike, data_dirs: Sequen
     classifier = train_candidate_classifier(data, config, training, progress)
     model = with_candidate_classifier(loaded.model, classifier)
     record = {"data": [str(Path(d).resolve()) for d in data_dirs], "scans": len(set(data.seriesuids)),
-              "patches": len(data.labels), "nodule_patches": data.n_positive, "training": asdict(training),
+              "patches": len(data.labels), "nodule_patches": data.n_positive,
+              "candidate_nodule_patches": data.n_candidate_nodules, "training": asdict(training),
               "detector": str(Path(checkpoint).resolve())}
     # the bf16 record describes the network without this stage: it must be measured again
     metadata = {k: v for k, v in loaded.metadata.items() if k != "precision_check"}
