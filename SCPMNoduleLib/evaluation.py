@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .config_dict import invalid_setting
+from .documents import read_json
 from .errors import UserInputError
 from .evaluation_inputs import TableLike, as_findings, as_seriesuids
 from .froc import BootstrapBands, FROCCurve, FROCEntries, bootstrap_bands, froc_curve
@@ -53,6 +54,7 @@ from .temp_files import check_output_folder
 __all__ = [
     "FP_RATES",
     "EvaluationConfig",
+    "FROCSummary",
     "FROCCounts",
     "FROCResult",
     "SizeClass",
@@ -60,6 +62,7 @@ __all__ = [
     "evaluate_froc",
     "evaluate_runs",
     "format_results",
+    "read_froc_summary",
     "luna16_hit",
     "squared_distance_mm2",
     "write_evaluation",
@@ -508,3 +511,46 @@ def write_evaluation(results: Mapping[str, FROCResult], out_dir: str | os.PathLi
         "nearest_candidate_probability": main.nearest_candidate_probability[~main.nodule_hit]})
     plot_froc(results, paths["froc.png"])
     return paths
+
+
+@dataclass(frozen=True)
+class FROCSummary:
+    """What :func:`read_froc_summary` reads back from a ``froc_summary.json``.
+
+    Attributes:
+        inputs: what the evaluation recorded of its inputs (files, settings; ``scpm-train evaluate``
+            adds precision, weights digest, threshold and device).
+        metrics: the first run's figures: ``evaluation`` (its label), ``cpm``, ``fp_rates``,
+            ``sensitivities``, ``n_scans``, ``n_nodules`` and, with bootstrap bands, ``cpm_95ci``.
+    """
+
+    inputs: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def read_froc_summary(path: str | os.PathLike) -> FROCSummary:
+    """The inputs and the first run's figures of a ``froc_summary.json`` (:func:`write_evaluation`).
+
+    Raises:
+        UserInputError: the file is missing, not UTF-8, not JSON, lacks a run's figures, or holds
+            NaN or infinite ones.
+    """
+    path = Path(path)
+    document = read_json(path)
+    try:
+        label, run = next(iter(document["runs"].items()))
+        metrics: dict[str, Any] = {
+            "evaluation": str(label), "cpm": float(run["cpm"]), "fp_rates": [float(v) for v in run["fp_rates"]],
+            "sensitivities": [float(v) for v in run["sensitivities"]],
+            "n_scans": int(run["counts"]["n_scans"]), "n_nodules": int(run["counts"]["n_nodules"])}
+        if "bootstrap" in run:
+            metrics["cpm_95ci"] = [float(run["bootstrap"]["cpm_lower"]), float(run["bootstrap"]["cpm_upper"])]
+        inputs = dict(document.get("inputs", {}))
+    except (KeyError, StopIteration, AttributeError, TypeError, ValueError):
+        raise UserInputError(
+            f"{path}: not a froc_summary.json written by scpm-nodule evaluate or scpm-train (its first run "
+            "lacks cpm, fp_rates, sensitivities or counts, or its inputs are not an object).") from None
+    figures = [metrics["cpm"], *metrics["fp_rates"], *metrics["sensitivities"], *metrics.get("cpm_95ci", [])]
+    if not all(math.isfinite(value) for value in figures):
+        raise UserInputError(f"{path}: the evaluation's figures hold NaN or infinite values.")
+    return FROCSummary(inputs, metrics)

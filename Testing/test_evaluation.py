@@ -14,6 +14,7 @@ from SCPMNoduleLib.evaluation import (
     EvaluationConfig,
     evaluate_froc,
     luna16_hit,
+    read_froc_summary,
     squared_distance_mm2,
 )
 from SCPMNoduleLib.froc import bootstrap_resamples
@@ -461,6 +462,12 @@ def test_command_writes_table_curve_summary_missed_and_plot(tmp_path, capsys):
         assert nearest >= radius
         if own:
             assert row["nearest_candidate_probability"] == own[int(np.argmin(distances))][4]
+    # read back as export and the precision check read it: the main run's figures and the inputs
+    read = read_froc_summary(out / "froc_summary.json")
+    assert read.metrics["evaluation"] == "candidates" and read.metrics["sensitivities"] == list(seven)
+    assert read.metrics["cpm"] == pytest.approx(float(np.mean(seven)))
+    assert read.metrics["n_scans"] == main_run["counts"]["n_scans"] and len(read.metrics["cpm_95ci"]) == 2
+    assert read.inputs["candidates:weaker"] == str(tmp_path / "weaker.csv")
     assert (out / "froc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["froc.png", "froc_curve.csv", "froc_summary.json", "missed_nodules.csv"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -23,8 +22,8 @@ from typing import Any
 from SCPMNoduleLib import __version__
 from SCPMNoduleLib.candidate_classifier import CandidateClassifierConfig
 from SCPMNoduleLib.checkpoint import save_checkpoint
-from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError, reported_os_errors
+from SCPMNoduleLib.evaluation import read_froc_summary
 from SCPMNoduleLib.io import atomic_write, sha256_of
 from SCPMNoduleLib.models import (
     check_model_name,
@@ -41,33 +40,7 @@ from .config import TrainConfig
 from .precision_check import precision_check_record
 from .state import Deployable, load_deployable, parameter_digest
 
-__all__ = ["architecture_summary", "export_model", "froc_metrics", "precision_record"]
-
-
-def froc_metrics(summary_path: str | os.PathLike) -> dict[str, Any]:
-    """The main run's figures from an evaluation's ``froc_summary.json``: CPM, sensitivities, CI, counts.
-
-    Raises:
-        UserInputError: the file is missing, not UTF-8, not JSON, or lacks a run's figures.
-    """
-    path = Path(summary_path)
-    document = read_json(path)
-    try:
-        label, run = next(iter(document["runs"].items()))
-        metrics: dict[str, Any] = {
-            "evaluation": str(label), "cpm": float(run["cpm"]), "fp_rates": [float(v) for v in run["fp_rates"]],
-            "sensitivities": [float(v) for v in run["sensitivities"]],
-            "n_scans": int(run["counts"]["n_scans"]), "n_nodules": int(run["counts"]["n_nodules"])}
-        if "bootstrap" in run:
-            metrics["cpm_95ci"] = [float(run["bootstrap"]["cpm_lower"]), float(run["bootstrap"]["cpm_upper"])]
-    except (KeyError, StopIteration, AttributeError, TypeError, ValueError):
-        raise UserInputError(
-            f"{path}: not a froc_summary.json written by scpm-nodule evaluate or scpm-train (its first run "
-            "lacks cpm, fp_rates, sensitivities or counts).") from None
-    figures = [metrics["cpm"], *metrics["fp_rates"], *metrics["sensitivities"], *metrics.get("cpm_95ci", [])]
-    if not all(math.isfinite(value) for value in figures):
-        raise UserInputError(f"{path}: the evaluation's figures hold NaN or infinite values.")
-    return metrics
+__all__ = ["architecture_summary", "export_model", "precision_record"]
 
 
 def precision_record(loaded: Deployable, froc_summary: str | os.PathLike | None,
@@ -189,7 +162,7 @@ def export_model(state_path: str | os.PathLike, out_path: str | os.PathLike, *, 
         raise UserInputError(f"{state_path}: the checkpoint records no training (no training config to export).")
     training = json.loads(json.dumps(training))
     config = TrainConfig.from_dict(training["config"])
-    metrics = froc_metrics(froc_summary) if froc_summary is not None else {}
+    metrics = read_froc_summary(froc_summary).metrics if froc_summary is not None else {}
     precision_check = precision_record(loaded, froc_summary, bf16_evaluation)
     check_output_file(out_path, "--out")
     if manifest is not None:

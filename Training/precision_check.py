@@ -16,15 +16,14 @@ the figures say by how much it holds.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from SCPMNoduleLib.documents import read_json
 from SCPMNoduleLib.errors import UserInputError
+from SCPMNoduleLib.evaluation import read_froc_summary
 from SCPMNoduleLib.io import Findings, read_candidates
 
 __all__ = ["TOLERANCE", "TOP_K", "compare_candidates", "precision_check_record"]
@@ -80,21 +79,15 @@ def compare_candidates(fp32: Findings, bf16: Findings, cpm_fp32: float, cpm_bf16
 
 
 def _evaluation(folder: Path, option: str) -> tuple[dict[str, Any], float, Findings]:
-    """An evaluate folder's inputs, CPM and candidates, or one sentence saying what is missing
-    (``option`` names the command-line option and what was given)."""
+    """An evaluate folder's inputs (with ``n_scans``), CPM and candidates, or one sentence saying
+    what is missing (``option`` names the command-line option and what was given)."""
     summary_path, candidates_path = folder / "froc_summary.json", folder / "candidates.csv"
     for path in (summary_path, candidates_path):
         if not path.is_file():
             raise UserInputError(f"{option}: not a scpm-train evaluate folder ({path.name} not found).")
-    summary = read_json(summary_path)
-    try:
-        inputs, run = summary["inputs"], next(iter(summary["runs"].values()))
-        cpm, n_scans = float(run["cpm"]), int(run["counts"]["n_scans"])
-    except (KeyError, StopIteration, AttributeError, TypeError, ValueError):
-        raise UserInputError(f"{summary_path}: not a froc_summary.json written by scpm-train evaluate.") from None
-    if not isinstance(inputs, dict) or not math.isfinite(cpm):
-        raise UserInputError(f"{summary_path}: not a froc_summary.json written by scpm-train evaluate.")
-    return {**inputs, "n_scans": n_scans}, cpm, read_candidates(candidates_path)
+    summary = read_froc_summary(summary_path)
+    inputs = {**summary.inputs, "n_scans": summary.metrics["n_scans"]}
+    return inputs, summary.metrics["cpm"], read_candidates(candidates_path)
 
 
 def precision_check_record(froc_summary: str | os.PathLike, bf16_folder: str | os.PathLike,
