@@ -119,4 +119,3 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
                              "precision": ran, "weights_sha256": parameter_digest(model),
                              "device_name": device_name(torch_device)})
     return result
-
