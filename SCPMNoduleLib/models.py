@@ -64,7 +64,8 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
 MODEL_HELP = ("a model name from Resources/Models.json (checksum verified), or a checkpoint file written as a "
               "path: ./NAME, an absolute path, or an existing file ending in .pt; a bare name never loads a "
               "local file")
-"""What ``--model`` (``scpm-nodule``) and ``--checkpoint`` (``scpm-train tune``) accept, for their ``--help``."""
+"""What ``--model`` (``scpm-nodule``) and ``--checkpoint`` (``scpm-train tune`` and ``evaluate``) accept, for
+their ``--help``."""
 
 
 def _written_as_path(path_or_name: str | os.PathLike) -> bool:

@@ -1,5 +1,6 @@
 """``scpm-train tune``: each post-processing setting scores as the detector configured with it would."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -10,6 +11,7 @@ from SCPMNoduleLib.evaluation import EvaluationConfig, evaluate_froc
 from SCPMNoduleLib.inference import InferenceConfig
 from SCPMNoduleLib.io import Findings
 from SCPMNoduleLib.model import SCPMNet
+from SCPMNoduleLib.models import resolve_model
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from Training.cache import find_luna16_scans
 from Training.cli import main
@@ -71,3 +73,12 @@ def test_evaluate_prints_the_sensitivities_at_the_rates_it_used(tuning_set, tmp_
     line = capsys.readouterr().out.strip()
     assert code == 0
     assert "(sensitivities at 1/8, 1/4, 1/2, 1, 2, 4, 8 FPs/scan: " in line and line.endswith(f"-> {tmp_path / 'eval'}")
+
+
+def test_evaluate_takes_a_model_name_as_detect_and_tune_do(tuning_set, tmp_path):
+    code = main(["evaluate", "--checkpoint", "demo", "--data", str(tuning_set / "data"),
+                 "--out", str(tmp_path / "eval"), "--device", "cpu", "--bootstraps", "0"])
+    assert code == 0
+    summary = json.loads((tmp_path / "eval" / "froc_summary.json").read_text(encoding="utf-8"))
+    assert summary["inputs"]["checkpoint"] == str(resolve_model("demo")[0].resolve())
+    assert list(summary["runs"]) == ["demo.pt"]

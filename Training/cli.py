@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.set_defaults(run=_run_cv)
 
     evaluate = commands.add_parser("evaluate", help="detect on a LUNA16-layout folder and compute its FROC")
-    evaluate.add_argument("--checkpoint", required=True, help="best.pt of a run, or a detector checkpoint")
+    evaluate.add_argument("--checkpoint", required=True,
+                          help=f"{MODEL_HELP}; a training state (best.pt) too")
     evaluate.add_argument("--data", required=True, help="LUNA16-layout folder of test scans with annotations.csv")
     evaluate.add_argument("--out", required=True, help="folder for candidates.csv and the FROC report")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

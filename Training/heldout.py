@@ -24,6 +24,7 @@ from SCPMNoduleLib.checkpoint import bf16_holds
 from SCPMNoduleLib.evaluation import EvaluationConfig, FROCResult, evaluate_froc, write_evaluation
 from SCPMNoduleLib.inference import Detector, InferenceConfig
 from SCPMNoduleLib.io import Findings, read_annotations, read_scan, write_candidates
+from SCPMNoduleLib.models import resolve_model
 from SCPMNoduleLib.preprocess import PreprocessConfig
 from SCPMNoduleLib.runtime import detection_precision, device_name, precision_name, resolve_device
 from SCPMNoduleLib.temp_files import check_output_folder
@@ -105,6 +106,7 @@ def evaluate_folder(checkpoint: str | os.PathLike, data_dir: str | os.PathLike, 
     check_output_folder(out_dir, "--out")
     scans = find_luna16_scans(data_dir)
     annotations, excluded = read_annotations(data_dir / "annotations.csv"), read_excluded(data_dir)
+    checkpoint = resolve_model(checkpoint)[0]  # a model name (demo) as detect and tune take it, or a file
     model, preprocess, _, metadata = load_deployable(checkpoint)
     torch_device = resolve_device(str(device))
     dtype, reason = detection_precision(torch_device, precision, bf16_holds=bf16_holds(metadata))
